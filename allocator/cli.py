@@ -1,0 +1,98 @@
+"""The `allotment` command line: `serve` runs the server; the other subcommands are for operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEFAULT_PORT = 22244
+DEFAULT_DB_URL = "sqlite+aiosqlite:///allotment.db"
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("allotment")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the allocation server",
+        description="Run the allocation server until SIGTERM or SIGINT; SIGHUP reloads --config.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 for any free port (default %(default)s)"
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="machine and server configuration (TOML); default: the embedded 1,200-board machine",
+    )
+    serve.add_argument(
+        "--db",
+        default=os.environ.get("ALLOTMENT_DB", DEFAULT_DB_URL),
+        help="SQLAlchemy database URL (default: %(default)s, an SQLite file in the current directory;"
+        " or postgresql+asyncpg://user@host/db)",
+    )
+    serve.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="allotment",
+        description="allotment: a spalloc-compatible allocation server for SpiNNaker machines",
+    )
+    parser.add_argument("--version", action="version", version=f"allotment {_package_version()}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(subparsers)
+    try:
+        from allocator import opscli
+    except ImportError:  # pragma: no cover - the operator commands are optional at import
+        pass
+    else:
+        opscli.add_subparsers(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `allotment` console script."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        logging.basicConfig(
+            level=getattr(logging, args.log_level),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        from allocator.app import serve
+
+        try:
+            return asyncio.run(
+                serve(host=args.host, port=args.port, config_path=args.config, db_url=args.db)
+            )
+        except KeyboardInterrupt:
+            return 0
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.error(f"unknown command {args.command!r}")
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

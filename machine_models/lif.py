@@ -1,0 +1,386 @@
+"""The IF_curr_exp core application: its region layouts (encode/decode) and constants.
+
+A neuron core holds up to 256 leaky integrate-and-fire neurons with exponential current
+synapses, as sPyNNaker runs them (spec §3). Regions (all little-endian u32 words):
+
+* ``REGION_KEYS`` (1): see :mod:`machine_models.regions`.
+* ``REGION_DATA`` (2), neuron parameters: ``n_neurons`` then one 15-word record per neuron,
+  fields in :data:`NEURON_DTYPE` order; REAL fields are s16.15, decays and init factors u0.32.
+* ``REGION_SYNAPSE_PARAMS`` (4): ``n_neurons, index_bits, type_bits, delay_bits, drop_late,
+  shift_exc, shift_inh``. The ring buffer has ``2**(index+type+delay bits)`` u16 slots.
+* ``REGION_POP_TABLE`` (5): ``n_entries, n_addresses``, the 16-byte master population
+  entries sorted by key, then the address list (u32: ``row_length - 1`` in bits 0-7,
+  ``block byte offset / 16`` in bits 8-31; offset ``0xFFFFFF`` = invalid).
+* ``REGION_SYNAPTIC_MATRIX`` (6): rows of ``row_length + 3`` words: ``0`` (plastic words),
+  ``F`` (fixed words), ``0`` (plastic controls), then F fixed words
+  ``weight << 16 | delay << (I + T) | type << I | neuron``; unused tail words are zero.
+* ``REGION_RECORDING`` (9): ``record_spikes, v_interval, gsyn_exc_interval,
+  gsyn_inh_interval`` in steps (0 = off); every neuron of the core is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from machine_models.regions import to_s1615, to_u032
+
+__all__ = [
+    "INVALID_ADDRESS",
+    "MAX_RING_BUFFER_BITS",
+    "NEURON_DTYPE",
+    "LifParams",
+    "MasterPopEntry",
+    "PopTable",
+    "RecordingParams",
+    "SynapseParams",
+    "decode_neuron_params",
+    "decode_pop_table",
+    "decode_recording",
+    "decode_synapse_params",
+    "encode_neuron_params",
+    "encode_pop_table",
+    "encode_recording",
+    "encode_synapse_params",
+    "encode_synaptic_block",
+    "ring_buffer_shift",
+    "synapse_words",
+    "weights_to_u16",
+]
+
+MAX_RING_BUFFER_BITS = 14
+INVALID_ADDRESS = 0xFFFFFF
+SYNAPSE_TYPE_EXC = 0
+SYNAPSE_TYPE_INH = 1
+
+NEURON_DTYPE = np.dtype(
+    [
+        ("v", "<i4"),
+        ("v_rest", "<i4"),
+        ("r_membrane", "<i4"),
+        ("exp_tc", "<i4"),
+        ("i_offset", "<i4"),
+        ("v_reset", "<i4"),
+        ("v_thresh", "<i4"),
+        ("t_refract", "<i4"),
+        ("refract_timer", "<i4"),
+        ("isyn_exc", "<i4"),
+        ("isyn_inh", "<i4"),
+        ("exc_decay", "<u4"),
+        ("exc_init", "<u4"),
+        ("inh_decay", "<u4"),
+        ("inh_init", "<u4"),
+    ]
+)
+"""One neuron's record in the neuron-parameter region (60 bytes)."""
+
+
+@dataclass(frozen=True)
+class LifParams:
+    """PyNN parameters of the neurons of one core (arrays or scalars; ms, mV, nF, nA)."""
+
+    n_neurons: int
+    v_init: npt.ArrayLike = -65.0
+    v_rest: npt.ArrayLike = -65.0
+    cm: npt.ArrayLike = 1.0
+    tau_m: npt.ArrayLike = 20.0
+    i_offset: npt.ArrayLike = 0.0
+    v_reset: npt.ArrayLike = -65.0
+    v_thresh: npt.ArrayLike = -50.0
+    tau_refrac: npt.ArrayLike = 0.1
+    tau_syn_e: npt.ArrayLike = 5.0
+    tau_syn_i: npt.ArrayLike = 5.0
+    isyn_exc: npt.ArrayLike = 0.0
+    isyn_inh: npt.ArrayLike = 0.0
+
+
+def _full(value: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
+    return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy()
+
+
+def encode_neuron_params(params: LifParams, timestep_us: int) -> bytes:
+    """Derive the load-time constants (spec §3.6, §3.7) and encode the neuron region.
+
+    R = tau_m / cm, exp_TC = exp(-h / tau_m), T_refract = ceil(tau_refrac / h); per synapse
+    type d = exp(-h / tau) and init factor g = tau / h * (1 - d).
+    """
+    n = params.n_neurons
+    h_ms = timestep_us / 1000.0
+    rec = np.zeros(n, dtype=NEURON_DTYPE)
+    tau_m = _full(params.tau_m, n)
+    rec["v"] = to_s1615(_full(params.v_init, n))
+    rec["v_rest"] = to_s1615(_full(params.v_rest, n))
+    rec["r_membrane"] = to_s1615(tau_m / _full(params.cm, n))
+    rec["exp_tc"] = to_s1615(np.exp(-h_ms / tau_m))
+    rec["i_offset"] = to_s1615(_full(params.i_offset, n))
+    rec["v_reset"] = to_s1615(_full(params.v_reset, n))
+    rec["v_thresh"] = to_s1615(_full(params.v_thresh, n))
+    # a small tolerance so that 2.0 / 0.1 is 20 steps, not 21 from float rounding
+    rec["t_refract"] = np.ceil(_full(params.tau_refrac, n) / h_ms - 1e-9).astype(np.int32)
+    rec["isyn_exc"] = to_s1615(_full(params.isyn_exc, n))
+    rec["isyn_inh"] = to_s1615(_full(params.isyn_inh, n))
+    for prefix, tau in (("exc", params.tau_syn_e), ("inh", params.tau_syn_i)):
+        tau_ms = _full(tau, n)
+        decay = np.exp(-h_ms / tau_ms)
+        rec[f"{prefix}_decay"] = to_u032(decay)
+        rec[f"{prefix}_init"] = to_u032(tau_ms / h_ms * (1.0 - decay))
+    return struct.pack("<I", n) + rec.tobytes()
+
+
+def decode_neuron_params(data: bytes) -> npt.NDArray[np.void]:
+    """Decode the neuron region into a structured array of :data:`NEURON_DTYPE`.
+
+    Raises:
+        ValueError: the length does not match the neuron count.
+    """
+    (n,) = struct.unpack_from("<I", data, 0)
+    if len(data) != 4 + n * NEURON_DTYPE.itemsize:
+        raise ValueError(f"neuron region of {len(data)} bytes does not hold {n} neurons")
+    return np.frombuffer(data, dtype=NEURON_DTYPE, offset=4, count=n).copy()
+
+
+@dataclass(frozen=True)
+class SynapseParams:
+    """Synapse-processing settings of one neuron core (spec §3.4, §3.5)."""
+
+    n_neurons: int
+    index_bits: int
+    type_bits: int
+    delay_bits: int
+    shift_exc: int
+    shift_inh: int
+    drop_late: bool = False
+
+    @property
+    def ring_buffer_bits(self) -> int:
+        """log2 of the number of 16-bit ring-buffer slots."""
+        return self.index_bits + self.type_bits + self.delay_bits
+
+    @property
+    def n_delay_slots(self) -> int:
+        """Delay steps the ring buffer holds (D)."""
+        return 1 << self.delay_bits
+
+
+def encode_synapse_params(params: SynapseParams) -> bytes:
+    """Encode the synapse-parameter region."""
+    return struct.pack(
+        "<7I",
+        params.n_neurons,
+        params.index_bits,
+        params.type_bits,
+        params.delay_bits,
+        int(params.drop_late),
+        params.shift_exc,
+        params.shift_inh,
+    )
+
+
+def decode_synapse_params(data: bytes) -> SynapseParams:
+    """Decode the synapse-parameter region.
+
+    Raises:
+        ValueError: the region is not 28 bytes.
+    """
+    if len(data) != 28:
+        raise ValueError(f"synapse parameter region is {len(data)} bytes, not 28")
+    n, ib, tb, db, drop, se, si = struct.unpack("<7I", data)
+    return SynapseParams(n, ib, tb, db, se, si, bool(drop))
+
+
+def ring_buffer_shift(max_summed_weight_na: float) -> int:
+    """The weight shift s for a synapse type (spec §3.5): ceil(log2 W), +1 at a power of 2, >= 0."""
+    if max_summed_weight_na <= 0:
+        return 0
+    log_w = math.log2(max_summed_weight_na)
+    shift = math.ceil(log_w)
+    if shift == log_w:
+        shift += 1
+    return max(shift, 0)
+
+
+def weights_to_u16(weights_na: npt.ArrayLike, shift: int) -> npt.NDArray[np.uint32]:
+    """Stored weights: round(|w| * 2**(15 - shift)), clipped to 16 bits."""
+    raw = np.rint(np.abs(np.asarray(weights_na, dtype=np.float64)) * 2.0 ** (15 - shift))
+    return np.clip(raw, 0, 0xFFFF).astype(np.uint32)
+
+
+def synapse_words(
+    weights_u16: npt.ArrayLike,
+    delays: npt.ArrayLike,
+    types: npt.ArrayLike,
+    neurons: npt.ArrayLike,
+    index_bits: int,
+    type_bits: int,
+) -> npt.NDArray[np.uint32]:
+    """Fixed synapse words ``weight << 16 | delay << (I+T) | type << I | neuron``.
+
+    A delay equal to the core's slot count is stored as 0 by the masking the chip does.
+    """
+    w = np.asarray(weights_u16, dtype=np.uint32)
+    shift = index_bits + type_bits
+    delay_mask = (1 << (16 - shift)) - 1
+    d = np.asarray(delays, dtype=np.uint32) & np.uint32(delay_mask)
+    return (
+        (w << np.uint32(16))
+        | (d << np.uint32(shift))
+        | (np.asarray(types, dtype=np.uint32) << np.uint32(index_bits))
+        | np.asarray(neurons, dtype=np.uint32)
+    ).astype(np.uint32)
+
+
+def encode_synaptic_block(
+    row_ptr: npt.ArrayLike, words: npt.ArrayLike, row_length: int
+) -> npt.NDArray[np.uint32]:
+    """Lay out rows (CSR: row i is ``words[row_ptr[i]:row_ptr[i+1]]``) as one block.
+
+    Every row takes ``row_length + 3`` words (spec §3.4): header ``0, F, 0`` then the F fixed
+    words, zero padded. Append the block's ``tobytes()`` to the synaptic-matrix region; its
+    byte offset there (a multiple of 16) goes into the address list.
+
+    Raises:
+        ValueError: a row is longer than ``row_length`` or ``row_length`` is not 1..256.
+    """
+    ptr = np.asarray(row_ptr, dtype=np.int64)
+    w = np.asarray(words, dtype=np.uint32)
+    counts = np.diff(ptr)
+    if not 1 <= row_length <= 256:
+        raise ValueError(f"row length {row_length} is not 1..256")
+    if counts.size and int(counts.max()) > row_length:
+        raise ValueError(f"a row of {int(counts.max())} synapses exceeds row length {row_length}")
+    n_rows = counts.size
+    block = np.zeros((n_rows, row_length + 3), dtype=np.uint32)
+    block[:, 1] = counts
+    col = np.arange(w.size, dtype=np.int64) - np.repeat(ptr[:-1], counts)
+    rows = np.repeat(np.arange(n_rows), counts)
+    block[rows, 3 + col] = w
+    return block.reshape(-1)
+
+
+@dataclass(frozen=True)
+class MasterPopEntry:
+    """One master population table entry (spec §3.3)."""
+
+    key: int
+    mask: int
+    start: int
+    count: int
+    n_colour_bits: int = 0
+    core_mask: int = 0
+    mask_shift: int = 0
+    n_neurons: int = 0
+
+
+@dataclass(frozen=True)
+class PopTable:
+    """The master population table and address list of one neuron core."""
+
+    entries: tuple[MasterPopEntry, ...]
+    addresses: tuple[tuple[int, int], ...]
+    """(block byte offset or -1 for invalid, row length) per address-list entry."""
+
+
+def encode_pop_table(table: PopTable) -> bytes:
+    """Encode the master population table (sorted by key) and the address list.
+
+    Raises:
+        ValueError: an offset is not a multiple of 16, a field overflows, or a row length is
+            not 1..256.
+    """
+    out = bytearray(struct.pack("<II", len(table.entries), len(table.addresses)))
+    for e in sorted(table.entries, key=lambda e: e.key):
+        if (
+            e.start >= 1 << 13
+            or e.n_colour_bits >= 1 << 3
+            or e.count >= 1 << 16
+            or e.core_mask >= 1 << 8
+            or e.mask_shift >= 1 << 8
+            or e.n_neurons >= 1 << 16
+        ):
+            raise ValueError(f"master population entry for key {e.key:#x} overflows its fields")
+        out += struct.pack(
+            "<IIII",
+            e.key,
+            e.mask,
+            e.start | e.n_colour_bits << 13 | e.count << 16,
+            e.core_mask | e.mask_shift << 8 | e.n_neurons << 16,
+        )
+    return bytes(out) + _encode_addresses(table.addresses)
+
+
+def _encode_addresses(addresses: tuple[tuple[int, int], ...]) -> bytes:
+    words = []
+    for offset, row_length in addresses:
+        if offset < 0:
+            words.append(INVALID_ADDRESS << 8)
+            continue
+        if offset % 16 or not 1 <= row_length <= 256:
+            raise ValueError(f"address {offset} with row length {row_length} cannot be encoded")
+        words.append((offset // 16) << 8 | (row_length - 1))
+    return struct.pack(f"<{len(words)}I", *words)
+
+
+def decode_pop_table(data: bytes) -> PopTable:
+    """Decode what :func:`encode_pop_table` wrote.
+
+    Raises:
+        ValueError: the length does not match the counts.
+    """
+    n_entries, n_addresses = struct.unpack_from("<II", data, 0)
+    if len(data) != 8 + 16 * n_entries + 4 * n_addresses:
+        raise ValueError(
+            f"population table of {len(data)} bytes does not hold {n_entries} entries "
+            f"and {n_addresses} addresses"
+        )
+    words = struct.unpack_from(f"<{4 * n_entries + n_addresses}I", data, 8)
+    entries = []
+    for i in range(n_entries):
+        key, mask, w2, w3 = words[4 * i : 4 * i + 4]
+        entries.append(
+            MasterPopEntry(
+                key, mask, w2 & 0x1FFF, w2 >> 16, (w2 >> 13) & 7, w3 & 0xFF, (w3 >> 8) & 0xFF,
+                w3 >> 16,
+            )
+        )
+    addresses = []
+    for word in words[4 * n_entries :]:
+        block = word >> 8
+        addresses.append((-1 if block == INVALID_ADDRESS else block * 16, (word & 0xFF) + 1))
+    return PopTable(tuple(entries), tuple(addresses))
+
+
+def encode_recording(params: RecordingParams) -> bytes:
+    """Encode the recording region."""
+    return struct.pack(
+        "<4I",
+        int(params.record_spikes),
+        params.v_interval_steps,
+        params.gsyn_exc_interval_steps,
+        params.gsyn_inh_interval_steps,
+    )
+
+
+@dataclass(frozen=True)
+class RecordingParams:
+    """What a neuron core records, with sampling intervals in steps (0 = off)."""
+
+    record_spikes: bool = True
+    v_interval_steps: int = 0
+    gsyn_exc_interval_steps: int = 0
+    gsyn_inh_interval_steps: int = 0
+
+
+def decode_recording(data: bytes) -> RecordingParams:
+    """Decode the recording region.
+
+    Raises:
+        ValueError: the region is not 16 bytes.
+    """
+    if len(data) != 16:
+        raise ValueError(f"recording region is {len(data)} bytes, not 16")
+    spikes, v, ge, gi = struct.unpack("<4I", data)
+    return RecordingParams(bool(spikes), v, ge, gi)

@@ -1,0 +1,465 @@
+"""Network description: populations, projections and connectors, PyNN style.
+
+A :class:`Network` holds populations of one cell type each and projections between them.
+Nothing here knows about chips: connectors turn into plain ``(pre, post)`` index arrays
+(:meth:`Projection.synapses`), which the mapping stages consume. Units are PyNN's: ms, mV,
+nF, nA, Hz.
+
+Randomness is seeded: the network's seed and the projection's position give each
+projection its own generator, so the same description always yields the same synapses::
+
+    net = Network(dt_ms=0.1, seed=1)
+    exc = net.population(80, IFCurrExp(tau_m=20.0), label="exc")
+    src = net.population(80, SpikeSourcePoisson(rate=100.0), label="drive")
+    net.project(src, exc, OneToOne(), StaticSynapse(weight=0.05, delay=1.5))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from toolchain.errors import NetworkError
+
+__all__ = [
+    "AllToAll",
+    "CellType",
+    "Connector",
+    "FixedNumberPre",
+    "FixedProbability",
+    "FromArrays",
+    "FromList",
+    "IFCurrExp",
+    "Network",
+    "OneToOne",
+    "Population",
+    "Projection",
+    "Receptor",
+    "SpikeSourceArray",
+    "SpikeSourcePoisson",
+    "StaticSynapse",
+]
+
+IndexArray: TypeAlias = npt.NDArray[np.int64]
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+Receptor: TypeAlias = Literal["excitatory", "inhibitory"]
+
+
+@dataclass(frozen=True)
+class IFCurrExp:
+    """Leaky integrate-and-fire neuron with exponential current synapses (PyNN defaults)."""
+
+    tau_m: float = 20.0
+    cm: float = 1.0
+    v_rest: float = -65.0
+    v_reset: float = -65.0
+    v_thresh: float = -50.0
+    tau_refrac: float = 0.1
+    tau_syn_E: float = 5.0
+    tau_syn_I: float = 5.0
+    i_offset: float = 0.0
+
+    name = "IF_curr_exp"
+
+    def __post_init__(self) -> None:
+        for key in ("tau_m", "cm", "tau_syn_E", "tau_syn_I"):
+            value = getattr(self, key)
+            if not value > 0.0:
+                raise NetworkError(f"IF_curr_exp {key} must be positive, got {value}")
+        if self.tau_refrac < 0.0:
+            raise NetworkError(f"IF_curr_exp tau_refrac must be >= 0, got {self.tau_refrac}")
+
+
+@dataclass(frozen=True)
+class SpikeSourceArray:
+    """Neurons that spike at given times (ms).
+
+    Attributes:
+        spike_times: one sequence of times per neuron, or one sequence shared by all.
+    """
+
+    spike_times: tuple[tuple[float, ...], ...] | tuple[float, ...] = ()
+
+    name = "SpikeSourceArray"
+
+    def times_of(self, n_neurons: int) -> list[FloatArray]:
+        """Return the spike times of each of ``n_neurons`` neurons, sorted."""
+        times = self.spike_times
+        if len(times) > 0 and isinstance(times[0], tuple | list | np.ndarray):
+            if len(times) != n_neurons:
+                raise NetworkError(
+                    f"SpikeSourceArray has {len(times)} spike trains for {n_neurons} neurons"
+                )
+            return [np.sort(np.asarray(t, dtype=np.float64)) for t in times]
+        shared = np.sort(np.asarray(times, dtype=np.float64))
+        return [shared for _ in range(n_neurons)]
+
+
+@dataclass(frozen=True)
+class SpikeSourcePoisson:
+    """Independent Poisson spike trains.
+
+    Attributes:
+        rate: mean rate in Hz.
+        start: time of the first possible spike in ms.
+        duration: length of the active window in ms.
+    """
+
+    rate: float = 1.0
+    start: float = 0.0
+    duration: float = 1e10
+
+    name = "SpikeSourcePoisson"
+
+    def __post_init__(self) -> None:
+        if self.rate < 0.0 or self.start < 0.0 or self.duration < 0.0:
+            raise NetworkError(
+                f"SpikeSourcePoisson rate, start and duration must be >= 0, got "
+                f"{self.rate}, {self.start}, {self.duration}"
+            )
+
+
+CellType: TypeAlias = IFCurrExp | SpikeSourceArray | SpikeSourcePoisson
+RECORDABLE = {"IF_curr_exp": ("spikes", "v", "gsyn_exc", "gsyn_inh"),
+              "SpikeSourceArray": ("spikes",), "SpikeSourcePoisson": ("spikes",)}
+
+
+@dataclass(eq=False)
+class Population:
+    """A group of neurons of one cell type.
+
+    Attributes:
+        size: number of neurons.
+        cell: the cell type and its parameters.
+        label: unique name within the network.
+        index: position in the network.
+        initial_v: initial membrane potential per neuron (mV), IF_curr_exp only.
+        recorded: variable -> sorted neuron indices recorded.
+        sampling_interval_ms: interval between samples of v and gsyn.
+    """
+
+    size: int
+    cell: CellType
+    label: str
+    index: int
+    initial_v: FloatArray | None = None
+    recorded: dict[str, IndexArray] = field(default_factory=dict)
+    sampling_interval_ms: float | None = None
+
+    def initialize(self, v: float | Sequence[float] | FloatArray) -> None:
+        """Set the initial membrane potential (one value, or one per neuron)."""
+        if not isinstance(self.cell, IFCurrExp):
+            raise NetworkError(f"population {self.label!r} ({self.cell.name}) has no v")
+        values = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.size,)).copy()
+        self.initial_v = values
+
+    def record(
+        self,
+        variables: str | Sequence[str],
+        neurons: Sequence[int] | IndexArray | None = None,
+        sampling_interval_ms: float | None = None,
+    ) -> None:
+        """Record variables (``"spikes"``, ``"v"``, ``"gsyn_exc"``, ``"gsyn_inh"``).
+
+        Args:
+            variables: one name or several.
+            neurons: indices to record; all neurons when omitted.
+            sampling_interval_ms: interval of v/gsyn samples; every step when omitted.
+        """
+        names = [variables] if isinstance(variables, str) else list(variables)
+        ids = (np.arange(self.size, dtype=np.int64) if neurons is None
+               else np.unique(np.asarray(neurons, dtype=np.int64)))
+        if ids.size and (ids[0] < 0 or ids[-1] >= self.size):
+            raise NetworkError(f"population {self.label!r} has no neuron {int(ids[-1])}")
+        for name in names:
+            if name not in RECORDABLE[self.cell.name]:
+                raise NetworkError(f"{self.cell.name} population {self.label!r} cannot "
+                                   f"record {name!r}")
+            self.recorded[name] = ids
+        if sampling_interval_ms is not None:
+            self.sampling_interval_ms = sampling_interval_ms
+
+    def __repr__(self) -> str:
+        return f"<Population {self.label!r} {self.cell.name} x{self.size}>"
+
+
+class Connector:
+    """Turns population sizes into (pre, post) index arrays."""
+
+    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
+                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+        """Return the pre and post index of every synapse."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class OneToOne(Connector):
+    """Neuron i of pre to neuron i of post; the sizes must be equal."""
+
+    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
+                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+        if n_pre != n_post:
+            raise NetworkError(f"one-to-one needs equal sizes, got {n_pre} and {n_post}")
+        ids = np.arange(n_pre, dtype=np.int64)
+        return ids, ids.copy()
+
+
+@dataclass(frozen=True)
+class AllToAll(Connector):
+    """Every pre neuron to every post neuron."""
+
+    allow_self_connections: bool = True
+
+    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
+                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+        pre = np.repeat(np.arange(n_pre, dtype=np.int64), n_post)
+        post = np.tile(np.arange(n_post, dtype=np.int64), n_pre)
+        if is_same_population and not self.allow_self_connections:
+            keep = pre != post
+            return pre[keep], post[keep]
+        return pre, post
+
+
+@dataclass(frozen=True)
+class FixedProbability(Connector):
+    """Each (pre, post) pair connected independently with probability ``p``."""
+
+    p: float
+    allow_self_connections: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise NetworkError(f"connection probability must be in [0, 1], got {self.p}")
+
+    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
+                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+        mask = rng.random((n_pre, n_post)) < self.p
+        if is_same_population and not self.allow_self_connections:
+            np.fill_diagonal(mask, False)
+        pre, post = np.nonzero(mask)
+        return pre.astype(np.int64), post.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FixedNumberPre(Connector):
+    """Fixed in-degree: every post neuron gets ``n`` sources drawn uniformly.
+
+    Attributes:
+        n: sources per post neuron.
+        allow_self_connections: when False (same population only), a neuron never
+            draws itself.
+        with_replacement: when True the same source may be drawn several times
+            (multapses), each draw its own synapse.
+    """
+
+    n: int
+    allow_self_connections: bool = True
+    with_replacement: bool = False
+
+    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
+                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+        exclude_self = is_same_population and not self.allow_self_connections
+        n_choices = n_pre - 1 if exclude_self else n_pre
+        if self.n < 0 or (not self.with_replacement and self.n > n_choices):
+            raise NetworkError(
+                f"fixed in-degree {self.n} without replacement needs at most {n_choices} "
+                f"sources, pre has {n_pre}"
+            )
+        post = np.repeat(np.arange(n_post, dtype=np.int64), self.n)
+        if self.with_replacement:
+            pre = rng.integers(0, n_choices, size=(n_post, self.n), dtype=np.int64)
+        else:
+            keys = rng.random((n_post, n_choices))
+            pre = np.argpartition(keys, self.n - 1, axis=1)[:, : self.n].astype(np.int64) \
+                if self.n > 0 else np.zeros((n_post, 0), dtype=np.int64)
+        if exclude_self:
+            pre += pre >= np.arange(n_post, dtype=np.int64)[:, None]
+        return pre.reshape(-1), post
+
+
+@dataclass(frozen=True)
+class FromList(Connector):
+    """Explicit ``(pre, post)`` or ``(pre, post, weight, delay)`` tuples."""
+
+    connections: tuple[tuple[float, ...], ...]
+
+    def columns(self) -> npt.NDArray[np.float64]:
+        """Return the list as a 2-D float array (one row per synapse)."""
+        table = np.asarray(self.connections, dtype=np.float64).reshape(len(self.connections), -1)
+        if table.shape[0] and table.shape[1] not in (2, 4):
+            raise NetworkError(f"from-list rows need 2 or 4 columns, got {table.shape[1]}")
+        return table
+
+    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
+                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+        table = self.columns()
+        if table.shape[0] == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class FromArrays(Connector):
+    """Synapses given as two index arrays (one entry per synapse, multapses allowed)."""
+
+    pre: IndexArray
+    post: IndexArray
+
+    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
+                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+        pre = np.asarray(self.pre, dtype=np.int64).reshape(-1)
+        post = np.asarray(self.post, dtype=np.int64).reshape(-1)
+        if pre.shape != post.shape:
+            raise NetworkError(f"from-arrays needs equal lengths, got {pre.size} and {post.size}")
+        return pre, post
+
+
+@dataclass(frozen=True, eq=False)
+class StaticSynapse:
+    """Fixed weight (nA) and delay (ms): a scalar, or one value per synapse."""
+
+    weight: float | FloatArray = 0.0
+    delay: float | FloatArray | None = None
+
+
+@dataclass(eq=False)
+class Projection:
+    """Synapses from one population to another, of one receptor type.
+
+    Attributes:
+        pre: source population.
+        post: target population (IF_curr_exp).
+        connector: the connection rule.
+        synapse: weights and delays.
+        receptor_type: ``"excitatory"`` or ``"inhibitory"``.
+        seed: seed of this projection's random connections.
+    """
+
+    pre: Population
+    post: Population
+    connector: Connector
+    synapse: StaticSynapse
+    receptor_type: Receptor
+    seed: Sequence[int]
+    label: str = ""
+    _cache: tuple[IndexArray, IndexArray, FloatArray, FloatArray] | None = None
+
+    def synapses(self, dt_ms: float) -> tuple[IndexArray, IndexArray, FloatArray, FloatArray]:
+        """Return (pre, post, |weight| nA, delay ms) of every synapse; cached.
+
+        Raises:
+            NetworkError: an index out of range, a weight of the wrong sign or a
+                delay below one time step.
+        """
+        if self._cache is not None:
+            return self._cache
+        rng = np.random.default_rng(list(self.seed))
+        pre, post = self.connector.connect(
+            self.pre.size, self.post.size, rng, self.pre is self.post)
+        if pre.size and (pre.min() < 0 or pre.max() >= self.pre.size):
+            raise NetworkError(f"projection {self.label!r} names a source outside "
+                               f"{self.pre.label!r} (size {self.pre.size})")
+        if post.size and (post.min() < 0 or post.max() >= self.post.size):
+            raise NetworkError(f"projection {self.label!r} names a target outside "
+                               f"{self.post.label!r} (size {self.post.size})")
+        weight, delay = self._weights_delays(pre.size, dt_ms)
+        self._cache = (pre, post, weight, delay)
+        return self._cache
+
+    def _weights_delays(self, n: int, dt_ms: float) -> tuple[FloatArray, FloatArray]:
+        weight_in = self.synapse.weight
+        delay_in = self.synapse.delay if self.synapse.delay is not None else dt_ms
+        if isinstance(self.connector, FromList):
+            table = self.connector.columns()
+            if table.shape[0] and table.shape[1] == 4:
+                weight_in, delay_in = table[:, 2], table[:, 3]
+        try:
+            weight = np.broadcast_to(np.asarray(weight_in, dtype=np.float64), (n,))
+            delay = np.broadcast_to(np.asarray(delay_in, dtype=np.float64), (n,))
+        except ValueError as exc:
+            raise NetworkError(f"projection {self.label!r} has {n} synapses but weights or "
+                               f"delays of another length") from exc
+        if n and self.receptor_type == "excitatory" and weight.min() < 0.0:
+            raise NetworkError(f"projection {self.label!r} is excitatory but has weight "
+                               f"{float(weight.min())} < 0")
+        if n and self.receptor_type == "inhibitory" and weight.max() > 0.0:
+            raise NetworkError(f"projection {self.label!r} is inhibitory but has weight "
+                               f"{float(weight.max())} > 0 (current-based inhibitory "
+                               f"weights are negative)")
+        if n and delay.min() < dt_ms * (1.0 - 1e-9):
+            raise NetworkError(f"projection {self.label!r} has delay {float(delay.min())} ms, "
+                               f"below one time step ({dt_ms} ms)")
+        return np.abs(weight), delay.copy()
+
+    def __repr__(self) -> str:
+        return f"<Projection {self.label!r} {self.pre.label}->{self.post.label} " \
+               f"{self.receptor_type}>"
+
+
+class Network:
+    """A whole network: populations, projections, time step and seed.
+
+    Args:
+        dt_ms: simulation time step.
+        seed: root seed of every random draw of the description and the run.
+    """
+
+    def __init__(self, dt_ms: float = 1.0, seed: int = 1) -> None:
+        if not dt_ms > 0.0:
+            raise NetworkError(f"time step must be positive, got {dt_ms} ms")
+        self.dt_ms = dt_ms
+        self.seed = seed
+        self.populations: list[Population] = []
+        self.projections: list[Projection] = []
+
+    def population(self, size: int, cell: CellType, label: str | None = None) -> Population:
+        """Add a population of ``size`` neurons and return it."""
+        if size < 1:
+            raise NetworkError(f"population size must be >= 1, got {size}")
+        name = label if label is not None else f"population{len(self.populations)}"
+        if any(p.label == name for p in self.populations):
+            raise NetworkError(f"population label {name!r} is already used")
+        pop = Population(size=size, cell=cell, label=name, index=len(self.populations))
+        self.populations.append(pop)
+        return pop
+
+    def project(
+        self,
+        pre: Population,
+        post: Population,
+        connector: Connector,
+        synapse: StaticSynapse | None = None,
+        receptor_type: Receptor = "excitatory",
+        label: str | None = None,
+    ) -> Projection:
+        """Connect ``pre`` to ``post`` and return the projection."""
+        if not isinstance(post.cell, IFCurrExp):
+            raise NetworkError(f"projection target {post.label!r} is a {post.cell.name}, "
+                               f"which has no synapses")
+        if receptor_type not in ("excitatory", "inhibitory"):
+            raise NetworkError(f"receptor type must be excitatory or inhibitory, "
+                               f"got {receptor_type!r}")
+        for pop in (pre, post):
+            if pop not in self.populations:
+                raise NetworkError(f"population {pop.label!r} is not in this network")
+        proj = Projection(
+            pre=pre, post=post, connector=connector, synapse=synapse or StaticSynapse(),
+            receptor_type=receptor_type, seed=(self.seed, 1, len(self.projections)),
+            label=label or f"{pre.label}->{post.label}#{len(self.projections)}")
+        self.projections.append(proj)
+        return proj
+
+    def delay_steps(self, delay_ms: FloatArray) -> IndexArray:
+        """Convert delays in ms to whole time steps (rounded to nearest)."""
+        return np.rint(np.asarray(delay_ms) / self.dt_ms).astype(np.int64)
+
+    def summary(self) -> Mapping[str, int]:
+        """Return counts of populations, neurons and projections."""
+        return {"populations": len(self.populations),
+                "neurons": sum(p.size for p in self.populations),
+                "projections": len(self.projections)}
+
