@@ -28,15 +28,6 @@ def _load(config_path: Path | None) -> ServerConfig:
     return default_config() if config_path is None else load_config(config_path)
 
 
-def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("allotment")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 async def serve(*, host: str, port: int, config_path: Path | None, db_url: str) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit status."""
     try:
@@ -60,7 +51,7 @@ async def _run(
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    service = Service(config, store, SystemClock(), version=_package_version())
+    service = Service(config, store, SystemClock())
     server = Server(
         service,
         max_line_bytes=config.server.max_line_bytes,

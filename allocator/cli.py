@@ -1,4 +1,4 @@
-"""The `allotment` command line: `serve` runs the server; the other subcommands are for operators."""
+"""The `allotment` command line: `serve` runs the server; the other subcommands serve operators."""
 
 from __future__ import annotations
 
@@ -31,9 +31,14 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run the allocation server",
         description="Run the allocation server until SIGTERM or SIGINT; SIGHUP reloads --config.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     serve.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="TCP port, 0 for any free port (default %(default)s)"
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port, 0 for any free port (default %(default)s)",
     )
     serve.add_argument(
         "--config",
@@ -44,11 +49,14 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     serve.add_argument(
         "--db",
         default=os.environ.get("ALLOTMENT_DB", DEFAULT_DB_URL),
-        help="SQLAlchemy database URL (default: %(default)s, an SQLite file in the current directory;"
-        " or postgresql+asyncpg://user@host/db)",
+        help="SQLAlchemy database URL (default: %(default)s, an SQLite file in the current"
+        " directory; or postgresql+asyncpg://user@host/db)",
     )
     serve.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level"
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level",
     )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from allocator.machine import Machine
 from machine_models.geometry import (
     TRIAD_SIZE_CHIPS,
     BoardCFB,
@@ -31,8 +32,6 @@ from machine_models.geometry import (
     chip_to_board,
     ethernet_chip,
 )
-
-from allocator.machine import Machine
 
 __all__ = [
     "JobPlace",
@@ -85,7 +84,7 @@ JobOfBoard = Callable[[str, BoardXYZ], JobPlace | None]
 
 
 def _machine_chips(machine: Machine) -> tuple[int, int]:
-    return TRIAD_SIZE_CHIPS * machine.width, TRIAD_SIZE_CHIPS * machine.height
+    return TRIAD_SIZE_CHIPS * machine.width_triads, TRIAD_SIZE_CHIPS * machine.height_triads
 
 
 def job_origin(boards: Collection[BoardXYZ]) -> ChipXY:
@@ -136,7 +135,7 @@ def locate_board(machine: Machine, board: BoardXYZ, job_of_board: JobOfBoard) ->
     """A logical board (x and y wrap, as in the reference); None for an empty slot."""
     if not 0 <= board.z < 3:
         return None
-    board = BoardXYZ(board.x % machine.width, board.y % machine.height, board.z)
+    board = BoardXYZ(board.x % machine.width_triads, board.y % machine.height_triads, board.z)
     return _location(machine, board, ethernet_chip(board), ChipXY(0, 0), job_of_board)
 
 
@@ -145,7 +144,7 @@ def locate_chip(machine: Machine, chip: ChipXY, job_of_board: JobOfBoard) -> Loc
     width, height = _machine_chips(machine)
     chip = ChipXY(chip.x % width, chip.y % height)
     try:
-        board, local = chip_to_board(chip, machine.width, machine.height)
+        board, local = chip_to_board(chip, machine.width_triads, machine.height_triads)
     except GeometryError:
         return None
     return _location(machine, board, chip, local, job_of_board)

@@ -27,11 +27,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from protocol.codec import decode_request, encode_exception, encode_notification, encode_reply
-from protocol.commands import CommandError, bind
-from protocol.errors import DecodeError
-
 from allocator.errors import AllocatorError
+from protocol.codec import decode_request, encode_exception, encode_notification, encode_reply
+from protocol.commands import bind
+from protocol.errors import CommandError, DecodeError
+from protocol.messages import JobsChanged, MachinesChanged
 
 __all__ = ["Connection", "Dispatcher", "Server"]
 
@@ -72,15 +72,19 @@ class Connection:
         if self.is_closed:
             return []
         kinds = []
-        jobs = sorted(j for j in job_ids if self.watch_all_jobs or j in self.watched_jobs)
+        jobs = tuple(sorted(j for j in job_ids if self.watch_all_jobs or j in self.watched_jobs))
         if jobs:
-            self.writer.write(encode_notification("jobs_changed", jobs))
+            self.writer.write(encode_notification(JobsChanged.model_construct(jobs_changed=jobs)))
             kinds.append("jobs_changed")
-        machines = sorted(
-            m for m in machine_names if self.watch_all_machines or m in self.watched_machines
+        machines = tuple(
+            sorted(
+                m for m in machine_names if self.watch_all_machines or m in self.watched_machines
+            )
         )
         if machines:
-            self.writer.write(encode_notification("machines_changed", machines))
+            self.writer.write(
+                encode_notification(MachinesChanged.model_construct(machines_changed=machines))
+            )
             kinds.append("machines_changed")
         return kinds
 
@@ -247,7 +251,9 @@ class Server:
             raise
         except Exception:
             log.exception("internal error while handling %r from %s", command, conn.peer_host)
-            reply = encode_exception(f"internal error while handling {command!r}; see the server log")
+            reply = encode_exception(
+                f"internal error while handling {command!r}; see the server log"
+            )
             outcome = "internal_error"
         if not conn.is_closed:
             conn.writer.write(reply)

@@ -23,9 +23,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from machine_models.geometry import BoardXYZ, ChipXY
-from protocol import messages as m
-
 from allocator import jobs as jobs_
 from allocator.clock import Clock
 from allocator.config import ServerConfig
@@ -50,16 +47,17 @@ from allocator.store import (
     PutJob,
     ReleaseBoards,
     SetNextJobId,
-    StoredState,
     Store,
+    StoredState,
 )
+from machine_models.geometry import BoardXYZ, ChipXY
+from protocol import messages as m
+from protocol.commands import V1_VERSION, allotment_version_reply
 
 __all__ = ["V1_VERSION", "Service"]
 
 log = logging.getLogger("allotment.service")
 
-V1_VERSION = "6.99.0"
-"""What `version` answers: both spalloc client releases accept (0, 1, 0) <= v < (7, 0, 0)."""
 
 Listener = Callable[[tuple[int, ...], tuple[str, ...]], None]
 
@@ -76,7 +74,8 @@ class _Live:
 
     def place(self) -> JobPlace:
         assert self.record.machine_name is not None
-        assert self.record.width_chips is not None and self.record.height_chips is not None
+        assert self.record.width_chips is not None
+        assert self.record.height_chips is not None
         return JobPlace(
             self.record.job_id,
             self.record.machine_name,
@@ -93,14 +92,12 @@ class Service:
         config: the validated configuration (machines in priority order and settings).
         store: the durable store, already opened.
         clock: where time comes from (a `FakeClock` in tests).
-        version: the allotment version reported by `allotment_version`.
     """
 
-    def __init__(self, config: ServerConfig, store: Store, clock: Clock, *, version: str) -> None:
+    def __init__(self, config: ServerConfig, store: Store, clock: Clock) -> None:
         self._config = config
         self._store = store
         self._clock = clock
-        self._version = version
         self._machines: dict[str, Machine] = {mc.name: mc for mc in config.machines}
         self._allocators: dict[str, MachineAllocator] = {
             name: MachineAllocator(mc) for name, mc in self._machines.items()
@@ -207,7 +204,10 @@ class Service:
             if replacement is None or not _same_hardware(machine, replacement):
                 for job in [j for j in self._live.values() if j.record.machine_name == name]:
                     self._end(
-                        job, jobs_.cancel(job.record, now, jobs_.REASON_MACHINE_REMOVED), changed, set()
+                        job,
+                        jobs_.cancel(job.record, now, jobs_.REASON_MACHINE_REMOVED),
+                        changed,
+                        set(),
                     )
                 for job_id, machine_name in list(self._powering_off.items()):
                     if machine_name == name:
@@ -226,8 +226,10 @@ class Service:
             allocator = MachineAllocator(machine)
             if name in old and _same_hardware(old[name], machine):
                 previous = self._allocators[name]
-                for job_id, boards in previous.allocations().items():
-                    allocator.restore(job_id, boards)
+                for job_id in self._holders(name):
+                    held = previous.allocation(job_id)
+                    if held is not None:
+                        allocator.restore(job_id, held.boards, held.rectangle)
             allocators[name] = allocator
         self._allocators = allocators
         self._scheduler = Scheduler(self._allocators, config.server.starvation_s)
@@ -244,6 +246,15 @@ class Service:
         touched |= self._schedule(changed)
         log.info("configuration reloaded: machines %s", ", ".join(new) or "none")
         self._background_commit(changed, touched)
+
+    def _holders(self, machine_name: str) -> list[int]:
+        """Every job holding boards of a machine: allocated, powering off or cooling down."""
+        live = [
+            j.record.job_id for j in self._live.values() if j.record.machine_name == machine_name
+        ]
+        off = [job_id for job_id, name in self._powering_off.items() if name == machine_name]
+        cooling = [job_id for _, name, job_id in self._cooling if name == machine_name]
+        return live + off + cooling
 
     # --- restore ----------------------------------------------------------------------
 
@@ -417,7 +428,8 @@ class Service:
         self._background_commit([job_id], ())
 
     def _power_off_then_cool(self, record: JobRecord) -> None:
-        assert record.machine_name is not None and self._power is not None
+        assert record.machine_name is not None
+        assert self._power is not None
         self._powering_off[record.job_id] = record.machine_name
         requests = self._power_requests(record, False)
         if requests:
@@ -504,8 +516,10 @@ class Service:
     async def _version_cmd(self, args: m.VersionArgs, conn: Any) -> str:
         return V1_VERSION
 
-    async def _allotment_version(self, args: m.AllotmentVersionArgs, conn: Any) -> dict[str, Any]:
-        return {"server": "allotment", "version": self._version, "protocol": 1}
+    async def _allotment_version(
+        self, args: m.AllotmentVersionArgs, conn: Any
+    ) -> m.AllotmentVersionReply:
+        return allotment_version_reply()
 
     async def create_job(self, args: m.CreateJobArgs, conn: Any) -> int:
         """Queue (or allocate at once) a job; a request that can never fit is destroyed."""
@@ -680,17 +694,15 @@ class Service:
             {
                 "name": mc.name,
                 "tags": sorted(mc.tags),
-                "width": mc.width,
-                "height": mc.height,
+                "width": mc.width_triads,
+                "height": mc.height_triads,
                 "dead_boards": [list(b) for b in sorted(mc.dead_boards)],
                 "dead_links": [[*b, int(link)] for b, link in sorted(mc.dead_links)],
             }
             for mc in self._machines.values()
         ]
 
-    async def get_board_position(
-        self, args: m.GetBoardPositionArgs, conn: Any
-    ) -> list[int] | None:
+    async def get_board_position(self, args: m.GetBoardPositionArgs, conn: Any) -> list[int] | None:
         machine = self._machines.get(args.machine_name)
         if machine is None:
             return None
@@ -743,15 +755,17 @@ class Service:
                 if board is not None:
                     location = locate_board(machine, board, self._job_of_board)
             else:
-                location = locate_chip(machine, ChipXY(args.chip_x, args.chip_y), self._job_of_board)
+                location = locate_chip(
+                    machine, ChipXY(args.chip_x, args.chip_y), self._job_of_board
+                )
         return None if location is None else location.to_wire()
 
 
 def _same_hardware(a: Machine, b: Machine) -> bool:
     """Whether two descriptions of a machine have the same size, layout and addresses."""
     return (
-        a.width == b.width
-        and a.height == b.height
+        a.width_triads == b.width_triads
+        and a.height_triads == b.height_triads
         and a.board_locations == b.board_locations
         and a.bmp_ips == b.bmp_ips
         and a.spinnaker_ips == b.spinnaker_ips

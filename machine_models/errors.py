@@ -120,9 +120,7 @@ class OverlappingKeysError(ImageError):
     """Two cores send packets with the same key, so routers could not tell them apart."""
 
     def __init__(self, first: tuple[int, int, int], second: tuple[int, int, int], key: int) -> None:
-        super().__init__(
-            f"cores {first} and {second} both send key {key:#010x}"
-        )
+        super().__init__(f"cores {first} and {second} both send key {key:#010x}")
 
 
 class ExecutionError(MachineModelError):

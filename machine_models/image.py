@@ -148,7 +148,9 @@ class Image:
         """
         view = memoryview(data)
         if len(view) < _HEADER.size:
-            raise ImageFormatError(f"{len(view)} bytes is shorter than the {_HEADER.size}-byte header")
+            raise ImageFormatError(
+                f"{len(view)} bytes is shorter than the {_HEADER.size}-byte header"
+            )
         magic, version, _flags, timestep_us, n_cores, n_tables = _HEADER.unpack_from(view, 0)
         if magic != IMAGE_MAGIC:
             raise ImageFormatError(f"magic {magic!r} is not {IMAGE_MAGIC!r}")
@@ -171,7 +173,9 @@ class Image:
             try:
                 app_id = AppId(app)
             except ValueError:
-                raise ImageFormatError(f"core ({x}, {y}, {p}) has unknown application {app}") from None
+                raise ImageFormatError(
+                    f"core ({x}, {y}, {p}) has unknown application {app}"
+                ) from None
             regions: dict[int, bytes] = {}
             for _ in range(n_regions):
                 need(_REGION.size)

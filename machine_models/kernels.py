@@ -44,7 +44,12 @@ def _ndtri(p):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     b3, b4 = 6.680131188771972e01, -1.328068155288572e01
     c0, c1, c2 = -7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00
     c3, c4, c5 = -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00
-    d0, d1, d2, d3 = 7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00
+    d0, d1, d2, d3 = (
+        7.784695709041462e-03,
+        3.224671290700398e-01,
+        2.445134137142996e00,
+        3.754408661907416e00,
+    )
     if p < 0.02425:
         q = math.sqrt(-2.0 * math.log(p))
         return (((((c0 * q + c1) * q + c2) * q + c3) * q + c4) * q + c5) / (
@@ -57,8 +62,10 @@ def _ndtri(p):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
         )
     q = p - 0.5
     r = q * q
-    return (((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5) * q / (
-        ((((b0 * r + b1) * r + b2) * r + b3) * r + b4) * r + 1.0
+    return (
+        (((((a0 * r + a1) * r + a2) * r + a3) * r + a4) * r + a5)
+        * q
+        / (((((b0 * r + b1) * r + b2) * r + b3) * r + b4) * r + 1.0)
     )
 
 
@@ -70,9 +77,27 @@ def draw_isi(state, i, isi_raw):  # type: ignore[no-untyped-def]  # pragma: no c
 
 
 @numba.njit(cache=True)
-def _deliver(e, count, t, fo_ptr, d_kind, d_core, d_a, d_b, syn, ring, lif_ring_base,
-             lif_ring_mask, lif_shift_bits, sat, de_counter_base, de_slots, de_nn, de_lost,
-             de_counter):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _deliver(
+    e,
+    count,
+    t,
+    fo_ptr,
+    d_kind,
+    d_core,
+    d_a,
+    d_b,
+    syn,
+    ring,
+    lif_ring_base,
+    lif_ring_mask,
+    lif_shift_bits,
+    sat,
+    de_counter_base,
+    de_slots,
+    de_nn,
+    de_lost,
+    de_counter,
+):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     for j in range(fo_ptr[e], fo_ptr[e + 1]):
         c = d_core[j]
         if d_kind[j] == 0:
@@ -101,22 +126,92 @@ def _deliver(e, count, t, fo_ptr, d_kind, d_core, d_a, d_b, syn, ring, lif_ring_
 
 @numba.njit(cache=True)
 def run_steps(
-    t0, t1, nvar,
+    t0,
+    t1,
+    nvar,
     # emitters and fan-out
-    fo_ptr, d_kind, d_core, d_a, d_b, syn, packets, spikes_sent,
+    fo_ptr,
+    d_kind,
+    d_core,
+    d_a,
+    d_b,
+    syn,
+    packets,
+    spikes_sent,
     # LIF cores
-    lif_nb, lif_nn, lif_ib, lif_tb, lif_db, lif_it, lif_she, lif_shi, lif_ring_base, lif_ring_mask,
-    lif_emit, lif_rec, lif_viv, lif_voff, lif_vfirst, lif_geiv, lif_geoff, lif_gefirst,
-    lif_giiv, lif_gioff, lif_gifirst, sat, ring,
-    v, v_rest, r_m, exp_tc, i_off, v_reset, v_thr, t_ref, ref, ie, ii, ed, ei, idc, iin,
-    rec_t, rec_n, rec_count, v_buf, ge_buf, gi_buf,
+    lif_nb,
+    lif_nn,
+    lif_ib,
+    lif_tb,
+    lif_db,
+    lif_it,
+    lif_she,
+    lif_shi,
+    lif_ring_base,
+    lif_ring_mask,
+    lif_emit,
+    lif_rec,
+    lif_viv,
+    lif_voff,
+    lif_vfirst,
+    lif_geiv,
+    lif_geoff,
+    lif_gefirst,
+    lif_giiv,
+    lif_gioff,
+    lif_gifirst,
+    sat,
+    ring,
+    v,
+    v_rest,
+    r_m,
+    exp_tc,
+    i_off,
+    v_reset,
+    v_thr,
+    t_ref,
+    ref,
+    ie,
+    ii,
+    ed,
+    ei,
+    idc,
+    iin,
+    rec_t,
+    rec_n,
+    rec_count,
+    v_buf,
+    ge_buf,
+    gi_buf,
     # spike source arrays
-    ssa_emit, ssa_cursor, ssa_end, ssa_steps, ssa_neurons,
+    ssa_emit,
+    ssa_cursor,
+    ssa_end,
+    ssa_steps,
+    ssa_neurons,
     # poisson
-    po_emit, po_nb, po_nn, po_state, po_start, po_end, po_regime, po_eml, po_sqrt, po_isi, po_tts,
+    po_emit,
+    po_nb,
+    po_nn,
+    po_state,
+    po_start,
+    po_end,
+    po_regime,
+    po_eml,
+    po_sqrt,
+    po_isi,
+    po_tts,
     # delay extensions
-    de_emit, de_nn, de_stages, de_dps, de_slots, de_counter_base, de_flag_base, de_flags,
-    de_counter, de_lost,
+    de_emit,
+    de_nn,
+    de_stages,
+    de_dps,
+    de_slots,
+    de_counter_base,
+    de_flag_base,
+    de_flags,
+    de_counter,
+    de_lost,
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Advance every core from step t0 to t1; returns the step reached (early if rec full)."""
     n_lif_neurons = v.size
@@ -154,9 +249,27 @@ def run_steps(
                     e = (ssa_emit[c] + ssa_neurons[ssa_cursor[c]]) * nvar + var
                     packets[e] += 1
                     spikes_sent[e] += 1
-                    _deliver(e, 1, t, fo_ptr, d_kind, d_core, d_a, d_b, syn, ring, lif_ring_base,
-                             lif_ring_mask, lif_it, sat, de_counter_base, de_slots, de_nn,
-                             de_lost, de_counter)
+                    _deliver(
+                        e,
+                        1,
+                        t,
+                        fo_ptr,
+                        d_kind,
+                        d_core,
+                        d_a,
+                        d_b,
+                        syn,
+                        ring,
+                        lif_ring_base,
+                        lif_ring_mask,
+                        lif_it,
+                        sat,
+                        de_counter_base,
+                        de_slots,
+                        de_nn,
+                        de_lost,
+                        de_counter,
+                    )
                 ssa_cursor[c] += 1
         for c in range(po_emit.size):
             for n in range(po_nn[c]):
@@ -187,9 +300,27 @@ def run_steps(
                     e = (po_emit[c] + n) * nvar + var
                     packets[e] += 1
                     spikes_sent[e] += k
-                    _deliver(e, k, t, fo_ptr, d_kind, d_core, d_a, d_b, syn, ring, lif_ring_base,
-                             lif_ring_mask, lif_it, sat, de_counter_base, de_slots, de_nn,
-                             de_lost, de_counter)
+                    _deliver(
+                        e,
+                        k,
+                        t,
+                        fo_ptr,
+                        d_kind,
+                        d_core,
+                        d_a,
+                        d_b,
+                        syn,
+                        ring,
+                        lif_ring_base,
+                        lif_ring_mask,
+                        lif_it,
+                        sat,
+                        de_counter_base,
+                        de_slots,
+                        de_nn,
+                        de_lost,
+                        de_counter,
+                    )
         for c in range(de_nn.size):
             nn = de_nn[c]
             for d in range(de_stages[c]):
@@ -204,9 +335,27 @@ def run_steps(
                         e = (de_emit[c] + d * nn + n) * nvar + var
                         packets[e] += 1
                         spikes_sent[e] += count
-                        _deliver(e, count, t, fo_ptr, d_kind, d_core, d_a, d_b, syn, ring,
-                                 lif_ring_base, lif_ring_mask, lif_it, sat, de_counter_base,
-                                 de_slots, de_nn, de_lost, de_counter)
+                        _deliver(
+                            e,
+                            count,
+                            t,
+                            fo_ptr,
+                            d_kind,
+                            d_core,
+                            d_a,
+                            d_b,
+                            syn,
+                            ring,
+                            lif_ring_base,
+                            lif_ring_mask,
+                            lif_it,
+                            sat,
+                            de_counter_base,
+                            de_slots,
+                            de_nn,
+                            de_lost,
+                            de_counter,
+                        )
         for c in range(lif_nb.size):
             nb = lif_nb[c]
             nn = lif_nn[c]
@@ -241,9 +390,27 @@ def run_steps(
                     e = (lif_emit[c] + n) * nvar + var
                     packets[e] += 1
                     spikes_sent[e] += 1
-                    _deliver(e, 1, t, fo_ptr, d_kind, d_core, d_a, d_b, syn, ring, lif_ring_base,
-                             lif_ring_mask, lif_it, sat, de_counter_base, de_slots, de_nn,
-                             de_lost, de_counter)
+                    _deliver(
+                        e,
+                        1,
+                        t,
+                        fo_ptr,
+                        d_kind,
+                        d_core,
+                        d_a,
+                        d_b,
+                        syn,
+                        ring,
+                        lif_ring_base,
+                        lif_ring_mask,
+                        lif_it,
+                        sat,
+                        de_counter_base,
+                        de_slots,
+                        de_nn,
+                        de_lost,
+                        de_counter,
+                    )
                 v[g] = vm
                 ie[g] = (np.int64(ie[g]) * np.int64(ed[g])) >> 32
                 ii[g] = (np.int64(ii[g]) * np.int64(idc[g])) >> 32

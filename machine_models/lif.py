@@ -342,7 +342,13 @@ def decode_pop_table(data: bytes) -> PopTable:
         key, mask, w2, w3 = words[4 * i : 4 * i + 4]
         entries.append(
             MasterPopEntry(
-                key, mask, w2 & 0x1FFF, w2 >> 16, (w2 >> 13) & 7, w3 & 0xFF, (w3 >> 8) & 0xFF,
+                key,
+                mask,
+                w2 & 0x1FFF,
+                w2 >> 16,
+                (w2 >> 13) & 7,
+                w3 & 0xFF,
+                (w3 >> 8) & 0xFF,
                 w3 >> 16,
             )
         )

@@ -65,7 +65,9 @@ def encode_keys(keys: npt.ArrayLike, n_colour_bits: int, *, has_key: bool = True
         has_key: False for a core that never sends.
     """
     array = np.asarray(keys, dtype=np.uint32)
-    return struct.pack("<III", len(array), n_colour_bits, int(has_key)) + array.astype("<u4").tobytes()
+    return (
+        struct.pack("<III", len(array), n_colour_bits, int(has_key)) + array.astype("<u4").tobytes()
+    )
 
 
 def decode_keys(data: bytes) -> tuple[npt.NDArray[np.uint32], int, bool]:

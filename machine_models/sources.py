@@ -74,7 +74,11 @@ def encode_spike_array(steps: npt.ArrayLike, neurons: npt.ArrayLike) -> bytes:
     s = np.asarray(steps, dtype=np.uint32)
     n = np.asarray(neurons, dtype=np.uint32)
     order = np.lexsort((n, s))
-    return struct.pack("<I", s.size) + s[order].astype("<u4").tobytes() + n[order].astype("<u4").tobytes()
+    return (
+        struct.pack("<I", s.size)
+        + s[order].astype("<u4").tobytes()
+        + n[order].astype("<u4").tobytes()
+    )
 
 
 def decode_spike_array(data: bytes) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
@@ -127,7 +131,11 @@ def encode_poisson_params(params: PoissonParams, timestep_us: int) -> bytes:
     regime = np.where(
         lam <= 0,
         REGIME_OFF,
-        np.where(lam < SLOW_LAMBDA, REGIME_SLOW, np.where(lam < FASTER_LAMBDA, REGIME_FAST, REGIME_FASTER)),
+        np.where(
+            lam < SLOW_LAMBDA,
+            REGIME_SLOW,
+            np.where(lam < FASTER_LAMBDA, REGIME_FAST, REGIME_FASTER),
+        ),
     )
     rec["regime"] = regime
     rec["exp_minus_lambda"] = to_u032(np.exp(-lam))

@@ -543,7 +543,7 @@ _V1_SPECS: Final[tuple[CommandSpec, ...]] = (
 )
 
 V1_COMMAND_NAMES: Final = frozenset(spec.name for spec in _V1_SPECS)
-"""The 15 commands of the reference server."""
+"""The 17 command names of the reference server (15 rows of its table: notify/no_notify pair up)."""
 
 _ALLOTMENT_VERSION_SPEC: Final = CommandSpec(
     "allotment_version",

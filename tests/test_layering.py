@@ -82,7 +82,9 @@ def test_every_import_follows_the_dependency_rules() -> None:
     assert _violations() == []
 
 
-def test_the_check_catches_a_forbidden_edge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_check_catches_a_forbidden_edge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A protocol module importing the allocator must be reported.
     fake_root = tmp_path
     for package in OURS:

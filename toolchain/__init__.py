@@ -1,0 +1,69 @@
+"""The job-runner side: describe a network, map it onto an allocation, write its image.
+
+Typical use::
+
+    net = Network(dt_ms=0.1, seed=1)
+    cells = net.population(100, IFCurrExp(), "cells")
+    drive = net.population(100, SpikeSourcePoisson(rate=50.0), "drive")
+    net.project(drive, cells, OneToOne(), StaticSynapse(weight=0.5, delay=1.0))
+    mapped = map_network(net, virtual_allocation(1))
+    results = Executor(mapped.image, mapped.topology).run(1000)
+"""
+
+from toolchain.allocation import allocation_from_machine_info, virtual_allocation
+from toolchain.build import MappedNetwork, map_network
+from toolchain.errors import (
+    AllocationError,
+    KeySpaceError,
+    NetworkError,
+    PlacementError,
+    ResourceError,
+    RoutingError,
+    RoutingTableFullError,
+    ToolchainError,
+)
+from toolchain.network import (
+    AllToAll,
+    FixedNumberPre,
+    FixedProbability,
+    FromArrays,
+    FromList,
+    IFCurrExp,
+    Network,
+    OneToOne,
+    Population,
+    Projection,
+    SpikeSourceArray,
+    SpikeSourcePoisson,
+    StaticSynapse,
+)
+from toolchain.splitting import MappingConfig
+
+__all__ = [
+    "AllToAll",
+    "AllocationError",
+    "FixedNumberPre",
+    "FixedProbability",
+    "FromArrays",
+    "FromList",
+    "IFCurrExp",
+    "KeySpaceError",
+    "MappedNetwork",
+    "MappingConfig",
+    "Network",
+    "NetworkError",
+    "OneToOne",
+    "PlacementError",
+    "Population",
+    "Projection",
+    "ResourceError",
+    "RoutingError",
+    "RoutingTableFullError",
+    "SpikeSourceArray",
+    "SpikeSourcePoisson",
+    "StaticSynapse",
+    "ToolchainError",
+    "allocation_from_machine_info",
+    "map_network",
+    "virtual_allocation",
+]

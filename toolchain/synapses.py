@@ -90,7 +90,8 @@ def _source_rate_hz(network: Network, pre_index: int, config: MappingConfig) -> 
     if isinstance(cell, SpikeSourcePoisson):
         return cell.rate
     if isinstance(cell, SpikeSourceArray):
-        return config.spikes_per_second
+        # spike times are arbitrary and may coincide: assume a spike every step
+        return 1000.0 / network.dt_ms
     return config.spikes_per_second
 
 

@@ -96,7 +96,7 @@ def test_slots_unique() -> None:
 
 def test_ips_unique_and_valid() -> None:
     layout = _layout(1, 1)
-    with pytest.raises(MachineError, match="10.0.0.1 is used by"):
+    with pytest.raises(MachineError, match=r"10\.0\.0\.1 is used by"):
         Machine(
             name="m",
             tags=frozenset(),

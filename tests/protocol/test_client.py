@@ -1,9 +1,16 @@
-"""The anyio client against a small scripted server, under both asyncio and trio."""
+"""The anyio client against a small scripted server, under both asyncio and trio.
+
+pytest-asyncio runs in auto mode for the project, and in that mode it takes over every
+`async def` test, `@pytest.mark.anyio` ones included, and runs them on asyncio whatever
+`anyio_backend` says. So each scenario here is an `async def` turned into a plain test by
+`on_both_backends`, which runs it with `anyio.run` on the backend of the parametrised
+`anyio_backend` fixture; `test_both_backends_really_run` checks that trio really runs.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,17 +28,26 @@ from protocol.errors import (
 )
 from protocol.messages import JobsChanged, JobStateReply, MachinesChanged, WireBoardCFB
 
-pytestmark = pytest.mark.anyio
-
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-# A script maps a command to the lines the server writes when it reads that command. A line
-# may be the string "HOLD" (answer nothing now: the held lines go out before the next answer)
-# or "CLOSE" (close the connection).
+def on_both_backends(scenario: Callable[[], Awaitable[None]]) -> Callable[[str], None]:
+    """Turn an async scenario into a sync test run once per `anyio_backend`."""
+
+    def test(anyio_backend: str) -> None:
+        anyio.run(scenario, backend=anyio_backend)
+
+    test.__name__ = test.__qualname__ = getattr(scenario, "__name__", "test")
+    test.__doc__ = scenario.__doc__
+    return test
+
+
+# A script maps a command to the lines the server writes when it reads that command. A list
+# starting with "HOLD" is held back and written just before the next answer; ["CLOSE"]
+# closes the connection instead of answering.
 Script = dict[str, list[Any]]
 
 
@@ -57,26 +73,26 @@ async def fake_server(
                 request = json.loads(line)
                 if received is not None:
                     received.append(request)
-                for item in script.get(request["command"], [{"return": None}]):
-                    if item == "HOLD":
-                        held.append(b"")
-                        break
-                    if item == "CLOSE":
-                        return
-                    data = item if isinstance(item, bytes) else json.dumps(item).encode()
-                    if held and held[-1] == b"":
-                        held[-1] = data + b"\n"
-                        continue
-                    await stream.send(b"".join(held) + data + b"\n")
-                    held.clear()
+                items = script.get(request["command"], [{"return": None}])
+                if items == ["CLOSE"]:
+                    return
+                lines = [
+                    item if isinstance(item, bytes) else json.dumps(item).encode()
+                    for item in items
+                    if item != "HOLD"
+                ]
+                if items and items[0] == "HOLD":
+                    held.extend(lines)
+                    continue
+                await stream.send(b"".join(line + b"\n" for line in [*held, *lines]))
+                held.clear()
 
-    async with anyio.create_task_group() as tg:
+    async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
         try:
             yield port
         finally:
             tg.cancel_scope.cancel()
-            await listener.aclose()
 
 
 @asynccontextmanager
@@ -100,10 +116,14 @@ _STATE = {
 }
 
 
-async def test_both_backends_really_run(anyio_backend: str) -> None:
-    assert sniffio.current_async_library() == anyio_backend
+def test_both_backends_really_run(anyio_backend: str) -> None:
+    async def scenario() -> str:
+        return sniffio.current_async_library()
+
+    assert anyio.run(scenario, backend=anyio_backend) == anyio_backend
 
 
+@on_both_backends
 async def test_typed_replies_are_parsed_into_models() -> None:
     script: Script = {
         "version": [{"return": "6.0.0"}],
@@ -120,6 +140,7 @@ async def test_typed_replies_are_parsed_into_models() -> None:
         assert await client.where_is(job_id=7, chip_x=0, chip_y=0) is None
 
 
+@on_both_backends
 async def test_requests_carry_args_and_only_given_options() -> None:
     received: list[dict[str, Any]] = []
     async with connected({"create_job": [{"return": 12}]}, received) as client:
@@ -137,18 +158,20 @@ async def test_requests_carry_args_and_only_given_options() -> None:
     ]
 
 
+@on_both_backends
 async def test_notifications_before_a_reply_are_queued_and_the_reply_still_returned() -> None:
     script: Script = {
         "job_keepalive": [{"jobs_changed": [3, 4]}, {"machines_changed": ["m"]}, {"return": None}]
     }
     async with connected(script) as client:
-        assert await client.job_keepalive(3) is None
+        await client.job_keepalive(3)
         assert await client.receive_notification() == JobsChanged(jobs_changed=(3, 4))
         async for notification in client:
             assert notification == MachinesChanged(machines_changed=("m",))
             break
 
 
+@on_both_backends
 async def test_exception_reply_raises_server_error_and_connection_survives() -> None:
     script: Script = {
         "get_job_state": [{"exception": "get_job_state() missing 1 required positional argument"}],
@@ -161,6 +184,7 @@ async def test_exception_reply_raises_server_error_and_connection_survives() -> 
         assert await client.version() == "6.0.0"
 
 
+@on_both_backends
 async def test_late_reply_after_timeout_is_dropped_and_pairing_kept() -> None:
     # The server holds the reply to "list_jobs" and sends it just before the next reply.
     script: Script = {"list_jobs": ["HOLD", {"return": []}], "version": [{"return": "6.0.0"}]}
@@ -170,6 +194,7 @@ async def test_late_reply_after_timeout_is_dropped_and_pairing_kept() -> None:
         assert await client.version() == "6.0.0"
 
 
+@on_both_backends
 async def test_pipelined_calls_from_many_tasks_get_their_own_replies() -> None:
     script: Script = {"get_job_state": [{"jobs_changed": [1]}, {"return": _STATE}]}
     results: dict[int, Any] = {}
@@ -186,6 +211,7 @@ async def test_pipelined_calls_from_many_tasks_get_their_own_replies() -> None:
         assert await client.receive_notification(timeout_s=1.0) == JobsChanged(jobs_changed=(1,))
 
 
+@on_both_backends
 async def test_server_closing_raises_connection_lost_then_every_call_does() -> None:
     async with connected({"list_jobs": ["CLOSE"]}) as client:
         with pytest.raises(ConnectionLostError, match="closed"):
@@ -194,6 +220,7 @@ async def test_server_closing_raises_connection_lost_then_every_call_does() -> N
             await client.version()
 
 
+@on_both_backends
 async def test_garbage_from_server_is_a_bad_reply() -> None:
     async with connected({"version": [b"[1, 2]"]}) as client:
         with pytest.raises(BadReplyError, match="json list"):
@@ -202,12 +229,14 @@ async def test_garbage_from_server_is_a_bad_reply() -> None:
             await client.version()
 
 
+@on_both_backends
 async def test_reply_not_matching_model_is_a_bad_reply() -> None:
     async with connected({"get_job_state": [{"return": {"state": 1}}]}) as client:
         with pytest.raises(BadReplyError, match="get_job_state"):
             await client.get_job_state(1)
 
 
+@on_both_backends
 async def test_connect_refused_is_connection_lost() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -216,12 +245,14 @@ async def test_connect_refused_is_connection_lost() -> None:
         await AllotmentClient.connect("127.0.0.1", port, timeout_s=5.0)
 
 
+@on_both_backends
 async def test_receive_notification_times_out() -> None:
     async with connected({}) as client:
         with pytest.raises(ProtocolTimeoutError, match="notification"):
             await client.receive_notification(timeout_s=0.05)
 
 
+@on_both_backends
 async def test_closed_client_ends_notification_iteration_and_refuses_calls() -> None:
     async with connected({}) as client:
         await client.aclose()

@@ -1,0 +1,601 @@
+"""Runs a job's image on its allocation for N timesteps, deterministically and fast.
+
+Loading decodes every core's regions once into flat arrays (all neurons of all cores in one
+array per state variable, all synaptic rows in one word array). The routing tables are static,
+so each source key is traced through the routers once (:meth:`Router.trace`) and looked up in
+each receiving core's master population table once; a spike then costs a walk over a
+precomputed list of rows. Router and per-core packet counters are exact: the kernels count
+packets per key, and the per-key counts of the trace are multiplied in after the run. Every
+packet sent in a step is handled in that step, so no spike is ever late.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from machine_models import delays, kernels, lif, sources
+from machine_models.errors import ExecutionError, RegionError
+from machine_models.geometry import ChipXY
+from machine_models.image import AppId, CoreImage, CoreXYP, Image
+from machine_models.regions import (
+    REGION_DATA,
+    REGION_KEYS,
+    REGION_POP_TABLE,
+    REGION_RECORDING,
+    REGION_SYNAPSE_PARAMS,
+    REGION_SYNAPTIC_MATRIX,
+    decode_keys,
+)
+from machine_models.router import COUNTER_NAMES, Router
+from machine_models.topology import Topology
+
+__all__ = ["Executor", "Results"]
+
+_I64 = np.int64
+_I32 = np.int32
+
+
+@dataclass(frozen=True)
+class Results:
+    """What a run produced.
+
+    Attributes:
+        spikes: Per neuron core, an (n, 2) array of (step, neuron) rows in time order.
+        v_mv: Per core recording v, an array (samples, neurons) in mV.
+        gsyn_exc_na: Per core recording gsyn_exc, (samples, neurons) in nA.
+        gsyn_inh_na: Per core recording gsyn_inh, (samples, neurons) in nA.
+        core_provenance: Per core, named counters.
+        router_provenance: Per chip, the counters of :data:`COUNTER_NAMES`.
+    """
+
+    spikes: Mapping[CoreXYP, npt.NDArray[np.int64]]
+    v_mv: Mapping[CoreXYP, npt.NDArray[np.float64]]
+    gsyn_exc_na: Mapping[CoreXYP, npt.NDArray[np.float64]]
+    gsyn_inh_na: Mapping[CoreXYP, npt.NDArray[np.float64]]
+    core_provenance: Mapping[CoreXYP, Mapping[str, int]]
+    router_provenance: Mapping[ChipXY, Mapping[str, int]]
+
+
+def _region(core: CoreImage, region_id: int) -> bytes:
+    try:
+        return core.regions[region_id]
+    except KeyError:
+        raise RegionError(
+            core.chip.x, core.chip.y, core.p, f"region {region_id} is missing"
+        ) from None
+
+
+def _arr(values: list[int], dtype: type) -> npt.NDArray[np.generic]:
+    return np.array(values, dtype=dtype)
+
+
+class Executor:
+    """Loads an image on an allocation and advances it.
+
+    Args:
+        image: The job's load (validate it first with :func:`machine_models.validate`).
+        topology: The allocation the image was built for.
+
+    Raises:
+        RegionError: a region is missing or does not follow its layout.
+    """
+
+    def __init__(self, image: Image, topology: Topology) -> None:
+        self.image = image
+        self.topology = topology
+        self.router = Router(image.tables, topology)
+        self.step = 0
+        self._load()
+
+    # ------------------------------------------------------------------ loading
+    def _load(self) -> None:
+        emit_keys: list[int] = []
+        emit_cb: list[int] = []
+        emit_core: list[int] = []
+        self._cores: list[CoreImage] = list(self.image.cores)
+        core_index = {c.xyp: i for i, c in enumerate(self._cores)}
+        lif_cols: dict[str, list[int]] = {
+            k: []
+            for k in (
+                "nb",
+                "nn",
+                "ib",
+                "tb",
+                "db",
+                "it",
+                "she",
+                "shi",
+                "rb",
+                "rm",
+                "emit",
+                "rec",
+                "viv",
+                "geiv",
+                "giiv",
+            )
+        }
+        neuron_recs = []
+        syn_parts: list[npt.NDArray[np.uint32]] = []
+        syn_base: dict[int, int] = {}
+        pop_tables: dict[int, lif.PopTable] = {}
+        self._lif_of_core: dict[int, int] = {}
+        self._de_of_core: dict[int, int] = {}
+        n_syn = n_neurons = n_ring = 0
+        ssa: dict[str, list[int]] = {"emit": [], "lo": [], "hi": []}
+        ssa_steps: list[npt.NDArray[np.uint32]] = []
+        ssa_neurons: list[npt.NDArray[np.uint32]] = []
+        n_ssa = 0
+        po: dict[str, list[int]] = {"emit": [], "nb": [], "nn": []}
+        po_recs = []
+        po_seeds = []
+        n_po = 0
+        de: dict[str, list[int]] = {
+            k: [] for k in ("emit", "nn", "stages", "dps", "slots", "cb", "fb")
+        }
+        de_params: list[delays.DelayParams] = []
+        de_flags: list[npt.NDArray[np.bool_]] = []
+        n_counter = n_flags = 0
+        for ci, core in enumerate(self._cores):
+            x, y, p = core.xyp
+            try:
+                if core.app == AppId.DELAY_EXTENSION:
+                    params = delays.decode_delay_params(_region(core, REGION_DATA))
+                    self._de_of_core[ci] = len(de_params)
+                    de_params.append(params)
+                    de["emit"].append(len(emit_keys))
+                    for d in range(params.n_stages):
+                        for n in range(params.n_neurons):
+                            emit_keys.append(
+                                params.out_key_base
+                                + ((d * params.n_neurons + n) << params.out_colour_bits)
+                            )
+                            emit_cb.append(params.out_colour_bits)
+                            emit_core.append(ci)
+                    slots = 1
+                    while slots <= params.n_stages * params.delay_per_stage:
+                        slots <<= 1
+                    de["nn"].append(params.n_neurons)
+                    de["stages"].append(params.n_stages)
+                    de["dps"].append(params.delay_per_stage)
+                    de["slots"].append(slots)
+                    de["cb"].append(n_counter)
+                    de["fb"].append(n_flags)
+                    n_counter += slots * params.n_neurons
+                    n_flags += params.n_stages * params.n_neurons
+                    de_flags.append(params.has_targets.reshape(-1))
+                    continue
+                keys, cb, has_key = decode_keys(_region(core, REGION_KEYS))
+                first_emitter = len(emit_keys)
+                emit_keys.extend(int(k) for k in keys)
+                emit_cb.extend([cb] * keys.size)
+                emit_core.extend([ci] * keys.size)
+                if core.app == AppId.IF_CURR_EXP:
+                    recs = lif.decode_neuron_params(_region(core, REGION_DATA))
+                    sp = lif.decode_synapse_params(_region(core, REGION_SYNAPSE_PARAMS))
+                    rec = lif.decode_recording(_region(core, REGION_RECORDING))
+                    pop_tables[ci] = lif.decode_pop_table(_region(core, REGION_POP_TABLE))
+                    matrix = np.frombuffer(_region(core, REGION_SYNAPTIC_MATRIX), "<u4").astype(
+                        np.uint32
+                    )
+                    self._lif_of_core[ci] = len(lif_cols["nb"])
+                    ring_size = 1 << sp.ring_buffer_bits
+                    for name, value in (
+                        ("nb", n_neurons),
+                        ("nn", recs.size),
+                        ("ib", sp.index_bits),
+                        ("tb", sp.type_bits),
+                        ("db", sp.delay_bits),
+                        ("it", sp.index_bits + sp.type_bits),
+                        ("she", sp.shift_exc),
+                        ("shi", sp.shift_inh),
+                        ("rb", n_ring),
+                        ("rm", ring_size - 1),
+                        ("emit", first_emitter if has_key else -1),
+                        ("rec", rec.record_spikes),
+                        ("viv", rec.v_interval_steps),
+                        ("geiv", rec.gsyn_exc_interval_steps),
+                        ("giiv", rec.gsyn_inh_interval_steps),
+                    ):
+                        lif_cols[name].append(int(value))
+                    neuron_recs.append(recs)
+                    syn_base[ci] = n_syn
+                    syn_parts.append(matrix)
+                    n_syn += matrix.size
+                    n_neurons += recs.size
+                    n_ring += ring_size
+                elif core.app == AppId.SPIKE_SOURCE_ARRAY:
+                    steps, neurons = sources.decode_spike_array(_region(core, REGION_DATA))
+                    ssa["emit"].append(first_emitter)
+                    ssa["lo"].append(n_ssa)
+                    n_ssa += steps.size
+                    ssa["hi"].append(n_ssa)
+                    ssa_steps.append(steps)
+                    ssa_neurons.append(neurons)
+                elif core.app == AppId.SPIKE_SOURCE_POISSON:
+                    seed, recs_p = sources.decode_poisson_params(_region(core, REGION_DATA))
+                    po["emit"].append(first_emitter)
+                    po["nb"].append(n_po)
+                    po["nn"].append(recs_p.size)
+                    n_po += recs_p.size
+                    po_recs.append(recs_p)
+                    po_seeds.append(seed)
+            except (ValueError, struct.error) as exc:
+                raise RegionError(x, y, p, str(exc)) from None
+        self._emit_keys = np.array(emit_keys, dtype=np.uint32)
+        self._emit_core = np.array(emit_core, dtype=np.int64)
+        self._n_emitters = len(emit_keys)
+        syn = np.concatenate(syn_parts) if syn_parts else np.zeros(0, np.uint32)
+
+        # colour bits matter only if some table or population entry looks at them
+        max_cb = max(emit_cb, default=0)
+        colour_mask = (1 << max_cb) - 1
+        mask_or = 0
+        for entries in self.image.tables.values():
+            for entry in entries:
+                mask_or |= entry.mask
+        for table in pop_tables.values():
+            for pe in table.entries:
+                mask_or |= pe.mask
+        self._nvar = 1 if mask_or & colour_mask == 0 else 1 << max_cb
+        fan = self._build_fanout(emit_cb, core_index, pop_tables, syn_base, syn, de_params)
+
+        self.n_synapses = int(sum(int(np.count_nonzero(m)) for m in syn_parts))
+        nr = np.concatenate(neuron_recs) if neuron_recs else np.zeros(0, lif.NEURON_DTYPE)
+        self._state = {
+            name: np.ascontiguousarray(nr[name]) for name in lif.NEURON_DTYPE.names or ()
+        }
+        self._lif = {k: np.array(v, dtype=np.int64) for k, v in lif_cols.items()}
+        self._ring = np.zeros(n_ring, dtype=np.uint16)
+        self._sat = np.zeros(len(lif_cols["nb"]), dtype=np.int64)
+        self._syn = syn
+        self._fan = fan
+        self._packets = np.zeros(self._n_emitters * self._nvar, dtype=np.int64)
+        self._spikes_sent = np.zeros_like(self._packets)
+        self._ssa = {k: np.array(v, dtype=np.int64) for k, v in ssa.items()}
+        self._ssa_cursor = self._ssa["lo"].copy()
+        self._ssa_steps = (
+            np.concatenate(ssa_steps) if ssa_steps else np.zeros(0, np.uint32)
+        ).astype(np.int64)
+        self._ssa_neurons = (
+            np.concatenate(ssa_neurons) if ssa_neurons else np.zeros(0, np.uint32)
+        ).astype(np.int64)
+        self._po = {k: np.array(v, dtype=np.int64) for k, v in po.items()}
+        prec = np.concatenate(po_recs) if po_recs else np.zeros(0, sources.POISSON_DTYPE)
+        self._po_rec = {
+            name: prec[name].astype(np.int64) for name in sources.POISSON_DTYPE.names or ()
+        }
+        self._po_state = np.array(po_seeds, dtype=np.uint64).reshape(-1, 4)
+        for c in range(len(po_seeds)):  # slow sources start with a drawn time to the first spike
+            for g in range(po["nb"][c], po["nb"][c] + po["nn"][c]):
+                if (
+                    self._po_rec["regime"][g] == sources.REGIME_SLOW
+                    and self._po_rec["time_to_spike"][g] == 0
+                ):
+                    self._po_rec["time_to_spike"][g] = kernels.draw_isi(
+                        self._po_state, c, int(self._po_rec["isi_ticks"][g])
+                    )
+        self._de = {k: np.array(v, dtype=np.int64) for k, v in de.items()}
+        self._de_flags = np.concatenate(de_flags) if de_flags else np.zeros(0, np.bool_)
+        self._de_counter = np.zeros(n_counter, dtype=np.uint8)
+        self._de_lost = np.zeros(len(de_params), dtype=np.int64)
+
+    def _build_fanout(
+        self,
+        emit_cb: list[int],
+        core_index: Mapping[CoreXYP, int],
+        pop_tables: Mapping[int, lif.PopTable],
+        syn_base: Mapping[int, int],
+        syn: npt.NDArray[np.uint32],
+        de_params: list[delays.DelayParams],
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        nvar = self._nvar
+        ptr = [0]
+        kind: list[int] = []
+        dcore: list[int] = []
+        da: list[int] = []
+        db: list[int] = []
+        n_cores = len(self._cores)
+        n_counters = len(COUNTER_NAMES)
+        self._chips = sorted(
+            {c.chip for c in self._cores} | set(self.image.tables) | set(self.topology.chips())
+        )
+        chip_index = {chip: i for i, chip in enumerate(self._chips)}
+        # per (emitter variant): router counter increments, per-core received and misses
+        rc_rows: list[int] = []
+        rc_cols: list[int] = []
+        rc_vals: list[int] = []
+        recv_rows: list[int] = []
+        recv_cols: list[int] = []
+        miss_rows: list[int] = []
+        miss_cols: list[int] = []
+        for e in range(self._n_emitters):
+            ci = int(self._emit_core[e])
+            source = self._cores[ci].chip
+            for var in range(nvar):
+                row = e * nvar + var
+                key = int(self._emit_keys[e]) | (var & ((1 << emit_cb[e]) - 1))
+                trace = self.router.trace(key, source)
+                for (chip, counter), count in trace.counters.items():
+                    rc_rows.append(row)
+                    rc_cols.append(chip_index[chip] * n_counters + counter)
+                    rc_vals.append(count)
+                for target in trace.deliveries:
+                    ti = core_index.get(target)
+                    if ti is None:
+                        continue
+                    recv_rows.append(row)
+                    recv_cols.append(ti)
+                    if ti in pop_tables:
+                        rows = self._rows_for(key, pop_tables[ti], syn_base[ti], syn)
+                        if rows is None:
+                            miss_rows.append(row)
+                            miss_cols.append(ti)
+                            continue
+                        for start, length in rows:
+                            kind.append(0)
+                            dcore.append(self._lif_of_core[ti])
+                            da.append(start)
+                            db.append(length)
+                    elif ti in self._de_of_core:
+                        params = de_params[self._de_of_core[ti]]
+                        if key & params.in_mask != params.in_key:
+                            miss_rows.append(row)
+                            miss_cols.append(ti)
+                            continue
+                        neuron = (key & ~params.in_mask & 0xFFFFFFFF) >> params.in_colour_bits
+                        if neuron >= params.n_neurons:
+                            miss_rows.append(row)
+                            miss_cols.append(ti)
+                            continue
+                        kind.append(1)
+                        dcore.append(self._de_of_core[ti])
+                        da.append(neuron)
+                        db.append(0)
+                ptr.append(len(kind))
+        self._rc = (np.array(rc_rows, _I64), np.array(rc_cols, _I64), np.array(rc_vals, _I64))
+        self._recv = (np.array(recv_rows, _I64), np.array(recv_cols, _I64))
+        self._miss = (np.array(miss_rows, _I64), np.array(miss_cols, _I64))
+        self._n_cores = n_cores
+        return {
+            "ptr": np.array(ptr, dtype=np.int64),
+            "kind": np.array(kind, dtype=np.int8),
+            "core": np.array(dcore, dtype=np.int64),
+            "a": np.array(da, dtype=np.int64),
+            "b": np.array(db, dtype=np.int64),
+        }
+
+    @staticmethod
+    def _rows_for(
+        key: int, table: lif.PopTable, base: int, syn: npt.NDArray[np.uint32]
+    ) -> list[tuple[int, int]] | None:
+        """Fixed-word (start, count) of every row a key selects, or None on a lookup miss."""
+        for entry in table.entries:
+            if key & entry.mask != entry.key:
+                continue
+            src_core = (key >> entry.mask_shift) & entry.core_mask
+            local = key & ~(entry.mask | (entry.core_mask << entry.mask_shift)) & 0xFFFFFFFF
+            neuron = (local >> entry.n_colour_bits) + src_core * entry.n_neurons
+            rows = []
+            for offset, row_length in table.addresses[entry.start : entry.start + entry.count]:
+                if offset < 0:
+                    continue
+                word = base + offset // 4 + neuron * (row_length + 3)
+                if word + 3 > base + syn.size:
+                    continue
+                n_fixed = int(syn[word + 1])
+                rows.append((word + 3, n_fixed))
+            return rows
+        return None
+
+    # ------------------------------------------------------------------ running
+    def run(self, n_steps: int) -> Results:
+        """Advance every core by ``n_steps`` timesteps and return what was recorded.
+
+        Raises:
+            ExecutionError: ``n_steps`` is negative.
+        """
+        if n_steps < 0:
+            raise ExecutionError(f"cannot run for {n_steps} steps")
+        t0, t1 = self.step, self.step + n_steps
+        lc = self._lif
+        n_lif_cores = lc["nb"].size
+
+        def sample_layout(
+            intervals: npt.NDArray[np.int64],
+        ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+            first = np.zeros(n_lif_cores, np.int64)
+            offs = np.zeros(n_lif_cores, np.int64)
+            total = 0
+            for c in range(n_lif_cores):
+                iv = int(intervals[c])
+                if iv > 0:
+                    first[c] = -(-t0 // iv)
+                    count = -(-t1 // iv) - first[c]
+                    offs[c] = total
+                    total += int(count * lc["nn"][c])
+            return first, offs, total
+
+        vfirst, voff, vtotal = sample_layout(lc["viv"])
+        gefirst, geoff, getotal = sample_layout(lc["geiv"])
+        gifirst, gioff, gitotal = sample_layout(lc["giiv"])
+        v_buf = np.zeros(vtotal, np.int32)
+        ge_buf = np.zeros(getotal, np.int32)
+        gi_buf = np.zeros(gitotal, np.int32)
+        st = self._state
+        n_lif = st["v"].size if st else 0
+        cap = max(1024, 4 * n_lif + n_lif * max(1, n_steps) // 50)
+        rec_t = np.zeros(cap, np.int64)
+        rec_n = np.zeros(cap, np.int64)
+        rec_count = np.zeros(1, np.int64)
+        chunks_t: list[npt.NDArray[np.int64]] = []
+        chunks_n: list[npt.NDArray[np.int64]] = []
+        fan = self._fan
+        t = t0
+        while t < t1:
+            t = kernels.run_steps(
+                t,
+                t1,
+                self._nvar,
+                fan["ptr"],
+                fan["kind"],
+                fan["core"],
+                fan["a"],
+                fan["b"],
+                self._syn,
+                self._packets,
+                self._spikes_sent,
+                lc["nb"],
+                lc["nn"],
+                lc["ib"],
+                lc["tb"],
+                lc["db"],
+                lc["it"],
+                lc["she"],
+                lc["shi"],
+                lc["rb"],
+                lc["rm"],
+                lc["emit"],
+                lc["rec"],
+                lc["viv"],
+                voff,
+                vfirst,
+                lc["geiv"],
+                geoff,
+                gefirst,
+                lc["giiv"],
+                gioff,
+                gifirst,
+                self._sat,
+                self._ring,
+                st.get("v", np.zeros(0, _I32)),
+                st.get("v_rest", np.zeros(0, _I32)),
+                st.get("r_membrane", np.zeros(0, _I32)),
+                st.get("exp_tc", np.zeros(0, _I32)),
+                st.get("i_offset", np.zeros(0, _I32)),
+                st.get("v_reset", np.zeros(0, _I32)),
+                st.get("v_thresh", np.zeros(0, _I32)),
+                st.get("t_refract", np.zeros(0, _I32)),
+                st.get("refract_timer", np.zeros(0, _I32)),
+                st.get("isyn_exc", np.zeros(0, _I32)),
+                st.get("isyn_inh", np.zeros(0, _I32)),
+                st.get("exc_decay", np.zeros(0, np.uint32)),
+                st.get("exc_init", np.zeros(0, np.uint32)),
+                st.get("inh_decay", np.zeros(0, np.uint32)),
+                st.get("inh_init", np.zeros(0, np.uint32)),
+                rec_t,
+                rec_n,
+                rec_count,
+                v_buf,
+                ge_buf,
+                gi_buf,
+                self._ssa["emit"],
+                self._ssa_cursor,
+                self._ssa["hi"],
+                self._ssa_steps,
+                self._ssa_neurons,
+                self._po["emit"],
+                self._po["nb"],
+                self._po["nn"],
+                self._po_state,
+                self._po_rec["start_step"],
+                self._po_rec["end_step"],
+                self._po_rec["regime"],
+                self._po_rec["exp_minus_lambda"],
+                self._po_rec["sqrt_lambda"],
+                self._po_rec["isi_ticks"],
+                self._po_rec["time_to_spike"],
+                self._de["emit"],
+                self._de["nn"],
+                self._de["stages"],
+                self._de["dps"],
+                self._de["slots"],
+                self._de["cb"],
+                self._de["fb"],
+                self._de_flags,
+                self._de_counter,
+                self._de_lost,
+            )
+            n = int(rec_count[0])
+            chunks_t.append(rec_t[:n].copy())
+            chunks_n.append(rec_n[:n].copy())
+            rec_count[0] = 0
+        self.step = t1
+        return self._results(
+            np.concatenate(chunks_t) if chunks_t else np.zeros(0, _I64),
+            np.concatenate(chunks_n) if chunks_n else np.zeros(0, _I64),
+            (v_buf, voff, vfirst),
+            (ge_buf, geoff, gefirst),
+            (gi_buf, gioff, gifirst),
+            t0,
+            t1,
+        )
+
+    def _results(
+        self,
+        spike_t: npt.NDArray[np.int64],
+        spike_n: npt.NDArray[np.int64],
+        v_rec: tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+        ge_rec: tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+        gi_rec: tuple[npt.NDArray[np.int32], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+        t0: int,
+        t1: int,
+    ) -> Results:
+        lc = self._lif
+        spikes: dict[CoreXYP, npt.NDArray[np.int64]] = {}
+        recordings: list[dict[CoreXYP, npt.NDArray[np.float64]]] = [{}, {}, {}]
+        order = np.argsort(spike_n, kind="stable")
+        sorted_n = spike_n[order]
+        for ci, li in self._lif_of_core.items():
+            xyp = self._cores[ci].xyp
+            nb, nn = int(lc["nb"][li]), int(lc["nn"][li])
+            if lc["rec"][li]:
+                lo, hi = np.searchsorted(sorted_n, [nb, nb + nn])
+                sel = np.sort(order[lo:hi], kind="stable")
+                spikes[xyp] = np.stack([spike_t[sel], spike_n[sel] - nb], axis=1)
+            for out, (buf, offs, first), key in zip(
+                recordings, (v_rec, ge_rec, gi_rec), ("viv", "geiv", "giiv"), strict=True
+            ):
+                iv = int(lc[key][li])
+                if iv > 0:
+                    count = -(-t1 // iv) - int(first[li])
+                    raw = buf[int(offs[li]) : int(offs[li]) + count * nn].reshape(count, nn)
+                    out[xyp] = raw.astype(np.float64) / 32768.0
+        n_counters = len(COUNTER_NAMES)
+        packets = self._packets
+        spikes_in = self._spikes_sent
+        router = np.zeros(len(self._chips) * n_counters, np.int64)
+        rows, cols, vals = self._rc
+        np.add.at(router, cols, vals * packets[rows])
+        received = np.zeros(self._n_cores, np.int64)
+        np.add.at(received, self._recv[1], packets[self._recv[0]])
+        misses = np.zeros(self._n_cores, np.int64)
+        np.add.at(misses, self._miss[1], spikes_in[self._miss[0]])
+        sent_packets = np.zeros(self._n_cores, np.int64)
+        sent_spikes = np.zeros(self._n_cores, np.int64)
+        owner = np.repeat(self._emit_core, self._nvar)
+        np.add.at(sent_packets, owner, packets)
+        np.add.at(sent_spikes, owner, spikes_in)
+        core_prov: dict[CoreXYP, dict[str, int]] = {}
+        for ci, core in enumerate(self._cores):
+            prov = {
+                "packets_sent": int(sent_packets[ci]),
+                "spikes_sent": int(sent_spikes[ci]),
+                "packets_received": int(received[ci]),
+                "invalid_master_pop_hits": int(misses[ci]),
+            }
+            if ci in self._lif_of_core:
+                prov["ring_buffer_saturations"] = int(self._sat[self._lif_of_core[ci]])
+                prov["late_spikes"] = 0
+            if ci in self._de_of_core:
+                prov["spikes_lost_to_saturation"] = int(self._de_lost[self._de_of_core[ci]])
+            core_prov[core.xyp] = prov
+        router_prov = {
+            chip: {name: int(router[i * n_counters + j]) for j, name in enumerate(COUNTER_NAMES)}
+            for i, chip in enumerate(self._chips)
+        }
+        return Results(spikes, recordings[0], recordings[1], recordings[2], core_prov, router_prov)

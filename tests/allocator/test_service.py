@@ -1,0 +1,330 @@
+"""The service end to end without sockets: jobs, queue, power, keepalive, restart.
+
+Time comes from a `FakeClock`; the store is a real SQLite file (and PostgreSQL where the
+`db_url` fixture offers it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from allocator.clock import FakeClock
+from allocator.config import ServerConfig, default_config, parse_config
+from allocator.errors import RequestError
+from allocator.service import V1_VERSION, Service
+from allocator.store import Store
+from protocol import messages as m
+from protocol.commands import bind
+
+SMALL = {
+    "server": {"seconds_before_free": 10.0, "keepalive_check_s": 1.0, "starvation_s": 1000.0},
+    "power": {"power_on_delay_s": 5.0, "power_off_delay_s": 1.0},
+    "machines": [
+        {
+            "name": "small",
+            "tags": ["default"],
+            "width": 2,
+            "height": 1,
+            "board_locations": [[x, 0, z, 0, 0, 3 * x + z] for x in range(2) for z in range(3)],
+        },
+        {
+            "name": "other",
+            "tags": ["other"],
+            "single_board": {"bmp_ip": "10.9.0.0", "spinnaker_ip": "10.9.0.1"},
+        },
+    ],
+}
+
+
+@dataclass(eq=False)
+class FakeConnection:
+    """What the service sees of a connection: the peer and its watch sets."""
+
+    peer_host: str = "10.0.0.7"
+    watch_all_jobs: bool = False
+    watched_jobs: set[int] = field(default_factory=set)
+    watch_all_machines: bool = False
+    watched_machines: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Harness:
+    service: Service
+    clock: FakeClock
+    conn: FakeConnection
+    changes: list[tuple[tuple[int, ...], tuple[str, ...]]]
+
+    async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        handler = self.service.handler_for(command)
+        assert handler is not None, command
+        return await handler(bind(command, list(args), kwargs), self.conn)
+
+    async def state(self, job_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("get_job_state", job_id)
+        return result
+
+    async def advance(self, seconds: float) -> None:
+        await self.clock.advance(seconds)
+        await self.settle()
+
+    async def settle(self) -> None:
+        # Background commits wait on the database thread; give them a few turns.
+        for _ in range(20):
+            await self.clock.settle()
+            await asyncio.sleep(0.005)
+
+
+def _config(**overrides: Any) -> ServerConfig:
+    data = {
+        key: (dict(value) if isinstance(value, dict) else value) for key, value in SMALL.items()
+    }
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_config(data)
+
+
+@contextlib.asynccontextmanager
+async def running(config: ServerConfig, db_url: str, clock: FakeClock) -> AsyncIterator[Harness]:
+    store = await Store.open(db_url)
+    service = Service(config, store, clock)
+    changes: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
+    service.add_listener(lambda jobs, machines: changes.append((jobs, machines)))
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(on_started=started.set))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        yield Harness(service, clock, FakeConnection(), changes)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'allotment.db'}"
+
+
+@pytest.fixture
+async def h(sqlite_url: str) -> AsyncIterator[Harness]:
+    async with running(_config(), sqlite_url, FakeClock()) as harness:
+        yield harness
+
+
+async def test_version_is_accepted_by_spalloc_clients(h: Harness) -> None:
+    version = await h.call("version")
+    assert version == V1_VERSION
+    parts = tuple(int(p) for p in version.split("."))
+    assert (0, 1, 0) <= parts < (7, 0, 0)
+
+
+async def test_one_board_job_powers_on_then_is_ready(h: Harness) -> None:
+    job_id = await h.call("create_job", owner="alice")
+    assert job_id == 1
+    state = await h.state(job_id)
+    assert state["state"] == 2
+    assert state["power"] is True
+    assert state["keepalivehost"] == "10.0.0.7"
+    await h.advance(5.0)
+    assert (await h.state(job_id))["state"] == 3
+    info = await h.call("get_job_machine_info", job_id)
+    assert (info["width"], info["height"]) == (8, 8)
+    assert info["machine_name"] == "small"
+    assert info["connections"][0][0] == [0, 0]
+    assert len(info["boards"]) == 1
+
+
+async def test_triad_job_chip_size_and_connections(h: Harness) -> None:
+    job_id = await h.call("create_job", 1, 1, owner="bob")
+    info = await h.call("get_job_machine_info", job_id)
+    assert (info["width"], info["height"]) == (16, 16)
+    assert sorted(tuple(c[0]) for c in info["connections"]) == [(0, 0), (4, 8), (8, 4)]
+
+
+async def test_request_that_never_fits_is_destroyed_at_once(h: Harness) -> None:
+    job_id = await h.call("create_job", 5, 5, owner="carol")
+    state = await h.state(job_id)
+    assert state == {
+        "state": 4,
+        "power": None,
+        "keepalive": None,
+        "reason": "Cancelled: No suitable machines available.",
+        "start_time": None,
+        "keepalivehost": None,
+    }
+    assert await h.call("list_jobs") == []
+
+
+async def test_rejected_request_creates_nothing(h: Harness) -> None:
+    with pytest.raises(RequestError, match="machine and tags"):
+        await h.call("create_job", owner="eve", machine="small", tags=["default"])
+    assert await h.call("list_jobs") == []
+    # and the id counter was not consumed
+    assert await h.call("create_job", owner="eve") == 1
+
+
+async def test_destroy_reasons(h: Harness) -> None:
+    allocated = await h.call("create_job", 2, 1, owner="dan")
+    queued = await h.call("create_job", 2, 1, owner="dan")
+    assert (await h.state(queued))["state"] == 1
+    await h.call("destroy_job", queued)
+    await h.call("destroy_job", allocated, "finished")
+    assert (await h.state(queued))["reason"] == "Cancelled: "
+    assert (await h.state(allocated))["reason"] == "finished"
+    # destroying again is a no-op
+    await h.call("destroy_job", allocated, "again")
+    assert (await h.state(allocated))["reason"] == "finished"
+
+
+async def test_boards_return_only_after_power_off_and_cool_down(h: Harness) -> None:
+    first = await h.call("create_job", 2, 1, owner="a")
+    second = await h.call("create_job", 2, 1, owner="b")
+    await h.call("destroy_job", first)
+    assert (await h.state(second))["state"] == 1
+    await h.advance(1.0)  # power-off done; cooling down for 10 s
+    assert (await h.state(second))["state"] == 1
+    await h.advance(10.0)
+    await h.advance(1.0)  # the timer runs every keepalive_check_s
+    assert (await h.state(second))["state"] in (2, 3)
+
+
+async def test_no_head_of_line_blocking(h: Harness) -> None:
+    holder = await h.call("create_job", 1, 1, owner="a")
+    big = await h.call("create_job", 2, 1, owner="b")  # needs the whole machine
+    small = await h.call("create_job", owner="c")  # one board fits in the free triad
+    assert (await h.state(holder))["state"] == 2
+    assert (await h.state(big))["state"] == 1
+    assert (await h.state(small))["state"] == 2
+
+
+async def test_keepalive_expiry_reasons(h: Harness) -> None:
+    allocated = await h.call("create_job", 2, 1, owner="a", keepalive=3.0)
+    queued = await h.call("create_job", 2, 1, owner="b", keepalive=3.0)
+    forever = await h.call("create_job", owner="c", machine="other", keepalive=None)
+    await h.advance(2.0)
+    await h.call("job_keepalive", allocated)
+    await h.advance(2.0)
+    assert (await h.state(queued))["reason"] == "Cancelled: Job timed out."
+    assert (await h.state(allocated))["state"] in (2, 3)
+    await h.advance(4.0)
+    assert (await h.state(allocated))["reason"] == "Job timed out."
+    await h.advance(1000.0)
+    assert (await h.state(forever))["state"] == 3
+
+
+async def test_power_off_and_on_again(h: Harness) -> None:
+    job_id = await h.call("create_job", owner="a")
+    await h.advance(5.0)
+    await h.call("power_off_job_boards", job_id)
+    state = await h.state(job_id)
+    assert (state["state"], state["power"]) == (2, False)
+    await h.advance(1.0)
+    assert (await h.state(job_id))["state"] == 3
+    await h.call("power_on_job_boards", job_id)
+    assert (await h.state(job_id))["power"] is True
+
+
+async def test_notifications_follow_commits(h: Harness) -> None:
+    job_id = await h.call("create_job", owner="a")
+    await h.settle()
+    assert any(job_id in jobs and "small" in machines for jobs, machines in h.changes)
+    h.changes.clear()
+    await h.advance(5.0)  # power on finished -> job changed
+    assert any(job_id in jobs for jobs, _ in h.changes)
+
+
+async def test_list_jobs_and_machines(h: Harness) -> None:
+    job_id = await h.call("create_job", 2, owner="a", min_ratio=None, max_dead_boards=None)
+    jobs = await h.call("list_jobs")
+    assert [j["job_id"] for j in jobs] == [job_id]
+    entry = jobs[0]
+    m.JobListEntry.model_validate(entry)
+    assert entry["args"] == [2]
+    assert entry["owner"] == "a"
+    assert entry["keepalivehost"] == "10.0.0.7"
+    machines = await h.call("list_machines")
+    assert [mc["name"] for mc in machines] == ["small", "other"]
+    for mc in machines:
+        m.MachineListEntry.model_validate(mc)
+
+
+async def test_where_is_forms(h: Harness) -> None:
+    job_id = await h.call("create_job", 1, 0, 1, owner="a", machine="small")
+    by_board = await h.call("where_is", machine="small", x=1, y=0, z=1)
+    assert by_board["job_id"] == job_id
+    assert by_board["physical"] == [0, 0, 4]
+    assert by_board["chip"] == [20, 4]
+    assert by_board["job_chip"] == [0, 0]
+    wrapped = await h.call("where_is", machine="small", x=3, y=0, z=1)
+    assert wrapped["logical"] == [1, 0, 1]
+    physical = await h.call("where_is", machine="small", cabinet=0, frame=0, board=4)
+    assert physical["logical"] == [1, 0, 1]
+    chip = await h.call("where_is", machine="small", chip_x=21, chip_y=5)
+    assert chip["logical"] == [1, 0, 1]
+    assert chip["board_chip"] == [1, 1]
+    job_chip = await h.call("where_is", job_id=job_id, chip_x=1, chip_y=1)
+    assert job_chip["chip"] == [21, 5]
+    assert await h.call("where_is", job_id=job_id, chip_x=7, chip_y=0) is None
+    assert await h.call("where_is", machine="nope", x=0, y=0, z=0) is None
+
+
+async def test_board_position_lookups(h: Harness) -> None:
+    assert await h.call("get_board_position", "small", 1, 0, 2) == [0, 0, 5]
+    assert await h.call("get_board_at_position", "small", 0, 0, 5) == [1, 0, 2]
+    assert await h.call("get_board_position", "small", 7, 0, 0) is None
+    assert await h.call("get_board_at_position", "nope", 0, 0, 0) is None
+
+
+async def test_restart_resumes_jobs_queue_and_counter(sqlite_url: str) -> None:
+    clock = FakeClock()
+    async with running(_config(), sqlite_url, clock) as h:
+        allocated = await h.call("create_job", 2, 1, owner="a")
+        queued = await h.call("create_job", 1, 1, owner="b")
+        gone = await h.call("create_job", owner="c", machine="other")
+        await h.call("destroy_job", gone, "done")
+        await h.advance(5.0)
+    async with running(_config(), sqlite_url, clock) as h:
+        state = await h.state(allocated)
+        assert state["state"] == 3
+        info = await h.call("get_job_machine_info", allocated)
+        assert len(info["boards"]) == 6
+        assert (await h.state(queued))["state"] == 1
+        assert (await h.state(gone))["reason"] == "done"
+        assert await h.call("create_job", owner="d", machine="other") == gone + 1
+
+
+async def test_reload_removing_a_machine_destroys_its_jobs(h: Harness) -> None:
+    on_other = await h.call("create_job", owner="a", machine="other")
+    on_small = await h.call("create_job", owner="b")
+    data = dict(SMALL)
+    data["machines"] = [SMALL["machines"][0]]  # type: ignore[index]
+    h.service.reconfigure(parse_config(data))
+    await h.settle()
+    assert (await h.state(on_other))["reason"] == "Machine removed."
+    assert (await h.state(on_small))["state"] in (2, 3)
+    assert [mc["name"] for mc in await h.call("list_machines")] == ["small"]
+
+
+async def test_default_machine_serves_whole_machine_torus(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'big.db'}"
+    async with running(default_config(), url, FakeClock()) as h:
+        job_id = await h.call("create_job", 20, 20, owner="all", require_torus=True)
+        info = await h.call("get_job_machine_info", job_id)
+        assert (info["width"], info["height"]) == (240, 240)
+        assert len(info["boards"]) == 1200
+
+
+def test_harness_helpers_are_not_vacuous() -> None:
+    # The config helper must keep SMALL intact between tests.
+    before = repr(SMALL)
+    _config(server={"seconds_before_free": 0.0})
+    assert repr(SMALL) == before
+    assert isinstance(_config(), ServerConfig)

@@ -1,0 +1,240 @@
+"""Mapping a network onto an allocation and writing its image: the toolchain's front door.
+
+``map_network`` runs every stage in order::
+
+    plan delays -> split into cores -> place -> allocate keys -> synapses (matrices,
+    population tables, weight shifts) -> route and merge tables -> compress if needed ->
+    write each core's regions with the chip model's encoders -> one Image
+
+and returns a :class:`MappedNetwork`, which holds the image and where every population
+slice went, so a runner can load the image and read results back per population.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from machine_models.delays import DelayParams, encode_delay_params
+from machine_models.geometry import ChipXY
+from machine_models.image import AppId, CoreImage, Image, RoutingEntry
+from machine_models.lif import (
+    LifParams,
+    RecordingParams,
+    SynapseParams,
+    encode_neuron_params,
+    encode_pop_table,
+    encode_recording,
+    encode_synapse_params,
+)
+from machine_models.regions import (
+    REGION_DATA,
+    REGION_KEYS,
+    REGION_POP_TABLE,
+    REGION_RECORDING,
+    REGION_SYNAPSE_PARAMS,
+    REGION_SYNAPTIC_MATRIX,
+    encode_keys,
+)
+from machine_models.sources import PoissonParams, encode_poisson_params, encode_spike_array
+from machine_models.topology import Topology
+from toolchain.compression import MAX_ROUTER_ENTRIES, compress
+from toolchain.errors import NetworkError, ResourceError, RoutingTableFullError
+from toolchain.keys import KeySpace, allocate_keys
+from toolchain.network import IFCurrExp, Network, Population, SpikeSourcePoisson
+from toolchain.placement import CoreLocation, place
+from toolchain.routing import build_tables
+from toolchain.splitting import (
+    SDRAM_PER_CHIP_BYTES,
+    SYNAPSE_TYPE_BITS,
+    DelayPlan,
+    MappingConfig,
+    Vertex,
+    VertexKind,
+    ceil_log2,
+    plan_delays,
+    split_network,
+)
+from toolchain.synapses import SynapseBuild, build_synapses
+
+__all__ = ["MappedNetwork", "fit_tables", "map_network"]
+
+_APPS = {VertexKind.NEURON: AppId.IF_CURR_EXP, VertexKind.POISSON: AppId.SPIKE_SOURCE_POISSON,
+         VertexKind.ARRAY: AppId.SPIKE_SOURCE_ARRAY, VertexKind.DELAY: AppId.DELAY_EXTENSION}
+
+
+@dataclass(frozen=True)
+class MappedNetwork:
+    """A network mapped onto an allocation.
+
+    Attributes:
+        network: the description that was mapped.
+        topology: the allocation.
+        image: the job's load (cores and routing tables).
+        vertices: every core's share of the network.
+        locations: where each vertex runs.
+        keys: the key layout.
+        delays: delay slots and extension stages.
+        shifts: weight shift per (population index, synapse type).
+        n_synapses: synapses built.
+        uncompressed_entries: routing entries per chip before compression.
+    """
+
+    network: Network
+    topology: Topology
+    image: Image
+    vertices: Sequence[Vertex]
+    locations: Mapping[Vertex, CoreLocation]
+    keys: KeySpace
+    delays: DelayPlan
+    shifts: Mapping[tuple[int, int], int]
+    n_synapses: int
+    uncompressed_entries: Mapping[ChipXY, int] = field(default_factory=dict)
+
+    def cores_of(self, population: Population) -> list[tuple[Vertex, CoreLocation]]:
+        """The (non-delay) cores of a population in neuron order."""
+        return [(v, self.locations[v]) for v in self.vertices
+                if v.population is population and v.kind is not VertexKind.DELAY]
+
+
+def map_network(network: Network, topology: Topology,
+                config: MappingConfig | None = None) -> MappedNetwork:
+    """Map ``network`` onto ``topology`` and write its image.
+
+    Raises:
+        NetworkError: the description is invalid.
+        ResourceError: a core's DTCM, SDRAM, delay slots or row length is exceeded.
+        PlacementError: the allocation has too few cores.
+        KeySpaceError: the keys do not fit 32 bits.
+        RoutingError: a route is impossible or a table stays too large.
+    """
+    config = config or MappingConfig()
+    timestep_us = network.dt_ms * 1000.0
+    if abs(timestep_us - round(timestep_us)) > 1e-6:
+        raise NetworkError(f"time step {network.dt_ms} ms is not a whole number of microseconds")
+    delays = plan_delays(network, config)
+    vertices = split_network(network, config, delays)
+    placement = place(vertices, topology)
+    keys = allocate_keys(vertices, config, delays.n_stages)
+    syn = build_synapses(network, vertices, keys, delays, config)
+    locations = placement.locations
+    targets = {v: [locations[t] for t in ts] for v, ts in syn.targets.items()}
+    raw_tables = build_tables(topology, locations, keys, targets)
+    tables = fit_tables(raw_tables, is_compressing=config.compress_tables)
+    step_us = round(timestep_us)
+    cores = [_core_image(v, locations[v], network, keys, delays, syn, config, step_us)
+             for v in vertices]
+    _check_sdram(cores)
+    image = Image(step_us, tuple(cores), tables)
+    return MappedNetwork(network, topology, image, vertices, locations, keys, delays,
+                         syn.shifts, syn.n_synapses,
+                         {chip: len(e) for chip, e in raw_tables.items()})
+
+
+def fit_tables(
+    tables: Mapping[ChipXY, Sequence[RoutingEntry]],
+    *,
+    is_compressing: bool = True,
+    capacity: int = MAX_ROUTER_ENTRIES,
+) -> dict[ChipXY, tuple[RoutingEntry, ...]]:
+    """Compress the tables that exceed the router's capacity, and check they all fit.
+
+    Raises:
+        RoutingTableFullError: a table stays above ``capacity`` entries.
+    """
+    fitted: dict[ChipXY, tuple[RoutingEntry, ...]] = {}
+    for chip, entries in tables.items():
+        if len(entries) > capacity and is_compressing:
+            entries = compress(entries, capacity)
+        if len(entries) > capacity:
+            raise RoutingTableFullError(chip, len(entries), capacity)
+        fitted[chip] = tuple(entries)
+    return fitted
+
+
+def _check_sdram(cores: Sequence[CoreImage]) -> None:
+    used: dict[ChipXY, int] = {}
+    for core in cores:
+        used[core.chip] = used.get(core.chip, 0) + core.sdram_bytes
+    for chip, n_bytes in used.items():
+        if n_bytes > SDRAM_PER_CHIP_BYTES:
+            raise ResourceError(f"chip ({chip.x}, {chip.y}) needs {n_bytes} bytes of sdram "
+                                f"but has {SDRAM_PER_CHIP_BYTES}")
+
+
+def _core_image(vertex: Vertex, where: CoreLocation, network: Network, keys: KeySpace,
+                delays: DelayPlan, syn: SynapseBuild, config: MappingConfig,
+                timestep_us: int) -> CoreImage:
+    pop = vertex.population
+    chip = ChipXY(where.x, where.y)
+    if vertex.kind is VertexKind.DELAY:
+        n_stages = delays.n_stages[pop.index]
+        source = Vertex(VertexKind.NEURON if isinstance(pop.cell, IFCurrExp) else
+                        VertexKind.POISSON if isinstance(pop.cell, SpikeSourcePoisson) else
+                        VertexKind.ARRAY, pop, vertex.slice_index, vertex.lo, vertex.hi,
+                        vertex.stride)
+        flags = syn.has_targets.get(vertex, np.zeros((n_stages, vertex.stride), np.bool_))
+        data = encode_delay_params(DelayParams(
+            in_key=keys.core_key(source), in_mask=keys.core_mask,
+            in_colour_bits=config.n_colour_bits, n_neurons=vertex.stride, n_stages=n_stages,
+            delay_per_stage=delays.stage_steps[pop.index], out_key_base=keys.core_key(vertex),
+            out_colour_bits=config.n_colour_bits, has_targets=flags))
+        return CoreImage(chip, where.p, AppId.DELAY_EXTENSION, {REGION_DATA: data})
+    regions: dict[int, bytes] = {REGION_KEYS: encode_keys(
+        keys.neuron_keys(vertex), config.n_colour_bits, has_key=vertex in syn.targets)}
+    cell = pop.cell
+    if isinstance(cell, IFCurrExp):
+        regions.update(_neuron_regions(vertex, cell, network, delays, syn, config, timestep_us))
+    elif isinstance(cell, SpikeSourcePoisson):
+        seed_words = np.random.SeedSequence(
+            [network.seed, 2, pop.index, vertex.slice_index]).generate_state(4)
+        seed = (int(seed_words[0]) | 1, int(seed_words[1]), int(seed_words[2]),
+                int(seed_words[3]))
+        regions[REGION_DATA] = encode_poisson_params(PoissonParams(
+            vertex.n_atoms, cell.rate, seed, cell.start,
+            None if cell.duration >= 1e9 else cell.duration), timestep_us)
+    else:
+        trains = cell.times_of(pop.size)[vertex.lo:vertex.hi]
+        steps = [np.floor(t * 1000.0 / timestep_us + 1e-9).astype(np.int64) for t in trains]
+        neurons = [np.full(s.size, i, dtype=np.int64) for i, s in enumerate(steps)]
+        regions[REGION_DATA] = encode_spike_array(
+            np.concatenate(steps) if steps else np.zeros(0, np.int64),
+            np.concatenate(neurons) if neurons else np.zeros(0, np.int64))
+    return CoreImage(chip, where.p, _APPS[vertex.kind], regions)
+
+
+def _neuron_regions(vertex: Vertex, cell: IFCurrExp, network: Network, delays: DelayPlan,
+                    syn: SynapseBuild, config: MappingConfig,
+                    timestep_us: int) -> dict[int, bytes]:
+    pop = vertex.population
+    n = vertex.n_atoms
+    v_init = pop.initial_v[vertex.lo:vertex.hi] if pop.initial_v is not None else cell.v_rest
+    params = LifParams(
+        n_neurons=n, v_init=v_init, v_rest=cell.v_rest, cm=cell.cm, tau_m=cell.tau_m,
+        i_offset=cell.i_offset, v_reset=cell.v_reset, v_thresh=cell.v_thresh,
+        tau_refrac=cell.tau_refrac, tau_syn_e=cell.tau_syn_E, tau_syn_i=cell.tau_syn_I)
+    core_syn = syn.cores[vertex]
+    synapse = SynapseParams(
+        n_neurons=n, index_bits=ceil_log2(vertex.stride), type_bits=SYNAPSE_TYPE_BITS,
+        delay_bits=ceil_log2(delays.slots[pop.index]), shift_exc=syn.shifts[(pop.index, 0)],
+        shift_inh=syn.shifts[(pop.index, 1)])
+    interval = max(1, round((pop.sampling_interval_ms or network.dt_ms) / network.dt_ms))
+
+    def recorded(name: str) -> bool:
+        ids = pop.recorded.get(name)
+        return ids is not None and bool(((ids >= vertex.lo) & (ids < vertex.hi)).any())
+
+    recording = RecordingParams(
+        record_spikes=recorded("spikes"),
+        v_interval_steps=interval if recorded("v") else 0,
+        gsyn_exc_interval_steps=interval if recorded("gsyn_exc") else 0,
+        gsyn_inh_interval_steps=interval if recorded("gsyn_inh") else 0)
+    return {
+        REGION_DATA: encode_neuron_params(params, timestep_us),
+        REGION_SYNAPSE_PARAMS: encode_synapse_params(synapse),
+        REGION_POP_TABLE: encode_pop_table(core_syn.pop_table),
+        REGION_SYNAPTIC_MATRIX: core_syn.matrix,
+        REGION_RECORDING: encode_recording(recording),
+    }
