@@ -310,6 +310,11 @@ class EventPublisher:
             retain=message.is_retained,
             timeout=_PUBLISH_TIMEOUT_S,
         )
+        # On Python 3.11 `asyncio.wait_for` (used inside aiomqtt) can swallow a cancellation
+        # that races with the publish completing; honour it here, or stopping would hang.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
     def _requeue(self, message: _Message) -> None:
         # Not delivered: put it back at the head unless newer events filled the queue.

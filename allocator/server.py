@@ -235,7 +235,7 @@ class Server:
         command = "?"
         outcome = "error"
         try:
-            request = decode_request(line)
+            request = decode_request(line, max_bytes=self._max_line_bytes)
             command = request.command
             handler = self._dispatcher.handler_for(command)
             if handler is None:

@@ -378,6 +378,7 @@ class Projection:
             if table.shape[0] and table.shape[1] == 4:
                 weight_in, delay_in = table[:, 2], table[:, 3]
         try:
+            # scalars stay broadcast views: 10 M synapses cost no weight or delay memory
             weight = np.broadcast_to(np.asarray(weight_in, dtype=np.float64), (n,))
             delay = np.broadcast_to(np.asarray(delay_in, dtype=np.float64), (n,))
         except ValueError as exc:
@@ -393,7 +394,8 @@ class Projection:
         if n and delay.min() < dt_ms * (1.0 - 1e-9):
             raise NetworkError(f"projection {self.label!r} has delay {float(delay.min())} ms, "
                                f"below one time step ({dt_ms} ms)")
-        return np.abs(weight), delay.copy()
+        magnitude = np.abs(np.asarray(weight_in, dtype=np.float64))
+        return np.broadcast_to(magnitude, (n,)), delay
 
     def __repr__(self) -> str:
         return f"<Projection {self.label!r} {self.pre.label}->{self.post.label} " \

@@ -154,21 +154,22 @@ def build_synapses(
         if pre.size == 0:
             continue
         n_synapses += pre.size
-        steps = network.delay_steps(delay_ms)
+        steps = network.delay_steps(delay_ms).astype(np.int32)
         pre_stride = config.atoms_per_core(proj.pre)
         post_stride = config.atoms_per_core(proj.post)
         stage_steps = delays.stage_steps.get(proj.pre.index)
         if stage_steps is None:
-            stage = np.zeros(pre.size, dtype=np.int64)
+            stage = np.zeros(pre.size, dtype=np.int32)
         else:
             stage = (steps - 1) // stage_steps
             steps = steps - stage * stage_steps
         syn_type = 0 if proj.receptor_type == "excitatory" else 1
         index_bits = ceil_log2(post_stride)
         w16 = weights_to_u16(weight, shifts[(proj.post.index, syn_type)])
-        post_slice = post // post_stride
-        word = synapse_words(w16, steps, np.full(pre.size, syn_type), post - post_slice *
+        post_slice = (post // post_stride).astype(np.int32)
+        word = synapse_words(w16, steps, np.uint32(syn_type), post - post_slice *
                              post_stride, index_bits, SYNAPSE_TYPE_BITS)
+        del w16
         first_post = post_id[by_slot[(proj.post.index, False, 0)]]
         direct = keys.partition_index[Partition(proj.pre.index, False)]
         row = pre.copy()
@@ -180,8 +181,10 @@ def build_synapses(
             row[delayed] = (src_core * n_stages * pre_stride + (stage[delayed] - 1) * pre_stride
                             + pre[delayed] - src_core * pre_stride)
             part[delayed] = keys.partition_index[Partition(proj.pre.index, True)]
-        gkeys.append(((first_post + post_slice) * n_parts + part) << _ROW_BITS | row)
+        gkeys.append(((first_post + post_slice.astype(np.int64)) * n_parts + part)
+                     << _ROW_BITS | row)
         words.append(word)
+        del row, part, post_slice, steps, stage
     if not gkeys:
         all_keys = np.zeros(0, dtype=np.int64)
         all_words = np.zeros(0, dtype=np.uint32)

@@ -1,0 +1,49 @@
+"""Durable state in SQL (SQLite by default, PostgreSQL for larger sites).
+
+The only package that imports SQLAlchemy. The service stages frozen changes and flushes;
+`Store.load` gives back a `StoredState` after a restart.
+"""
+
+from allocator.store.changes import (
+    AppendAudit,
+    AuditEntry,
+    BoardClaim,
+    BoardStatus,
+    Change,
+    ClaimBoards,
+    ForgetJobs,
+    LeaseHeldError,
+    LinkStatus,
+    PutBoardStatus,
+    PutJob,
+    PutLinkStatus,
+    ReleaseBoards,
+    SchemaVersionError,
+    SetNextJobId,
+    StoreConflictError,
+    StoredState,
+    StoreStats,
+)
+from allocator.store.repository import Store
+
+__all__ = [
+    "AppendAudit",
+    "AuditEntry",
+    "BoardClaim",
+    "BoardStatus",
+    "Change",
+    "ClaimBoards",
+    "ForgetJobs",
+    "LeaseHeldError",
+    "LinkStatus",
+    "PutBoardStatus",
+    "PutJob",
+    "PutLinkStatus",
+    "ReleaseBoards",
+    "SchemaVersionError",
+    "SetNextJobId",
+    "Store",
+    "StoreConflictError",
+    "StoreStats",
+    "StoredState",
+]

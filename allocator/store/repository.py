@@ -280,7 +280,7 @@ class Store:
         values: dict[str, str] = {}
         if has_meta:
             rows = await conn.execute(select(t.meta.c.key, t.meta.c.value))
-            values = {key: value for key, value in rows.tuples()}
+            values = {key: value for key, value in rows.all()}
             found = int(values.get("schema_version", t.SCHEMA_VERSION))
             if found != t.SCHEMA_VERSION:
                 raise SchemaVersionError(self._name, found, t.SCHEMA_VERSION)
@@ -294,9 +294,7 @@ class Store:
         missing = [{"key": k, "value": v} for k, v in defaults.items() if k not in values]
         if missing:
             await conn.execute(t.meta.insert(), missing)
-        await conn.execute(
-            update(t.meta).where(t.meta.c.key == "lease").values(value=self._token)
-        )
+        await conn.execute(update(t.meta).where(t.meta.c.key == "lease").values(value=self._token))
         self._commit_seq = int(values.get("commit_seq", "0"))
 
     async def close(self) -> None:
@@ -378,7 +376,7 @@ class Store:
             except LeaseHeldError as error:
                 self._broken = error
                 raise
-            except _TRANSIENT + (DBAPIError,) as error:
+            except (*_TRANSIENT, DBAPIError) as error:
                 if isinstance(error, DBAPIError) and not (
                     isinstance(error, OperationalError) or error.connection_invalidated
                 ):
@@ -436,11 +434,14 @@ class Store:
                 await conn.execute(
                     update(t.meta).where(t.meta.c.key == "commit_seq").values(value=str(seq))
                 )
-        except IntegrityError as error:
+        except (IntegrityError, StoreConflictError) as error:
             # Constraints are checked before COMMIT: the transaction is rolled back for sure.
             self._doubt = None
-            detail = str(error.orig).splitlines()[0] if error.orig is not None else str(error)
-            conflict = StoreConflictError(n_changes, detail)
+            if isinstance(error, StoreConflictError):
+                conflict = error
+            else:
+                detail = str(error.orig).splitlines()[0] if error.orig is not None else str(error)
+                conflict = StoreConflictError(n_changes, detail)
             self.stats.n_conflicts += 1
             log.error("%s", conflict)
             self._failures = [f for f in self._failures if f.end > self._n_done - 10_000]
@@ -521,13 +522,10 @@ class Store:
                     for board in claim_boards:
                         key = (machine, board[0], board[1], board[2])
                         if key in claimed:
-                            raise IntegrityError(
-                                "claim boards",
-                                None,
-                                ValueError(
-                                    f"board {tuple(key[1:])} of {machine} claimed by jobs "
-                                    f"{claimed[key]} and {job_id} in one commit"
-                                ),
+                            raise StoreConflictError(
+                                len(changes),
+                                f"board {tuple(key[1:])} of {machine} claimed by jobs "
+                                f"{claimed[key]} and {job_id}",
                             )
                         claimed[key] = job_id
                 case ReleaseBoards(machine, release_boards):
@@ -562,7 +560,9 @@ class Store:
                 update(t.meta).where(t.meta.c.key == "next_job_id").values(value=str(next_job_id))
             )
         if boards:
-            await conn.execute(self._upsert(t.board_status), [_status_row(s) for s in boards.values()])
+            await conn.execute(
+                self._upsert(t.board_status), [_status_row(s) for s in boards.values()]
+            )
         if links:
             await conn.execute(self._upsert(t.link_status), [_link_row(s) for s in links.values()])
         if audits:
@@ -577,9 +577,7 @@ class Store:
         c = t.board_claims.c
         for machine, xyz in by_machine.items():
             await conn.execute(
-                delete(t.board_claims).where(
-                    c.machine == machine, tuple_(c.x, c.y, c.z).in_(xyz)
-                )
+                delete(t.board_claims).where(c.machine == machine, tuple_(c.x, c.y, c.z).in_(xyz))
             )
 
     # --- reading ------------------------------------------------------------------------
@@ -607,15 +605,16 @@ class Store:
         records = tuple(_job_record(row) for row in job_rows)
         claim_rows = await conn.execute(
             select(t.board_claims).order_by(
-                t.board_claims.c.machine, t.board_claims.c.job_id, t.board_claims.c.x,
-                t.board_claims.c.y, t.board_claims.c.z,
+                t.board_claims.c.machine,
+                t.board_claims.c.job_id,
+                t.board_claims.c.x,
+                t.board_claims.c.y,
+                t.board_claims.c.z,
             )
         )
         grouped: dict[tuple[str, int], list[BoardXYZ]] = defaultdict(list)
         for row in claim_rows.mappings():
-            grouped[(row["machine"], row["job_id"])].append(
-                BoardXYZ(row["x"], row["y"], row["z"])
-            )
+            grouped[(row["machine"], row["job_id"])].append(BoardXYZ(row["x"], row["y"], row["z"]))
         claims = tuple(
             BoardClaim(machine, job_id, tuple(sorted(boards)))
             for (machine, job_id), boards in sorted(grouped.items())
@@ -627,16 +626,25 @@ class Store:
         board_rows = await conn.execute(select(t.board_status))
         statuses = tuple(
             BoardStatus(
-                r["machine"], BoardXYZ(r["x"], r["y"], r["z"]), bool(r["in_service"]),
-                r["reason"], r["changed_at"], r["changed_by"],
+                r["machine"],
+                BoardXYZ(r["x"], r["y"], r["z"]),
+                bool(r["in_service"]),
+                r["reason"],
+                r["changed_at"],
+                r["changed_by"],
             )
             for r in board_rows.mappings()
         )
         link_rows = await conn.execute(select(t.link_status))
         link_statuses = tuple(
             LinkStatus(
-                r["machine"], BoardXYZ(r["x"], r["y"], r["z"]), Link(r["link"]),
-                bool(r["in_service"]), r["reason"], r["changed_at"], r["changed_by"],
+                r["machine"],
+                BoardXYZ(r["x"], r["y"], r["z"]),
+                Link(r["link"]),
+                bool(r["in_service"]),
+                r["reason"],
+                r["changed_at"],
+                r["changed_by"],
             )
             for r in link_rows.mappings()
         )
@@ -645,7 +653,12 @@ class Store:
         )
         entries = tuple(
             AuditEntry(
-                r["at"], r["who"], r["action"], r["target"], r["reason"], dict(r["detail"]),
+                r["at"],
+                r["who"],
+                r["action"],
+                r["target"],
+                r["reason"],
+                dict(r["detail"]),
                 r["id"],
             )
             for r in reversed(list(audit_rows.mappings()))
@@ -702,22 +715,38 @@ def _job_record(row: Any) -> JobRecord:
 def _status_row(status: BoardStatus) -> dict[str, Any]:
     x, y, z = status.board
     return {
-        "machine": status.machine, "x": x, "y": y, "z": z, "in_service": status.in_service,
-        "reason": status.reason, "changed_at": status.changed_at, "changed_by": status.changed_by,
+        "machine": status.machine,
+        "x": x,
+        "y": y,
+        "z": z,
+        "in_service": status.in_service,
+        "reason": status.reason,
+        "changed_at": status.changed_at,
+        "changed_by": status.changed_by,
     }
 
 
 def _link_row(status: LinkStatus) -> dict[str, Any]:
     x, y, z = status.board
     return {
-        "machine": status.machine, "x": x, "y": y, "z": z, "link": int(status.link),
-        "in_service": status.in_service, "reason": status.reason,
-        "changed_at": status.changed_at, "changed_by": status.changed_by,
+        "machine": status.machine,
+        "x": x,
+        "y": y,
+        "z": z,
+        "link": int(status.link),
+        "in_service": status.in_service,
+        "reason": status.reason,
+        "changed_at": status.changed_at,
+        "changed_by": status.changed_by,
     }
 
 
 def _audit_row(entry: AuditEntry) -> dict[str, Any]:
     return {
-        "at": entry.at, "who": entry.who, "action": entry.action, "target": entry.target,
-        "reason": entry.reason, "detail": dict(entry.detail),
+        "at": entry.at,
+        "who": entry.who,
+        "action": entry.action,
+        "target": entry.target,
+        "reason": entry.reason,
+        "detail": dict(entry.detail),
     }

@@ -1,10 +1,9 @@
-"""The MQTT event publisher, against a real Mosquitto (ALLOTMENT_TEST_MQTT="host:port")."""
+"""The MQTT event publisher, against a real Mosquitto (the `mqtt_broker` fixture)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -18,24 +17,6 @@ from allocator.metrics import Metrics
 from protocol.events import BoardEvent, BoardState, JobEvent, MachineSummary
 
 _GUARD_S = 10.0  # a failure guard only: every wait below ends as soon as its event happens
-
-
-@pytest.fixture
-def broker_address() -> tuple[str, int]:
-    """The broker named by ALLOTMENT_TEST_MQTT; skip (or fail on CI) when it is unusable."""
-    spec = os.environ.get("ALLOTMENT_TEST_MQTT")
-    required = os.environ.get("ALLOTMENT_REQUIRE_SERVICES") == "1"
-    reason = "ALLOTMENT_TEST_MQTT is not set"
-    if spec:
-        host, _, port = spec.rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=2):
-                return host, int(port)
-        except (OSError, ValueError) as error:
-            reason = f"mqtt broker {spec} unreachable: {error}"
-    if required:
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def _summary(machine: str, n_free: int) -> MachineSummary:
@@ -90,9 +71,9 @@ async def _running(publisher: EventPublisher) -> AsyncIterator[None]:
 
 
 async def test_subscriber_sees_events_and_late_one_the_retained_summary(
-    broker_address: tuple[str, int],
+    mqtt_broker: tuple[str, int],
 ) -> None:
-    host, port = broker_address
+    host, port = mqtt_broker
     prefix = f"allotment-test-{uuid.uuid4().hex[:8]}"
     metrics = Metrics()
     publisher = EventPublisher(f"mqtt://{host}:{port}", prefix, 100, metrics)
@@ -212,8 +193,8 @@ class _Proxy:
         self._writers.clear()
 
 
-async def test_reconnects_and_republishes_summary(broker_address: tuple[str, int]) -> None:
-    host, port = broker_address
+async def test_reconnects_and_republishes_summary(mqtt_broker: tuple[str, int]) -> None:
+    host, port = mqtt_broker
     prefix = f"allotment-test-{uuid.uuid4().hex[:8]}"
     proxy = _Proxy(host, port)
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)

@@ -17,11 +17,11 @@ import pytest
 
 from allocator.clock import FakeClock
 from allocator.config import ServerConfig, default_config, parse_config
-from allocator.errors import RequestError
 from allocator.service import V1_VERSION, Service
 from allocator.store import Store
 from protocol import messages as m
 from protocol.commands import bind
+from protocol.errors import CommandError
 
 SMALL = {
     "server": {"seconds_before_free": 10.0, "keepalive_check_s": 1.0, "starvation_s": 1000.0},
@@ -145,7 +145,8 @@ async def test_one_board_job_powers_on_then_is_ready(h: Harness) -> None:
 async def test_triad_job_chip_size_and_connections(h: Harness) -> None:
     job_id = await h.call("create_job", 1, 1, owner="bob")
     info = await h.call("get_job_machine_info", job_id)
-    assert (info["width"], info["height"]) == (16, 16)
+    # one triad of a machine one triad high: no wrap in X (+4), wrap-around links in Y
+    assert (info["width"], info["height"]) == (16, 12)
     assert sorted(tuple(c[0]) for c in info["connections"]) == [(0, 0), (4, 8), (8, 4)]
 
 
@@ -164,7 +165,7 @@ async def test_request_that_never_fits_is_destroyed_at_once(h: Harness) -> None:
 
 
 async def test_rejected_request_creates_nothing(h: Harness) -> None:
-    with pytest.raises(RequestError, match="machine and tags"):
+    with pytest.raises(CommandError, match="machine and tags"):
         await h.call("create_job", owner="eve", machine="small", tags=["default"])
     assert await h.call("list_jobs") == []
     # and the id counter was not consumed
@@ -186,13 +187,15 @@ async def test_destroy_reasons(h: Harness) -> None:
 
 async def test_boards_return_only_after_power_off_and_cool_down(h: Harness) -> None:
     first = await h.call("create_job", 2, 1, owner="a")
+    await h.advance(5.0)  # powered on
     second = await h.call("create_job", 2, 1, owner="b")
     await h.call("destroy_job", first)
     assert (await h.state(second))["state"] == 1
     await h.advance(1.0)  # power-off done; cooling down for 10 s
     assert (await h.state(second))["state"] == 1
-    await h.advance(10.0)
-    await h.advance(1.0)  # the timer runs every keepalive_check_s
+    await h.advance(9.0)
+    assert (await h.state(second))["state"] == 1
+    await h.advance(2.0)  # past the cool-down, and the timer runs every keepalive_check_s
     assert (await h.state(second))["state"] in (2, 3)
 
 

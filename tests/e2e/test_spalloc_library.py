@@ -249,8 +249,12 @@ def scenario_power_and_reset(host: str, port: int, owner: str) -> None:
         assert job.power is True
         assert int(job.state) == 3
     finally:
-        job.destroy()
-    assert int(job.state) == 4
+        job.destroy()  # also closes the job's connection
+    checker = _protocol_client(host, port)
+    try:
+        assert checker.get_job_state(job.id, timeout=WAIT_S)["state"] == 4
+    finally:
+        checker.close()
 
 
 def scenario_notifications(host: str, port: int, owner: str) -> None:

@@ -1,0 +1,299 @@
+"""Contract tests of the durable store, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+
+from allocator import jobs
+from allocator.errors import StoreError
+from allocator.jobs import JobRecord, JobState
+from allocator.store import (
+    AppendAudit,
+    AuditEntry,
+    BoardClaim,
+    BoardStatus,
+    ClaimBoards,
+    ForgetJobs,
+    LeaseHeldError,
+    LinkStatus,
+    PutBoardStatus,
+    PutJob,
+    PutLinkStatus,
+    ReleaseBoards,
+    SchemaVersionError,
+    SetNextJobId,
+    Store,
+    StoreConflictError,
+    StoredState,
+)
+from machine_models.geometry import BoardXYZ, Link
+
+T0 = 1_700_000_000.0
+B000, B001, B100 = BoardXYZ(0, 0, 0), BoardXYZ(0, 0, 1), BoardXYZ(1, 0, 0)
+
+
+def queued(job_id: int, keepalive_s: float | None = 60.0) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        owner=f"owner {job_id}",
+        created_at=T0 + job_id,
+        keepalive_s=keepalive_s,
+        args=(2, 1),
+        kwargs={"tags": ["default", "big"], "min_ratio": 0.5, "require_torus": False},
+    )
+
+
+def allocated(job_id: int, *boards: BoardXYZ) -> JobRecord:
+    return jobs.allocate(queued(job_id), "spinn", boards, 16, 16)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    opened = await Store.open(db_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_empty_database_loads_empty_state(store: Store) -> None:
+    assert await store.load() == StoredState()
+
+
+async def test_round_trip_of_every_change_type(store: Store, db_url: str) -> None:
+    live = dataclasses.replace(allocated(1, B100, B000), keepalivehost="10.0.0.3")
+    ready = jobs.power_done(allocated(2, B001))
+    gone = jobs.destroy(queued(3, keepalive_s=None), T0 + 9, "done")
+    board = BoardStatus("spinn", B100, False, "burnt", T0 + 1, "ops")
+    link = LinkStatus("spinn", B000, Link.SOUTH_WEST, False, "flaky", T0 + 2, "ops")
+    entry = AuditEntry(T0 + 3, "ops", "set_board_service", "spinn 1 0 0", "burnt", {"n": [1]})
+    for change in [
+        PutJob(live),
+        PutJob(ready),
+        PutJob(gone),
+        PutJob(queued(4)),
+        ForgetJobs((4,)),
+        ClaimBoards("spinn", live.boards, 1),
+        ClaimBoards("spinn", ready.boards, 2),
+        SetNextJobId(10),
+        PutBoardStatus(board),
+        PutLinkStatus(link),
+        AppendAudit(entry),
+        AppendAudit(dataclasses.replace(entry, action="drain", reason=None, detail={})),
+    ]:
+        store.stage(change)
+    await store.flush()
+    assert store.n_pending == 0
+    state = await store.load()
+    assert state.jobs == (live, ready, gone)
+    assert state.live_jobs == (live, ready)
+    assert state.retired_jobs == (gone,)
+    assert state.jobs[0].boards == (B000, B100)
+    assert all(isinstance(b, BoardXYZ) for b in state.jobs[0].boards)
+    assert state.jobs[2].state is JobState.DESTROYED
+    assert state.jobs[2].reason == "Cancelled: done"
+    assert state.claims == (
+        BoardClaim("spinn", 1, (B000, B100)),
+        BoardClaim("spinn", 2, (B001,)),
+    )
+    assert state.next_job_id == 10
+    assert state.board_status == (board,)
+    assert state.link_status == (link,)
+    assert [(a.action, a.reason, dict(a.detail)) for a in state.audit] == [
+        ("set_board_service", "burnt", {"n": [1]}),
+        ("drain", None, {}),
+    ]
+    ids = [a.audit_id for a in state.audit]
+    assert ids[0] is not None
+    assert ids == sorted(ids)
+
+
+async def test_later_changes_win_and_release_frees_for_a_new_claim(store: Store) -> None:
+    first = allocated(1, B000)
+    store.stage(PutJob(queued(1)))
+    store.stage(PutJob(first))
+    store.stage(ClaimBoards("spinn", (B000,), 1))
+    store.stage(PutBoardStatus(BoardStatus("spinn", B000, False, "a", T0, "ops")))
+    store.stage(PutBoardStatus(BoardStatus("spinn", B000, True, None, T0 + 1, "ops")))
+    await store.flush()
+    # Free and re-claim the same board within one commit, and across commits.
+    store.stage(ReleaseBoards("spinn", (B000,)))
+    store.stage(ClaimBoards("spinn", (B000,), 2))
+    await store.flush()
+    store.stage(ReleaseBoards("spinn", (B000, B100)))  # B100 was never claimed: no error
+    store.stage(ClaimBoards("spinn", (B000, B001), 3))
+    await store.flush()
+    state = await store.load()
+    assert state.jobs == (first,)
+    assert state.claims == (BoardClaim("spinn", 3, (B000, B001)),)
+    assert state.board_status == (BoardStatus("spinn", B000, True, None, T0 + 1, "ops"),)
+    assert state.next_job_id == 2
+
+
+async def test_double_claim_fails_and_store_keeps_working(store: Store) -> None:
+    store.stage(ClaimBoards("spinn", (B000, B001), 1))
+    await store.flush()
+    store.stage(PutJob(queued(2)))
+    store.stage(ClaimBoards("spinn", (B001,), 2))
+    with pytest.raises(StoreConflictError, match="refused a commit of 2 changes") as info:
+        await store.flush()
+    assert info.value.n_changes == 2
+    assert store.stats.n_conflicts == 1
+    # The refused transaction left nothing behind; later commits go through.
+    store.stage(PutJob(queued(5)))
+    await store.flush()
+    state = await store.load()
+    assert [r.job_id for r in state.jobs] == [5]
+    assert state.claims == (BoardClaim("spinn", 1, (B000, B001)),)
+
+
+async def test_double_claim_within_one_commit_fails(store: Store) -> None:
+    store.stage(ClaimBoards("spinn", (B000,), 1))
+    store.stage(ClaimBoards("spinn", (B000,), 2))
+    with pytest.raises(StoreConflictError, match=r"board \(0, 0, 0\) of spinn claimed by jobs 1"):
+        await store.flush()
+    assert (await store.load()).claims == ()
+
+
+async def test_concurrent_flushes_share_few_transactions(store: Store) -> None:
+    n_requests = 200
+
+    async def request(job_id: int) -> None:
+        store.stage(PutJob(queued(job_id)))
+        store.stage(SetNextJobId(job_id + 1))
+        await store.flush()
+
+    async with asyncio.TaskGroup() as tg:
+        for job_id in range(1, n_requests + 1):
+            tg.create_task(request(job_id))
+    assert store.stats.n_changes == 2 * n_requests
+    # Every task stages before any commit starts: the first flusher commits them all.
+    assert store.stats.n_commits <= 3
+    state = await store.load()
+    assert len(state.jobs) == n_requests
+    assert state.next_job_id == n_requests + 1
+
+
+async def test_flush_with_nothing_staged_returns_and_counts_nothing(store: Store) -> None:
+    await store.flush()
+    assert store.stats.n_commits == 0
+
+
+async def test_commit_callback_reports_latency_and_size(db_url: str) -> None:
+    seen: list[tuple[float, int]] = []
+    opened = await Store.open(db_url, on_commit=lambda s, n: seen.append((s, n)))
+    try:
+        opened.stage(PutJob(queued(1)))
+        opened.stage(PutJob(queued(2)))
+        await opened.flush()
+    finally:
+        await opened.close()
+    assert len(seen) == 1
+    assert seen[0][1] == 2
+    assert seen[0][0] >= 0
+
+
+async def test_reopen_after_close_gives_same_state(db_url: str) -> None:
+    first = await Store.open(db_url)
+    first.stage(PutJob(allocated(7, B100)))
+    first.stage(ClaimBoards("spinn", (B100,), 7))
+    first.stage(SetNextJobId(8))
+    first.stage(AppendAudit(AuditEntry(T0, "ops", "drain", "spinn")))
+    await first.flush()
+    before = await first.load()
+    first.stage(PutJob(queued(8)))  # staged but never flushed: close commits it
+    await first.close()
+    with pytest.raises(StoreError, match="is closed"):
+        first.stage(PutJob(queued(9)))
+    second = await Store.open(db_url)
+    try:
+        after = await second.load()
+    finally:
+        await second.close()
+    assert after.jobs == (*before.jobs, queued(8))
+    assert after.claims == before.claims
+    assert after.audit == before.audit
+    assert after.next_job_id == 9
+
+
+async def test_second_server_on_same_database_is_refused(db_url: str) -> None:
+    first = await Store.open(db_url)
+    try:
+        with pytest.raises(LeaseHeldError, match="is in use by another allotment server") as info:
+            await Store.open(db_url)
+        database = db_url.rsplit("/", 1)[-1]
+        assert database in str(info.value)
+        # The first keeps writing.
+        first.stage(PutJob(queued(1)))
+        await first.flush()
+    finally:
+        await first.close()
+    # Once the first is gone, a new server may start.
+    third = await Store.open(db_url)
+    try:
+        assert [r.job_id for r in (await third.load()).jobs] == [1]
+    finally:
+        await third.close()
+
+
+async def test_newer_schema_is_refused(db_url: str) -> None:
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from allocator.store import tables
+
+    opened = await Store.open(db_url)
+    await opened.close()
+    engine = create_async_engine(db_url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(tables.meta).where(tables.meta.c.key == "schema_version").values(value="99")
+        )
+    await engine.dispose()
+    with pytest.raises(SchemaVersionError, match="has schema version 99, newer than version 1"):
+        await Store.open(db_url)
+
+
+async def test_bad_urls_are_refused() -> None:
+    with pytest.raises(StoreError, match="is not valid"):
+        await Store.open("not a url")
+    with pytest.raises(StoreError, match="is not sqlite or postgresql"):
+        await Store.open("mysql+aiomysql://u@h/db")
+
+
+async def test_in_memory_sqlite_works() -> None:
+    opened = await Store.open("sqlite+aiosqlite://")
+    try:
+        opened.stage(PutJob(queued(1)))
+        await opened.flush()
+        assert [r.job_id for r in (await opened.load()).jobs] == [1]
+        assert "pending=0" in repr(opened)
+    finally:
+        await opened.close()
+
+
+@pytest.mark.parametrize("n_yields", [0, 1, 2, 3, 5, 8, 13, 21])
+async def test_cancelled_flusher_never_loses_or_doubles_a_commit(
+    store: Store, n_yields: int
+) -> None:
+    # Cancel the committing flusher at different points of its transaction; the claim
+    # would conflict with itself if the interrupted commit were applied twice.
+    store.stage(PutJob(allocated(1, B000)))
+    store.stage(ClaimBoards("spinn", (B000,), 1))
+    task = asyncio.get_running_loop().create_task(store.flush())
+    for _ in range(n_yields):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    store.stage(ClaimBoards("spinn", (B001,), 1))
+    await store.flush()
+    state = await store.load()
+    assert state.claims == (BoardClaim("spinn", 1, (B000, B001)),)
+    assert state.jobs == (allocated(1, B000),)
+    assert store.stats.n_conflicts == 0
