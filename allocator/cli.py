@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
@@ -77,6 +77,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (about twice the requests per second), else asyncio's."""
+    if os.environ.get("ALLOTMENT_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `allotment` console script."""
     parser = _build_parser()
@@ -90,9 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from allocator.app import serve
 
         try:
-            return asyncio.run(
-                serve(host=args.host, port=args.port, config_path=args.config, db_url=args.db)
-            )
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                return runner.run(
+                    serve(host=args.host, port=args.port, config_path=args.config, db_url=args.db)
+                )
         except KeyboardInterrupt:
             return 0
     handler = getattr(args, "handler", None)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from allocator.errors import AllocatorError
+from protocol import messages as m
 from protocol.codec import decode_request, encode_exception, encode_notification, encode_reply
 from protocol.commands import bind
 from protocol.errors import CommandError, DecodeError
@@ -55,6 +56,7 @@ class Metrics(Protocol):
 class Connection:
     """One client connection and what it watches.
 
+    The watch sets live here, not in the service: they vanish with the connection.
     ``watch_all_jobs``/``watch_all_machines`` mirror the reference: ``notify_job()`` with
     no id watches every job; ids are not validated.
     """
@@ -66,6 +68,40 @@ class Connection:
     watch_all_machines: bool = False
     watched_machines: set[str] = field(default_factory=set)
     is_closed: bool = False
+
+    @property
+    def is_watching(self) -> bool:
+        return bool(
+            self.watch_all_jobs
+            or self.watched_jobs
+            or self.watch_all_machines
+            or self.watched_machines
+        )
+
+    def watch(self, arguments: Any) -> None:
+        """Apply a notify_*/no_notify_* command to the watch sets."""
+        if isinstance(arguments, m.NoNotifyJobArgs):
+            if arguments.job_id is None:
+                self.watch_all_jobs = False
+                self.watched_jobs.clear()
+            else:
+                self.watched_jobs.discard(arguments.job_id)
+        elif isinstance(arguments, m.NotifyJobArgs):
+            if arguments.job_id is None:
+                self.watch_all_jobs = True
+            else:
+                self.watched_jobs.add(arguments.job_id)
+        elif isinstance(arguments, m.NoNotifyMachineArgs):
+            if arguments.machine_name is None:
+                self.watch_all_machines = False
+                self.watched_machines.clear()
+            else:
+                self.watched_machines.discard(arguments.machine_name)
+        elif isinstance(arguments, m.NotifyMachineArgs):
+            if arguments.machine_name is None:
+                self.watch_all_machines = True
+            else:
+                self.watched_machines.add(arguments.machine_name)
 
     def notify(self, job_ids: Iterable[int], machine_names: Iterable[str]) -> list[str]:
         """Write the notifications this connection watches; return the kinds written."""
@@ -87,6 +123,9 @@ class Connection:
             )
             kinds.append("machines_changed")
         return kinds
+
+
+_WATCH_COMMANDS = frozenset({"notify_job", "no_notify_job", "notify_machine", "no_notify_machine"})
 
 
 Handler = Callable[[Any, Connection], Awaitable[Any]]
@@ -121,6 +160,7 @@ class Server:
         self._max_connections = max_connections
         self._metrics = metrics
         self._connections: set[Connection] = set()
+        self._watchers: set[Connection] = set()
         self._task_group: asyncio.TaskGroup | None = None
 
     def __repr__(self) -> str:
@@ -136,7 +176,7 @@ class Server:
         machines = tuple(machine_names)
         if not jobs and not machines:
             return
-        for conn in self._connections:
+        for conn in self._watchers:
             for kind in conn.notify(jobs, machines):
                 if self._metrics is not None:
                     self._metrics.notification_sent(kind)
@@ -195,6 +235,7 @@ class Server:
         finally:
             conn.is_closed = True
             self._connections.discard(conn)
+            self._watchers.discard(conn)
             if self._metrics is not None:
                 self._metrics.connection_closed()
             writer.close()
@@ -237,12 +278,19 @@ class Server:
         try:
             request = decode_request(line, max_bytes=self._max_line_bytes)
             command = request.command
-            handler = self._dispatcher.handler_for(command)
-            if handler is None:
-                command = "unknown"
-                raise CommandError(f"unknown command {request.command!r}")
-            arguments = bind(request.command, request.args, request.kwargs)
-            value = await handler(arguments, conn)
+            if command in _WATCH_COMMANDS:
+                conn.watch(bind(command, request.args, request.kwargs))
+                if conn.is_watching:
+                    self._watchers.add(conn)
+                else:
+                    self._watchers.discard(conn)
+                value = None
+            else:
+                handler = self._dispatcher.handler_for(command)
+                if handler is None:
+                    command = "unknown"
+                    raise CommandError(f"unknown command {request.command!r}")
+                value = await handler(bind(request.command, request.args, request.kwargs), conn)
             reply = encode_reply(value)
             outcome = "ok"
         except (DecodeError, CommandError, AllocatorError) as exc:

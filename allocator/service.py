@@ -110,6 +110,9 @@ class Service:
         # (free_at, machine, job_id): boards of destroyed jobs cooling down after power-off
         self._cooling: list[tuple[float, str, int]] = []
         self._listeners: list[Listener] = []
+        # job id -> store watermark of the job's latest staged change: a read about one
+        # job waits only for that job's own changes to be durable.
+        self._marks: dict[int, int] = {}
         self._power: PowerModel | None = None
         # destroyed jobs whose boards are being powered off: job id -> machine name
         self._powering_off: dict[int, str] = {}
@@ -124,10 +127,6 @@ class Service:
             "power_on_job_boards": self.power_on_job_boards,
             "power_off_job_boards": self.power_off_job_boards,
             "destroy_job": self.destroy_job,
-            "notify_job": self._notify_job,
-            "no_notify_job": self._no_notify_job,
-            "notify_machine": self._notify_machine,
-            "no_notify_machine": self._no_notify_machine,
             "list_jobs": self.list_jobs,
             "list_machines": self.list_machines,
             "get_board_position": self.get_board_position,
@@ -326,16 +325,24 @@ class Service:
     def _put(self, job: _Live, record: JobRecord) -> None:
         job.record = record
         self._store.stage(PutJob(record))
+        self._marks[record.job_id] = self._store.mark
+
+    async def _durable(self, job_id: int | None) -> None:
+        """Wait until the latest change of one job is committed (at once if it is)."""
+        if job_id is not None:
+            await self._store.flush_to(self._marks.get(job_id, 0))
 
     def _retire(self, record: JobRecord, *, stage: bool = True) -> None:
         self._live.pop(record.job_id, None)
         self._retired[record.job_id] = record
         if stage:
             self._store.stage(PutJob(record))
+            self._marks[record.job_id] = self._store.mark
         limit = self._config.server.max_retired_jobs
         forgotten = []
         while len(self._retired) > limit:
             old_id, _ = self._retired.popitem(last=False)
+            self._marks.pop(old_id, None)
             forgotten.append(old_id)
         if forgotten:
             self._store.stage(ForgetJobs(tuple(forgotten)))
@@ -551,8 +558,9 @@ class Service:
         if not candidates:
             self._retire(jobs_.cancel(record, now, jobs_.REASON_NO_SUITABLE_MACHINES))
         else:
-            self._live[job_id] = _Live(record, request, candidates, now, now)
-            self._store.stage(PutJob(record))
+            job = _Live(record, request, candidates, now, now)
+            self._live[job_id] = job
+            self._put(job, record)
             machines = self._schedule(changed)
         await self._commit(changed, machines)
         return job_id
@@ -561,13 +569,13 @@ class Service:
         job = self._live.get(args.job_id) if args.job_id is not None else None
         if job is not None:
             self._touch(job, conn)
-        await self._store.flush()
+        await self._durable(args.job_id)
 
     async def get_job_state(self, args: m.GetJobStateArgs, conn: Any) -> dict[str, Any]:
         job = self._live.get(args.job_id) if args.job_id is not None else None
         if job is not None:
             self._touch(job, conn)
-            await self._store.flush()
+            await self._durable(args.job_id)
             r = job.record
             return {
                 "state": int(r.state),
@@ -577,7 +585,7 @@ class Service:
                 "start_time": r.created_at,
                 "keepalivehost": r.keepalivehost,
             }
-        await self._store.flush()
+        await self._durable(args.job_id)
         retired = self._retired.get(args.job_id) if args.job_id is not None else None
         return {
             "state": int(JobState.DESTROYED if retired is not None else JobState.UNKNOWN),
@@ -594,7 +602,7 @@ class Service:
         job = self._live.get(args.job_id) if args.job_id is not None else None
         if job is not None:
             self._touch(job, conn)
-        await self._store.flush()
+        await self._durable(args.job_id)
         if job is None or not job.record.is_allocated:
             return {
                 "width": None,
@@ -643,32 +651,6 @@ class Service:
             self._end(job, jobs_.destroy(job.record, self._clock.now(), reason), changed, machines)
         await self._commit(changed, machines)
         return job is not None
-
-    async def _notify_job(self, args: m.NotifyJobArgs, conn: Any) -> None:
-        if args.job_id is None:
-            conn.watch_all_jobs = True
-        else:
-            conn.watched_jobs.add(args.job_id)
-
-    async def _no_notify_job(self, args: m.NoNotifyJobArgs, conn: Any) -> None:
-        if args.job_id is None:
-            conn.watch_all_jobs = False
-            conn.watched_jobs.clear()
-        else:
-            conn.watched_jobs.discard(args.job_id)
-
-    async def _notify_machine(self, args: m.NotifyMachineArgs, conn: Any) -> None:
-        if args.machine_name is None:
-            conn.watch_all_machines = True
-        else:
-            conn.watched_machines.add(args.machine_name)
-
-    async def _no_notify_machine(self, args: m.NoNotifyMachineArgs, conn: Any) -> None:
-        if args.machine_name is None:
-            conn.watch_all_machines = False
-            conn.watched_machines.clear()
-        else:
-            conn.watched_machines.discard(args.machine_name)
 
     async def list_jobs(self, args: m.ListJobsArgs, conn: Any) -> list[dict[str, Any]]:
         await self._store.flush()

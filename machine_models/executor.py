@@ -252,7 +252,8 @@ class Executor:
         self._lif = {k: np.array(v, dtype=np.int64) for k, v in lif_cols.items()}
         self._ring = np.zeros(n_ring, dtype=np.uint16)
         self._sat = np.zeros(len(lif_cols["nb"]), dtype=np.int64)
-        self._syn = syn
+        self._syn = self._packed_syn
+        del self._packed_syn
         self._fan = fan
         self._packets = np.zeros(self._n_emitters * self._nvar, dtype=np.int64)
         self._spikes_sent = np.zeros_like(self._packets)
@@ -361,13 +362,43 @@ class Executor:
         self._recv = (np.array(recv_rows, _I64), np.array(recv_cols, _I64))
         self._miss = (np.array(miss_rows, _I64), np.array(miss_cols, _I64))
         self._n_cores = n_cores
+        kinds = np.array(kind, dtype=np.int8)
+        starts = np.array(da, dtype=np.int64)
+        lengths = np.array(db, dtype=np.int64)
+        self._packed_syn = self._pack_rows(kinds, starts, lengths, syn)
         return {
             "ptr": np.array(ptr, dtype=np.int64),
-            "kind": np.array(kind, dtype=np.int8),
+            "kind": kinds,
             "core": np.array(dcore, dtype=np.int64),
-            "a": np.array(da, dtype=np.int64),
-            "b": np.array(db, dtype=np.int64),
+            "a": starts,
+            "b": lengths,
         }
+
+    @staticmethod
+    def _pack_rows(
+        kinds: npt.NDArray[np.int8],
+        starts: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+        syn: npt.NDArray[np.uint32],
+    ) -> npt.NDArray[np.uint32]:
+        """Copy the fixed words of every row in use, in order of first use, without headers.
+
+        A spike then reads its rows one after another instead of jumping between the cores'
+        matrices; rows no key reaches are left out. ``starts`` is rewritten in place to point
+        into the packed array (a row used twice is stored once).
+        """
+        is_row = kinds == 0
+        row_starts = starts[is_row]
+        uniq, first, inverse = np.unique(row_starts, return_index=True, return_inverse=True)
+        by_first_use = np.argsort(first, kind="stable")
+        rank = np.empty_like(by_first_use)
+        rank[by_first_use] = np.arange(by_first_use.size)
+        used_lengths = lengths[is_row][first[by_first_use]]
+        new_starts = np.concatenate([[0], np.cumsum(used_lengths)]).astype(np.int64)
+        packed = np.zeros(int(new_starts[-1]), dtype=np.uint32)
+        kernels.pack_rows(syn, uniq[by_first_use], used_lengths, packed)
+        starts[is_row] = new_starts[rank[inverse.reshape(-1)]]
+        return packed
 
     @staticmethod
     def _rows_for(

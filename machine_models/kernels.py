@@ -21,18 +21,23 @@ def _mul_round(a: int, b: int) -> int:  # pragma: no cover - compiled
     return (a * b + (1 << 14)) >> 15
 
 
+@numba.njit(cache=True, inline="always")
+def _xs_next(s0, s1, s2, s3):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One xorshift128 step on a state held in four u64 locals; the new output is the last."""
+    t = (s0 ^ ((s0 << np.uint64(11)) & np.uint64(M32))) & np.uint64(M32)
+    w = (s3 ^ (s3 >> np.uint64(19)) ^ (t ^ (t >> np.uint64(8)))) & np.uint64(M32)
+    return s1, s2, s3, w
+
+
 @numba.njit(cache=True)
 def xorshift128(state, i):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Advance core i's generator (4 words in ``state[i]``) and return a u32."""
-    x = state[i, 0]
-    t = (x ^ ((x << np.uint64(11)) & np.uint64(M32))) & np.uint64(M32)
-    state[i, 0] = state[i, 1]
-    state[i, 1] = state[i, 2]
-    state[i, 2] = state[i, 3]
-    w = state[i, 3]
-    w = (w ^ (w >> np.uint64(19)) ^ (t ^ (t >> np.uint64(8)))) & np.uint64(M32)
-    state[i, 3] = w
-    return w
+    s0, s1, s2, s3 = _xs_next(state[i, 0], state[i, 1], state[i, 2], state[i, 3])
+    state[i, 0] = s0
+    state[i, 1] = s1
+    state[i, 2] = s2
+    state[i, 3] = s3
+    return s3
 
 
 @numba.njit(cache=True)
@@ -69,14 +74,31 @@ def _ndtri(p):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     )
 
 
-@numba.njit(cache=True)
-def draw_isi(state, i, isi_raw):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """An exponential inter-spike interval in s16.15 ticks for Poisson core i."""
-    u = (float(xorshift128(state, i)) + 0.5) / 4294967296.0
+@numba.njit(cache=True, inline="always")
+def _isi_from_uniform(word, isi_raw):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    u = (float(word) + 0.5) / 4294967296.0
     return int(-math.log(u) * isi_raw)
 
 
 @numba.njit(cache=True)
+def draw_isi(state, i, isi_raw):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """An exponential inter-spike interval in s16.15 ticks for Poisson core i."""
+    return _isi_from_uniform(xorshift128(state, i), isi_raw)
+
+
+@numba.njit(cache=True)
+def pack_rows(syn, starts, lengths, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Copy row i, ``syn[starts[i]:starts[i] + lengths[i]]``, to the next free words of ``out``."""
+    k = 0
+    for i in range(starts.size):
+        s = starts[i]
+        for j in range(lengths[i]):
+            out[k] = syn[s + j]
+            k += 1
+    return k
+
+
+@numba.njit(cache=True, inline="always")
 def _deliver(
     e,
     count,
@@ -98,6 +120,9 @@ def _deliver(
     de_lost,
     de_counter,
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    # A packet with payload k is k spikes, each walking the row in turn (spec 3.2). For a
+    # one-synapse row the k additions to one slot have a closed form: the first
+    # (0xFFFF - slot) // w fit, every later one saturates and is counted.
     for j in range(fo_ptr[e], fo_ptr[e + 1]):
         c = d_core[j]
         if d_kind[j] == 0:
@@ -105,8 +130,9 @@ def _deliver(
             mask = lif_ring_mask[c]
             tshift = np.uint32((t << lif_shift_bits[c]) & M32)
             start = d_a[j]
-            for _ in range(count):
-                for k in range(start, start + d_b[j]):
+            length = d_b[j]
+            if count == 1:
+                for k in range(start, start + length):
                     word = syn[k]
                     idx = base + ((word + tshift) & mask)
                     total = np.int64(ring[idx]) + np.int64(word >> np.uint32(16))
@@ -114,6 +140,28 @@ def _deliver(
                         total = 0xFFFF
                         sat[c] += 1
                     ring[idx] = total
+            elif length == 1:
+                word = syn[start]
+                idx = base + ((word + tshift) & mask)
+                weight = np.int64(word >> np.uint32(16))
+                if weight != 0:
+                    current = np.int64(ring[idx])
+                    fit = (0xFFFF - current) // weight
+                    if count <= fit:
+                        ring[idx] = current + count * weight
+                    else:
+                        ring[idx] = 0xFFFF
+                        sat[c] += count - fit
+            else:
+                for _ in range(count):
+                    for k in range(start, start + length):
+                        word = syn[k]
+                        idx = base + ((word + tshift) & mask)
+                        total = np.int64(ring[idx]) + np.int64(word >> np.uint32(16))
+                        if total > 0xFFFF:
+                            total = 0xFFFF
+                            sat[c] += 1
+                        ring[idx] = total
         else:
             slot = t & (de_slots[c] - 1)
             idx = de_counter_base[c] + slot * de_nn[c] + d_a[j]
@@ -272,6 +320,11 @@ def run_steps(
                     )
                 ssa_cursor[c] += 1
         for c in range(po_emit.size):
+            # the core's generator lives in registers for the whole step
+            s0 = po_state[c, 0]
+            s1 = po_state[c, 1]
+            s2 = po_state[c, 2]
+            s3 = po_state[c, 3]
             for n in range(po_nn[c]):
                 g = po_nb[c] + n
                 if t < po_start[g] or t >= po_end[g]:
@@ -282,7 +335,8 @@ def run_steps(
                     p = np.uint64(1) << np.uint64(32)
                     limit = np.uint64(po_eml[g])
                     while True:
-                        p = (p * xorshift128(po_state, c)) >> np.uint64(32)
+                        s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+                        p = (p * s3) >> np.uint64(32)
                         if p <= limit:
                             break
                         k += 1
@@ -290,10 +344,12 @@ def run_steps(
                     tts = po_tts[g] - 32768
                     while tts <= 0:
                         k += 1
-                        tts += draw_isi(po_state, c, po_isi[g])
+                        s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+                        tts += _isi_from_uniform(s3, po_isi[g])
                     po_tts[g] = tts
                 elif regime == 2:
-                    u = (float(xorshift128(po_state, c)) + 0.5) / 4294967296.0
+                    s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+                    u = (float(s3) + 0.5) / 4294967296.0
                     x = _ndtri(u) / 2.0 + po_sqrt[g] / 32768.0
                     k = int(math.floor(x * x + 0.5))
                 if k > 0:
@@ -321,6 +377,10 @@ def run_steps(
                         de_lost,
                         de_counter,
                     )
+            po_state[c, 0] = s0
+            po_state[c, 1] = s1
+            po_state[c, 2] = s2
+            po_state[c, 3] = s3
         for c in range(de_nn.size):
             nn = de_nn[c]
             for d in range(de_stages[c]):

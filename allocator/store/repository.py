@@ -357,6 +357,25 @@ class Store:
                 raise failure.error
 
     @property
+    def mark(self) -> int:
+        """A watermark: the number of changes staged so far.
+
+        A caller that staged a change notes the mark; the change is durable once
+        `is_durable(mark)` holds, so a read that depends on that change alone need not
+        wait for everything else in flight.
+        """
+        return self._n_staged
+
+    def is_durable(self, mark: int) -> bool:
+        """Whether every change staged up to `mark` has been committed."""
+        return self._n_done >= mark
+
+    async def flush_to(self, mark: int) -> None:
+        """Return once every change staged up to `mark` is committed (maybe more)."""
+        if self._n_done < mark:
+            await self.flush()
+
+    @property
     def n_pending(self) -> int:
         """How many staged changes are not yet committed."""
         return self._n_staged - self._n_done

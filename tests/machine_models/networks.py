@@ -223,3 +223,55 @@ def digest(results: Results) -> str:
     for chip in sorted(results.router_provenance):
         h.update(repr((tuple(chip), sorted(results.router_provenance[chip].items()))).encode())
     return h.hexdigest()
+
+
+def driven_image(
+    params: lif.LifParams,
+    spikes: list[tuple[int, int]],
+    synapses: list[tuple[int, int, int, int, int]],
+    *,
+    n_sources: int = 1,
+    shifts: tuple[int, int] = (2, 2),
+    delay_bits: int = 4,
+    recording: lif.RecordingParams = lif.RecordingParams(True, 1, 1, 1),
+) -> Image:
+    """A spike array on (0, 0) core 2 driving the neuron core (0, 0) core 1.
+
+    Args:
+        params: The neurons.
+        spikes: (step, source neuron) of every spike the array sends.
+        synapses: (source, target, stored u16 weight, delay steps, type 0 exc / 1 inh).
+        n_sources: Neurons of the spike array.
+        shifts: Ring-buffer weight shifts (excitatory, inhibitory).
+        delay_bits: log2 of the neuron core's delay slots.
+        recording: What the neuron core records.
+    """
+    pre = [s[0] for s in synapses]
+    words = lif.synapse_words(
+        [s[2] for s in synapses],
+        [s[3] for s in synapses],
+        [s[4] for s in synapses],
+        [s[1] for s in synapses],
+        8,
+        1,
+    )
+    block, row_length = rows_block(n_sources, pre, words)
+    table = lif.PopTable(
+        (lif.MasterPopEntry(ARRAY_BASE, 0xFFFFF000, 0, 1, 4, 0, 0, 0),), ((0, row_length),)
+    )
+    sp = lif.SynapseParams(params.n_neurons, 8, 1, delay_bits, shifts[0], shifts[1])
+    neurons = neuron_core(
+        ChipXY(0, 0),
+        1,
+        params,
+        key_base=LIF_BASE,
+        synapse_params=sp,
+        pop_table=table,
+        matrix=block,
+        recording=recording,
+    )
+    source = array_core(
+        ChipXY(0, 0), 2, [s[0] for s in spikes], [s[1] for s in spikes], n_sources, ARRAY_BASE
+    )
+    tables = {ChipXY(0, 0): (RoutingEntry(ARRAY_BASE, 0xFFFFF000, route_word((), (1,))),)}
+    return Image(1000, (neurons, source), tables)
