@@ -1,4 +1,4 @@
-"""Software model of SpiNNaker chips: the placed-binary image, the routers and the core applications.
+"""Software model of SpiNNaker chips: the placed-binary image, the routers, the core applications.
 
 Typical use::
 

@@ -89,4 +89,7 @@ def decode_delay_params(data: bytes) -> DelayParams:
     words = np.frombuffer(data, "<u4", n_stages * n_words, 32).reshape(n_stages, n_words)
     bits = (words[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1
     flags = bits.reshape(n_stages, n_words * 32)[:, :n_neurons].astype(np.bool_)
-    return DelayParams(*fields, has_targets=flags)
+    in_key, in_mask, in_cb, _, _, per_stage, out_key, out_cb = fields
+    return DelayParams(
+        in_key, in_mask, in_cb, n_neurons, n_stages, per_stage, out_key, out_cb, flags
+    )

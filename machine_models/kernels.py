@@ -6,6 +6,10 @@ to nearest, u0.32 decays that truncate, 16-bit ring buffers that saturate, a xor
 generator per Poisson core. Compiled with ``cache=True`` so later processes skip compilation.
 """
 
+# The kernels are typed by numba when they compile (from the arrays the executor passes), not by
+# annotations; mypy cannot follow numba's dispatchers, so it does not check this module.
+# mypy: ignore-errors
+
 from __future__ import annotations
 
 import math
@@ -351,7 +355,7 @@ def run_steps(
                     s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
                     u = (float(s3) + 0.5) / 4294967296.0
                     x = _ndtri(u) / 2.0 + po_sqrt[g] / 32768.0
-                    k = int(math.floor(x * x + 0.5))
+                    k = math.floor(x * x + 0.5)
                 if k > 0:
                     e = (po_emit[c] + n) * nvar + var
                     packets[e] += 1

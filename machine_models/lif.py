@@ -225,12 +225,13 @@ def synapse_words(
     shift = index_bits + type_bits
     delay_mask = (1 << (16 - shift)) - 1
     d = np.asarray(delays, dtype=np.uint32) & np.uint32(delay_mask)
-    return (
+    words: npt.NDArray[np.uint32] = (
         (w << np.uint32(16))
         | (d << np.uint32(shift))
         | (np.asarray(types, dtype=np.uint32) << np.uint32(index_bits))
         | np.asarray(neurons, dtype=np.uint32)
     ).astype(np.uint32)
+    return words
 
 
 def encode_synaptic_block(

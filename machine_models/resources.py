@@ -6,6 +6,7 @@ core (ring buffers plus neuron state), 1,023 router entries per chip, core 0 is 
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 from machine_models import lif
@@ -132,6 +133,6 @@ def validate(image: Image, topology: Topology) -> None:
         except (KeyError, ValueError) as exc:
             raise RegionError(core.chip.x, core.chip.y, core.p, f"bad key region: {exc}") from None
     ranges.sort()
-    for (_, end, owner), (start, _, other) in zip(ranges, ranges[1:], strict=False):
+    for (_, end, owner), (start, _, other) in itertools.pairwise(ranges):
         if start < end:
-            raise OverlappingKeysError(tuple(owner), tuple(other), start)
+            raise OverlappingKeysError(owner, other, start)

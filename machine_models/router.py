@@ -59,7 +59,7 @@ def first_match(
     keys: npt.ArrayLike, table_keys: npt.ArrayLike, table_masks: npt.ArrayLike
 ) -> npt.NDArray[np.int32]:
     """Index of the first entry matching each key, or -1 (vectorised over keys)."""
-    return _first_match(  # type: ignore[no-any-return]
+    return _first_match(
         np.atleast_1d(np.asarray(keys, dtype=np.uint32)),
         np.asarray(table_keys, dtype=np.uint32),
         np.asarray(table_masks, dtype=np.uint32),

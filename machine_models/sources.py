@@ -18,6 +18,10 @@ faster     lambda >= 10      k = round((Phi^-1(U) / 2 + sqrt(lambda))^2)
 
 When k > 0 the core sends one packet ``key[i] | colour`` with payload k. The generator is a
 xorshift128 per core (four u32 words of state), so runs do not depend on numpy's generators.
+The fast regime is pure integer arithmetic, hence bit-identical everywhere. The slow and
+faster regimes go through a float64 ``log`` (and ``sqrt``): results are identical on machines
+whose libm rounds ``log`` the same way (glibc on x86-64 and aarch64 does); the faster
+regime's k has mean lambda + 1/4, a property of the chip's method that the model keeps.
 """
 
 from __future__ import annotations

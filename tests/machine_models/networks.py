@@ -25,6 +25,8 @@ LIF_BASE = 1 << 20
 POISSON_BASE = 2 << 20
 ARRAY_BASE = 3 << 20
 DELAY_BASE = 4 << 20
+EMPTY_TABLE = lif.PopTable((), ())
+RECORD_ALL = lif.RecordingParams(True, 1, 1, 1)
 
 
 def neuron_core(
@@ -34,9 +36,9 @@ def neuron_core(
     *,
     key_base: int,
     synapse_params: lif.SynapseParams | None = None,
-    pop_table: lif.PopTable = lif.PopTable((), ()),
+    pop_table: lif.PopTable = EMPTY_TABLE,
     matrix: npt.NDArray[np.uint32] | None = None,
-    recording: lif.RecordingParams = lif.RecordingParams(True, 1, 1, 1),
+    recording: lif.RecordingParams = RECORD_ALL,
     timestep_us: int = 1000,
     n_colour_bits: int = 4,
 ) -> CoreImage:
@@ -60,7 +62,12 @@ def neuron_core(
 
 
 def array_core(
-    chip: ChipXY, p: int, steps: npt.ArrayLike, neurons: npt.ArrayLike, n_neurons: int, key_base: int
+    chip: ChipXY,
+    p: int,
+    steps: npt.ArrayLike,
+    neurons: npt.ArrayLike,
+    n_neurons: int,
+    key_base: int,
 ) -> CoreImage:
     """A SpikeSourceArray core; neuron n sends ``key_base + (n << 4)``."""
     return CoreImage(
@@ -126,7 +133,9 @@ def recurrent_network(seed: int = 3, n_per_core: int = 100, n_steps_hint: int = 
     pre = rng.integers(0, n, 20 * n)
     post = rng.integers(0, n, 20 * n)
     is_inh = pre % 4 == 3
-    weights = np.where(is_inh, rng.integers(2000, 9000, pre.size), rng.integers(1000, 30000, pre.size))
+    weights = np.where(
+        is_inh, rng.integers(2000, 9000, pre.size), rng.integers(1000, 30000, pre.size)
+    )
     delays = rng.integers(1, 16, pre.size)
     tables: dict[ChipXY, list[RoutingEntry]] = {ChipXY(0, 0): [], ChipXY(1, 0): []}
     cores: list[CoreImage] = []
@@ -188,9 +197,7 @@ def recurrent_network(seed: int = 3, n_per_core: int = 100, n_steps_hint: int = 
                 POISSON_BASE | c << 12,
             )
         )
-        tables[chip].append(
-            RoutingEntry(POISSON_BASE | c << 12, 0xFFFFF000, route_word((), (p,)))
-        )
+        tables[chip].append(RoutingEntry(POISSON_BASE | c << 12, 0xFFFFF000, route_word((), (p,))))
     cores.append(array_core(ChipXY(0, 0), 3, [5, 5, 40, 41], [0, 0, 0, 0], 1, ARRAY_BASE))
     # spikes of core 0 and the array go east to (1, 0); spikes of core 1 go west to (0, 0)
     tables[ChipXY(0, 0)] += [
@@ -233,7 +240,7 @@ def driven_image(
     n_sources: int = 1,
     shifts: tuple[int, int] = (2, 2),
     delay_bits: int = 4,
-    recording: lif.RecordingParams = lif.RecordingParams(True, 1, 1, 1),
+    recording: lif.RecordingParams = RECORD_ALL,
 ) -> Image:
     """A spike array on (0, 0) core 2 driving the neuron core (0, 0) core 1.
 

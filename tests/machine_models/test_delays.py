@@ -40,9 +40,14 @@ def delayed_image(delays: list[int], spikes: list[tuple[int, int]]) -> Image:
         [w] * len(direct), [d for _, d in direct], [0] * len(direct), [i for i, _ in direct], 8, 1
     )
     block0, len0 = rows_block(1, [0] * len(direct), direct_words)
+    block0 = np.concatenate([block0, np.zeros(-block0.size % 4, np.uint32)])  # 16-byte aligned
     late_words = lif.synapse_words(
-        [w] * len(late), [d - s * SLOTS for _, d, s in late], [0] * len(late),
-        [i for i, _, _ in late], 8, 1,
+        [w] * len(late),
+        [d - s * SLOTS for _, d, s in late],
+        [0] * len(late),
+        [i for i, _, _ in late],
+        8,
+        1,
     )
     block1, len1 = rows_block(n_stages, [s - 1 for _, _, s in late], late_words)
     table = lif.PopTable(
@@ -56,16 +61,26 @@ def delayed_image(delays: list[int], spikes: list[tuple[int, int]]) -> Image:
     for _, _, s in late:
         has_targets[s - 1, 0] = True
     neurons = neuron_core(
-        ChipXY(0, 0), 1, lif.LifParams(n, v_thresh=100.0), key_base=LIF_BASE,
-        synapse_params=lif.SynapseParams(n, 8, 1, 4, 2, 2), pop_table=table,
+        ChipXY(0, 0),
+        1,
+        lif.LifParams(n, v_thresh=100.0),
+        key_base=LIF_BASE,
+        synapse_params=lif.SynapseParams(n, 8, 1, 4, 2, 2),
+        pop_table=table,
         matrix=np.concatenate([block0, block1]),
         recording=lif.RecordingParams(False, 0, 1, 0),
     )
     extension = CoreImage(
-        ChipXY(0, 0), 3, AppId.DELAY_EXTENSION,
-        {REGION_DATA: encode_delay_params(
-            DelayParams(ARRAY_BASE, 0xFFFFF000, 4, 1, n_stages, SLOTS, DELAY_BASE, 4, has_targets)
-        )},
+        ChipXY(0, 0),
+        3,
+        AppId.DELAY_EXTENSION,
+        {
+            REGION_DATA: encode_delay_params(
+                DelayParams(
+                    ARRAY_BASE, 0xFFFFF000, 4, 1, n_stages, SLOTS, DELAY_BASE, 4, has_targets
+                )
+            )
+        },
     )
     source = array_core(
         ChipXY(0, 0), 2, [t for t, _ in spikes], [i for _, i in spikes], 1, ARRAY_BASE

@@ -209,3 +209,24 @@ def test_poisson_rate_fast_regime() -> None:
     res = Executor(Image(1000, (src,)), BOARD).run(1000)
     sent = res.core_provenance[(0, 0, 2)]["spikes_sent"]
     assert abs(sent - 5000) < 5 * np.sqrt(5000)
+
+
+def test_dtcm_overflow_names_the_core_and_the_bytes() -> None:
+    # 600 neurons: 32 KB of ring buffer + 600 x 60 bytes of state + 2 KB > 64 KB
+    n = 600
+    core = lif_core(ChipXY(0, 0), 4, lif.LifParams(n))
+    regions = dict(core.regions)
+    regions[REGION_SYNAPSE_PARAMS] = lif.encode_synapse_params(lif.SynapseParams(n, 10, 1, 3, 0, 0))
+    big = CoreImage(core.chip, core.p, core.app, regions)
+    with pytest.raises(errors.DtcmExceededError) as info:
+        validate(Image(1000, (big,)), BOARD)
+    assert "(0, 0, 4)" in str(info.value)
+    assert str(2 * 2**14 + 60 * n + 2048) in str(info.value)
+
+
+def test_more_than_2_14_ring_slots_is_a_dtcm_error() -> None:
+    core = lif_core(ChipXY(0, 0), 5, lif.LifParams(4))
+    regions = dict(core.regions)
+    regions[REGION_SYNAPSE_PARAMS] = lif.encode_synapse_params(lif.SynapseParams(4, 2, 1, 12, 0, 0))
+    with pytest.raises(errors.DtcmExceededError, match=r"\(0, 0, 5\)"):
+        validate(Image(1000, (CoreImage(core.chip, core.p, core.app, regions),)), BOARD)

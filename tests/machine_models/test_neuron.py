@@ -51,8 +51,13 @@ def test_single_input_spike_matches_float_reference(delay: int, weight_na: float
     v = res.v_mv[(0, 0, 1)][:, 0]
     ge = res.gsyn_exc_na[(0, 0, 1)][:, 0]
     ref_v, ref_ge = float_reference(
-        80, {4 + delay: weight_u16 * 2.0 ** (shift - 15)},
-        v_init=-65.0, v_rest=-65.0, tau_m=20.0, cm=1.0, tau_syn=5.0,
+        80,
+        {4 + delay: weight_u16 * 2.0 ** (shift - 15)},
+        v_init=-65.0,
+        v_rest=-65.0,
+        tau_m=20.0,
+        cm=1.0,
+        tau_syn=5.0,
     )
     # the input arrives exactly `delay` steps after the spike
     assert np.flatnonzero(ge)[0] == 4 + delay
@@ -81,7 +86,7 @@ def test_ring_buffer_saturation_is_counted_and_clipped() -> None:
     prov = res.core_provenance[(0, 0, 1)]
     assert prov["ring_buffer_saturations"] == 2
     ge = res.gsyn_exc_na[(0, 0, 1)]
-    init = (5.0 * (1 - math.exp(-0.2)))
+    init = 5.0 * (1 - math.exp(-0.2))
     assert ge[5, 0] == pytest.approx(0xFFFF * 2.0**-15 * init, abs=1e-4)
     assert ge[5, 1] == pytest.approx(100 * 2.0**-15 * init, abs=1e-4)
 
@@ -97,8 +102,15 @@ def test_payload_saturation_counts_each_lost_spike() -> None:
 def test_threshold_uses_greater_or_equal_and_refractory_clamps_v() -> None:
     # constant current drives v up; after a spike v stays at v_reset for t_refract steps
     params = lif.LifParams(
-        1, v_init=0.0, v_rest=0.0, cm=1.0, tau_m=20.0, i_offset=2.0, v_thresh=5.0,
-        v_reset=-1.0, tau_refrac=5.0,
+        1,
+        v_init=0.0,
+        v_rest=0.0,
+        cm=1.0,
+        tau_m=20.0,
+        i_offset=2.0,
+        v_thresh=5.0,
+        v_reset=-1.0,
+        tau_refrac=5.0,
     )
     image = driven_image(params, [], [(0, 0, 0, 1, 0)])
     res = Executor(image, BOARD).run(60)

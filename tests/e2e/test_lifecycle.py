@@ -1,0 +1,105 @@
+"""The server process: SIGHUP reload, clean stops, one writer per database, PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import SERVER_TOML, RawClient, ServerProcess, write_server_config
+
+EXTRA_MACHINE = """
+[[machines]]
+name = "spare"
+tags = ["spare"]
+single_board = {bmp_ip = "10.99.0.0", spinnaker_ip = "10.99.0.1"}
+"""
+
+
+def _wait_machines_changed(client: RawClient) -> list[str]:
+    while True:
+        note = client.next_notification()
+        if "machines_changed" in note:
+            return list(note["machines_changed"])
+
+
+def test_sighup_reloads_and_rejects_a_bad_file_keeping_jobs(start_server: Any) -> None:
+    server: ServerProcess = start_server()
+    config_path = Path(server.stderr_text and server._config_path)  # noqa: SLF001
+    watcher = RawClient(server.host, server.port)
+    client = RawClient(server.host, server.port)
+    try:
+        job_id = client.call("create_job", 2, 1, owner="reload")
+        client.wait_for_state(job_id, 3)
+        watcher.call("notify_machine")
+
+        # A bad file first: it must be rejected and the old configuration kept.
+        config_path.write_text(SERVER_TOML + "\n[server]\nmax_connections = -1\n")
+        server._proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]  # noqa: SLF001
+        # Then a good one adding a machine; signals are handled in order.
+        write_server_config(config_path.parent, SERVER_TOML + EXTRA_MACHINE)
+        server._proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]  # noqa: SLF001
+        assert "spare" in _wait_machines_changed(watcher)
+
+        names = [m["name"] for m in client.call("list_machines")]
+        assert names == ["spinn-1200", "spare"]
+        state = client.call("get_job_state", job_id)
+        assert state["state"] == 3, "a reload must not touch running jobs"
+        assert "configuration rejected" in server.stderr_text
+        assert "server" in server.stderr_text.split("configuration rejected", 1)[1]
+    finally:
+        watcher.close()
+        client.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stops_cleanly_on_signal(start_server: Any, sig: int) -> None:
+    server: ServerProcess = start_server()
+    client = RawClient(server.host, server.port)
+    job_id = client.call("create_job", owner="stop")
+    client.close()
+    assert server.stop(sig) == 0
+    assert "stopping" in server.stderr_text
+    # the job survives the stop
+    restarted = ServerProcess(server._config_path, server._db_url, server._cwd).start()  # noqa: SLF001
+    try:
+        again = RawClient(restarted.host, restarted.port)
+        assert again.call("get_job_state", job_id)["state"] in (2, 3)
+        again.close()
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_second_server_on_the_same_database_is_refused(start_server: Any, tmp_path: Path) -> None:
+    first: ServerProcess = start_server(directory=tmp_path / "one")
+    second = ServerProcess(first._config_path, first._db_url, tmp_path)  # noqa: SLF001
+    with pytest.raises(AssertionError, match="exit code 2"):
+        second.start()
+    assert "in use by another allotment server" in second.stderr_text
+    assert first.is_running()
+
+
+def test_serves_spalloc_on_postgresql(start_server: Any, pg_url: str) -> None:
+    server: ServerProcess = start_server(db_url=pg_url)
+    client = RawClient(server.host, server.port)
+    try:
+        job_id = client.call("create_job", 2, owner="pg")
+        state = client.wait_for_state(job_id, 3)
+        assert state["power"] is True
+        info = client.call("get_job_machine_info", job_id)
+        assert len(info["boards"]) == 3
+        client.call("destroy_job", job_id, "done")
+        assert client.call("get_job_state", job_id)["reason"] == "done"
+    finally:
+        client.close()
+    assert server.stop() == 0
+    restarted = ServerProcess(server._config_path, pg_url, server._cwd).start()  # noqa: SLF001
+    try:
+        again = RawClient(restarted.host, restarted.port)
+        assert again.call("get_job_state", job_id)["reason"] == "done"
+        assert again.call("create_job", owner="pg") == job_id + 1
+        again.close()
+    finally:
+        restarted.stop()
