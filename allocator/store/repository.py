@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from sqlalchemy import Connection as SyncConnection
-from sqlalchemy import delete, event, inspect, select, tuple_, update
+from sqlalchemy import bindparam, delete, event, inspect, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -140,6 +140,7 @@ class Store:
         self._broken: StoreError | None = None
         self._is_closed = False
         self.stats = StoreStats()
+        self._statements: dict[str, Any] = {}
 
     # --- opening and closing ---------------------------------------------------------
 
@@ -450,9 +451,7 @@ class Store:
                 if self._is_postgres:
                     await self._check_lease(conn)
                 await self._apply(conn, self._inflight)
-                await conn.execute(
-                    update(t.meta).where(t.meta.c.key == "commit_seq").values(value=str(seq))
-                )
+                await conn.execute(self._set_meta("commit_seq"), {"meta_value": str(seq)})
         except (IntegrityError, StoreConflictError) as error:
             # Constraints are checked before COMMIT: the transaction is rolled back for sure.
             self._doubt = None
@@ -510,6 +509,22 @@ class Store:
         return (postgresql.insert if self._is_postgres else sqlite.insert)(table)
 
     def _upsert(self, table: Any) -> Any:
+        # Built once per table: constructing a statement costs more than executing the
+        # cached compiled form, and commits are on the request path.
+        cached = self._statements.get(table.name)
+        if cached is None:
+            cached = self._statements[table.name] = self._build_upsert(table)
+        return cached
+
+    def _set_meta(self, key: str) -> Any:
+        cached = self._statements.get(f"meta:{key}")
+        if cached is None:
+            cached = self._statements[f"meta:{key}"] = (
+                update(t.meta).where(t.meta.c.key == key).values(value=bindparam("meta_value"))
+            )
+        return cached
+
+    def _build_upsert(self, table: Any) -> Any:
         statement = self._insert(table)
         keys = [column.name for column in table.primary_key.columns]
         return statement.on_conflict_do_update(
@@ -575,9 +590,7 @@ class Store:
             ]
             await conn.execute(self._insert(t.board_claims), rows)
         if next_job_id is not None:
-            await conn.execute(
-                update(t.meta).where(t.meta.c.key == "next_job_id").values(value=str(next_job_id))
-            )
+            await conn.execute(self._set_meta("next_job_id"), {"meta_value": str(next_job_id)})
         if boards:
             await conn.execute(
                 self._upsert(t.board_status), [_status_row(s) for s in boards.values()]

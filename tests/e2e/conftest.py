@@ -108,6 +108,25 @@ class ServerProcess:
         return f"<ServerProcess {self.host}:{self.port} {state}>"
 
     @property
+    def config_path(self) -> Path:
+        """The configuration file the server reads (and re-reads on SIGHUP)."""
+        return self._config_path
+
+    @property
+    def db_url(self) -> str:
+        """The database the server uses."""
+        return self._db_url
+
+    def restarted(self) -> ServerProcess:
+        """A new server process on the same configuration and database, started."""
+        return ServerProcess(self._config_path, self._db_url, self._cwd).start()
+
+    def send_signal(self, sig: int) -> None:
+        """Send a signal to the running server."""
+        assert self._proc is not None
+        self._proc.send_signal(sig)
+
+    @property
     def pid(self) -> int:
         """The process id of the running server."""
         assert self._proc is not None

@@ -27,7 +27,7 @@ def _wait_machines_changed(client: RawClient) -> list[str]:
 
 def test_sighup_reloads_and_rejects_a_bad_file_keeping_jobs(start_server: Any) -> None:
     server: ServerProcess = start_server()
-    config_path = Path(server.stderr_text and server._config_path)  # noqa: SLF001
+    config_path = server.config_path
     watcher = RawClient(server.host, server.port)
     client = RawClient(server.host, server.port)
     try:
@@ -37,10 +37,10 @@ def test_sighup_reloads_and_rejects_a_bad_file_keeping_jobs(start_server: Any) -
 
         # A bad file first: it must be rejected and the old configuration kept.
         config_path.write_text(SERVER_TOML + "\n[server]\nmax_connections = -1\n")
-        server._proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]  # noqa: SLF001
+        server.send_signal(signal.SIGHUP)
         # Then a good one adding a machine; signals are handled in order.
         write_server_config(config_path.parent, SERVER_TOML + EXTRA_MACHINE)
-        server._proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]  # noqa: SLF001
+        server.send_signal(signal.SIGHUP)
         assert "spare" in _wait_machines_changed(watcher)
 
         names = [m["name"] for m in client.call("list_machines")]
@@ -63,7 +63,7 @@ def test_stops_cleanly_on_signal(start_server: Any, sig: int) -> None:
     assert server.stop(sig) == 0
     assert "stopping" in server.stderr_text
     # the job survives the stop
-    restarted = ServerProcess(server._config_path, server._db_url, server._cwd).start()  # noqa: SLF001
+    restarted = server.restarted()
     try:
         again = RawClient(restarted.host, restarted.port)
         assert again.call("get_job_state", job_id)["state"] in (2, 3)
@@ -74,7 +74,7 @@ def test_stops_cleanly_on_signal(start_server: Any, sig: int) -> None:
 
 def test_second_server_on_the_same_database_is_refused(start_server: Any, tmp_path: Path) -> None:
     first: ServerProcess = start_server(directory=tmp_path / "one")
-    second = ServerProcess(first._config_path, first._db_url, tmp_path)  # noqa: SLF001
+    second = ServerProcess(first.config_path, first.db_url, tmp_path)
     with pytest.raises(AssertionError, match="exit code 2"):
         second.start()
     assert "in use by another allotment server" in second.stderr_text
@@ -95,7 +95,7 @@ def test_serves_spalloc_on_postgresql(start_server: Any, pg_url: str) -> None:
     finally:
         client.close()
     assert server.stop() == 0
-    restarted = ServerProcess(server._config_path, pg_url, server._cwd).start()  # noqa: SLF001
+    restarted = server.restarted()
     try:
         again = RawClient(restarted.host, restarted.port)
         assert again.call("get_job_state", job_id)["reason"] == "done"
