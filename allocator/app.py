@@ -1,7 +1,15 @@
 """The server process: build the pieces from the configuration and run them until a signal.
 
 SIGTERM and SIGINT stop the server cleanly (connections closed, the store flushed and
-closed); SIGHUP reloads the configuration file, keeping the old one if the new one is bad.
+closed); SIGHUP reloads the configuration file, keeping the old one if the new one is bad
+(the `[metrics]` and `[mqtt]` tables are read at start only).
+
+    Store --commit latency--> Metrics <--requests-- Server <--lines-- clients
+      ^                         ^   ^                  ^
+      |                         |   +-- Reporter <-----+-- Service (after each commit)
+      +------- Service ---------+          |
+                (queue waits, expiries,    +--> EventPublisher --> MQTT broker
+                 power transitions)
 """
 
 from __future__ import annotations
@@ -15,9 +23,13 @@ from pathlib import Path
 from allocator.clock import SystemClock
 from allocator.config import ServerConfig, default_config, load_config
 from allocator.errors import AllocatorError
+from allocator.events import EventPublisher
+from allocator.metrics import Metrics
+from allocator.reporting import Reporter
 from allocator.server import Server
 from allocator.service import Service
 from allocator.store import Store
+from protocol.commands import command_table
 
 __all__ = ["serve"]
 
@@ -35,29 +47,63 @@ async def serve(*, host: str, port: int, config_path: Path | None, db_url: str) 
     except AllocatorError as error:
         log.error("cannot start: %s", error)
         return 2
+    metrics = Metrics(commands=command_table())
     try:
-        store = await Store.open(db_url)
+        publisher = (
+            EventPublisher(
+                config.mqtt.url, config.mqtt.topic_prefix, config.mqtt.queue_size, metrics
+            )
+            if config.mqtt.url
+            else None
+        )
+        store = await Store.open(
+            db_url, on_commit=lambda seconds, _n_changes: metrics.commit_latency(seconds)
+        )
     except AllocatorError as error:
         log.error("cannot start: %s", error)
         return 2
     try:
-        return await _run(config, config_path, store, host, port, db_url)
+        async with contextlib.AsyncExitStack() as stack:
+            if config.metrics.port:
+                try:
+                    await stack.enter_async_context(
+                        metrics.endpoint(config.metrics.address, config.metrics.port)
+                    )
+                except OSError as error:
+                    log.error(
+                        "cannot start: metrics endpoint %s:%d: %s",
+                        config.metrics.address,
+                        config.metrics.port,
+                        error,
+                    )
+                    return 2
+            return await _run(config, config_path, store, host, port, db_url, metrics, publisher)
     finally:
         await store.close()
 
 
 async def _run(
-    config: ServerConfig, config_path: Path | None, store: Store, host: str, port: int, db_url: str
+    config: ServerConfig,
+    config_path: Path | None,
+    store: Store,
+    host: str,
+    port: int,
+    db_url: str,
+    metrics: Metrics,
+    publisher: EventPublisher | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    service = Service(config, store, SystemClock())
+    service = Service(config, store, SystemClock(), observer=metrics)
     server = Server(
         service,
         max_line_bytes=config.server.max_line_bytes,
         max_connections=config.server.max_connections,
+        metrics=metrics,
     )
     service.add_listener(server.broadcast)
+    reporter = Reporter(service, metrics=metrics, publisher=publisher)
+    service.add_listener(reporter.on_change)
 
     def reload() -> None:
         if config_path is None:
@@ -93,11 +139,18 @@ async def _run(
             await asyncio.wait([service_task, started], return_when=asyncio.FIRST_COMPLETED)
             if service_task.done():
                 return 1
+            reporter.start()
+            publisher_task = None
+            if publisher is not None:
+                publisher_task = tg.create_task(publisher.run(), name="mqtt")
             server_task = tg.create_task(server.serve(host, port, on_ready=ready))
             await stop.wait()
             log.info("stopping")
             server_task.cancel()
             service_task.cancel()
+            if publisher_task is not None:
+                publisher_task.cancel()
+            reporter.close()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):

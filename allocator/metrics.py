@@ -88,6 +88,7 @@ class Metrics:
         self._known_commands: set[str] | None = None if commands is None else set(commands)
         self._seen_commands: set[str] = set()
         self._job_states: set[str] = set()
+        self._request_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         r = self.registry
         self._boards = Gauge(
             "allotment_boards", "Boards by machine and state.", ["machine", "state"], registry=r
@@ -193,9 +194,18 @@ class Metrics:
                 generically).
             seconds: time from reading the request to writing the reply.
         """
-        label = self._command_label(command)
-        self._requests.labels(label, outcome).inc()
-        self._request_latency.labels(label, outcome).observe(seconds)
+        children = self._request_children.get((command, outcome))
+        if children is None:
+            # Looking label children up costs a lock and a tuple per call: keep them.
+            label = self._command_label(command)
+            children = (
+                self._requests.labels(label, outcome),
+                self._request_latency.labels(label, outcome),
+            )
+            if len(self._request_children) < 4 * MAX_COMMAND_LABELS:
+                self._request_children[(command, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_board_counts(self, machine: str, counts_by_state: Mapping[BoardState, int]) -> None:
         """Set how many boards of `machine` are in each state; missing states read zero."""
@@ -323,7 +333,7 @@ class MetricsEndpoint:
         self._server = await asyncio.start_server(
             self._handle, self._address, self._port, limit=_MAX_REQUEST_HEAD_BYTES
         )
-        _log.info("metrics endpoint listening on %s:%d", self._address, self.port)
+        _log.info("metrics endpoint at http://%s:%d/metrics", self._address, self.port)
         return self
 
     async def __aexit__(

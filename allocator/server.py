@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import protocol.admin  # noqa: F401 - registers the operator commands with the command table
 from allocator.errors import AllocatorError
 from protocol import messages as m
 from protocol.codec import decode_request, encode_exception, encode_notification, encode_reply
@@ -274,7 +275,7 @@ class Server:
     async def _answer(self, line: bytes, conn: Connection) -> None:
         started = time.perf_counter()
         command = "?"
-        outcome = "error"
+        outcome = "exception"
         try:
             request = decode_request(line, max_bytes=self._max_line_bytes)
             command = request.command
@@ -302,7 +303,7 @@ class Server:
             reply = encode_exception(
                 f"internal error while handling {command!r}; see the server log"
             )
-            outcome = "internal_error"
+            outcome = "error"
         if not conn.is_closed:
             conn.writer.write(reply)
         if self._metrics is not None:

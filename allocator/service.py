@@ -11,6 +11,11 @@ A read waits for the changes staged before it (`flush()` is immediate when nothi
 pending), so no client ever sees a state that is not durable. Timers (keepalive expiry,
 boards cooling down after power-off) and the modelled board controllers run as tasks of
 the service's task group and take time from the injected `Clock`.
+
+The operator commands (`protocol.admin`) are served here too: boards and links taken out of
+service, machines drained, jobs destroyed with a reason; each one is recorded in the audit
+log in the same transaction as its effect. A drained machine allocates nothing: queued jobs
+that could only run there wait, running jobs keep their boards.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from allocator import jobs as jobs_
 from allocator.clock import Clock
@@ -42,24 +48,54 @@ from allocator.power import BmpKey, PowerModel, PowerRequest
 from allocator.requests import JobRequest
 from allocator.scheduler import QueuedJob, Scheduler
 from allocator.store import (
+    AppendAudit,
     ClaimBoards,
     ForgetJobs,
+    LinkStatus,
+    PutBoardStatus,
     PutJob,
+    PutLinkStatus,
     ReleaseBoards,
     SetNextJobId,
     Store,
     StoredState,
 )
-from machine_models.geometry import BoardXYZ, ChipXY
+from allocator.store import AuditEntry as StoredAudit
+from allocator.store import BoardStatus as StoredBoardStatus
+from machine_models.geometry import BoardCFB, BoardXYZ, ChipXY, Link
+from protocol import admin as a
 from protocol import messages as m
 from protocol.commands import V1_VERSION, allotment_version_reply
+from protocol.events import BoardState
 
-__all__ = ["V1_VERSION", "Service"]
+__all__ = ["V1_VERSION", "AdminTargetError", "Service", "ServiceObserver"]
 
 log = logging.getLogger("allotment.service")
 
 
 Listener = Callable[[tuple[int, ...], tuple[str, ...]], None]
+
+_DRAIN_ACTIONS = frozenset({"admin_drain_machine", "admin_undrain_machine"})
+
+
+class ServiceObserver(Protocol):
+    """What the service reports as it happens; `allocator.metrics.Metrics` implements it."""
+
+    def queue_wait(self, seconds: float) -> None: ...
+    def keepalive_expired(self) -> None: ...
+    def power_transition(self, kind: str, n_boards: int = 1) -> None: ...
+    def admin_action(self, action: str) -> None: ...
+
+
+class AdminTargetError(AllocatorError):
+    """An operator command named a machine, board or job that is not there; nothing changed.
+
+    The operator should check the name (`allotment ps`, `allotment map`).
+    """
+
+    def __init__(self, target: str, problem: str = "does not exist") -> None:
+        super().__init__(f"{target} {problem}")
+        self.target = target
 
 
 @dataclass(slots=True)
@@ -92,10 +128,29 @@ class Service:
         config: the validated configuration (machines in priority order and settings).
         store: the durable store, already opened.
         clock: where time comes from (a `FakeClock` in tests).
+        observer: told about queue waits, keepalive expiries, power transitions and
+            operator actions (the metrics).
+        wall_clock: Unix time for audit entries (the clock may be a fake).
     """
 
-    def __init__(self, config: ServerConfig, store: Store, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        clock: Clock,
+        *,
+        observer: ServiceObserver | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._config = config
+        self._observer = observer
+        self._wall_clock = wall_clock
+        # Operator state: boards and links out of service, drained machines, the audit log.
+        self._board_status: dict[tuple[str, BoardXYZ], StoredBoardStatus] = {}
+        self._link_status: dict[tuple[str, BoardXYZ, Link], LinkStatus] = {}
+        self._draining: set[str] = set()
+        self._audit: deque[a.AuditEntry] = deque(maxlen=a.MAX_AUDIT_ENTRIES)
+        self._next_audit_id = 1
         self._store = store
         self._clock = clock
         self._machines: dict[str, Machine] = {mc.name: mc for mc in config.machines}
@@ -132,6 +187,13 @@ class Service:
             "get_board_position": self.get_board_position,
             "get_board_at_position": self.get_board_at_position,
             "where_is": self.where_is,
+            "admin_set_board_service": self._admin_set_board_service,
+            "admin_set_link_service": self._admin_set_link_service,
+            "admin_drain_machine": self._admin_drain,
+            "admin_undrain_machine": self._admin_drain,
+            "admin_destroy_job": self._admin_destroy_job,
+            "admin_audit_log": self._admin_audit_log,
+            "admin_machine_state": self._admin_machine_state,
         }
 
     def __repr__(self) -> str:
@@ -172,8 +234,9 @@ class Service:
                 power_on_delay_s=self._config.power.power_on_delay_s,
                 power_off_delay_s=self._config.power.power_off_delay_s,
                 on_job_idle=self._job_power_idle,
+                on_transition=None if self._observer is None else self._observer.power_transition,
             )
-            await self._restore(await self._store.load())
+            await self._restore(await self._store.load(audit_limit=a.MAX_AUDIT_ENTRIES))
             tg.create_task(self._power.run(), name="power")
             tg.create_task(self._timers(), name="timers")
             if on_started is not None:
@@ -231,6 +294,8 @@ class Service:
                         allocator.restore(job_id, held.boards, held.rectangle)
             allocators[name] = allocator
         self._allocators = allocators
+        for name in new:
+            self._apply_out_of_service(name)
         self._scheduler = Scheduler(self._allocators, config.server.starvation_s)
         for job in list(self._live.values()):
             if job.record.state is JobState.QUEUED and job.request is not None:
@@ -257,8 +322,38 @@ class Service:
 
     # --- restore ----------------------------------------------------------------------
 
+    def _restore_operator_state(self, state: StoredState) -> None:
+        for status in state.board_status:
+            self._board_status[(status.machine, status.board)] = status
+        for link_status in state.link_status:
+            key = (link_status.machine, link_status.board, link_status.link)
+            self._link_status[key] = link_status
+        for name in self._machines:
+            self._apply_out_of_service(name)
+        for stored in state.audit:
+            detail = dict(stored.detail)
+            entry = a.AuditEntry(
+                audit_id=stored.audit_id if stored.audit_id is not None else self._next_audit_id,
+                timestamp_s=stored.at,
+                operator=detail.get("operator"),
+                peer=str(detail.get("peer", "")),
+                action=stored.action,
+                target=stored.target,
+                reason=stored.reason or "",
+            )
+            self._audit.append(entry)
+            self._next_audit_id = max(self._next_audit_id, entry.audit_id + 1)
+            machine = detail.get("machine")
+            if stored.action in _DRAIN_ACTIONS and isinstance(machine, str):
+                # The drained machines are the net effect of the drain actions logged.
+                if stored.action == "admin_drain_machine":
+                    self._draining.add(machine)
+                else:
+                    self._draining.discard(machine)
+
     async def _restore(self, state: StoredState) -> None:
         now = self._clock.now()
+        self._restore_operator_state(state)
         self._next_job_id = max(state.next_job_id, 1)
         changed_jobs: list[int] = []
         for record in sorted(state.jobs, key=lambda r: r.job_id):
@@ -362,11 +457,20 @@ class Service:
         return tuple(names)
 
     def _queued(self) -> list[QueuedJob]:
-        return [
+        queued = [
             QueuedJob(job.record.job_id, job.request, job.candidates, job.queued_at)
             for job in self._live.values()
             if job.record.state is JobState.QUEUED and job.request is not None
         ]
+        if not self._draining:
+            return queued
+        # A drained machine is no candidate for now; a job with no other one waits.
+        result = []
+        for job in queued:
+            machines = tuple(c for c in job.machines if c not in self._draining)
+            if machines:
+                result.append(QueuedJob(job.job_id, job.request, machines, job.queued_at))
+        return result
 
     def _schedule(self, changed: list[int]) -> set[str]:
         """Allocate every queued job that may go now; return the machines that changed."""
@@ -392,6 +496,8 @@ class Service:
         self._put(job, record)
         for board in boards:
             self._board_owner[(allocation.machine_name, board)] = record.job_id
+        if self._observer is not None:
+            self._observer.queue_wait(max(0.0, self._clock.now() - job.queued_at))
         self._start_power(job, True)
 
     # --- power ------------------------------------------------------------------------
@@ -478,6 +584,8 @@ class Service:
         machines: set[str] = set()
         for job in expired:
             self._end(job, jobs_.expire(job.record, now), changed, machines)
+            if self._observer is not None:
+                self._observer.keepalive_expired()
         machines |= self._schedule(changed)
         self._background_commit(changed, machines)
 
@@ -742,13 +850,294 @@ class Service:
                 )
         return None if location is None else location.to_wire()
 
+    # --- operator commands -------------------------------------------------------------
 
-def _same_hardware(a: Machine, b: Machine) -> bool:
+    def _check_token(self, command: str, token: str | None) -> None:
+        a.check_operator_token(command, token, self._config.server.operator_token or None)
+
+    def _machine(self, name: str) -> Machine:
+        machine = self._machines.get(name)
+        if machine is None:
+            raise AdminTargetError(f"machine {name!r}")
+        return machine
+
+    def _board_of(self, machine: Machine, x: int, y: int, z: int) -> BoardXYZ:
+        board = BoardXYZ(x, y, z)
+        if not machine.is_inside(board):
+            raise AdminTargetError(f"board ({x}, {y}, {z}) of machine {machine.name!r}")
+        return board
+
+    def _apply_out_of_service(self, machine_name: str) -> None:
+        allocator = self._allocators.get(machine_name)
+        if allocator is not None:
+            allocator.set_out_of_service(
+                board
+                for (name, board), status in self._board_status.items()
+                if name == machine_name and not status.in_service
+            )
+
+    def _record(
+        self,
+        action: str,
+        target: str,
+        args: a.AdminSetBoardServiceArgs | a.AdminDrainMachineArgs | a.AdminDestroyJobArgs,
+        conn: Any,
+        detail: dict[str, Any],
+    ) -> a.AuditEntry:
+        """Stage an audit entry for an operator action and return it."""
+        peer = str(getattr(conn, "peer_host", "") or "")
+        entry = a.AuditEntry(
+            audit_id=self._next_audit_id,
+            timestamp_s=self._wall_clock(),
+            operator=args.operator,
+            peer=peer,
+            action=action,
+            target=target,
+            reason=args.reason,
+        )
+        self._next_audit_id += 1
+        self._audit.append(entry)
+        self._store.stage(
+            AppendAudit(
+                StoredAudit(
+                    at=entry.timestamp_s,
+                    who=args.operator or peer,
+                    action=action,
+                    target=target,
+                    reason=args.reason,
+                    detail={"operator": args.operator, "peer": peer, **detail},
+                    audit_id=entry.audit_id,
+                )
+            )
+        )
+        if self._observer is not None:
+            self._observer.admin_action(action)
+        log.info("operator %s from %s: %s %s: %s", args.operator, peer, action, target, args.reason)
+        return entry
+
+    async def _admin_set_board_service(
+        self, args: a.AdminSetBoardServiceArgs, conn: Any
+    ) -> a.AuditEntry:
+        action = "admin_set_board_service"
+        self._check_token(action, args.token)
+        machine = self._machine(args.machine)
+        board = self._board_of(machine, args.x, args.y, args.z)
+        status = StoredBoardStatus(
+            machine.name,
+            board,
+            args.in_service,
+            args.reason,
+            self._wall_clock(),
+            args.operator or str(getattr(conn, "peer_host", "")),
+        )
+        self._board_status[(machine.name, board)] = status
+        self._store.stage(PutBoardStatus(status))
+        self._apply_out_of_service(machine.name)
+        where = "back in service" if args.in_service else "out of service"
+        entry = self._record(
+            action,
+            f"{machine.name} board ({board.x}, {board.y}, {board.z}) {where}",
+            args,
+            conn,
+            {"machine": machine.name, "board": list(board), "in_service": args.in_service},
+        )
+        changed: list[int] = []
+        machines = {machine.name}
+        if args.in_service:
+            machines |= self._schedule(changed)
+        await self._commit(changed, machines)
+        return entry
+
+    async def _admin_set_link_service(
+        self, args: a.AdminSetLinkServiceArgs, conn: Any
+    ) -> a.AuditEntry:
+        action = "admin_set_link_service"
+        self._check_token(action, args.token)
+        machine = self._machine(args.machine)
+        board = self._board_of(machine, args.x, args.y, args.z)
+        link = Link(args.link)
+        status = LinkStatus(
+            machine.name,
+            board,
+            link,
+            args.in_service,
+            args.reason,
+            self._wall_clock(),
+            args.operator or str(getattr(conn, "peer_host", "")),
+        )
+        self._link_status[(machine.name, board, link)] = status
+        self._store.stage(PutLinkStatus(status))
+        where = "back in service" if args.in_service else "out of service"
+        entry = self._record(
+            action,
+            f"{machine.name} board ({board.x}, {board.y}, {board.z}) link {link.name} {where}",
+            args,
+            conn,
+            {
+                "machine": machine.name,
+                "board": list(board),
+                "link": int(link),
+                "in_service": args.in_service,
+            },
+        )
+        await self._commit((), (machine.name,))
+        return entry
+
+    async def _admin_drain(self, args: a.AdminDrainMachineArgs, conn: Any) -> a.AuditEntry:
+        is_undrain = isinstance(args, a.AdminUndrainMachineArgs)
+        action = "admin_undrain_machine" if is_undrain else "admin_drain_machine"
+        self._check_token(action, args.token)
+        machine = self._machine(args.machine)
+        if is_undrain:
+            self._draining.discard(machine.name)
+        else:
+            self._draining.add(machine.name)
+        entry = self._record(
+            action,
+            f"machine {machine.name}",
+            args,
+            conn,
+            {"machine": machine.name},
+        )
+        changed: list[int] = []
+        machines = {machine.name}
+        if is_undrain:
+            machines |= self._schedule(changed)
+        await self._commit(changed, machines)
+        return entry
+
+    async def _admin_destroy_job(self, args: a.AdminDestroyJobArgs, conn: Any) -> a.AuditEntry:
+        action = "admin_destroy_job"
+        self._check_token(action, args.token)
+        job = self._live.get(args.job_id) if args.job_id is not None else None
+        if job is None:
+            raise AdminTargetError(f"job {args.job_id}", "is not a live job")
+        entry = self._record(
+            action,
+            f"job {job.record.job_id} of {job.record.owner}",
+            args,
+            conn,
+            {"job_id": job.record.job_id},
+        )
+        changed: list[int] = []
+        machines: set[str] = set()
+        self._end(job, jobs_.destroy(job.record, self._clock.now(), args.reason), changed, machines)
+        machines |= self._schedule(changed)
+        await self._commit(changed, machines)
+        return entry
+
+    async def _admin_audit_log(self, args: a.AuditLogArgs, conn: Any) -> list[a.AuditEntry]:
+        self._check_token("admin_audit_log", args.token)
+        await self._store.flush()
+        newest = list(self._audit)[-args.limit :]
+        newest.reverse()
+        return newest
+
+    async def _admin_machine_state(
+        self, args: a.AdminMachineStateArgs, conn: Any
+    ) -> a.MachineState:
+        await self._store.flush()
+        state = self.machine_state(args.machine)
+        if state is None:
+            raise AdminTargetError(f"machine {args.machine!r}")
+        return state
+
+    # --- reading the state (map, metrics, events) ----------------------------------------
+
+    def is_draining(self, machine_name: str) -> bool:
+        """Whether an operator drained the machine (it allocates nothing new)."""
+        return machine_name in self._draining
+
+    def job_record(self, job_id: int) -> JobRecord | None:
+        """The record of a live or remembered job, or None."""
+        job = self._live.get(job_id)
+        return job.record if job is not None else self._retired.get(job_id)
+
+    def job_counts(self) -> dict[str, int]:
+        """Live jobs by state name (`queued`, `power`, `ready`)."""
+        counts = Counter(job.record.state.name.lower() for job in self._live.values())
+        return dict(counts)
+
+    def board_state(self, machine_name: str, board: BoardXYZ) -> tuple[BoardState, int | None]:
+        """What one board is doing and the job (live or retired) that holds it."""
+        machine = self._machines[machine_name]
+        if not machine.is_live(board):
+            return BoardState.DEAD, None
+        holder = self._allocators[machine_name].holder(board)
+        if holder is None:
+            status = self._board_status.get((machine_name, board))
+            if status is not None and not status.in_service:
+                return BoardState.OUT_OF_SERVICE, None
+            return BoardState.FREE, None
+        job = self._live.get(holder)
+        if job is not None:
+            if job.record.state is JobState.READY:
+                return BoardState.ALLOCATED, holder
+            return BoardState.POWERING, holder
+        if holder in self._powering_off:
+            return BoardState.POWERING, holder
+        return BoardState.COOLING_DOWN, holder
+
+    def machine_state(self, machine_name: str) -> a.MachineState | None:
+        """Every board of a machine with its state and job; None for an unknown machine.
+
+        O(boards): for the map and the throttled reporting, never per request.
+        """
+        machine = self._machines.get(machine_name)
+        if machine is None:
+            return None
+        dead_links = Counter(board for board, _ in machine.dead_links)
+        for (name, board, _), link_status in self._link_status.items():
+            if name == machine_name and not link_status.in_service:
+                dead_links[board] += 1
+        boards = []
+        for x in range(machine.width_triads):
+            for y in range(machine.height_triads):
+                for z in range(3):
+                    board = BoardXYZ(x, y, z)
+                    state, job_id = self.board_state(machine_name, board)
+                    cfb: BoardCFB | None = machine.physical(board)
+                    status = self._board_status.get((machine_name, board))
+                    boards.append(
+                        a.BoardStatus.model_construct(
+                            x=x,
+                            y=y,
+                            z=z,
+                            cabinet=None if cfb is None else cfb.cabinet,
+                            frame=None if cfb is None else cfb.frame,
+                            board=None if cfb is None else cfb.board,
+                            state=state,
+                            job_id=job_id,
+                            reason=None if status is None or status.in_service else status.reason,
+                            n_dead_links=dead_links.get(board, 0),
+                        )
+                    )
+        jobs = [
+            a.JobOnMachine(
+                job_id=job.record.job_id,
+                owner=job.record.owner,
+                n_boards=len(job.record.boards),
+                state=int(job.record.state),
+            )
+            for job in self._live.values()
+            if job.record.machine_name == machine_name and job.record.is_allocated
+        ]
+        return a.MachineState(
+            name=machine.name,
+            width=machine.width_triads,
+            height=machine.height_triads,
+            is_draining=machine.name in self._draining,
+            boards=tuple(boards),
+            jobs=tuple(sorted(jobs, key=lambda j: j.job_id)),
+        )
+
+
+def _same_hardware(first: Machine, second: Machine) -> bool:
     """Whether two descriptions of a machine have the same size, layout and addresses."""
     return (
-        a.width_triads == b.width_triads
-        and a.height_triads == b.height_triads
-        and a.board_locations == b.board_locations
-        and a.bmp_ips == b.bmp_ips
-        and a.spinnaker_ips == b.spinnaker_ips
+        first.width_triads == second.width_triads
+        and first.height_triads == second.height_triads
+        and first.board_locations == second.board_locations
+        and first.bmp_ips == second.bmp_ips
+        and first.spinnaker_ips == second.spinnaker_ips
     )

@@ -774,7 +774,7 @@ def _link_row(status: LinkStatus) -> dict[str, Any]:
 
 
 def _audit_row(entry: AuditEntry) -> dict[str, Any]:
-    return {
+    row = {
         "at": entry.at,
         "who": entry.who,
         "action": entry.action,
@@ -782,3 +782,8 @@ def _audit_row(entry: AuditEntry) -> dict[str, Any]:
         "reason": entry.reason,
         "detail": dict(entry.detail),
     }
+    if entry.audit_id is not None:
+        # The service numbers its entries (it is the one writer) so that the id it answers
+        # with is the id stored.
+        row["id"] = entry.audit_id
+    return row

@@ -119,12 +119,16 @@ def rows_block(
     return block, row_length
 
 
-def recurrent_network(seed: int = 3, n_per_core: int = 100, n_steps_hint: int = 0) -> Image:
+def recurrent_network(
+    seed: int = 3, n_per_core: int = 100, n_steps_hint: int = 0, *, min_delay: int = 1
+) -> Image:
     """Two neuron cores on two chips, recurrently connected, driven by Poisson and an array.
 
     Chip (0, 0) core 1 and chip (1, 0) core 1 hold the neurons; Poisson sources (fast regime on
     (0, 0) core 2, slow on (1, 0) core 2) feed them one-to-one, and a spike array on (0, 0)
     core 3 kicks neuron 0 of both. Weights are strong enough for ring buffers to saturate.
+    Every delay is at least ``min_delay`` steps (at most 15), which lets the executor advance
+    that many steps between exchanges of spikes.
     """
     del n_steps_hint
     rng = np.random.default_rng(seed)
@@ -136,7 +140,7 @@ def recurrent_network(seed: int = 3, n_per_core: int = 100, n_steps_hint: int = 
     weights = np.where(
         is_inh, rng.integers(2000, 9000, pre.size), rng.integers(1000, 30000, pre.size)
     )
-    delays = rng.integers(1, 16, pre.size)
+    delays = rng.integers(min_delay, 16, pre.size)
     tables: dict[ChipXY, list[RoutingEntry]] = {ChipXY(0, 0): [], ChipXY(1, 0): []}
     cores: list[CoreImage] = []
     for c, (chip, p) in enumerate(places):
@@ -145,10 +149,10 @@ def recurrent_network(seed: int = 3, n_per_core: int = 100, n_steps_hint: int = 
             weights[sel], delays[sel], is_inh[sel].astype(np.uint32), post[sel] % n_per_core, 8, 1
         )
         block, row_length = rows_block(n, pre[sel], words)
-        one_w = lif.synapse_words(np.full(n_per_core, 12000), 1, 0, np.arange(n_per_core), 8, 1)
+        one_w = lif.synapse_words(np.full(n_per_core, 12000), min_delay, 0, np.arange(n_per_core), 8, 1)
         one = lif.encode_synaptic_block(np.arange(n_per_core + 1), one_w, 1)
         kick = lif.encode_synaptic_block(
-            np.array([0, 1]), lif.synapse_words([60000], [2], [0], [0], 8, 1), 1
+            np.array([0, 1]), lif.synapse_words([60000], [max(2, min_delay)], [0], [0], 8, 1), 1
         )
         matrix = np.concatenate([block, one, kick])
         table = lif.PopTable(

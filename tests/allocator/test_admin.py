@@ -1,0 +1,193 @@
+"""Operator commands in the service: token, service status, drain, destroy, audit, restart.
+
+The service runs without sockets on a `FakeClock` and a real SQLite file; a restart opens a
+second service on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from allocator.clock import FakeClock
+from allocator.config import ServerConfig, parse_config
+from allocator.service import AdminTargetError, Service
+from allocator.store import Store
+from protocol.admin import AuditEntry, MachineState, OperatorTokenError
+from protocol.commands import bind
+from protocol.events import BoardState
+
+TOKEN = "s3cret"
+
+
+def config(token: str = TOKEN) -> ServerConfig:
+    return parse_config({
+        "server": {"seconds_before_free": 0.0, "keepalive_check_s": 1.0, "operator_token": token},
+        "power": {"power_on_delay_s": 0.0, "power_off_delay_s": 0.0},
+        "machines": [{
+            "name": "small", "tags": ["default"], "width": 2, "height": 1,
+            "board_locations": [[x, 0, z, 0, 0, 3 * x + z] for x in range(2) for z in range(3)],
+        }],
+    })  # fmt: skip
+
+
+@dataclass(eq=False)
+class FakeConnection:
+    peer_host: str = "10.0.0.9"
+
+
+@dataclass
+class Harness:
+    service: Service
+    clock: FakeClock
+
+    async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        handler = self.service.handler_for(command)
+        assert handler is not None, command
+        return await handler(bind(command, list(args), kwargs), FakeConnection())
+
+    async def settle(self) -> None:
+        for _ in range(20):
+            await self.clock.settle()
+            await asyncio.sleep(0.005)
+
+    async def board_state(self, x: int, y: int, z: int) -> BoardState:
+        state: MachineState = await self.call("admin_machine_state", "small")
+        return next(b.state for b in state.boards if (b.x, b.y, b.z) == (x, y, z))
+
+
+@contextlib.asynccontextmanager
+async def running(db_url: str, cfg: ServerConfig | None = None) -> AsyncIterator[Harness]:
+    store = await Store.open(db_url)
+    clock = FakeClock()
+    service = Service(cfg or config(), store, clock, wall_clock=lambda: 1_700_000_000.0)
+    started = asyncio.Event()
+    task = asyncio.create_task(service.run(on_started=started.set))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        yield Harness(service, clock)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await store.close()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'allotment.db'}"
+
+
+async def test_admin_commands_are_disabled_without_a_configured_token(db_url: str) -> None:
+    async with running(db_url, config(token="")) as h:
+        with pytest.raises(OperatorTokenError, match="disabled"):
+            await h.call("admin_drain_machine", "anything", "small", "why")
+
+
+async def test_a_wrong_token_changes_nothing(db_url: str) -> None:
+    async with running(db_url) as h:
+        with pytest.raises(OperatorTokenError, match="admin_set_board_service needs a valid"):
+            await h.call("admin_set_board_service", "wrong", "small", 0, 0, 0, False, "x")
+        assert await h.board_state(0, 0, 0) is BoardState.FREE
+
+
+async def test_unknown_targets_are_named(db_url: str) -> None:
+    async with running(db_url) as h:
+        with pytest.raises(AdminTargetError, match="machine 'nope' does not exist"):
+            await h.call("admin_drain_machine", TOKEN, "nope", "why")
+        with pytest.raises(AdminTargetError, match=r"board \(5, 0, 0\) of machine 'small'"):
+            await h.call("admin_set_board_service", TOKEN, "small", 5, 0, 0, False, "why")
+        with pytest.raises(AdminTargetError, match="job 99 is not a live job"):
+            await h.call("admin_destroy_job", TOKEN, 99, "why")
+
+
+async def test_a_board_out_of_service_is_never_allocated_and_survives_a_restart(
+    db_url: str,
+) -> None:
+    async with running(db_url) as h:
+        entry = await h.call(
+            "admin_set_board_service", TOKEN, "small", 0, 0, 1, False, "fan failed", "ops"
+        )
+        assert isinstance(entry, AuditEntry)
+        assert (entry.operator, entry.peer, entry.reason) == ("ops", "10.0.0.9", "fan failed")
+        assert "small board (0, 0, 1) out of service" in entry.target
+        assert await h.board_state(0, 0, 1) is BoardState.OUT_OF_SERVICE
+        # Like a dead board: a rectangle around it is granted without it.
+        job_id = await h.call("create_job", 2, 1, owner="me")
+        await h.settle()
+        info = await h.call("get_job_machine_info", job_id)
+        assert len(info["boards"]) == 5
+        assert [0, 0, 1] not in info["boards"]
+        assert await h.board_state(0, 0, 1) is BoardState.OUT_OF_SERVICE
+    async with running(db_url) as h:
+        assert await h.board_state(0, 0, 1) is BoardState.OUT_OF_SERVICE
+        state: MachineState = await h.call("admin_machine_state", "small")
+        out = next(b for b in state.boards if (b.x, b.y, b.z) == (0, 0, 1))
+        assert out.reason == "fan failed"
+        await h.call("admin_set_board_service", TOKEN, "small", 0, 0, 1, True, "fan replaced")
+        assert await h.board_state(0, 0, 1) is not BoardState.OUT_OF_SERVICE
+        log = await h.call("admin_audit_log", TOKEN, 10)
+        assert [e.reason for e in log] == ["fan replaced", "fan failed"]
+        assert log[0].audit_id == log[1].audit_id + 1
+
+
+async def test_a_drained_machine_allocates_nothing_until_undrained_even_after_restart(
+    db_url: str,
+) -> None:
+    async with running(db_url) as h:
+        await h.call("admin_drain_machine", TOKEN, "small", "firmware update")
+        job_id = await h.call("create_job", owner="me")
+        await h.settle()
+        assert (await h.call("get_job_state", job_id))["state"] == 1
+        state: MachineState = await h.call("admin_machine_state", "small")
+        assert state.is_draining
+    async with running(db_url) as h:
+        assert h.service.is_draining("small")
+        await h.settle()
+        assert (await h.call("get_job_state", job_id))["state"] == 1
+        await h.call("admin_undrain_machine", TOKEN, "small", "update done")
+        await h.settle()
+        assert (await h.call("get_job_state", job_id))["state"] == 3
+        assert not h.service.is_draining("small")
+
+
+async def test_destroy_records_the_reason_on_the_job_and_in_the_audit_log(db_url: str) -> None:
+    async with running(db_url) as h:
+        job_id = await h.call("create_job", owner="alice")
+        await h.settle()
+        entry = await h.call("admin_destroy_job", TOKEN, job_id, "runaway job", operator="bob")
+        assert entry.target == f"job {job_id} of alice"
+        state = await h.call("get_job_state", job_id)
+        assert (state["state"], state["reason"]) == (4, "runaway job")
+        (newest,) = await h.call("admin_audit_log", TOKEN, 1)
+        assert (newest.action, newest.operator) == ("admin_destroy_job", "bob")
+
+
+async def test_a_link_out_of_service_is_shown_on_the_map_and_to_clients(db_url: str) -> None:
+    async with running(db_url) as h:
+        await h.call("admin_set_link_service", TOKEN, "small", 1, 0, 2, 2, False, "cable")
+        state: MachineState = await h.call("admin_machine_state", "small")
+        board = next(b for b in state.boards if (b.x, b.y, b.z) == (1, 0, 2))
+        assert board.n_dead_links == 1
+    async with running(db_url) as h:
+        state = await h.call("admin_machine_state", "small")
+        board = next(b for b in state.boards if (b.x, b.y, b.z) == (1, 0, 2))
+        assert board.n_dead_links == 1
+
+
+async def test_machine_state_shows_jobs_and_board_states(db_url: str) -> None:
+    async with running(db_url) as h:
+        job_id = await h.call("create_job", 1, 1, owner="alice")
+        await h.settle()
+        state: MachineState = await h.call("admin_machine_state", "small")
+        assert [(j.job_id, j.owner, j.n_boards) for j in state.jobs] == [(job_id, "alice", 3)]
+        allocated = [b for b in state.boards if b.state is BoardState.ALLOCATED]
+        assert len(allocated) == 3
+        assert {b.job_id for b in allocated} == {job_id}
+        assert all(b.cabinet == 0 and b.frame == 0 for b in state.boards)
