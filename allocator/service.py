@@ -165,6 +165,9 @@ class Service:
         # (free_at, machine, job_id): boards of destroyed jobs cooling down after power-off
         self._cooling: list[tuple[float, str, int]] = []
         self._listeners: list[Listener] = []
+        self._pending_jobs: set[int] = set()
+        self._pending_machines: set[str] = set()
+        self._is_committer_scheduled = False
         # job id -> store watermark of the job's latest staged change: a read about one
         # job waits only for that job's own changes to be durable.
         self._marks: dict[int, int] = {}
@@ -559,8 +562,25 @@ class Service:
             self._release_cooled()
 
     def _background_commit(self, job_ids: Iterable[int], machines: Iterable[str]) -> None:
-        assert self._task_group is not None
-        self._task_group.create_task(self._commit(tuple(job_ids), tuple(machines)))
+        """Commit and announce changes made outside a request (timers, board controllers).
+
+        Changes made in the same turn of the event loop share one committer task; a
+        request that commits first takes them with it, and the committer then finds
+        nothing left to wait for.
+        """
+        self._pending_jobs.update(job_ids)
+        self._pending_machines.update(machines)
+        if not self._is_committer_scheduled:
+            assert self._task_group is not None
+            self._is_committer_scheduled = True
+            self._task_group.create_task(self._committer())
+
+    async def _committer(self) -> None:
+        await asyncio.sleep(0)  # gather everything changed in this turn of the loop
+        self._is_committer_scheduled = False
+        jobs, self._pending_jobs = self._pending_jobs, set()
+        machines, self._pending_machines = self._pending_machines, set()
+        await self._commit(sorted(jobs), sorted(machines))
 
     # --- timers -----------------------------------------------------------------------
 
