@@ -97,6 +97,7 @@ class ServerProcess:
         self._db_url = db_url
         self._cwd = cwd
         self._lines: list[str] = []
+        self._new_output = threading.Condition()
         self._ready = threading.Event()
         self.host = ""
         self.port = 0
@@ -120,6 +121,20 @@ class ServerProcess:
     def restarted(self) -> ServerProcess:
         """A new server process on the same configuration and database, started."""
         return ServerProcess(self._config_path, self._db_url, self._cwd).start()
+
+    def wait_for_output(self, text: str, timeout_s: float = READY_TIMEOUT_S) -> str:
+        """Wait until the server has written a line containing `text`; return that line.
+
+        Raises:
+            AssertionError: no such line within the timeout.
+        """
+        with self._new_output:
+            found = self._new_output.wait_for(
+                lambda: any(text in line for line in self._lines), timeout_s
+            )
+            if not found:
+                raise AssertionError(f"server never wrote {text!r}; stderr:\n{self.stderr_text}")
+            return next(line for line in self._lines if text in line)
 
     def send_signal(self, sig: int) -> None:
         """Send a signal to the running server."""
@@ -173,7 +188,11 @@ class ServerProcess:
         self._drain = threading.Thread(target=self._drain_stderr, args=(self._proc,), daemon=True)
         self._drain.start()
         if not self._ready.wait(READY_TIMEOUT_S) or not self.port:
-            code = self._proc.poll()
+            try:
+                # stderr closed: the process is ending; give it a moment to be reaped
+                code: int | None = self._proc.wait(STOP_TIMEOUT_S if self._ready.is_set() else 0)
+            except subprocess.TimeoutExpired:
+                code = None
             if code is None:
                 self.kill()
             raise AssertionError(
@@ -186,7 +205,9 @@ class ServerProcess:
         assert proc.stderr is not None
         for raw in proc.stderr:
             line = raw.decode("utf-8", "replace")
-            self._lines.append(line)
+            with self._new_output:
+                self._lines.append(line)
+                self._new_output.notify_all()
             if not self._ready.is_set():
                 match = _LISTENING.search(line)
                 if match:
