@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -157,6 +158,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "ext_events": "counted", "ext_rate_hz": nu_ext_hz,
         "events_per_s": round(events / run_s) if run_s > 0 else None,
+        "threads": numba.get_num_threads(),
     }))
 
 

@@ -12,6 +12,7 @@ import json
 import resource
 import time
 
+import numba
 import numpy as np
 
 from machine_models import lif, sources
@@ -163,6 +164,8 @@ def main() -> None:
                 "synaptic_events": events,
                 "events_per_s": events / (t2 - t1),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "threads": numba.get_num_threads(),
+                "window_steps": ex.window_steps,
             }
         )
     )

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -38,6 +39,16 @@ __all__ = ["Executor", "Results"]
 
 _I64 = np.int64
 _I32 = np.int32
+MAX_GROUPS = 64
+"""Most groups the cores are split into for the threads (one group per thread up to this)."""
+GROUPS_PER_THREAD = 4
+"""Groups per thread: threads take groups as they finish one, so a thread that the OS
+pauses holds up the others for one group, not for all of its share."""
+PARALLEL_MIN_WORK = 100_000
+"""Fewest neuron and source updates per window for which a run uses more than one thread:
+below it, waking the threads twice a window costs more than they save."""
+MAX_WINDOW_STEPS = 16
+"""Most steps the cores advance between two exchanges of packets (bounds buffer sizes)."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +81,23 @@ def _region(core: CoreImage, region_id: int) -> bytes:
         ) from None
 
 
-def _arr(values: list[int], dtype: type) -> npt.NDArray[np.generic]:
-    return np.array(values, dtype=dtype)
+def _spread(
+    work: npt.NDArray[np.float64], n_groups: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Deal items to groups, largest first to the least loaded (ties to the lowest group).
+
+    Returns:
+        CSR pointers (n_groups + 1) and the items of each group in increasing order.
+    """
+    totals = [0.0] * n_groups
+    members: list[list[int]] = [[] for _ in range(n_groups)]
+    for item in np.argsort(-np.asarray(work, np.float64), kind="stable"):
+        g = totals.index(min(totals))
+        totals[g] += float(work[item])
+        members[g].append(int(item))
+    ptr = np.cumsum([0] + [len(m) for m in members]).astype(_I64)
+    items = np.array([i for m in members for i in sorted(m)], dtype=_I64)
+    return ptr, items
 
 
 class Executor:
@@ -80,17 +106,26 @@ class Executor:
     Args:
         image: The job's load (validate it first with :func:`machine_models.validate`).
         topology: The allocation the image was built for.
+        max_window_steps: Most steps the cores advance between exchanges of packets (they
+            never advance further than the shortest synaptic or delay-stage delay). Any
+            value gives the same results; larger ones run faster.
 
     Raises:
         RegionError: a region is missing or does not follow its layout.
     """
 
-    def __init__(self, image: Image, topology: Topology) -> None:
+    def __init__(
+        self, image: Image, topology: Topology, *, max_window_steps: int = MAX_WINDOW_STEPS
+    ) -> None:
+        if max_window_steps < 1:
+            raise ExecutionError(f"max_window_steps must be at least 1, not {max_window_steps}")
+        self._max_window_steps = max_window_steps
         self.image = image
         self.topology = topology
         self.router = Router(image.tables, topology)
         self.step = 0
         self._load()
+        self._plan()
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
@@ -125,6 +160,7 @@ class Executor:
         pop_tables: dict[int, lif.PopTable] = {}
         self._lif_of_core: dict[int, int] = {}
         self._de_of_core: dict[int, int] = {}
+        self._core_of_src: dict[tuple[int, int], int] = {}
         n_syn = n_neurons = n_ring = 0
         ssa: dict[str, list[int]] = {"emit": [], "lo": [], "hi": []}
         ssa_steps: list[npt.NDArray[np.uint32]] = []
@@ -210,6 +246,7 @@ class Executor:
                     n_ring += ring_size
                 elif core.app == AppId.SPIKE_SOURCE_ARRAY:
                     steps, neurons = sources.decode_spike_array(_region(core, REGION_DATA))
+                    self._core_of_src[(kernels.KIND_SSA, len(ssa["emit"]))] = ci
                     ssa["emit"].append(first_emitter)
                     ssa["lo"].append(n_ssa)
                     n_ssa += steps.size
@@ -218,6 +255,7 @@ class Executor:
                     ssa_neurons.append(neurons)
                 elif core.app == AppId.SPIKE_SOURCE_POISSON:
                     seed, recs_p = sources.decode_poisson_params(_region(core, REGION_DATA))
+                    self._core_of_src[(kernels.KIND_POISSON, len(po["emit"]))] = ci
                     po["emit"].append(first_emitter)
                     po["nb"].append(n_po)
                     po["nn"].append(recs_p.size)
@@ -284,6 +322,42 @@ class Executor:
         self._de_flags = np.concatenate(de_flags) if de_flags else np.zeros(0, np.bool_)
         self._de_counter = np.zeros(n_counter, dtype=np.uint8)
         self._de_lost = np.zeros(len(de_params), dtype=np.int64)
+        for ci, li in self._lif_of_core.items():
+            self._core_of_src[(kernels.KIND_LIF, li)] = ci
+        for ci, di in self._de_of_core.items():
+            self._core_of_src[(kernels.KIND_DELAY, di)] = ci
+        lc = self._lif
+        self._lif_table = np.zeros((lc["nb"].size, kernels.LIF_COLUMNS), _I64)
+        for column, name in (
+            (kernels.LIF_NB, "nb"),
+            (kernels.LIF_NN, "nn"),
+            (kernels.LIF_IB, "ib"),
+            (kernels.LIF_TB, "tb"),
+            (kernels.LIF_DB, "db"),
+            (kernels.LIF_IT, "it"),
+            (kernels.LIF_SHE, "she"),
+            (kernels.LIF_SHI, "shi"),
+            (kernels.LIF_RB, "rb"),
+            (kernels.LIF_RM, "rm"),
+            (kernels.LIF_EMIT, "emit"),
+            (kernels.LIF_REC, "rec"),
+            (kernels.LIF_VIV, "viv"),
+            (kernels.LIF_GEIV, "geiv"),
+            (kernels.LIF_GIIV, "giiv"),
+        ):
+            self._lif_table[:, column] = lc[name]
+        self._po_table = np.stack([self._po["nb"], self._po["nn"]], axis=1).astype(_I64)
+        self._po_table = self._po_table.reshape(-1, kernels.PO_COLUMNS)
+        de_t = self._de
+        self._de_table = (
+            np.stack(
+                [de_t["nn"], de_t["stages"], de_t["dps"], de_t["slots"], de_t["cb"], de_t["fb"]],
+                axis=1,
+            )
+            .astype(_I64)
+            .reshape(-1, kernels.DE_COLUMNS)
+        )
+        self._ssa_table = self._ssa["hi"].astype(_I64).reshape(-1, kernels.SSA_COLUMNS)
 
     def _build_fanout(
         self,
@@ -424,6 +498,97 @@ class Executor:
         return None
 
     # ------------------------------------------------------------------ running
+    def _plan(self) -> None:
+        """Group the cores for the threads and find how far cores may run without exchanging.
+
+        Emitting cores are spread over the groups by their work per step, receiving cores
+        (neuron and delay-extension cores) by the synaptic words that reach them; the fan-out
+        is split so that each group walks only the rows of its own receiving cores. Grouping
+        changes only which thread does what, never a result.
+        """
+        n_groups = max(1, min(GROUPS_PER_THREAD * int(numba.get_num_threads()), MAX_GROUPS))
+        lc = self._lif
+        n_lif, n_po, n_de, n_ssa = (
+            lc["nb"].size,
+            self._po["nb"].size,
+            self._de["nn"].size,
+            (self._ssa["emit"].size),
+        )
+        # emitting cores in delivery order: arrays, Poisson sources, delay extensions, neurons
+        kinds = np.repeat(
+            np.array(
+                [kernels.KIND_SSA, kernels.KIND_POISSON, kernels.KIND_DELAY, kernels.KIND_LIF]
+            ),
+            [n_ssa, n_po, n_de, n_lif],
+        )
+        index = np.concatenate([np.arange(k) for k in (n_ssa, n_po, n_de, n_lif)]).astype(_I64)
+        emit = np.concatenate(
+            [self._ssa["emit"], self._po["emit"], self._de["emit"], lc["emit"]]
+        ).astype(_I64)
+        capacity = np.concatenate(
+            [np.zeros(n_ssa, _I64), self._po["nn"], self._de["nn"] * self._de["stages"], lc["nn"]]
+        ).astype(_I64)
+        seg = np.concatenate([[0], np.cumsum(capacity)]).astype(_I64)
+        self._src = np.stack([kinds, index, emit, seg[:-1]], axis=1).astype(_I64)
+        self._stride = max(1, int(seg[-1]))
+        work = np.concatenate(
+            [
+                np.ones(n_ssa),
+                2.0 * self._po["nn"],
+                0.2 * self._de["nn"] * self._de["stages"],
+                1.0 * lc["nn"],
+            ]
+        )
+        self._a_ptr, self._a_items = _spread(work, n_groups)
+        self._work_per_step = float(work.sum())
+
+        fan = self._fan
+        ptr, kind, core = fan["ptr"], fan["kind"], fan["core"]
+        n_rows = ptr.size - 1
+        row = np.repeat(np.arange(n_rows, dtype=_I64), np.diff(ptr))
+        # receiving cores: neuron cores 0 .. n_lif - 1, then delay extensions
+        receiver = np.where(kind == 0, core, n_lif + core)
+        words = fan["b"].astype(np.float64) + 2.0
+        load = np.bincount(receiver, weights=words, minlength=n_lif + n_de).astype(np.float64)
+        b_ptr, b_items = _spread(load, n_groups)
+        group_of = np.zeros(n_lif + n_de, _I64)
+        for g in range(n_groups):
+            group_of[b_items[b_ptr[g] : b_ptr[g + 1]]] = g
+        group = group_of[receiver]
+        # an empty row changes nothing on its core: it is not walked at all
+        order = np.lexsort((row, group))
+        order = order[(kind[order] != 0) | (np.asarray(fan["b"], np.int64)[order] > 0)]
+        row_kept, group_kept = row[order], group[order]
+        counts = np.bincount(group_kept * n_rows + row_kept, minlength=n_groups * n_rows)
+        self._g_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(_I64)
+        self._g_fan = {k: np.ascontiguousarray(fan[k][order]) for k in ("kind", "core", "a", "b")}
+        # which emitting core reaches which group
+        q_of_core = np.full(len(self._cores), -1, _I64)
+        for q in range(kinds.size):
+            ci = self._core_of_src[(int(kinds[q]), int(index[q]))]
+            q_of_core[ci] = q
+        q_of_row = q_of_core[np.repeat(self._emit_core, self._nvar)]
+        self._reach = np.zeros((kinds.size, n_groups), np.bool_)
+        self._reach[q_of_row[row_kept], group_kept] = True
+        de_parts = [
+            [int(r) - n_lif for r in b_items[b_ptr[g] : b_ptr[g + 1]] if r >= n_lif]
+            for g in range(n_groups)
+        ]
+        self._b_ptr = np.cumsum([0] + [len(part) for part in de_parts]).astype(_I64)
+        self._b_items = np.array([c for part in de_parts for c in part], dtype=_I64)
+        # cores may run apart for as many steps as the shortest synapse or delay stage
+        shortest = int(
+            kernels.min_row_delay(self._syn, kind, core, fan["a"], fan["b"], self._lif_table)
+        )
+        if n_de:
+            shortest = min(shortest, int(self._de["dps"].min()))
+        self._window = max(1, min(shortest, self._max_window_steps))
+
+    @property
+    def window_steps(self) -> int:
+        """Steps the cores advance between two exchanges of packets."""
+        return self._window
+
     def run(self, n_steps: int) -> Results:
         """Advance every core by ``n_steps`` timesteps and return what was recorded.
 
@@ -454,107 +619,118 @@ class Executor:
         vfirst, voff, vtotal = sample_layout(lc["viv"])
         gefirst, geoff, getotal = sample_layout(lc["geiv"])
         gifirst, gioff, gitotal = sample_layout(lc["giiv"])
+        lif_p = self._lif_table.copy()
+        for column, values in (
+            (kernels.LIF_VOFF, voff),
+            (kernels.LIF_VFIRST, vfirst),
+            (kernels.LIF_GEOFF, geoff),
+            (kernels.LIF_GEFIRST, gefirst),
+            (kernels.LIF_GIOFF, gioff),
+            (kernels.LIF_GIFIRST, gifirst),
+        ):
+            lif_p[:, column] = values
         v_buf = np.zeros(vtotal, np.int32)
         ge_buf = np.zeros(getotal, np.int32)
         gi_buf = np.zeros(gitotal, np.int32)
         st = self._state
         n_lif = st["v"].size if st else 0
-        cap = max(1024, 4 * n_lif + n_lif * max(1, n_steps) // 50)
+        window = self._window
+        cap = max(1024, 4 * n_lif + n_lif * max(1, n_steps) // 50, 2 * n_lif * window)
         rec_t = np.zeros(cap, np.int64)
         rec_n = np.zeros(cap, np.int64)
         rec_count = np.zeros(1, np.int64)
         chunks_t: list[npt.NDArray[np.int64]] = []
         chunks_n: list[npt.NDArray[np.int64]] = []
-        fan = self._fan
+        n_src = self._src.shape[0]
+        em_n = np.zeros((window, n_src), _I64)
+        em_j = np.zeros(window * self._stride, _I64)
+        em_k = np.zeros(window * self._stride, _I64)
+        n_ssa = self._ssa["emit"].size
+        ssa_lo = np.zeros((window, n_ssa), _I64)
+        ssa_hi = np.zeros((window, n_ssa), _I64)
+        spk = np.zeros(n_lif, np.uint8)
+        fan = self._g_fan
         t = t0
-        while t < t1:
-            t = kernels.run_steps(
-                t,
-                t1,
-                self._nvar,
-                fan["ptr"],
-                fan["kind"],
-                fan["core"],
-                fan["a"],
-                fan["b"],
-                self._syn,
-                self._packets,
-                self._spikes_sent,
-                lc["nb"],
-                lc["nn"],
-                lc["ib"],
-                lc["tb"],
-                lc["db"],
-                lc["it"],
-                lc["she"],
-                lc["shi"],
-                lc["rb"],
-                lc["rm"],
-                lc["emit"],
-                lc["rec"],
-                lc["viv"],
-                voff,
-                vfirst,
-                lc["geiv"],
-                geoff,
-                gefirst,
-                lc["giiv"],
-                gioff,
-                gifirst,
-                self._sat,
-                self._ring,
-                st.get("v", np.zeros(0, _I32)),
-                st.get("v_rest", np.zeros(0, _I32)),
-                st.get("r_membrane", np.zeros(0, _I32)),
-                st.get("exp_tc", np.zeros(0, _I32)),
-                st.get("i_offset", np.zeros(0, _I32)),
-                st.get("v_reset", np.zeros(0, _I32)),
-                st.get("v_thresh", np.zeros(0, _I32)),
-                st.get("t_refract", np.zeros(0, _I32)),
-                st.get("refract_timer", np.zeros(0, _I32)),
-                st.get("isyn_exc", np.zeros(0, _I32)),
-                st.get("isyn_inh", np.zeros(0, _I32)),
-                st.get("exc_decay", np.zeros(0, np.uint32)),
-                st.get("exc_init", np.zeros(0, np.uint32)),
-                st.get("inh_decay", np.zeros(0, np.uint32)),
-                st.get("inh_init", np.zeros(0, np.uint32)),
-                rec_t,
-                rec_n,
-                rec_count,
-                v_buf,
-                ge_buf,
-                gi_buf,
-                self._ssa["emit"],
-                self._ssa_cursor,
-                self._ssa["hi"],
-                self._ssa_steps,
-                self._ssa_neurons,
-                self._po["emit"],
-                self._po["nb"],
-                self._po["nn"],
-                self._po_state,
-                self._po_rec["start_step"],
-                self._po_rec["end_step"],
-                self._po_rec["regime"],
-                self._po_rec["exp_minus_lambda"],
-                self._po_rec["sqrt_lambda"],
-                self._po_rec["isi_ticks"],
-                self._po_rec["time_to_spike"],
-                self._de["emit"],
-                self._de["nn"],
-                self._de["stages"],
-                self._de["dps"],
-                self._de["slots"],
-                self._de["cb"],
-                self._de["fb"],
-                self._de_flags,
-                self._de_counter,
-                self._de_lost,
-            )
-            n = int(rec_count[0])
-            chunks_t.append(rec_t[:n].copy())
-            chunks_n.append(rec_n[:n].copy())
-            rec_count[0] = 0
+        chunk = numba.set_parallel_chunksize(1)
+        threads = numba.get_num_threads()
+        if self._work_per_step * window < PARALLEL_MIN_WORK:
+            numba.set_num_threads(1)
+        try:
+            while t < t1:
+                t = kernels.run_windows(
+                    t,
+                    t1,
+                    window,
+                    self._nvar,
+                    self._src,
+                    self._a_ptr,
+                    self._a_items,
+                    em_n,
+                    em_j,
+                    em_k,
+                    self._packets,
+                    self._spikes_sent,
+                    self._reach,
+                    self._g_ptr,
+                    fan["kind"],
+                    fan["core"],
+                    fan["a"],
+                    fan["b"],
+                    self._syn,
+                    self._b_ptr,
+                    self._b_items,
+                    lif_p,
+                    self._sat,
+                    self._ring,
+                    spk,
+                    st.get("v", np.zeros(0, _I32)),
+                    st.get("v_rest", np.zeros(0, _I32)),
+                    st.get("r_membrane", np.zeros(0, _I32)),
+                    st.get("exp_tc", np.zeros(0, _I32)),
+                    st.get("i_offset", np.zeros(0, _I32)),
+                    st.get("v_reset", np.zeros(0, _I32)),
+                    st.get("v_thresh", np.zeros(0, _I32)),
+                    st.get("t_refract", np.zeros(0, _I32)),
+                    st.get("refract_timer", np.zeros(0, _I32)),
+                    st.get("isyn_exc", np.zeros(0, _I32)),
+                    st.get("isyn_inh", np.zeros(0, _I32)),
+                    st.get("exc_decay", np.zeros(0, np.uint32)),
+                    st.get("exc_init", np.zeros(0, np.uint32)),
+                    st.get("inh_decay", np.zeros(0, np.uint32)),
+                    st.get("inh_init", np.zeros(0, np.uint32)),
+                    rec_t,
+                    rec_n,
+                    rec_count,
+                    v_buf,
+                    ge_buf,
+                    gi_buf,
+                    self._ssa_table,
+                    self._ssa_cursor,
+                    ssa_lo,
+                    ssa_hi,
+                    self._ssa_steps,
+                    self._ssa_neurons,
+                    self._po_table,
+                    self._po_state,
+                    self._po_rec["start_step"],
+                    self._po_rec["end_step"],
+                    self._po_rec["regime"],
+                    self._po_rec["exp_minus_lambda"],
+                    self._po_rec["sqrt_lambda"],
+                    self._po_rec["isi_ticks"],
+                    self._po_rec["time_to_spike"],
+                    self._de_table,
+                    self._de_flags,
+                    self._de_counter,
+                    self._de_lost,
+                )
+                n = int(rec_count[0])
+                chunks_t.append(rec_t[:n].copy())
+                chunks_n.append(rec_n[:n].copy())
+                rec_count[0] = 0
+        finally:
+            numba.set_parallel_chunksize(chunk)
+            numba.set_num_threads(threads)
         self.step = t1
         return self._results(
             np.concatenate(chunks_t) if chunks_t else np.zeros(0, _I64),

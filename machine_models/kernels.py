@@ -102,37 +102,53 @@ def pack_rows(syn, starts, lengths, out):  # type: ignore[no-untyped-def]  # pra
     return k
 
 
+# Columns of the per-core parameter tables the executor builds (int64, one row per core).
+LIF_NB, LIF_NN, LIF_IB, LIF_TB, LIF_DB, LIF_IT, LIF_SHE, LIF_SHI, LIF_RB, LIF_RM = range(10)
+LIF_EMIT, LIF_REC, LIF_VIV, LIF_GEIV, LIF_GIIV = range(10, 15)
+LIF_VOFF, LIF_VFIRST, LIF_GEOFF, LIF_GEFIRST, LIF_GIOFF, LIF_GIFIRST = range(15, 21)
+LIF_COLUMNS = 21
+PO_NB, PO_NN = range(2)
+PO_COLUMNS = 2
+DE_NN, DE_STAGES, DE_DPS, DE_SLOTS, DE_CB, DE_FB = range(6)
+DE_COLUMNS = 6
+SSA_HI = 0
+SSA_COLUMNS = 1
+# the emitting cores, in the order the chip's packets of one step are delivered
+SRC_KIND, SRC_INDEX, SRC_EMIT, SRC_SEG = range(4)
+SRC_COLUMNS = 4
+KIND_SSA, KIND_POISSON, KIND_DELAY, KIND_LIF = range(4)
+
+
+@numba.njit(cache=True)
+def min_row_delay(syn, kind, core, starts, lengths, lif_p):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The shortest delay (in steps) of any synapse a fan-out entry reaches; 1 << 30 if none."""
+    best = 1 << 30
+    for j in range(kind.size):
+        if kind[j] != 0:
+            continue
+        c = core[j]
+        shift = lif_p[c, LIF_IT]
+        dmask = (1 << lif_p[c, LIF_DB]) - 1
+        for k in range(starts[j], starts[j] + lengths[j]):
+            d = (np.int64(syn[k]) >> shift) & dmask
+            if d < best:
+                best = d
+    return best
+
+
 @numba.njit(cache=True, inline="always")
 def _deliver(
-    e,
-    count,
-    t,
-    fo_ptr,
-    d_kind,
-    d_core,
-    d_a,
-    d_b,
-    syn,
-    ring,
-    lif_ring_base,
-    lif_ring_mask,
-    lif_shift_bits,
-    sat,
-    de_counter_base,
-    de_slots,
-    de_nn,
-    de_lost,
-    de_counter,
+    lo, hi, count, t, d_kind, d_core, d_a, d_b, syn, ring, lif_p, sat, de_p, de_lost, de_counter
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     # A packet with payload k is k spikes, each walking the row in turn (spec 3.2). For a
-    # one-synapse row the k additions to one slot have a closed form: the first
-    # (0xFFFF - slot) // w fit, every later one saturates and is counted.
-    for j in range(fo_ptr[e], fo_ptr[e + 1]):
+    # one-synapse row the k additions to one slot have a closed form: they all fit, or the
+    # first (0xFFFF - slot) // w fit and every later one saturates and is counted.
+    for j in range(lo, hi):
         c = d_core[j]
         if d_kind[j] == 0:
-            base = lif_ring_base[c]
-            mask = lif_ring_mask[c]
-            tshift = np.uint32((t << lif_shift_bits[c]) & M32)
+            base = lif_p[c, LIF_RB]
+            mask = lif_p[c, LIF_RM]
+            tshift = np.uint32((t << lif_p[c, LIF_IT]) & M32)
             start = d_a[j]
             length = d_b[j]
             if count == 1:
@@ -148,14 +164,14 @@ def _deliver(
                 word = syn[start]
                 idx = base + ((word + tshift) & mask)
                 weight = np.int64(word >> np.uint32(16))
-                if weight != 0:
-                    current = np.int64(ring[idx])
+                current = np.int64(ring[idx])
+                total = current + count * weight
+                if total <= 0xFFFF:
+                    ring[idx] = total
+                else:
                     fit = (0xFFFF - current) // weight
-                    if count <= fit:
-                        ring[idx] = current + count * weight
-                    else:
-                        ring[idx] = 0xFFFF
-                        sat[c] += count - fit
+                    ring[idx] = 0xFFFF
+                    sat[c] += count - fit
             else:
                 for _ in range(count):
                     for k in range(start, start + length):
@@ -167,8 +183,8 @@ def _deliver(
                             sat[c] += 1
                         ring[idx] = total
         else:
-            slot = t & (de_slots[c] - 1)
-            idx = de_counter_base[c] + slot * de_nn[c] + d_a[j]
+            slot = t & (de_p[c, DE_SLOTS] - 1)
+            idx = de_p[c, DE_CB] + slot * de_p[c, DE_NN] + d_a[j]
             total = np.int64(de_counter[idx]) + count
             if total > 255:
                 de_lost[c] += total - 255
@@ -177,43 +193,231 @@ def _deliver(
 
 
 @numba.njit(cache=True)
-def run_steps(
+def _lif_step(
+    c,
+    t,
+    off,
+    lif_p,
+    ring,
+    v,
+    v_rest,
+    r_m,
+    exp_tc,
+    i_off,
+    v_reset,
+    v_thr,
+    t_ref,
+    ref,
+    ie,
+    ii,
+    ed,
+    ei,
+    idc,
+    iin,
+    v_buf,
+    ge_buf,
+    gi_buf,
+    spk,
+    em_j,
+    em_k,
+):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One step of LIF core c: consume the step's ring-buffer slots, record, update.
+
+    Writes the neurons that fired to ``em_j[off:]`` and returns how many did.
+    """
+    nb = lif_p[c, LIF_NB]
+    nn = lif_p[c, LIF_NN]
+    hi = nb + nn
+    slot = (t & ((1 << lif_p[c, LIF_DB]) - 1)) << (lif_p[c, LIF_IB] + lif_p[c, LIF_TB])
+    base = lif_p[c, LIF_RB] + slot
+    tstep = 1 << lif_p[c, LIF_IB]
+    she = lif_p[c, LIF_SHE]
+    shi = lif_p[c, LIF_SHI]
+    # Views indexed by the loop counter alone: no negative-index fix-up per access, so the
+    # loops compile to SIMD code.
+    ring_e = ring[base : base + nn]
+    ring_i = ring[base + tstep : base + tstep + nn]
+    v_ = v[nb:hi]
+    ref_ = ref[nb:hi]
+    ie_ = ie[nb:hi]
+    ii_ = ii[nb:hi]
+    # an empty slot adds exactly zero, so every slot is consumed without a branch
+    ei_ = ei[nb:hi]
+    iin_ = iin[nb:hi]
+    for n in range(nn):
+        val = np.int64(ring_e[n])
+        ring_e[n] = 0
+        ie_[n] = ie_[n] + (((val << she) * np.int64(ei_[n])) >> 32)
+        val = np.int64(ring_i[n])
+        ring_i[n] = 0
+        ii_[n] = ii_[n] + (((val << shi) * np.int64(iin_[n])) >> 32)
+    viv = lif_p[c, LIF_VIV]
+    if viv > 0 and t % viv == 0:
+        row = lif_p[c, LIF_VOFF] + (t // viv - lif_p[c, LIF_VFIRST]) * nn
+        v_buf[row : row + nn] = v_
+    geiv = lif_p[c, LIF_GEIV]
+    if geiv > 0 and t % geiv == 0:
+        row = lif_p[c, LIF_GEOFF] + (t // geiv - lif_p[c, LIF_GEFIRST]) * nn
+        ge_buf[row : row + nn] = ie_
+    giiv = lif_p[c, LIF_GIIV]
+    if giiv > 0 and t % giiv == 0:
+        row = lif_p[c, LIF_GIOFF] + (t // giiv - lif_p[c, LIF_GIFIRST]) * nn
+        gi_buf[row : row + nn] = ii_
+    # the update of a refractory neuron is computed and discarded: no branch in the loop
+    i_off_ = i_off[nb:hi]
+    r_m_ = r_m[nb:hi]
+    v_rest_ = v_rest[nb:hi]
+    exp_tc_ = exp_tc[nb:hi]
+    v_thr_ = v_thr[nb:hi]
+    v_reset_ = v_reset[nb:hi]
+    t_ref_ = t_ref[nb:hi]
+    ed_ = ed[nb:hi]
+    idc_ = idc[nb:hi]
+    spk_ = spk[nb:hi]
+    for n in range(nn):
+        vm = np.int64(v_[n])
+        r = np.int64(ref_[n])
+        current = np.int64(ie_[n]) - np.int64(ii_[n]) + np.int64(i_off_[n])
+        alpha = _mul_round(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
+        free = alpha - _mul_round(np.int64(exp_tc_[n]), alpha - vm)
+        active = r <= 0
+        vm = free if active else vm
+        r = r if active else r - 1
+        fired = vm >= v_thr_[n]
+        v_[n] = np.int64(v_reset_[n]) if fired else vm
+        ref_[n] = np.int64(t_ref_[n]) if fired else r
+        spk_[n] = fired
+        ie_[n] = (np.int64(ie_[n]) * np.int64(ed_[n])) >> 32
+        ii_[n] = (np.int64(ii_[n]) * np.int64(idc_[n])) >> 32
+    m = 0
+    for n in range(nn):
+        if spk_[n]:
+            em_j[off + m] = n
+            em_k[off + m] = 1
+            m += 1
+    return m
+
+
+@numba.njit(cache=True)
+def _poisson_step(
+    c,
+    t,
+    off,
+    po_p,
+    po_state,
+    po_start,
+    po_end,
+    po_regime,
+    po_eml,
+    po_sqrt,
+    po_isi,
+    po_tts,
+    em_j,
+    em_k,
+):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One step of Poisson core c; writes (neuron, payload) of every packet, returns the count."""
+    # the core's generator lives in registers for the whole step
+    s0 = po_state[c, 0]
+    s1 = po_state[c, 1]
+    s2 = po_state[c, 2]
+    s3 = po_state[c, 3]
+    nb = po_p[c, PO_NB]
+    nn = po_p[c, PO_NN]
+    hi = nb + nn
+    start_ = po_start[nb:hi]
+    end_ = po_end[nb:hi]
+    regime_ = po_regime[nb:hi]
+    eml_ = po_eml[nb:hi]
+    m = 0
+    for n in range(nn):
+        if t < start_[n] or t >= end_[n]:
+            continue
+        regime = regime_[n]
+        k = 0
+        if regime == 1:
+            p = np.uint64(1) << np.uint64(32)
+            limit = np.uint64(eml_[n])
+            while True:
+                s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+                p = (p * s3) >> np.uint64(32)
+                if p <= limit:
+                    break
+                k += 1
+        elif regime == 0:
+            g = nb + n
+            tts = po_tts[g] - 32768
+            while tts <= 0:
+                k += 1
+                s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+                tts += _isi_from_uniform(s3, po_isi[g])
+            po_tts[g] = tts
+        elif regime == 2:
+            s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+            u = (float(s3) + 0.5) / 4294967296.0
+            x = _ndtri(u) / 2.0 + po_sqrt[nb + n] / 32768.0
+            k = math.floor(x * x + 0.5)
+        if k > 0:
+            em_j[off + m] = n
+            em_k[off + m] = k
+            m += 1
+    po_state[c, 0] = s0
+    po_state[c, 1] = s1
+    po_state[c, 2] = s2
+    po_state[c, 3] = s3
+    return m
+
+
+@numba.njit(cache=True)
+def _delay_step(c, t, off, de_p, de_flags, de_counter, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One step of delay-extension core c: every stage resends what arrived its delay ago."""
+    nn = de_p[c, DE_NN]
+    dps = de_p[c, DE_DPS]
+    m = 0
+    for d in range(de_p[c, DE_STAGES]):
+        back = t - (d + 1) * dps
+        if back < 0:
+            continue
+        b = de_p[c, DE_CB] + (back & (de_p[c, DE_SLOTS] - 1)) * nn
+        fb = de_p[c, DE_FB] + d * nn
+        for n in range(nn):
+            count = de_counter[b + n]
+            if count != 0 and de_flags[fb + n]:
+                em_j[off + m] = d * nn + n
+                em_k[off + m] = count
+                m += 1
+    return m
+
+
+@numba.njit(cache=True, parallel=True)
+def run_windows(
     t0,
     t1,
+    window,
     nvar,
-    # emitters and fan-out
-    fo_ptr,
+    # emitting cores and their packets of a window
+    src,
+    a_ptr,
+    a_items,
+    em_n,
+    em_j,
+    em_k,
+    packets,
+    spikes_sent,
+    # fan-out per group of receiving cores
+    reach,
+    g_ptr,
     d_kind,
     d_core,
     d_a,
     d_b,
     syn,
-    packets,
-    spikes_sent,
+    b_ptr,
+    b_items,
     # LIF cores
-    lif_nb,
-    lif_nn,
-    lif_ib,
-    lif_tb,
-    lif_db,
-    lif_it,
-    lif_she,
-    lif_shi,
-    lif_ring_base,
-    lif_ring_mask,
-    lif_emit,
-    lif_rec,
-    lif_viv,
-    lif_voff,
-    lif_vfirst,
-    lif_geiv,
-    lif_geoff,
-    lif_gefirst,
-    lif_giiv,
-    lif_gioff,
-    lif_gifirst,
+    lif_p,
     sat,
     ring,
+    spk,
     v,
     v_rest,
     r_m,
@@ -236,15 +440,14 @@ def run_steps(
     ge_buf,
     gi_buf,
     # spike source arrays
-    ssa_emit,
+    ssa_p,
     ssa_cursor,
-    ssa_end,
+    ssa_lo,
+    ssa_hi,
     ssa_steps,
     ssa_neurons,
     # poisson
-    po_emit,
-    po_nb,
-    po_nn,
+    po_p,
     po_state,
     po_start,
     po_end,
@@ -254,228 +457,179 @@ def run_steps(
     po_isi,
     po_tts,
     # delay extensions
-    de_emit,
-    de_nn,
-    de_stages,
-    de_dps,
-    de_slots,
-    de_counter_base,
-    de_flag_base,
+    de_p,
     de_flags,
     de_counter,
     de_lost,
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """Advance every core from step t0 to t1; returns the step reached (early if rec full)."""
+    """Advance every core from step t0 to t1, ``window`` steps at a time.
+
+    No synapse or delay stage is shorter than ``window`` steps, so within a window the cores
+    depend only on packets sent before it: each group of emitting cores advances the whole
+    window on its own (phase A), then each group of receiving cores delivers the window's
+    packets, step by step in the order the sequential chip model sends them (phase B). Which
+    thread runs which group changes nothing in the results. Returns the step reached (early
+    when the spike record would overflow).
+    """
+    n_groups = a_ptr.size - 1
+    n_rows = packets.size
+    n_src = src.shape[0]
+    stride = em_j.size // window
     n_lif_neurons = v.size
-    for t in range(t0, t1):
-        if rec_count[0] + n_lif_neurons > rec_t.size:
-            return t
-        var = t & (nvar - 1)
-        # phase 1: consume this step's ring-buffer slots; clear delay-extension slots
-        for c in range(lif_nb.size):
-            nb = lif_nb[c]
-            nn = lif_nn[c]
-            slot = (t & ((1 << lif_db[c]) - 1)) << (lif_ib[c] + lif_tb[c])
-            base = lif_ring_base[c] + slot
-            tstep = 1 << lif_ib[c]
-            for n in range(nn):
-                val = ring[base + n]
-                if val != 0:
-                    ring[base + n] = 0
-                    inp = np.int64(val) << lif_she[c]
-                    ie[nb + n] = ie[nb + n] + ((inp * np.int64(ei[nb + n])) >> 32)
-                val = ring[base + tstep + n]
-                if val != 0:
-                    ring[base + tstep + n] = 0
-                    inp = np.int64(val) << lif_shi[c]
-                    ii[nb + n] = ii[nb + n] + ((inp * np.int64(iin[nb + n])) >> 32)
-        for c in range(de_nn.size):
-            slot = t & (de_slots[c] - 1)
-            b = de_counter_base[c] + slot * de_nn[c]
-            for n in range(de_nn[c]):
-                de_counter[b + n] = 0
-        # phase 2: sources and delay extensions send, neurons update and send
-        for c in range(ssa_emit.size):
-            while ssa_cursor[c] < ssa_end[c] and ssa_steps[ssa_cursor[c]] <= t:
-                if ssa_steps[ssa_cursor[c]] == t:
-                    e = (ssa_emit[c] + ssa_neurons[ssa_cursor[c]]) * nvar + var
-                    packets[e] += 1
-                    spikes_sent[e] += 1
-                    _deliver(
-                        e,
-                        1,
-                        t,
-                        fo_ptr,
-                        d_kind,
-                        d_core,
-                        d_a,
-                        d_b,
-                        syn,
-                        ring,
-                        lif_ring_base,
-                        lif_ring_mask,
-                        lif_it,
-                        sat,
-                        de_counter_base,
-                        de_slots,
-                        de_nn,
-                        de_lost,
-                        de_counter,
-                    )
-                ssa_cursor[c] += 1
-        for c in range(po_emit.size):
-            # the core's generator lives in registers for the whole step
-            s0 = po_state[c, 0]
-            s1 = po_state[c, 1]
-            s2 = po_state[c, 2]
-            s3 = po_state[c, 3]
-            for n in range(po_nn[c]):
-                g = po_nb[c] + n
-                if t < po_start[g] or t >= po_end[g]:
-                    continue
-                regime = po_regime[g]
-                k = 0
-                if regime == 1:
-                    p = np.uint64(1) << np.uint64(32)
-                    limit = np.uint64(po_eml[g])
-                    while True:
-                        s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-                        p = (p * s3) >> np.uint64(32)
-                        if p <= limit:
-                            break
-                        k += 1
-                elif regime == 0:
-                    tts = po_tts[g] - 32768
-                    while tts <= 0:
-                        k += 1
-                        s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-                        tts += _isi_from_uniform(s3, po_isi[g])
-                    po_tts[g] = tts
-                elif regime == 2:
-                    s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-                    u = (float(s3) + 0.5) / 4294967296.0
-                    x = _ndtri(u) / 2.0 + po_sqrt[g] / 32768.0
-                    k = math.floor(x * x + 0.5)
-                if k > 0:
-                    e = (po_emit[c] + n) * nvar + var
-                    packets[e] += 1
-                    spikes_sent[e] += k
-                    _deliver(
-                        e,
-                        k,
-                        t,
-                        fo_ptr,
-                        d_kind,
-                        d_core,
-                        d_a,
-                        d_b,
-                        syn,
-                        ring,
-                        lif_ring_base,
-                        lif_ring_mask,
-                        lif_it,
-                        sat,
-                        de_counter_base,
-                        de_slots,
-                        de_nn,
-                        de_lost,
-                        de_counter,
-                    )
-            po_state[c, 0] = s0
-            po_state[c, 1] = s1
-            po_state[c, 2] = s2
-            po_state[c, 3] = s3
-        for c in range(de_nn.size):
-            nn = de_nn[c]
-            for d in range(de_stages[c]):
-                back = t - (d + 1) * de_dps[c]
-                if back < 0:
-                    continue
-                b = de_counter_base[c] + (back & (de_slots[c] - 1)) * nn
-                fb = de_flag_base[c] + d * nn
-                for n in range(nn):
-                    count = de_counter[b + n]
-                    if count != 0 and de_flags[fb + n]:
-                        e = (de_emit[c] + d * nn + n) * nvar + var
-                        packets[e] += 1
-                        spikes_sent[e] += count
-                        _deliver(
-                            e,
-                            count,
+    t_start = t0
+    while t_start < t1:
+        n_win = min(window, t1 - t_start)
+        if rec_count[0] + n_lif_neurons * n_win > rec_t.size:
+            return t_start
+        # phase A: every emitting core advances the window
+        for grp in numba.prange(n_groups):
+            for a in range(a_ptr[grp], a_ptr[grp + 1]):
+                q = a_items[a]
+                kind = src[q, SRC_KIND]
+                x = src[q, SRC_INDEX]
+                emit = src[q, SRC_EMIT]
+                for i in range(n_win):
+                    t = t_start + i
+                    var = t & (nvar - 1)
+                    off = i * stride + src[q, SRC_SEG]
+                    m = 0
+                    if kind == KIND_SSA:
+                        ssa_lo[i, x] = ssa_cursor[x]
+                        hi = ssa_p[x, SSA_HI]
+                        cur = ssa_cursor[x]
+                        while cur < hi and ssa_steps[cur] <= t:
+                            if ssa_steps[cur] == t and emit >= 0:
+                                e = (emit + ssa_neurons[cur]) * nvar + var
+                                packets[e] += 1
+                                spikes_sent[e] += 1
+                            cur += 1
+                        ssa_cursor[x] = cur
+                        ssa_hi[i, x] = cur
+                    elif kind == KIND_POISSON:
+                        m = _poisson_step(
+                            x,
                             t,
-                            fo_ptr,
+                            off,
+                            po_p,
+                            po_state,
+                            po_start,
+                            po_end,
+                            po_regime,
+                            po_eml,
+                            po_sqrt,
+                            po_isi,
+                            po_tts,
+                            em_j,
+                            em_k,
+                        )
+                    elif kind == KIND_DELAY:
+                        m = _delay_step(x, t, off, de_p, de_flags, de_counter, em_j, em_k)
+                    else:
+                        m = _lif_step(
+                            x,
+                            t,
+                            off,
+                            lif_p,
+                            ring,
+                            v,
+                            v_rest,
+                            r_m,
+                            exp_tc,
+                            i_off,
+                            v_reset,
+                            v_thr,
+                            t_ref,
+                            ref,
+                            ie,
+                            ii,
+                            ed,
+                            ei,
+                            idc,
+                            iin,
+                            v_buf,
+                            ge_buf,
+                            gi_buf,
+                            spk,
+                            em_j,
+                            em_k,
+                        )
+                    em_n[i, q] = m
+                    if emit >= 0:
+                        for j in range(off, off + m):
+                            e = (emit + em_j[j]) * nvar + var
+                            packets[e] += 1
+                            spikes_sent[e] += em_k[j]
+        # the spike record, in (step, core, neuron) order
+        for i in range(n_win):
+            for q in range(n_src):
+                if src[q, SRC_KIND] != KIND_LIF:
+                    continue
+                x = src[q, SRC_INDEX]
+                if not lif_p[x, LIF_REC]:
+                    continue
+                off = i * stride + src[q, SRC_SEG]
+                for j in range(off, off + em_n[i, q]):
+                    rec_t[rec_count[0]] = t_start + i
+                    rec_n[rec_count[0]] = lif_p[x, LIF_NB] + em_j[j]
+                    rec_count[0] += 1
+        # phase B: every group of receiving cores takes the window's packets in order
+        for grp in numba.prange(n_groups):
+            row0 = grp * n_rows
+            for i in range(n_win):
+                t = t_start + i
+                var = t & (nvar - 1)
+                for b in range(b_ptr[grp], b_ptr[grp + 1]):
+                    c = b_items[b]
+                    slot = t & (de_p[c, DE_SLOTS] - 1)
+                    cb = de_p[c, DE_CB] + slot * de_p[c, DE_NN]
+                    for n in range(de_p[c, DE_NN]):
+                        de_counter[cb + n] = 0
+                for q in range(n_src):
+                    emit = src[q, SRC_EMIT]
+                    if emit < 0 or not reach[q, grp]:
+                        continue
+                    if src[q, SRC_KIND] == KIND_SSA:
+                        x = src[q, SRC_INDEX]
+                        for cur in range(ssa_lo[i, x], ssa_hi[i, x]):
+                            if ssa_steps[cur] == t:
+                                e = (emit + ssa_neurons[cur]) * nvar + var
+                                _deliver(
+                                    g_ptr[row0 + e],
+                                    g_ptr[row0 + e + 1],
+                                    1,
+                                    t,
+                                    d_kind,
+                                    d_core,
+                                    d_a,
+                                    d_b,
+                                    syn,
+                                    ring,
+                                    lif_p,
+                                    sat,
+                                    de_p,
+                                    de_lost,
+                                    de_counter,
+                                )
+                        continue
+                    off = i * stride + src[q, SRC_SEG]
+                    for j in range(off, off + em_n[i, q]):
+                        e = (emit + em_j[j]) * nvar + var
+                        _deliver(
+                            g_ptr[row0 + e],
+                            g_ptr[row0 + e + 1],
+                            em_k[j],
+                            t,
                             d_kind,
                             d_core,
                             d_a,
                             d_b,
                             syn,
                             ring,
-                            lif_ring_base,
-                            lif_ring_mask,
-                            lif_it,
+                            lif_p,
                             sat,
-                            de_counter_base,
-                            de_slots,
-                            de_nn,
+                            de_p,
                             de_lost,
                             de_counter,
                         )
-        for c in range(lif_nb.size):
-            nb = lif_nb[c]
-            nn = lif_nn[c]
-            if lif_viv[c] > 0 and t % lif_viv[c] == 0:
-                row = lif_voff[c] + (t // lif_viv[c] - lif_vfirst[c]) * nn
-                for n in range(nn):
-                    v_buf[row + n] = v[nb + n]
-            if lif_geiv[c] > 0 and t % lif_geiv[c] == 0:
-                row = lif_geoff[c] + (t // lif_geiv[c] - lif_gefirst[c]) * nn
-                for n in range(nn):
-                    ge_buf[row + n] = ie[nb + n]
-            if lif_giiv[c] > 0 and t % lif_giiv[c] == 0:
-                row = lif_gioff[c] + (t // lif_giiv[c] - lif_gifirst[c]) * nn
-                for n in range(nn):
-                    gi_buf[row + n] = ii[nb + n]
-            for n in range(nn):
-                g = nb + n
-                vm = np.int64(v[g])
-                if ref[g] <= 0:
-                    current = np.int64(ie[g]) - np.int64(ii[g]) + np.int64(i_off[g])
-                    alpha = _mul_round(current, np.int64(r_m[g])) + np.int64(v_rest[g])
-                    vm = alpha - _mul_round(np.int64(exp_tc[g]), alpha - vm)
-                else:
-                    ref[g] -= 1
-                if vm >= v_thr[g]:
-                    vm = np.int64(v_reset[g])
-                    ref[g] = t_ref[g]
-                    if lif_rec[c]:
-                        rec_t[rec_count[0]] = t
-                        rec_n[rec_count[0]] = g
-                        rec_count[0] += 1
-                    e = (lif_emit[c] + n) * nvar + var
-                    packets[e] += 1
-                    spikes_sent[e] += 1
-                    _deliver(
-                        e,
-                        1,
-                        t,
-                        fo_ptr,
-                        d_kind,
-                        d_core,
-                        d_a,
-                        d_b,
-                        syn,
-                        ring,
-                        lif_ring_base,
-                        lif_ring_mask,
-                        lif_it,
-                        sat,
-                        de_counter_base,
-                        de_slots,
-                        de_nn,
-                        de_lost,
-                        de_counter,
-                    )
-                v[g] = vm
-                ie[g] = (np.int64(ie[g]) * np.int64(ed[g])) >> 32
-                ii[g] = (np.int64(ii[g]) * np.int64(idc[g])) >> 32
+        t_start += n_win
     return t1

@@ -149,7 +149,9 @@ def recurrent_network(
             weights[sel], delays[sel], is_inh[sel].astype(np.uint32), post[sel] % n_per_core, 8, 1
         )
         block, row_length = rows_block(n, pre[sel], words)
-        one_w = lif.synapse_words(np.full(n_per_core, 12000), min_delay, 0, np.arange(n_per_core), 8, 1)
+        one_w = lif.synapse_words(
+            np.full(n_per_core, 12000), min_delay, 0, np.arange(n_per_core), 8, 1
+        )
         one = lif.encode_synaptic_block(np.arange(n_per_core + 1), one_w, 1)
         kick = lif.encode_synaptic_block(
             np.array([0, 1]), lif.synapse_words([60000], [max(2, min_delay)], [0], [0], 8, 1), 1
