@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from protocol.client import AllotmentClient
 
 from machine_models import Executor, validate
+from protocol.client import AllotmentClient
 from tests.e2e.conftest import ServerProcess
 from toolchain import (
     IFCurrExp,
