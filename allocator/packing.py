@@ -186,6 +186,8 @@ class MachineAllocator:
         # Triads split for single boards -> the job ids holding boards there.
         self._split: dict[TriadXY, set[int]] = {}
         self._out_of_service: frozenset[BoardXYZ] = frozenset()
+        # Links an operator took out, in both directions, like `Machine.dead_links`.
+        self._links_out: frozenset[tuple[BoardXYZ, Link]] = frozenset()
         dead = np.zeros((self._w, self._h), dtype=np.int64)
         for board in machine.dead_boards:
             dead[board.x, board.y] = 1
@@ -216,6 +218,11 @@ class MachineAllocator:
         """Boards an operator has taken out of service."""
         return self._out_of_service
 
+    @property
+    def out_of_service_links(self) -> frozenset[tuple[BoardXYZ, Link]]:
+        """Links an operator has taken out of service, each in both directions."""
+        return self._links_out
+
     def allocation(self, job_id: int) -> Allocation | None:
         """The allocation a job holds here, or None."""
         return self._jobs.get(job_id)
@@ -235,6 +242,19 @@ class MachineAllocator:
             return False
         return not (in_service_only and board in self._out_of_service)
 
+    def _is_link_usable(self, board: BoardXYZ, link: Link, *, in_service_only: bool) -> bool:
+        if not self.machine.is_link_live(board, link):
+            return False
+        return not (in_service_only and (board, link) in self._links_out)
+
+    def _is_link_dead(
+        self, board: BoardXYZ, link: Link, far: BoardXYZ, *, in_service_only: bool
+    ) -> bool:
+        dead = self.machine.dead_links
+        if (board, link) in dead or (far, link.opposite) in dead:
+            return True
+        return in_service_only and (board, link) in self._links_out
+
     def _region(
         self, rect: TriadRect, request: JobRequest, *, in_service_only: bool
     ) -> _Region | None:
@@ -243,7 +263,7 @@ class MachineAllocator:
             return None
         x_end, y_end = rect.x + rect.width, rect.y + rect.height
         fault_free = not self._faulty[rect.x : x_end, rect.y : y_end].any() and not (
-            in_service_only and self._out_of_service
+            in_service_only and (self._out_of_service or self._links_out)
         )
         boards: set[BoardXYZ]
         if fault_free and rect.width < self._w and rect.height < self._h:
@@ -255,7 +275,7 @@ class MachineAllocator:
             while todo:
                 board = todo.popleft()
                 for link in Link:
-                    if not self.machine.is_link_live(board, link):
+                    if not self._is_link_usable(board, link, in_service_only=in_service_only):
                         continue
                     nxt = board_neighbour(board, link, self._w, self._h).board
                     if (
@@ -285,9 +305,8 @@ class MachineAllocator:
                     wrapped = step.wraps_x or step.wraps_y
                     wraps_x |= step.wraps_x
                     wraps_y |= step.wraps_y
-                    if (
-                        (board, link) in self.machine.dead_links
-                        or (step.board, link.opposite) in self.machine.dead_links
+                    if self._is_link_dead(
+                        board, link, step.board, in_service_only=in_service_only
                     ) and (not wrapped or request.require_torus):
                         n_dead_links += 1
         if request.require_torus and not (wraps_x or wraps_y):
@@ -551,3 +570,21 @@ class MachineAllocator:
         Boards already held by a job stay with it until it frees them.
         """
         self._out_of_service = frozenset(BoardXYZ(*b) for b in boards)
+
+    def set_out_of_service_links(self, links: Iterable[tuple[BoardXYZ, Link]]) -> None:
+        """Replace the set of links an operator has taken out; they count as dead links.
+
+        A link out of service is neither crossed when finding the boards of a region nor
+        allowed in a region by a request's ``max_dead_links``, in both directions, exactly
+        as a configured dead link. Allocations already made keep their boards.
+
+        Args:
+            links: (board, link) pairs, each named from either end.
+        """
+        both: set[tuple[BoardXYZ, Link]] = set()
+        for board, link in links:
+            near = BoardXYZ(*board)
+            both.add((near, Link(link)))
+            far = board_neighbour(near, Link(link), self._w, self._h).board
+            both.add((far, Link(link).opposite))
+        self._links_out = frozenset(both)

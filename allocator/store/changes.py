@@ -96,6 +96,17 @@ class LinkStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class MachineStatus:
+    """Whether an operator drained a machine (it allocates nothing new while drained)."""
+
+    machine: str
+    is_draining: bool
+    reason: str | None
+    changed_at: float
+    changed_by: str
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One administrative action; `audit_id` is assigned by the database (None until then)."""
 
@@ -170,6 +181,13 @@ class PutLinkStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PutMachineStatus:
+    """Insert or replace the drained state of a machine."""
+
+    status: MachineStatus
+
+
+@dataclass(frozen=True, slots=True)
 class AppendAudit:
     """Append an entry to the audit log."""
 
@@ -184,6 +202,7 @@ Change = (
     | SetNextJobId
     | PutBoardStatus
     | PutLinkStatus
+    | PutMachineStatus
     | AppendAudit
 )
 """Anything `Store.stage` accepts."""
@@ -200,6 +219,7 @@ class StoredState:
         board_status: every board whose service state was ever changed.
         link_status: every link whose service state was ever changed.
         audit: the newest audit entries, oldest first.
+        machine_status: every machine whose drained state was ever changed.
     """
 
     jobs: tuple[JobRecord, ...] = ()
@@ -208,6 +228,7 @@ class StoredState:
     board_status: tuple[BoardStatus, ...] = ()
     link_status: tuple[LinkStatus, ...] = ()
     audit: tuple[AuditEntry, ...] = ()
+    machine_status: tuple[MachineStatus, ...] = ()
 
     @property
     def live_jobs(self) -> tuple[JobRecord, ...]:

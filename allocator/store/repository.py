@@ -59,9 +59,11 @@ from allocator.store.changes import (
     ForgetJobs,
     LeaseHeldError,
     LinkStatus,
+    MachineStatus,
     PutBoardStatus,
     PutJob,
     PutLinkStatus,
+    PutMachineStatus,
     ReleaseBoards,
     SchemaVersionError,
     SetNextJobId,
@@ -89,6 +91,12 @@ class _Failure:
     start: int
     end: int
     error: StoreError
+
+
+_UPGRADABLE = frozenset({1})
+"""Older schema versions that opening a database upgrades in place."""
+
+_DRAIN_ACTIONS = ("admin_drain_machine", "admin_undrain_machine")
 
 
 def _describe(url: URL) -> str:
@@ -279,13 +287,19 @@ class Store:
     async def _prepare_schema(self, conn: AsyncConnection) -> None:
         has_meta = await conn.run_sync(lambda sync: inspect(sync).has_table(t.meta.name))
         values: dict[str, str] = {}
+        found = t.SCHEMA_VERSION
         if has_meta:
             rows = await conn.execute(select(t.meta.c.key, t.meta.c.value))
             values = {key: value for key, value in rows.all()}
             found = int(values.get("schema_version", t.SCHEMA_VERSION))
-            if found != t.SCHEMA_VERSION:
+            if found not in _UPGRADABLE and found != t.SCHEMA_VERSION:
                 raise SchemaVersionError(self._name, found, t.SCHEMA_VERSION)
-        await conn.run_sync(t.metadata.create_all)
+        await conn.run_sync(t.metadata.create_all)  # creates the tables a version lacks
+        if found in _UPGRADABLE:
+            await self._upgrade_from_1(conn)
+            await conn.execute(
+                self._set_meta("schema_version"), {"meta_value": str(t.SCHEMA_VERSION)}
+            )
         defaults = {
             "schema_version": str(t.SCHEMA_VERSION),
             "next_job_id": "1",
@@ -297,6 +311,27 @@ class Store:
             await conn.execute(t.meta.insert(), missing)
         await conn.execute(update(t.meta).where(t.meta.c.key == "lease").values(value=self._token))
         self._commit_seq = int(values.get("commit_seq", "0"))
+
+    @staticmethod
+    async def _upgrade_from_1(conn: AsyncConnection) -> None:
+        """Version 1 kept drains only in the audit log: their net effect seeds the table."""
+        rows = await conn.execute(
+            select(
+                t.audit.c.at, t.audit.c.who, t.audit.c.action, t.audit.c.reason, t.audit.c.detail
+            )
+            .where(t.audit.c.action.in_(_DRAIN_ACTIONS))
+            .order_by(t.audit.c.id)
+        )
+        latest: dict[str, MachineStatus] = {}
+        for at, who, action, reason, detail in rows.all():
+            machine = dict(detail).get("machine")
+            if isinstance(machine, str):
+                is_draining = action == "admin_drain_machine"
+                latest[machine] = MachineStatus(machine, is_draining, reason, at, who)
+        if latest:
+            await conn.execute(
+                t.machine_status.insert(), [_machine_row(s) for s in latest.values()]
+            )
 
     async def close(self) -> None:
         """Commit what is still staged (best effort), release the lease and disconnect."""
@@ -544,6 +579,7 @@ class Store:
         claimed: dict[tuple[str, int, int, int], int] = {}
         boards: dict[tuple[str, int, int, int], BoardStatus] = {}
         links: dict[tuple[str, int, int, int, int], LinkStatus] = {}
+        machines: dict[str, MachineStatus] = {}
         audits: list[AuditEntry] = []
         next_job_id: int | None = None
         for change in changes:
@@ -573,6 +609,8 @@ class Store:
                     boards[(status.machine, *status.board)] = status
                 case PutLinkStatus(status):
                     links[(status.machine, *status.board, int(status.link))] = status
+                case PutMachineStatus(status):
+                    machines[status.machine] = status
                 case AppendAudit(entry):
                     audits.append(entry)
         puts = [_job_row(r) for r in jobs.values() if r is not None]
@@ -597,6 +635,10 @@ class Store:
             )
         if links:
             await conn.execute(self._upsert(t.link_status), [_link_row(s) for s in links.values()])
+        if machines:
+            await conn.execute(
+                self._upsert(t.machine_status), [_machine_row(s) for s in machines.values()]
+            )
         if audits:
             await conn.execute(t.audit.insert(), [_audit_row(a) for a in audits])
 
@@ -695,7 +737,18 @@ class Store:
             )
             for r in reversed(list(audit_rows.mappings()))
         )
-        return StoredState(records, claims, next_job_id, statuses, link_statuses, entries)
+        machine_rows = await conn.execute(
+            select(t.machine_status).order_by(t.machine_status.c.machine)
+        )
+        machine_statuses = tuple(
+            MachineStatus(
+                r["machine"], bool(r["is_draining"]), r["reason"], r["changed_at"], r["changed_by"]
+            )
+            for r in machine_rows.mappings()
+        )
+        return StoredState(
+            records, claims, next_job_id, statuses, link_statuses, entries, machine_statuses
+        )
 
     def __repr__(self) -> str:
         return (
@@ -744,7 +797,7 @@ def _job_record(row: Any) -> JobRecord:
     )
 
 
-def _status_row(status: BoardStatus) -> dict[str, Any]:
+def _status_row(status: BoardStatus | LinkStatus) -> dict[str, Any]:
     x, y, z = status.board
     return {
         "machine": status.machine,
@@ -759,14 +812,13 @@ def _status_row(status: BoardStatus) -> dict[str, Any]:
 
 
 def _link_row(status: LinkStatus) -> dict[str, Any]:
-    x, y, z = status.board
+    return {**_status_row(status), "link": int(status.link)}
+
+
+def _machine_row(status: MachineStatus) -> dict[str, Any]:
     return {
         "machine": status.machine,
-        "x": x,
-        "y": y,
-        "z": z,
-        "link": int(status.link),
-        "in_service": status.in_service,
+        "is_draining": status.is_draining,
         "reason": status.reason,
         "changed_at": status.changed_at,
         "changed_by": status.changed_by,

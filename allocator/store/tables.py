@@ -29,12 +29,16 @@ __all__ = [
     "board_status",
     "jobs",
     "link_status",
+    "machine_status",
     "meta",
     "metadata",
 ]
 
-SCHEMA_VERSION = 1
-"""The version of the schema below, kept in `meta` under the key "schema_version"."""
+SCHEMA_VERSION = 2
+"""The version of the schema below, kept in `meta` under the key "schema_version".
+
+Version 2 added `machine_status`; a version 1 database is upgraded when opened.
+"""
 
 metadata = MetaData()
 
@@ -109,6 +113,17 @@ link_status = Table(
     PrimaryKeyConstraint("machine", "x", "y", "z", "link", name="link_status_pk"),
 )
 """The operator's service state of each board link that was ever changed."""
+
+machine_status = Table(
+    "machine_status",
+    metadata,
+    Column("machine", String(200), primary_key=True),
+    Column("is_draining", Boolean, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("changed_at", Double, nullable=False),
+    Column("changed_by", Text, nullable=False),
+)
+"""The operator's state of each machine that was ever drained (or undrained)."""
 
 audit = Table(
     "audit",

@@ -1,16 +1,15 @@
 """Operator commands in the service: token, service status, drain, destroy, audit, restart.
 
-The service runs without sockets on a `FakeClock` and a real SQLite file; a restart opens a
-second service on the same database.
+The service runs without sockets on a `FakeClock` and a real database (SQLite, and
+PostgreSQL where the `db_url` fixture offers it); a restart opens a second service on the
+same database.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,8 @@ from allocator.config import ServerConfig, parse_config
 from allocator.service import AdminTargetError, Service
 from allocator.store import Store
 from protocol.admin import AuditEntry, MachineState, OperatorTokenError
-from protocol.commands import bind
 from protocol.events import BoardState
+from tests.allocator.service_harness import call, running_service, settle
 
 TOKEN = "s3cret"
 
@@ -48,14 +47,10 @@ class Harness:
     clock: FakeClock
 
     async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        handler = self.service.handler_for(command)
-        assert handler is not None, command
-        return await handler(bind(command, list(args), kwargs), FakeConnection())
+        return await call(self.service, FakeConnection(), command, *args, **kwargs)
 
     async def settle(self) -> None:
-        for _ in range(20):
-            await self.clock.settle()
-            await asyncio.sleep(0.005)
+        await settle(self.clock)
 
     async def board_state(self, x: int, y: int, z: int) -> BoardState:
         state: MachineState = await self.call("admin_machine_state", "small")
@@ -64,24 +59,11 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def running(db_url: str, cfg: ServerConfig | None = None) -> AsyncIterator[Harness]:
-    store = await Store.open(db_url)
     clock = FakeClock()
-    service = Service(cfg or config(), store, clock, wall_clock=lambda: 1_700_000_000.0)
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(on_started=started.set))
-    try:
-        await asyncio.wait_for(started.wait(), 10)
+    async with running_service(
+        cfg or config(), db_url, clock, wall_clock=lambda: 1_700_000_000.0
+    ) as service:
         yield Harness(service, clock)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await store.close()
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'allotment.db'}"
 
 
 async def test_admin_commands_are_disabled_without_a_configured_token(db_url: str) -> None:
@@ -147,6 +129,17 @@ async def test_a_drained_machine_allocates_nothing_until_undrained_even_after_re
         assert (await h.call("get_job_state", job_id))["state"] == 1
         state: MachineState = await h.call("admin_machine_state", "small")
         assert state.is_draining
+    # Persisted as the machine's state, not left to be rebuilt from the audit log.
+    store = await Store.open(db_url)
+    try:
+        (status,) = (await store.load(audit_limit=0)).machine_status
+        assert (status.machine, status.is_draining, status.reason) == (
+            "small",
+            True,
+            "firmware update",
+        )
+    finally:
+        await store.close()
     async with running(db_url) as h:
         assert h.service.is_draining("small")
         await h.settle()
@@ -179,6 +172,38 @@ async def test_a_link_out_of_service_is_shown_on_the_map_and_to_clients(db_url: 
         state = await h.call("admin_machine_state", "small")
         board = next(b for b in state.boards if (b.x, b.y, b.z) == (1, 0, 2))
         assert board.n_dead_links == 1
+
+
+async def test_a_link_out_of_service_affects_allocation_until_back(db_url: str) -> None:
+    async with running(db_url) as h:
+        # A link inside triad (0, 0): a whole-triad request tolerating no dead link
+        # must go to triad (1, 0) while it is out.
+        await h.call("admin_set_link_service", TOKEN, "small", 0, 0, 0, 1, False, "cable")
+        first = await h.call("create_job", 1, 1, owner="a", max_dead_links=0)
+        await h.settle()
+        info = await h.call("get_job_machine_info", first)
+        assert {b[0] for b in info["boards"]} == {1}
+        second = await h.call("create_job", 1, 1, owner="b", max_dead_links=0)
+        await h.settle()
+        assert (await h.call("get_job_state", second))["state"] == 1
+        await h.call("admin_set_link_service", TOKEN, "small", 0, 0, 0, 1, True, "fixed")
+        await h.settle()
+        assert (await h.call("get_job_state", second))["state"] == 3
+        info = await h.call("get_job_machine_info", second)
+        assert {b[0] for b in info["boards"]} == {0}
+
+
+async def test_list_machines_reports_what_the_allocator_sees(db_url: str) -> None:
+    async with running(db_url) as h:
+        await h.call("admin_set_link_service", TOKEN, "small", 1, 0, 2, 2, False, "cable")
+        await h.call("admin_set_board_service", TOKEN, "small", 0, 0, 1, False, "fan")
+        (small,) = await h.call("list_machines")
+        assert small["dead_links"] == [[1, 0, 2, 2]]
+        assert small["dead_boards"] == [[0, 0, 1]]
+        await h.call("admin_set_link_service", TOKEN, "small", 1, 0, 2, 2, True, "fixed")
+        await h.call("admin_set_board_service", TOKEN, "small", 0, 0, 1, True, "fixed")
+        (small,) = await h.call("list_machines")
+        assert (small["dead_links"], small["dead_boards"]) == ([], [])
 
 
 async def test_machine_state_shows_jobs_and_board_states(db_url: str) -> None:

@@ -130,6 +130,35 @@ def test_dead_links_limit() -> None:
     assert allocator.allocate(request, 2) is None
 
 
+def test_out_of_service_link_counts_as_a_dead_link_until_back() -> None:
+    allocator = MachineAllocator(_machine(1, 2))
+    request = JobRequest.from_args((1, 1), max_dead_links=0)
+    # Named from the far end: the link is the same one in both directions.
+    far = (BoardXYZ(0, 0, 0), Link.NORTH_EAST)
+    allocator.set_out_of_service_links({far})
+    assert allocator.out_of_service_links >= {far}
+    assert len(allocator.out_of_service_links) == 2
+    allocation = allocator.allocate(request, 1)
+    assert allocation is not None
+    assert allocation.rectangle == TriadRect(0, 1, 1, 1)
+    assert allocator.allocate(request, 2) is None
+    assert allocator.fits_ever(request)
+    allocator.set_out_of_service_links(())
+    again = allocator.allocate(request, 2)
+    assert again is not None
+    assert again.rectangle == TriadRect(0, 0, 1, 1)
+
+
+def test_out_of_service_link_cuts_off_a_board_like_a_dead_link() -> None:
+    allocator = MachineAllocator(_machine(1, 1))
+    # Board (0, 0, 1) reached only through the links it has to its triad neighbours.
+    cut = {(BoardXYZ(0, 0, 1), link) for link in Link}
+    allocator.set_out_of_service_links(cut)
+    allocation = allocator.allocate(JobRequest.from_args((1, 1), max_dead_boards=1), 1)
+    assert allocation is not None
+    assert BoardXYZ(0, 0, 1) not in allocation.boards
+
+
 def test_out_of_service_never_allocated() -> None:
     allocator = MachineAllocator(_machine(1, 1))
     allocator.set_out_of_service({BoardXYZ(0, 0, 0), BoardXYZ(0, 0, 1)})

@@ -6,11 +6,9 @@ Time comes from a `FakeClock`; the store is a real SQLite file (and PostgreSQL w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +16,9 @@ import pytest
 from allocator.clock import FakeClock
 from allocator.config import ServerConfig, default_config, parse_config
 from allocator.service import V1_VERSION, Service
-from allocator.store import Store
 from protocol import messages as m
-from protocol.commands import bind
 from protocol.errors import CommandError
+from tests.allocator.service_harness import call, running_service, settle
 
 SMALL = {
     "server": {"seconds_before_free": 10.0, "keepalive_check_s": 1.0, "starvation_s": 1000.0},
@@ -62,9 +59,7 @@ class Harness:
     changes: list[tuple[tuple[int, ...], tuple[str, ...]]]
 
     async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        handler = self.service.handler_for(command)
-        assert handler is not None, command
-        return await handler(bind(command, list(args), kwargs), self.conn)
+        return await call(self.service, self.conn, command, *args, **kwargs)
 
     async def state(self, job_id: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("get_job_state", job_id)
@@ -75,10 +70,7 @@ class Harness:
         await self.settle()
 
     async def settle(self) -> None:
-        # Background commits wait on the database thread; give them a few turns.
-        for _ in range(20):
-            await self.clock.settle()
-            await asyncio.sleep(0.005)
+        await settle(self.clock)
 
 
 def _config(**overrides: Any) -> ServerConfig:
@@ -92,30 +84,15 @@ def _config(**overrides: Any) -> ServerConfig:
 
 @contextlib.asynccontextmanager
 async def running(config: ServerConfig, db_url: str, clock: FakeClock) -> AsyncIterator[Harness]:
-    store = await Store.open(db_url)
-    service = Service(config, store, clock)
-    changes: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
-    service.add_listener(lambda jobs, machines: changes.append((jobs, machines)))
-    started = asyncio.Event()
-    task = asyncio.create_task(service.run(on_started=started.set))
-    try:
-        await asyncio.wait_for(started.wait(), 10)
+    async with running_service(config, db_url, clock) as service:
+        changes: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
+        service.add_listener(lambda jobs, machines: changes.append((jobs, machines)))
         yield Harness(service, clock, FakeConnection(), changes)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await store.close()
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'allotment.db'}"
-
-
-@pytest.fixture
-async def h(sqlite_url: str) -> AsyncIterator[Harness]:
-    async with running(_config(), sqlite_url, FakeClock()) as harness:
+async def h(db_url: str) -> AsyncIterator[Harness]:
+    async with running(_config(), db_url, FakeClock()) as harness:
         yield harness
 
 
@@ -286,15 +263,15 @@ async def test_board_position_lookups(h: Harness) -> None:
     assert await h.call("get_board_at_position", "nope", 0, 0, 0) is None
 
 
-async def test_restart_resumes_jobs_queue_and_counter(sqlite_url: str) -> None:
+async def test_restart_resumes_jobs_queue_and_counter(db_url: str) -> None:
     clock = FakeClock()
-    async with running(_config(), sqlite_url, clock) as h:
+    async with running(_config(), db_url, clock) as h:
         allocated = await h.call("create_job", 2, 1, owner="a")
         queued = await h.call("create_job", 1, 1, owner="b")
         gone = await h.call("create_job", owner="c", machine="other")
         await h.call("destroy_job", gone, "done")
         await h.advance(5.0)
-    async with running(_config(), sqlite_url, clock) as h:
+    async with running(_config(), db_url, clock) as h:
         state = await h.state(allocated)
         assert state["state"] == 3
         info = await h.call("get_job_machine_info", allocated)
@@ -316,9 +293,8 @@ async def test_reload_removing_a_machine_destroys_its_jobs(h: Harness) -> None:
     assert [mc["name"] for mc in await h.call("list_machines")] == ["small"]
 
 
-async def test_default_machine_serves_whole_machine_torus(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'big.db'}"
-    async with running(default_config(), url, FakeClock()) as h:
+async def test_default_machine_serves_whole_machine_torus(db_url: str) -> None:
+    async with running(default_config(), db_url, FakeClock()) as h:
         job_id = await h.call("create_job", 20, 20, owner="all", require_torus=True)
         info = await h.call("get_job_machine_info", job_id)
         assert (info["width"], info["height"]) == (240, 240)

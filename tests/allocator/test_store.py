@@ -21,9 +21,11 @@ from allocator.store import (
     ForgetJobs,
     LeaseHeldError,
     LinkStatus,
+    MachineStatus,
     PutBoardStatus,
     PutJob,
     PutLinkStatus,
+    PutMachineStatus,
     ReleaseBoards,
     SchemaVersionError,
     SetNextJobId,
@@ -255,8 +257,68 @@ async def test_newer_schema_is_refused(db_url: str) -> None:
             update(tables.meta).where(tables.meta.c.key == "schema_version").values(value="99")
         )
     await engine.dispose()
-    with pytest.raises(SchemaVersionError, match="has schema version 99, newer than version 1"):
+    with pytest.raises(SchemaVersionError, match="has schema version 99, newer than version 2"):
         await Store.open(db_url)
+
+
+async def test_machine_status_last_write_wins_and_survives_reopening(db_url: str) -> None:
+    opened = await Store.open(db_url)
+    try:
+        opened.stage(PutMachineStatus(MachineStatus("spinn", True, "update", T0, "ops")))
+        opened.stage(PutMachineStatus(MachineStatus("spare", True, "bench", T0, "ops")))
+        opened.stage(PutMachineStatus(MachineStatus("spare", False, "done", T0 + 1, "ops")))
+        await opened.flush()
+    finally:
+        await opened.close()
+    again = await Store.open(db_url)
+    try:
+        assert (await again.load()).machine_status == (
+            MachineStatus("spare", False, "done", T0 + 1, "ops"),
+            MachineStatus("spinn", True, "update", T0, "ops"),
+        )
+    finally:
+        await again.close()
+
+
+async def test_version_1_database_is_upgraded_keeping_its_drains(db_url: str) -> None:
+    from sqlalchemy import update
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from allocator.store import tables
+
+    def drain(action: str, machine: str, at: float) -> AppendAudit:
+        return AppendAudit(AuditEntry(at, "ops", action, machine, "why", {"machine": machine}))
+
+    opened = await Store.open(db_url)
+    opened.stage(drain("admin_drain_machine", "spinn", T0))
+    opened.stage(drain("admin_drain_machine", "spare", T0 + 1))
+    opened.stage(drain("admin_undrain_machine", "spare", T0 + 2))
+    await opened.flush()
+    await opened.close()
+    # Make it the version 1 database it would have been: no machine_status table.
+    engine = create_async_engine(db_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda sync: tables.machine_status.drop(sync))
+        await conn.execute(
+            update(tables.meta).where(tables.meta.c.key == "schema_version").values(value="1")
+        )
+    await engine.dispose()
+    upgraded = await Store.open(db_url)
+    try:
+        state = await upgraded.load()
+        assert {(s.machine, s.is_draining) for s in state.machine_status} == {
+            ("spinn", True),
+            ("spare", False),
+        }
+    finally:
+        await upgraded.close()
+    engine = create_async_engine(db_url)
+    async with engine.begin() as conn:
+        version = (
+            await conn.execute(tables.meta.select().where(tables.meta.c.key == "schema_version"))
+        ).one()
+    await engine.dispose()
+    assert version.value == "2"
 
 
 async def test_bad_urls_are_refused() -> None:
