@@ -59,14 +59,18 @@ class Sizes:
     c_inh: int
 
 
-NETWORKS = {"brunel-exp": Sizes(8000, 2000, 800, 200),
-            "brunel-exp-small": Sizes(800, 200, 80, 20)}
+NETWORKS = {"brunel-exp": Sizes(8000, 2000, 800, 200), "brunel-exp-small": Sizes(800, 200, 80, 20)}
 
 
 def reference_connectivity(
     sizes: Sizes, rng: np.random.Generator
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64],
-           npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+]:
     """The specification's reference construction: v0, then E and I sources per target."""
     n = sizes.n_exc + sizes.n_inh
     v0 = rng.uniform(V_RESET_MV, V_THRESH_MV, size=n)
@@ -113,17 +117,37 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     v0, e_pre, e_post, i_pre, i_post = reference_connectivity(sizes, rng)
     net = Network(dt_ms=DT_MS, seed=args.seed)
-    cell = IFCurrExp(tau_m=TAU_M_MS, cm=0.25, v_rest=0.0, v_thresh=V_THRESH_MV,
-                     v_reset=V_RESET_MV, tau_refrac=2.0, tau_syn_E=0.5, tau_syn_I=0.5,
-                     i_offset=0.0)
+    cell = IFCurrExp(
+        tau_m=TAU_M_MS,
+        cm=0.25,
+        v_rest=0.0,
+        v_thresh=V_THRESH_MV,
+        v_reset=V_RESET_MV,
+        tau_refrac=2.0,
+        tau_syn_E=0.5,
+        tau_syn_I=0.5,
+        i_offset=0.0,
+    )
     neurons = net.population(n, cell, "neurons")
     neurons.initialize(v0)
     neurons.record("spikes")
     drive = net.population(n, SpikeSourcePoisson(rate=nu_ext_hz), "drive")
-    net.project(neurons, neurons, FromArrays(e_pre, e_post), StaticSynapse(W_E_NA, DELAY_MS),
-                "excitatory", "exc")
-    net.project(neurons, neurons, FromArrays(i_pre, i_post),
-                StaticSynapse(-G * W_E_NA, DELAY_MS), "inhibitory", "inh")
+    net.project(
+        neurons,
+        neurons,
+        FromArrays(e_pre, e_post),
+        StaticSynapse(W_E_NA, DELAY_MS),
+        "excitatory",
+        "exc",
+    )
+    net.project(
+        neurons,
+        neurons,
+        FromArrays(i_pre, i_post),
+        StaticSynapse(-G * W_E_NA, DELAY_MS),
+        "inhibitory",
+        "inh",
+    )
     net.project(drive, neurons, OneToOne(), StaticSynapse(W_E_NA, DELAY_MS), "excitatory", "ext")
     mapped = map_network(net, virtual_allocation(1))
     executor = Executor(mapped.image, mapped.topology)
@@ -145,21 +169,36 @@ def main() -> None:
     n_spikes = int(steps.size)
     out_degree = np.bincount(np.concatenate([e_pre, i_pre]), minlength=n)
     provenance = {tuple(xyp): counters for xyp, counters in results.core_provenance.items()}
-    ext_events = sum(int(provenance[tuple(where)]["spikes_sent"])
-                     for _, where in mapped.cores_of(drive))
+    ext_events = sum(
+        int(provenance[tuple(where)]["spikes_sent"]) for _, where in mapped.cores_of(drive)
+    )
     events = int(np.bincount(ids, minlength=n) @ out_degree) + ext_events
-    print(json.dumps({
-        "network": args.network, "n_neurons": n, "n_synapses": int(e_pre.size + i_pre.size),
-        "sim_ms": SIM_MS, "dt_ms": DT_MS, "build_s": round(build_s, 3), "run_s": round(run_s, 3),
-        "spikes": n_spikes, "synaptic_events": events,
-        "mean_rate_hz": round(n_spikes / (n * SIM_MS / 1000.0), 3),
-        "cv_isi": round(cv_isi(steps, ids, n), 4),
-        "simulator": "allotment-chip-model", "seed": args.seed,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        "ext_events": "counted", "ext_rate_hz": nu_ext_hz,
-        "events_per_s": round(events / run_s) if run_s > 0 else None,
-        "threads": numba.get_num_threads(),
-    }))
+    print(
+        json.dumps(
+            {
+                "network": args.network,
+                "n_neurons": n,
+                "n_synapses": int(e_pre.size + i_pre.size),
+                "sim_ms": SIM_MS,
+                "dt_ms": DT_MS,
+                "build_s": round(build_s, 3),
+                "run_s": round(run_s, 3),
+                "spikes": n_spikes,
+                "synaptic_events": events,
+                "mean_rate_hz": round(n_spikes / (n * SIM_MS / 1000.0), 3),
+                "cv_isi": round(cv_isi(steps, ids, n), 4),
+                "simulator": "allotment-chip-model",
+                "seed": args.seed,
+                "peak_rss_mb": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1
+                ),
+                "ext_events": "counted",
+                "ext_rate_hz": nu_ext_hz,
+                "events_per_s": round(events / run_s) if run_s > 0 else None,
+                "threads": numba.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

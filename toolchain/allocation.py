@@ -53,8 +53,14 @@ def allocation_from_machine_info(
         raise AllocationError("machine info has no allocated boards (job not allocated yet)")
     ethernet = [ChipXY(int(xy[0]), int(xy[1])) for xy, _ip in connections]
     try:
-        return Topology(int(width), int(height), ethernet, dead_chips=dead_chips,
-                        dead_links=dead_links, cores_per_chip=cores_per_chip)
+        return Topology(
+            int(width),
+            int(height),
+            ethernet,
+            dead_chips=dead_chips,
+            dead_links=dead_links,
+            cores_per_chip=cores_per_chip,
+        )
     except TopologyError as exc:
         raise AllocationError(f"machine info {width} x {height} is not usable: {exc}") from exc
 
@@ -80,18 +86,31 @@ def virtual_allocation(
     if n_boards < 1:
         raise AllocationError(f"an allocation needs at least 1 board, asked for {n_boards}")
     if n_boards == 1:
-        return Topology(8, 8, [ChipXY(0, 0)], dead_chips=dead_chips, dead_links=dead_links,
-                        cores_per_chip=cores_per_chip)
+        return Topology(
+            8,
+            8,
+            [ChipXY(0, 0)],
+            dead_chips=dead_chips,
+            dead_links=dead_links,
+            cores_per_chip=cores_per_chip,
+        )
     n_triads = math.ceil(n_boards / BOARDS_PER_TRIAD)
     width_triads = math.ceil(math.sqrt(n_triads))
     height_triads = math.ceil(n_triads / width_triads)
     ethernet = [
         ChipXY(TRIAD_SIZE_CHIPS * tx + off.x, TRIAD_SIZE_CHIPS * ty + off.y)
-        for tx in range(width_triads) for ty in range(height_triads) for off in ETHERNET_OFFSETS
+        for tx in range(width_triads)
+        for ty in range(height_triads)
+        for off in ETHERNET_OFFSETS
     ]
-    return Topology(TRIAD_SIZE_CHIPS * width_triads + 4, TRIAD_SIZE_CHIPS * height_triads + 4,
-                    ethernet, dead_chips=dead_chips, dead_links=dead_links,
-                    cores_per_chip=cores_per_chip)
+    return Topology(
+        TRIAD_SIZE_CHIPS * width_triads + 4,
+        TRIAD_SIZE_CHIPS * height_triads + 4,
+        ethernet,
+        dead_chips=dead_chips,
+        dead_links=dead_links,
+        cores_per_chip=cores_per_chip,
+    )
 
 
 def application_cores(topology: Topology, chip: ChipXY) -> range:

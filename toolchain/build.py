@@ -61,8 +61,12 @@ from toolchain.synapses import SynapseBuild, build_synapses
 
 __all__ = ["MappedNetwork", "fit_tables", "map_network"]
 
-_APPS = {VertexKind.NEURON: AppId.IF_CURR_EXP, VertexKind.POISSON: AppId.SPIKE_SOURCE_POISSON,
-         VertexKind.ARRAY: AppId.SPIKE_SOURCE_ARRAY, VertexKind.DELAY: AppId.DELAY_EXTENSION}
+_APPS = {
+    VertexKind.NEURON: AppId.IF_CURR_EXP,
+    VertexKind.POISSON: AppId.SPIKE_SOURCE_POISSON,
+    VertexKind.ARRAY: AppId.SPIKE_SOURCE_ARRAY,
+    VertexKind.DELAY: AppId.DELAY_EXTENSION,
+}
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,16 @@ class MappedNetwork:
 
     def cores_of(self, population: Population) -> list[tuple[Vertex, CoreLocation]]:
         """The (non-delay) cores of a population in neuron order."""
-        return [(v, self.locations[v]) for v in self.vertices
-                if v.population is population and v.kind is not VertexKind.DELAY]
+        return [
+            (v, self.locations[v])
+            for v in self.vertices
+            if v.population is population and v.kind is not VertexKind.DELAY
+        ]
 
 
-def map_network(network: Network, topology: Topology,
-                config: MappingConfig | None = None) -> MappedNetwork:
+def map_network(
+    network: Network, topology: Topology, config: MappingConfig | None = None
+) -> MappedNetwork:
     """Map ``network`` onto ``topology`` and write its image.
 
     Raises:
@@ -124,13 +132,23 @@ def map_network(network: Network, topology: Topology,
     raw_tables = build_tables(topology, locations, keys, targets)
     tables = fit_tables(raw_tables, is_compressing=config.compress_tables)
     step_us = round(timestep_us)
-    cores = [_core_image(v, locations[v], network, keys, delays, syn, config, step_us)
-             for v in vertices]
+    cores = [
+        _core_image(v, locations[v], network, keys, delays, syn, config, step_us) for v in vertices
+    ]
     _check_sdram(cores)
     image = Image(step_us, tuple(cores), tables)
-    return MappedNetwork(network, topology, image, vertices, locations, keys, delays,
-                         syn.shifts, syn.n_synapses,
-                         {chip: len(e) for chip, e in raw_tables.items()})
+    return MappedNetwork(
+        network,
+        topology,
+        image,
+        vertices,
+        locations,
+        keys,
+        delays,
+        syn.shifts,
+        syn.n_synapses,
+        {chip: len(e) for chip, e in raw_tables.items()},
+    )
 
 
 def fit_tables(
@@ -160,66 +178,121 @@ def _check_sdram(cores: Sequence[CoreImage]) -> None:
         used[core.chip] = used.get(core.chip, 0) + core.sdram_bytes
     for chip, n_bytes in used.items():
         if n_bytes > SDRAM_PER_CHIP_BYTES:
-            raise ResourceError(f"chip ({chip.x}, {chip.y}) needs {n_bytes} bytes of sdram "
-                                f"but has {SDRAM_PER_CHIP_BYTES}")
+            raise ResourceError(
+                f"chip ({chip.x}, {chip.y}) needs {n_bytes} bytes of sdram "
+                f"but has {SDRAM_PER_CHIP_BYTES}"
+            )
 
 
-def _core_image(vertex: Vertex, where: CoreLocation, network: Network, keys: KeySpace,
-                delays: DelayPlan, syn: SynapseBuild, config: MappingConfig,
-                timestep_us: int) -> CoreImage:
+def _core_image(
+    vertex: Vertex,
+    where: CoreLocation,
+    network: Network,
+    keys: KeySpace,
+    delays: DelayPlan,
+    syn: SynapseBuild,
+    config: MappingConfig,
+    timestep_us: int,
+) -> CoreImage:
     pop = vertex.population
     chip = ChipXY(where.x, where.y)
     if vertex.kind is VertexKind.DELAY:
         n_stages = delays.n_stages[pop.index]
-        source = Vertex(VertexKind.NEURON if isinstance(pop.cell, IFCurrExp) else
-                        VertexKind.POISSON if isinstance(pop.cell, SpikeSourcePoisson) else
-                        VertexKind.ARRAY, pop, vertex.slice_index, vertex.lo, vertex.hi,
-                        vertex.stride)
+        source = Vertex(
+            VertexKind.NEURON
+            if isinstance(pop.cell, IFCurrExp)
+            else VertexKind.POISSON
+            if isinstance(pop.cell, SpikeSourcePoisson)
+            else VertexKind.ARRAY,
+            pop,
+            vertex.slice_index,
+            vertex.lo,
+            vertex.hi,
+            vertex.stride,
+        )
         flags = syn.has_targets.get(vertex, np.zeros((n_stages, vertex.stride), np.bool_))
-        data = encode_delay_params(DelayParams(
-            in_key=keys.core_key(source), in_mask=keys.core_mask,
-            in_colour_bits=config.n_colour_bits, n_neurons=vertex.stride, n_stages=n_stages,
-            delay_per_stage=delays.stage_steps[pop.index], out_key_base=keys.core_key(vertex),
-            out_colour_bits=config.n_colour_bits, has_targets=flags))
+        data = encode_delay_params(
+            DelayParams(
+                in_key=keys.core_key(source),
+                in_mask=keys.core_mask,
+                in_colour_bits=config.n_colour_bits,
+                n_neurons=vertex.stride,
+                n_stages=n_stages,
+                delay_per_stage=delays.stage_steps[pop.index],
+                out_key_base=keys.core_key(vertex),
+                out_colour_bits=config.n_colour_bits,
+                has_targets=flags,
+            )
+        )
         return CoreImage(chip, where.p, AppId.DELAY_EXTENSION, {REGION_DATA: data})
-    regions: dict[int, bytes] = {REGION_KEYS: encode_keys(
-        keys.neuron_keys(vertex), config.n_colour_bits, has_key=vertex in syn.targets)}
+    regions: dict[int, bytes] = {
+        REGION_KEYS: encode_keys(
+            keys.neuron_keys(vertex), config.n_colour_bits, has_key=vertex in syn.targets
+        )
+    }
     cell = pop.cell
     if isinstance(cell, IFCurrExp):
         regions.update(_neuron_regions(vertex, cell, network, delays, syn, config, timestep_us))
     elif isinstance(cell, SpikeSourcePoisson):
         seed_words = np.random.SeedSequence(
-            [network.seed, 2, pop.index, vertex.slice_index]).generate_state(4)
-        seed = (int(seed_words[0]) | 1, int(seed_words[1]), int(seed_words[2]),
-                int(seed_words[3]))
-        regions[REGION_DATA] = encode_poisson_params(PoissonParams(
-            vertex.n_atoms, cell.rate, seed, cell.start,
-            None if cell.duration >= 1e9 else cell.duration), timestep_us)
+            [network.seed, 2, pop.index, vertex.slice_index]
+        ).generate_state(4)
+        seed = (int(seed_words[0]) | 1, int(seed_words[1]), int(seed_words[2]), int(seed_words[3]))
+        regions[REGION_DATA] = encode_poisson_params(
+            PoissonParams(
+                vertex.n_atoms,
+                cell.rate,
+                seed,
+                cell.start,
+                None if cell.duration >= 1e9 else cell.duration,
+            ),
+            timestep_us,
+        )
     else:
-        trains = cell.times_of(pop.size)[vertex.lo:vertex.hi]
+        trains = cell.times_of(pop.size)[vertex.lo : vertex.hi]
         steps = [np.floor(t * 1000.0 / timestep_us + 1e-9).astype(np.int64) for t in trains]
         neurons = [np.full(s.size, i, dtype=np.int64) for i, s in enumerate(steps)]
         regions[REGION_DATA] = encode_spike_array(
             np.concatenate(steps) if steps else np.zeros(0, np.int64),
-            np.concatenate(neurons) if neurons else np.zeros(0, np.int64))
+            np.concatenate(neurons) if neurons else np.zeros(0, np.int64),
+        )
     return CoreImage(chip, where.p, _APPS[vertex.kind], regions)
 
 
-def _neuron_regions(vertex: Vertex, cell: IFCurrExp, network: Network, delays: DelayPlan,
-                    syn: SynapseBuild, config: MappingConfig,
-                    timestep_us: int) -> dict[int, bytes]:
+def _neuron_regions(
+    vertex: Vertex,
+    cell: IFCurrExp,
+    network: Network,
+    delays: DelayPlan,
+    syn: SynapseBuild,
+    config: MappingConfig,
+    timestep_us: int,
+) -> dict[int, bytes]:
     pop = vertex.population
     n = vertex.n_atoms
-    v_init = pop.initial_v[vertex.lo:vertex.hi] if pop.initial_v is not None else cell.v_rest
+    v_init = pop.initial_v[vertex.lo : vertex.hi] if pop.initial_v is not None else cell.v_rest
     params = LifParams(
-        n_neurons=n, v_init=v_init, v_rest=cell.v_rest, cm=cell.cm, tau_m=cell.tau_m,
-        i_offset=cell.i_offset, v_reset=cell.v_reset, v_thresh=cell.v_thresh,
-        tau_refrac=cell.tau_refrac, tau_syn_e=cell.tau_syn_E, tau_syn_i=cell.tau_syn_I)
+        n_neurons=n,
+        v_init=v_init,
+        v_rest=cell.v_rest,
+        cm=cell.cm,
+        tau_m=cell.tau_m,
+        i_offset=cell.i_offset,
+        v_reset=cell.v_reset,
+        v_thresh=cell.v_thresh,
+        tau_refrac=cell.tau_refrac,
+        tau_syn_e=cell.tau_syn_E,
+        tau_syn_i=cell.tau_syn_I,
+    )
     core_syn = syn.cores[vertex]
     synapse = SynapseParams(
-        n_neurons=n, index_bits=ceil_log2(vertex.stride), type_bits=SYNAPSE_TYPE_BITS,
-        delay_bits=ceil_log2(delays.slots[pop.index]), shift_exc=syn.shifts[(pop.index, 0)],
-        shift_inh=syn.shifts[(pop.index, 1)])
+        n_neurons=n,
+        index_bits=ceil_log2(vertex.stride),
+        type_bits=SYNAPSE_TYPE_BITS,
+        delay_bits=ceil_log2(delays.slots[pop.index]),
+        shift_exc=syn.shifts[(pop.index, 0)],
+        shift_inh=syn.shifts[(pop.index, 1)],
+    )
     interval = max(1, round((pop.sampling_interval_ms or network.dt_ms) / network.dt_ms))
 
     def recorded(name: str) -> bool:
@@ -230,7 +303,8 @@ def _neuron_regions(vertex: Vertex, cell: IFCurrExp, network: Network, delays: D
         record_spikes=recorded("spikes"),
         v_interval_steps=interval if recorded("v") else 0,
         gsyn_exc_interval_steps=interval if recorded("gsyn_exc") else 0,
-        gsyn_inh_interval_steps=interval if recorded("gsyn_inh") else 0)
+        gsyn_inh_interval_steps=interval if recorded("gsyn_inh") else 0,
+    )
     return {
         REGION_DATA: encode_neuron_params(params, timestep_us),
         REGION_SYNAPSE_PARAMS: encode_synapse_params(synapse),

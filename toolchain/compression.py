@@ -78,8 +78,9 @@ def _merge_group(members: list[RoutingEntry], others: list[RoutingEntry]) -> lis
     while i < len(alive):
         for j in range(i + 1, len(alive)):
             merged = _merge(alive[i], alive[j])
-            clash = ((np.uint64(merged.key) ^ other_keys) & np.uint64(merged.mask)
-                     & other_masks) == 0
+            clash = (
+                (np.uint64(merged.key) ^ other_keys) & np.uint64(merged.mask) & other_masks
+            ) == 0
             if not clash.any():
                 alive[i] = merged
                 del alive[j]

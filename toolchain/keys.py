@@ -93,8 +93,9 @@ def partition_of(vertex: Vertex) -> Partition:
     return Partition(vertex.population.index, vertex.kind is VertexKind.DELAY)
 
 
-def allocate_keys(vertices: Sequence[Vertex], config: MappingConfig,
-                  n_stages: Mapping[int, int]) -> KeySpace:
+def allocate_keys(
+    vertices: Sequence[Vertex], config: MappingConfig, n_stages: Mapping[int, int]
+) -> KeySpace:
     """Lay out the key space of all vertices that send.
 
     Args:
@@ -114,11 +115,17 @@ def allocate_keys(vertices: Sequence[Vertex], config: MappingConfig,
         atoms = vertex.stride * (n_stages.get(part.population_index, 0) if part.is_delay else 1)
         max_atoms = max(max_atoms, atoms)
         max_cores = max(max_cores, vertex.slice_index + 1)
-    space = KeySpace(config.n_colour_bits, ceil_log2(max_atoms), ceil_log2(max_cores),
-                     ceil_log2(len(partitions)), partitions)
+    space = KeySpace(
+        config.n_colour_bits,
+        ceil_log2(max_atoms),
+        ceil_log2(max_cores),
+        ceil_log2(len(partitions)),
+        partitions,
+    )
     total = space.partition_shift + space.n_partition_bits
     if total > 32:
         raise KeySpaceError(
             f"keys need {total} bits ({space.n_partition_bits} partition, {space.n_core_bits} "
-            f"core, {space.n_atom_bits} neuron, {space.n_colour_bits} colour) but have 32")
+            f"core, {space.n_atom_bits} neuron, {space.n_colour_bits} colour) but have 32"
+        )
     return space

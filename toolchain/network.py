@@ -124,8 +124,11 @@ class SpikeSourcePoisson:
 
 
 CellType: TypeAlias = IFCurrExp | SpikeSourceArray | SpikeSourcePoisson
-RECORDABLE = {"IF_curr_exp": ("spikes", "v", "gsyn_exc", "gsyn_inh"),
-              "SpikeSourceArray": ("spikes",), "SpikeSourcePoisson": ("spikes",)}
+RECORDABLE = {
+    "IF_curr_exp": ("spikes", "v", "gsyn_exc", "gsyn_inh"),
+    "SpikeSourceArray": ("spikes",),
+    "SpikeSourcePoisson": ("spikes",),
+}
 
 
 @dataclass(eq=False)
@@ -171,14 +174,18 @@ class Population:
             sampling_interval_ms: interval of v/gsyn samples; every step when omitted.
         """
         names = [variables] if isinstance(variables, str) else list(variables)
-        ids = (np.arange(self.size, dtype=np.int64) if neurons is None
-               else np.unique(np.asarray(neurons, dtype=np.int64)))
+        ids = (
+            np.arange(self.size, dtype=np.int64)
+            if neurons is None
+            else np.unique(np.asarray(neurons, dtype=np.int64))
+        )
         if ids.size and (ids[0] < 0 or ids[-1] >= self.size):
             raise NetworkError(f"population {self.label!r} has no neuron {int(ids[-1])}")
         for name in names:
             if name not in RECORDABLE[self.cell.name]:
-                raise NetworkError(f"{self.cell.name} population {self.label!r} cannot "
-                                   f"record {name!r}")
+                raise NetworkError(
+                    f"{self.cell.name} population {self.label!r} cannot record {name!r}"
+                )
             self.recorded[name] = ids
         if sampling_interval_ms is not None:
             self.sampling_interval_ms = sampling_interval_ms
@@ -190,8 +197,9 @@ class Population:
 class Connector:
     """Turns population sizes into (pre, post) index arrays."""
 
-    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
-                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+    def connect(
+        self, n_pre: int, n_post: int, rng: np.random.Generator, is_same_population: bool
+    ) -> tuple[IndexArray, IndexArray]:
         """Return the pre and post index of every synapse."""
         raise NotImplementedError
 
@@ -200,8 +208,9 @@ class Connector:
 class OneToOne(Connector):
     """Neuron i of pre to neuron i of post; the sizes must be equal."""
 
-    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
-                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+    def connect(
+        self, n_pre: int, n_post: int, rng: np.random.Generator, is_same_population: bool
+    ) -> tuple[IndexArray, IndexArray]:
         if n_pre != n_post:
             raise NetworkError(f"one-to-one needs equal sizes, got {n_pre} and {n_post}")
         ids = np.arange(n_pre, dtype=np.int64)
@@ -214,8 +223,9 @@ class AllToAll(Connector):
 
     allow_self_connections: bool = True
 
-    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
-                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+    def connect(
+        self, n_pre: int, n_post: int, rng: np.random.Generator, is_same_population: bool
+    ) -> tuple[IndexArray, IndexArray]:
         pre = np.repeat(np.arange(n_pre, dtype=np.int64), n_post)
         post = np.tile(np.arange(n_post, dtype=np.int64), n_pre)
         if is_same_population and not self.allow_self_connections:
@@ -235,8 +245,9 @@ class FixedProbability(Connector):
         if not 0.0 <= self.p <= 1.0:
             raise NetworkError(f"connection probability must be in [0, 1], got {self.p}")
 
-    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
-                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+    def connect(
+        self, n_pre: int, n_post: int, rng: np.random.Generator, is_same_population: bool
+    ) -> tuple[IndexArray, IndexArray]:
         mask = rng.random((n_pre, n_post)) < self.p
         if is_same_population and not self.allow_self_connections:
             np.fill_diagonal(mask, False)
@@ -260,8 +271,9 @@ class FixedNumberPre(Connector):
     allow_self_connections: bool = True
     with_replacement: bool = False
 
-    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
-                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+    def connect(
+        self, n_pre: int, n_post: int, rng: np.random.Generator, is_same_population: bool
+    ) -> tuple[IndexArray, IndexArray]:
         exclude_self = is_same_population and not self.allow_self_connections
         n_choices = n_pre - 1 if exclude_self else n_pre
         if self.n < 0 or (not self.with_replacement and self.n > n_choices):
@@ -274,8 +286,11 @@ class FixedNumberPre(Connector):
             pre = rng.integers(0, n_choices, size=(n_post, self.n), dtype=np.int64)
         else:
             keys = rng.random((n_post, n_choices))
-            pre = np.argpartition(keys, self.n - 1, axis=1)[:, : self.n].astype(np.int64) \
-                if self.n > 0 else np.zeros((n_post, 0), dtype=np.int64)
+            pre = (
+                np.argpartition(keys, self.n - 1, axis=1)[:, : self.n].astype(np.int64)
+                if self.n > 0
+                else np.zeros((n_post, 0), dtype=np.int64)
+            )
         if exclude_self:
             pre += pre >= np.arange(n_post, dtype=np.int64)[:, None]
         return pre.reshape(-1), post
@@ -294,8 +309,9 @@ class FromList(Connector):
             raise NetworkError(f"from-list rows need 2 or 4 columns, got {table.shape[1]}")
         return table
 
-    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
-                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+    def connect(
+        self, n_pre: int, n_post: int, rng: np.random.Generator, is_same_population: bool
+    ) -> tuple[IndexArray, IndexArray]:
         table = self.columns()
         if table.shape[0] == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -309,8 +325,9 @@ class FromArrays(Connector):
     pre: IndexArray
     post: IndexArray
 
-    def connect(self, n_pre: int, n_post: int, rng: np.random.Generator,
-                is_same_population: bool) -> tuple[IndexArray, IndexArray]:
+    def connect(
+        self, n_pre: int, n_post: int, rng: np.random.Generator, is_same_population: bool
+    ) -> tuple[IndexArray, IndexArray]:
         pre = np.asarray(self.pre, dtype=np.int64).reshape(-1)
         post = np.asarray(self.post, dtype=np.int64).reshape(-1)
         if pre.shape != post.shape:
@@ -359,13 +376,18 @@ class Projection:
             return self._cache
         rng = np.random.default_rng(list(self.seed))
         pre, post = self.connector.connect(
-            self.pre.size, self.post.size, rng, self.pre is self.post)
+            self.pre.size, self.post.size, rng, self.pre is self.post
+        )
         if pre.size and (pre.min() < 0 or pre.max() >= self.pre.size):
-            raise NetworkError(f"projection {self.label!r} names a source outside "
-                               f"{self.pre.label!r} (size {self.pre.size})")
+            raise NetworkError(
+                f"projection {self.label!r} names a source outside "
+                f"{self.pre.label!r} (size {self.pre.size})"
+            )
         if post.size and (post.min() < 0 or post.max() >= self.post.size):
-            raise NetworkError(f"projection {self.label!r} names a target outside "
-                               f"{self.post.label!r} (size {self.post.size})")
+            raise NetworkError(
+                f"projection {self.label!r} names a target outside "
+                f"{self.post.label!r} (size {self.post.size})"
+            )
         weight, delay = self._weights_delays(pre.size, dt_ms)
         self._cache = (pre, post, weight, delay)
         return self._cache
@@ -382,24 +404,32 @@ class Projection:
             weight = np.broadcast_to(np.asarray(weight_in, dtype=np.float64), (n,))
             delay = np.broadcast_to(np.asarray(delay_in, dtype=np.float64), (n,))
         except ValueError as exc:
-            raise NetworkError(f"projection {self.label!r} has {n} synapses but weights or "
-                               f"delays of another length") from exc
+            raise NetworkError(
+                f"projection {self.label!r} has {n} synapses but weights or "
+                f"delays of another length"
+            ) from exc
         if n and self.receptor_type == "excitatory" and weight.min() < 0.0:
-            raise NetworkError(f"projection {self.label!r} is excitatory but has weight "
-                               f"{float(weight.min())} < 0")
+            raise NetworkError(
+                f"projection {self.label!r} is excitatory but has weight {float(weight.min())} < 0"
+            )
         if n and self.receptor_type == "inhibitory" and weight.max() > 0.0:
-            raise NetworkError(f"projection {self.label!r} is inhibitory but has weight "
-                               f"{float(weight.max())} > 0 (current-based inhibitory "
-                               f"weights are negative)")
+            raise NetworkError(
+                f"projection {self.label!r} is inhibitory but has weight "
+                f"{float(weight.max())} > 0 (current-based inhibitory "
+                f"weights are negative)"
+            )
         if n and delay.min() < dt_ms * (1.0 - 1e-9):
-            raise NetworkError(f"projection {self.label!r} has delay {float(delay.min())} ms, "
-                               f"below one time step ({dt_ms} ms)")
+            raise NetworkError(
+                f"projection {self.label!r} has delay {float(delay.min())} ms, "
+                f"below one time step ({dt_ms} ms)"
+            )
         magnitude = np.abs(np.asarray(weight_in, dtype=np.float64))
         return np.broadcast_to(magnitude, (n,)), delay
 
     def __repr__(self) -> str:
-        return f"<Projection {self.label!r} {self.pre.label}->{self.post.label} " \
-               f"{self.receptor_type}>"
+        return (
+            f"<Projection {self.label!r} {self.pre.label}->{self.post.label} {self.receptor_type}>"
+        )
 
 
 class Network:
@@ -440,18 +470,25 @@ class Network:
     ) -> Projection:
         """Connect ``pre`` to ``post`` and return the projection."""
         if not isinstance(post.cell, IFCurrExp):
-            raise NetworkError(f"projection target {post.label!r} is a {post.cell.name}, "
-                               f"which has no synapses")
+            raise NetworkError(
+                f"projection target {post.label!r} is a {post.cell.name}, which has no synapses"
+            )
         if receptor_type not in ("excitatory", "inhibitory"):
-            raise NetworkError(f"receptor type must be excitatory or inhibitory, "
-                               f"got {receptor_type!r}")
+            raise NetworkError(
+                f"receptor type must be excitatory or inhibitory, got {receptor_type!r}"
+            )
         for pop in (pre, post):
             if pop not in self.populations:
                 raise NetworkError(f"population {pop.label!r} is not in this network")
         proj = Projection(
-            pre=pre, post=post, connector=connector, synapse=synapse or StaticSynapse(),
-            receptor_type=receptor_type, seed=(self.seed, 1, len(self.projections)),
-            label=label or f"{pre.label}->{post.label}#{len(self.projections)}")
+            pre=pre,
+            post=post,
+            connector=connector,
+            synapse=synapse or StaticSynapse(),
+            receptor_type=receptor_type,
+            seed=(self.seed, 1, len(self.projections)),
+            label=label or f"{pre.label}->{post.label}#{len(self.projections)}",
+        )
         self.projections.append(proj)
         return proj
 
@@ -461,7 +498,8 @@ class Network:
 
     def summary(self) -> Mapping[str, int]:
         """Return counts of populations, neurons and projections."""
-        return {"populations": len(self.populations),
-                "neurons": sum(p.size for p in self.populations),
-                "projections": len(self.projections)}
-
+        return {
+            "populations": len(self.populations),
+            "neurons": sum(p.size for p in self.populations),
+            "projections": len(self.projections),
+        }

@@ -67,10 +67,14 @@ def place(vertices: Sequence[Vertex], topology: Topology) -> Placement:
     Raises:
         PlacementError: the allocation has fewer application cores than vertices.
     """
-    slots = [CoreLocation(chip.x, chip.y, p)
-             for chip in chip_order(topology) for p in application_cores(topology, chip)]
+    slots = [
+        CoreLocation(chip.x, chip.y, p)
+        for chip in chip_order(topology)
+        for p in application_cores(topology, chip)
+    ]
     if len(vertices) > len(slots):
         raise PlacementError(
             f"the network needs {len(vertices)} cores but the allocation of "
-            f"{len(topology.ethernet_chips)} boards has {len(slots)} application cores")
+            f"{len(topology.ethernet_chips)} boards has {len(slots)} application cores"
+        )
     return Placement(dict(zip(vertices, slots, strict=False)))

@@ -37,8 +37,7 @@ from toolchain.splitting import Vertex
 
 __all__ = ["RouteTree", "build_tables", "route_tree", "shortest_path"]
 
-_AXIS_LINKS = ((Link.EAST, Link.WEST), (Link.NORTH, Link.SOUTH),
-               (Link.SOUTH_WEST, Link.NORTH_EAST))
+_AXIS_LINKS = ((Link.EAST, Link.WEST), (Link.NORTH, Link.SOUTH), (Link.SOUTH_WEST, Link.NORTH_EAST))
 
 
 def _minimal_xyz(dx: int, dy: int) -> tuple[int, int, int]:
@@ -53,8 +52,9 @@ def _vector(topology: Topology, src: ChipXY, dst: ChipXY) -> tuple[int, int, int
         xs += [xs[0] + topology.width_chips, xs[0] - topology.width_chips]
     if topology.wraps_y:
         ys += [ys[0] + topology.height_chips, ys[0] - topology.height_chips]
-    best = min((_minimal_xyz(dx, dy) for dx in xs for dy in ys),
-               key=lambda v: (sum(abs(c) for c in v), v))
+    best = min(
+        (_minimal_xyz(dx, dy) for dx in xs for dy in ys), key=lambda v: (sum(abs(c) for c in v), v)
+    )
     return best
 
 
@@ -81,8 +81,9 @@ def _bfs_links(topology: Topology, src: ChipXY, dst: ChipXY) -> list[Link]:
                 parent[other] = (chip, link)
                 queue.append(other)
     if dst not in parent:
-        raise RoutingError(f"no working path from chip ({src.x}, {src.y}) to chip "
-                           f"({dst.x}, {dst.y})")
+        raise RoutingError(
+            f"no working path from chip ({src.x}, {src.y}) to chip ({dst.x}, {dst.y})"
+        )
     links: list[Link] = []
     step = parent[dst]
     while step is not None:
@@ -133,12 +134,14 @@ class RouteTree:
 
     def route(self, chip: ChipXY) -> int:
         """The route word of this tree at a chip."""
-        return route_word(tuple(sorted(self.links.get(chip, ()))),
-                          tuple(sorted(self.cores.get(chip, ()))))
+        return route_word(
+            tuple(sorted(self.links.get(chip, ()))), tuple(sorted(self.cores.get(chip, ())))
+        )
 
 
-def route_tree(topology: Topology, source: ChipXY,
-               targets: Mapping[ChipXY, Iterable[int]]) -> RouteTree:
+def route_tree(
+    topology: Topology, source: ChipXY, targets: Mapping[ChipXY, Iterable[int]]
+) -> RouteTree:
     """Route from one chip to cores on many chips.
 
     Args:
@@ -162,7 +165,7 @@ def route_tree(topology: Topology, source: ChipXY,
         hops = shortest_path(topology, source, chip)
         chips = [source] + [topology.neighbour(c, lk) or c for c, lk in hops]
         join = max(i for i, c in enumerate(chips) if c in in_tree)
-        for (hop_chip, link), nxt in zip(hops[join:], chips[join + 1:], strict=True):
+        for (hop_chip, link), nxt in zip(hops[join:], chips[join + 1 :], strict=True):
             tree.links.setdefault(hop_chip, set()).add(link)
             in_tree.add(nxt)
     return tree
@@ -195,7 +198,8 @@ def build_tables(
         tree = route_tree(topology, locations[vertex].chip, by_chip)
         for chip in tree.chips():
             per_chip.setdefault(chip, {}).setdefault(partition_of(vertex), []).append(
-                (vertex, tree.route(chip)))
+                (vertex, tree.route(chip))
+            )
     tables: dict[ChipXY, list[RoutingEntry]] = {}
     for chip, partitions in per_chip.items():
         entries: list[RoutingEntry] = []

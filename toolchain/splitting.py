@@ -86,8 +86,11 @@ class MappingConfig:
         compress_tables: whether to compress routing tables that exceed the router.
     """
 
-    max_atoms_per_core: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(
-        {"IF_curr_exp": 256, "SpikeSourcePoisson": 500, "SpikeSourceArray": 256}))
+    max_atoms_per_core: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType(
+            {"IF_curr_exp": 256, "SpikeSourcePoisson": 500, "SpikeSourceArray": 256}
+        )
+    )
     n_colour_bits: int = 4
     spikes_per_second: float = 30.0
     ring_buffer_sigma: float = 5.0
@@ -97,8 +100,9 @@ class MappingConfig:
         """Neurons per core for this population (at most its size)."""
         limit = self.max_atoms_per_core.get(population.cell.name, 256)
         if limit < 1:
-            raise ResourceError(f"max atoms per core for {population.cell.name} must be "
-                                f">= 1, got {limit}")
+            raise ResourceError(
+                f"max atoms per core for {population.cell.name} must be >= 1, got {limit}"
+            )
         return min(limit, population.size)
 
 
@@ -131,8 +135,11 @@ class Vertex:
         return f"<Vertex {self.kind.value} {self.population.label}[{self.lo}:{self.hi}]>"
 
 
-_KINDS = {"IF_curr_exp": VertexKind.NEURON, "SpikeSourcePoisson": VertexKind.POISSON,
-          "SpikeSourceArray": VertexKind.ARRAY}
+_KINDS = {
+    "IF_curr_exp": VertexKind.NEURON,
+    "SpikeSourcePoisson": VertexKind.POISSON,
+    "SpikeSourceArray": VertexKind.ARRAY,
+}
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,8 @@ def plan_delays(network: Network, config: MappingConfig) -> DelayPlan:
             raise ResourceError(
                 f"population {pop.label!r} with {config.atoms_per_core(pop)} neurons per core "
                 f"needs ring buffers of 2^{index_bits + SYNAPSE_TYPE_BITS} slots, above the "
-                f"2^{MAX_RING_BUFFER_BITS} that fit 32 KB of dtcm")
+                f"2^{MAX_RING_BUFFER_BITS} that fit 32 KB of dtcm"
+            )
         slots[index] = min(1 << ceil_log2(steps), 1 << avail_bits)
     stage_steps: dict[int, int] = {}
     n_stages: dict[int, int] = {}
@@ -190,7 +198,8 @@ def plan_delays(network: Network, config: MappingConfig) -> DelayPlan:
             raise ResourceError(
                 f"projection {proj.label!r} has a delay of {steps} steps, above the "
                 f"{MAX_DELAY_STAGES} x {post_slots} = {MAX_DELAY_STAGES * post_slots} steps "
-                f"that delay extensions of {proj.post.label!r} can reach")
+                f"that delay extensions of {proj.post.label!r} can reach"
+            )
         if steps > post_slots:
             pre = proj.pre.index
             stage_steps[pre] = min(stage_steps.get(pre, post_slots), post_slots)
@@ -204,7 +213,8 @@ def plan_delays(network: Network, config: MappingConfig) -> DelayPlan:
                 if stages > MAX_DELAY_STAGES - 1:
                     raise ResourceError(
                         f"projection {proj.label!r} needs {stages + 1} delay stages of "
-                        f"{stage_steps[pre]} steps, above {MAX_DELAY_STAGES}")
+                        f"{stage_steps[pre]} steps, above {MAX_DELAY_STAGES}"
+                    )
                 n_stages[pre] = max(n_stages.get(pre, 0), stages)
     return DelayPlan(slots=slots, stage_steps=stage_steps, n_stages=n_stages)
 
@@ -230,7 +240,8 @@ def split_network(network: Network, config: MappingConfig, delays: DelayPlan) ->
             if needed > DTCM_BYTES:
                 raise ResourceError(
                     f"population {pop.label!r} with {stride} neurons per core needs {needed} "
-                    f"bytes of dtcm but a core has {DTCM_BYTES}")
+                    f"bytes of dtcm but a core has {DTCM_BYTES}"
+                )
         n_slices = math.ceil(pop.size / stride)
         for index in range(n_slices):
             lo = index * stride
@@ -238,7 +249,7 @@ def split_network(network: Network, config: MappingConfig, delays: DelayPlan) ->
         if pop.index in delays.stage_steps:
             for index in range(n_slices):
                 lo = index * stride
-                vertices.append(Vertex(VertexKind.DELAY, pop, index, lo,
-                                       min(pop.size, lo + stride), stride))
+                vertices.append(
+                    Vertex(VertexKind.DELAY, pop, index, lo, min(pop.size, lo + stride), stride)
+                )
     return vertices
-

@@ -108,9 +108,11 @@ def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, in
         lam = _source_rate_hz(network, proj.pre.index, config) * dt_s
         size = proj.post.size
         mean[slot] = mean.get(slot, np.zeros(size)) + np.bincount(
-            post, weights=weight * lam, minlength=size)
+            post, weights=weight * lam, minlength=size
+        )
         var[slot] = var.get(slot, np.zeros(size)) + np.bincount(
-            post, weights=weight * weight * lam, minlength=size)
+            post, weights=weight * weight * lam, minlength=size
+        )
         if weight.size:
             biggest[slot] = max(biggest.get(slot, 0.0), float(weight.max()))
     shifts: dict[tuple[int, int], int] = {}
@@ -138,8 +140,7 @@ def build_synapses(
         ResourceError: a row (one source neuron to one core, one delay stage) holds more
             than 256 synapses, or a population has more cores than the table can index.
     """
-    by_slot = {(v.population.index, v.kind is VertexKind.DELAY, v.slice_index): v
-               for v in vertices}
+    by_slot = {(v.population.index, v.kind is VertexKind.DELAY, v.slice_index): v for v in vertices}
     neuron_vertices = [v for v in vertices if v.kind is VertexKind.NEURON]
     post_id = {v: n for n, v in enumerate(neuron_vertices)}
     part_list = sorted(keys.partition_index, key=lambda p: keys.partition_index[p])
@@ -167,8 +168,14 @@ def build_synapses(
         index_bits = ceil_log2(post_stride)
         w16 = weights_to_u16(weight, shifts[(proj.post.index, syn_type)])
         post_slice = (post // post_stride).astype(np.int32)
-        word = synapse_words(w16, steps, np.uint32(syn_type), post - post_slice *
-                             post_stride, index_bits, SYNAPSE_TYPE_BITS)
+        word = synapse_words(
+            w16,
+            steps,
+            np.uint32(syn_type),
+            post - post_slice * post_stride,
+            index_bits,
+            SYNAPSE_TYPE_BITS,
+        )
         del w16
         first_post = post_id[by_slot[(proj.post.index, False, 0)]]
         direct = keys.partition_index[Partition(proj.pre.index, False)]
@@ -178,11 +185,16 @@ def build_synapses(
         if delayed.any():
             n_stages = delays.n_stages[proj.pre.index]
             src_core = pre[delayed] // pre_stride
-            row[delayed] = (src_core * n_stages * pre_stride + (stage[delayed] - 1) * pre_stride
-                            + pre[delayed] - src_core * pre_stride)
+            row[delayed] = (
+                src_core * n_stages * pre_stride
+                + (stage[delayed] - 1) * pre_stride
+                + pre[delayed]
+                - src_core * pre_stride
+            )
             part[delayed] = keys.partition_index[Partition(proj.pre.index, True)]
-        gkeys.append(((first_post + post_slice.astype(np.int64)) * n_parts + part)
-                     << _ROW_BITS | row)
+        gkeys.append(
+            ((first_post + post_slice.astype(np.int64)) * n_parts + part) << _ROW_BITS | row
+        )
         words.append(word)
         del row, part, post_slice, steps, stage
     if not gkeys:
@@ -197,12 +209,16 @@ def build_synapses(
         all_words = all_words[order]
         del order
     groups = all_keys >> _ROW_BITS
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if groups.size else \
-        np.zeros(0, dtype=np.int64)
+    starts = (
+        np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+        if groups.size
+        else np.zeros(0, dtype=np.int64)
+    )
     ends = np.r_[starts[1:], groups.size].astype(np.int64)
 
-    per_core: dict[Vertex, list[tuple[Partition, int, npt.NDArray[np.int64],
-                                      npt.NDArray[np.uint32]]]] = {}
+    per_core: dict[
+        Vertex, list[tuple[Partition, int, npt.NDArray[np.int64], npt.NDArray[np.uint32]]]
+    ] = {}
     targets: dict[Vertex, set[Vertex]] = {}
     has_targets: dict[Vertex, npt.NDArray[np.bool_]] = {}
     for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
@@ -215,7 +231,8 @@ def build_synapses(
         n_stages = delays.n_stages.get(pre_pop.index, 0) if partition.is_delay else 1
         rows_per_core = stride * n_stages
         per_core.setdefault(post_vertex, []).append(
-            (partition, rows_per_core, rows, all_words[lo:hi]))
+            (partition, rows_per_core, rows, all_words[lo:hi])
+        )
         src_rows = np.unique(rows)
         for core in np.unique(src_rows // rows_per_core).tolist():
             source = by_slot[(pre_pop.index, partition.is_delay, core)]
@@ -224,11 +241,11 @@ def build_synapses(
             for core in np.unique(src_rows // rows_per_core).tolist():
                 delay_vertex = by_slot[(pre_pop.index, True, core)]
                 flags = has_targets.setdefault(
-                    delay_vertex, np.zeros((n_stages, stride), dtype=np.bool_))
+                    delay_vertex, np.zeros((n_stages, stride), dtype=np.bool_)
+                )
                 local = src_rows[src_rows // rows_per_core == core] - core * rows_per_core
                 flags.reshape(-1)[local] = True
-                targets.setdefault(by_slot[(pre_pop.index, False, core)], set()).add(
-                    delay_vertex)
+                targets.setdefault(by_slot[(pre_pop.index, False, core)], set()).add(delay_vertex)
 
     cores: dict[Vertex, CoreSynapses] = {}
     for vertex in neuron_vertices:
@@ -248,7 +265,8 @@ def _core_synapses(
     n_synapses = 0
     core_field = (1 << keys.n_core_bits) - 1
     for partition, rows_per_core, rows, words in sorted(
-            blocks, key=lambda b: keys.partition_key(b[0])):
+        blocks, key=lambda b: keys.partition_key(b[0])
+    ):
         n_rows = int(rows.max()) + 1
         n_rows = math.ceil(n_rows / rows_per_core) * rows_per_core
         counts = np.bincount(rows, minlength=n_rows)
@@ -258,21 +276,31 @@ def _core_synapses(
             raise ResourceError(
                 f"source neuron row {worst} of partition {partition.population_index}"
                 f"{' (delayed)' if partition.is_delay else ''} has {row_length} synapses to "
-                f"one core, above the {MAX_ROW_SYNAPSES} a row can hold")
+                f"one core, above the {MAX_ROW_SYNAPSES} a row can hold"
+            )
         if core_field >= 1 << 8:
-            raise ResourceError(f"a population of {core_field + 1} cores exceeds the 256 "
-                                f"cores a master population entry can index")
+            raise ResourceError(
+                f"a population of {core_field + 1} cores exceeds the 256 "
+                f"cores a master population entry can index"
+            )
         row_ptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=row_ptr[1:])
         block = encode_synaptic_block(row_ptr, words, row_length).tobytes()
-        entries.append(MasterPopEntry(
-            key=keys.partition_key(partition), mask=keys.partition_mask, start=len(addresses),
-            count=1, n_colour_bits=config.n_colour_bits, core_mask=core_field,
-            mask_shift=keys.core_shift, n_neurons=rows_per_core))
+        entries.append(
+            MasterPopEntry(
+                key=keys.partition_key(partition),
+                mask=keys.partition_mask,
+                start=len(addresses),
+                count=1,
+                n_colour_bits=config.n_colour_bits,
+                core_mask=core_field,
+                mask_shift=keys.core_shift,
+                n_neurons=rows_per_core,
+            )
+        )
         addresses.append((offset, row_length))
         padding = -len(block) % 16
         chunks.append(block + b"\0" * padding)
         offset += len(block) + padding
         n_synapses += int(words.size)
-    return CoreSynapses(PopTable(tuple(entries), tuple(addresses)), b"".join(chunks),
-                        n_synapses)
+    return CoreSynapses(PopTable(tuple(entries), tuple(addresses)), b"".join(chunks), n_synapses)

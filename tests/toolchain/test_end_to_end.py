@@ -30,8 +30,9 @@ def _spikes(mapped: MappedNetwork, results: object, pop: Population) -> dict[int
 def test_spikes_arrive_where_expected_with_the_right_delays() -> None:
     net = Network(dt_ms=1.0, seed=3)
     src = net.population(2, SpikeSourceArray(spike_times=((3.0,), (40.0,))), "src")
-    cell = IFCurrExp(cm=0.25, tau_m=20.0, v_rest=0.0, v_reset=0.0, v_thresh=5.0,
-                     tau_syn_E=1.0, tau_refrac=2.0)
+    cell = IFCurrExp(
+        cm=0.25, tau_m=20.0, v_rest=0.0, v_reset=0.0, v_thresh=5.0, tau_syn_E=1.0, tau_refrac=2.0
+    )
     # 300 neurons: two cores of 256 + 44, 32 delay slots, so 69 steps needs 2 extension stages
     cells = net.population(300, cell, "cells")
     cells.record("spikes")

@@ -99,8 +99,9 @@ def test_keys_never_overlap() -> None:
     delays = plan_delays(net, config)
     vertices = split_network(net, config, delays)
     keys = allocate_keys(vertices, config, delays.n_stages)
-    spans = sorted((keys.core_key(v), keys.core_key(v) + (~keys.core_mask & 0xFFFFFFFF))
-                   for v in vertices)
+    spans = sorted(
+        (keys.core_key(v), keys.core_key(v) + (~keys.core_mask & 0xFFFFFFFF)) for v in vertices
+    )
     for (_, hi), (lo, _) in itertools.pairwise(spans):
         assert hi < lo
     for v in vertices:
@@ -111,8 +112,7 @@ def test_key_space_overflow_is_an_error() -> None:
     net = Network(dt_ms=1.0)
     for i in range(40):
         net.population(1 << 22, SpikeSourcePoisson(rate=1.0), f"p{i}")
-    config = MappingConfig(max_atoms_per_core={"SpikeSourcePoisson": 1 << 22},
-                           n_colour_bits=7)
+    config = MappingConfig(max_atoms_per_core={"SpikeSourcePoisson": 1 << 22}, n_colour_bits=7)
     with pytest.raises(KeySpaceError, match="but have 32"):
         allocate_keys(split_network(net, config, plan_delays(net, config)), config, {})
 
@@ -122,7 +122,8 @@ def test_ldf_uses_the_diagonal_and_wraps() -> None:
     assert ldf_links(topo, ChipXY(0, 0), ChipXY(3, 3)) == [Link.NORTH_EAST] * 3
     assert ldf_links(topo, ChipXY(0, 0), ChipXY(3, 1)) == [Link.EAST] * 2 + [Link.NORTH_EAST]
     torus = allocation_from_machine_info(
-        {"width": 12, "height": 12, "connections": [[[0, 0], "a"], [[8, 4], "b"], [[4, 8], "c"]]})
+        {"width": 12, "height": 12, "connections": [[[0, 0], "a"], [[8, 4], "b"], [[4, 8], "c"]]}
+    )
     assert ldf_links(torus, ChipXY(0, 0), ChipXY(11, 0)) == [Link.WEST]
 
 
@@ -143,10 +144,12 @@ def test_routes_reach_exactly_the_target_cores(n_boards: int) -> None:
         if i % 3:
             conn = FromList(tuple((j, j) for j in range(0, size, 7)))
         net.project(src, pop, conn, StaticSynapse(0.01, 1.0))
-    mapped = map_network(net, virtual_allocation(n_boards),
-                         MappingConfig(max_atoms_per_core={"SpikeSourcePoisson": 150}))
-    expected = {tuple(mapped.locations[v]) for v in mapped.vertices
-                if v.kind is VertexKind.NEURON}
+    mapped = map_network(
+        net,
+        virtual_allocation(n_boards),
+        MappingConfig(max_atoms_per_core={"SpikeSourcePoisson": 150}),
+    )
+    expected = {tuple(mapped.locations[v]) for v in mapped.vertices if v.kind is VertexKind.NEURON}
     for vertex, where in mapped.cores_of(src):
         key = mapped.keys.neuron_keys(vertex)[5] | 3
         got = _delivered(mapped, key, where.chip)
@@ -157,7 +160,8 @@ def test_routes_reach_exactly_the_target_cores(n_boards: int) -> None:
 def test_route_tree_around_a_dead_chip_on_a_torus() -> None:
     torus = allocation_from_machine_info(
         {"width": 12, "height": 12, "connections": [[[0, 0], "a"], [[8, 4], "b"], [[4, 8], "c"]]},
-        dead_chips=[ChipXY(1, 0)])
+        dead_chips=[ChipXY(1, 0)],
+    )
     tree = route_tree(torus, ChipXY(0, 0), {ChipXY(2, 0): [3], ChipXY(10, 11): [4]})
     assert ChipXY(1, 0) not in tree.chips()
     assert tree.cores == {ChipXY(2, 0): {3}, ChipXY(10, 11): {4}}
@@ -208,8 +212,10 @@ def test_full_routing_table_is_compressed_or_an_error() -> None:
 
 _entry = st.builds(
     lambda key, mask, route: RoutingEntry(key & mask, mask, route),
-    st.integers(0, 255), st.integers(0, 255).map(lambda m: m | 0xFFFFFF00),
-    st.integers(1, 4))
+    st.integers(0, 255),
+    st.integers(0, 255).map(lambda m: m | 0xFFFFFF00),
+    st.integers(1, 4),
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -217,8 +223,7 @@ _entry = st.builds(
 def test_compression_preserves_every_matched_key(entries: list[RoutingEntry]) -> None:
     table: list[RoutingEntry] = []
     for entry in entries:  # keep only entries disjoint from other routes: the builder's tables
-        if all(e.route == entry.route or (e.key ^ entry.key) & e.mask & entry.mask
-               for e in table):
+        if all(e.route == entry.route or (e.key ^ entry.key) & e.mask & entry.mask for e in table):
             table.append(entry)
     small = compress(table)
     assert len(small) <= len(table)
