@@ -54,6 +54,9 @@ __all__ = ["Handler", "Listener", "ServiceCore", "ServiceObserver"]
 
 log = logging.getLogger("allotment.service")
 
+_FORGET_BATCH = 64
+"""Retired jobs past the limit are deleted from the database this many at a time."""
+
 
 Listener = Callable[[tuple[int, ...], tuple[str, ...]], None]
 Handler = Callable[[Any, Any], Awaitable[Any]]
@@ -141,6 +144,7 @@ class ServiceCore:
         # job id -> store watermark of the job's latest staged change: a read about one
         # job waits only for that job's own changes to be durable.
         self._marks: dict[int, int] = {}
+        self._forget_backlog: list[int] = []
         self._power: PowerModel | None = None
         # destroyed jobs whose boards are being powered off: job id -> machine name
         self._powering_off: dict[int, str] = {}
@@ -276,13 +280,16 @@ class ServiceCore:
             self._store.stage(PutJob(record))
             self._marks[record.job_id] = self._store.mark
         limit = self._config.server.max_retired_jobs
-        forgotten = []
         while len(self._retired) > limit:
             old_id, _ = self._retired.popitem(last=False)
             self._marks.pop(old_id, None)
-            forgotten.append(old_id)
-        if forgotten:
-            self._store.stage(ForgetJobs(tuple(forgotten)))
+            self._forget_backlog.append(old_id)
+        # Forgotten at once in memory (they answer "unknown"), but deleted from the
+        # database in batches: a delete in every commit would cost a statement each time.
+        # A restart trims what is left over again.
+        if len(self._forget_backlog) >= _FORGET_BATCH:
+            self._store.stage(ForgetJobs(tuple(self._forget_backlog)))
+            self._forget_backlog.clear()
 
     # --- candidates, scheduling, allocation ---------------------------------------------
 

@@ -298,7 +298,8 @@ class Store:
         if found in _UPGRADABLE:
             await self._upgrade_from_1(conn)
             await conn.execute(
-                self._set_meta("schema_version"), {"meta_value": str(t.SCHEMA_VERSION)}
+                self._set_meta(),
+                {"meta_key": "schema_version", "meta_value": str(t.SCHEMA_VERSION)},
             )
         defaults = {
             "schema_version": str(t.SCHEMA_VERSION),
@@ -485,8 +486,9 @@ class Store:
             async with conn.begin():
                 if self._is_postgres:
                     await self._check_lease(conn)
-                await self._apply(conn, self._inflight)
-                await conn.execute(self._set_meta("commit_seq"), {"meta_value": str(seq)})
+                meta = await self._apply(conn, self._inflight)
+                meta.append({"meta_key": "commit_seq", "meta_value": str(seq)})
+                await conn.execute(self._set_meta(), meta)
         except (IntegrityError, StoreConflictError) as error:
             # Constraints are checked before COMMIT: the transaction is rolled back for sure.
             self._doubt = None
@@ -551,11 +553,14 @@ class Store:
             cached = self._statements[table.name] = self._build_upsert(table)
         return cached
 
-    def _set_meta(self, key: str) -> Any:
-        cached = self._statements.get(f"meta:{key}")
+    def _set_meta(self) -> Any:
+        """UPDATE of meta rows, executed with many (meta_key, meta_value) parameter sets."""
+        cached = self._statements.get("meta")
         if cached is None:
-            cached = self._statements[f"meta:{key}"] = (
-                update(t.meta).where(t.meta.c.key == key).values(value=bindparam("meta_value"))
+            cached = self._statements["meta"] = (
+                update(t.meta)
+                .where(t.meta.c.key == bindparam("meta_key"))
+                .values(value=bindparam("meta_value"))
             )
         return cached
 
@@ -567,8 +572,13 @@ class Store:
             set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
         )
 
-    async def _apply(self, conn: AsyncConnection, changes: Sequence[Change]) -> None:
+    async def _apply(
+        self, conn: AsyncConnection, changes: Sequence[Change]
+    ) -> list[dict[str, str]]:
         """Write a batch with a few statements per table, keeping each key's last change.
+
+        Returns the meta rows to update, for the caller to write with its own in one
+        statement.
 
         Per table only the net effect matters: the last write of a job, a board status or a
         link status wins. Claims keep their order: a board released and claimed again in
@@ -627,8 +637,9 @@ class Store:
                 for (m, x, y, z), j in claimed.items()
             ]
             await conn.execute(self._insert(t.board_claims), rows)
+        meta: list[dict[str, str]] = []
         if next_job_id is not None:
-            await conn.execute(self._set_meta("next_job_id"), {"meta_value": str(next_job_id)})
+            meta.append({"meta_key": "next_job_id", "meta_value": str(next_job_id)})
         if boards:
             await conn.execute(
                 self._upsert(t.board_status), [_status_row(s) for s in boards.values()]
@@ -641,6 +652,7 @@ class Store:
             )
         if audits:
             await conn.execute(t.audit.insert(), [_audit_row(a) for a in audits])
+        return meta
 
     async def _delete_claims(
         self, conn: AsyncConnection, keys: Iterable[tuple[str, int, int, int]]

@@ -307,3 +307,23 @@ def test_harness_helpers_are_not_vacuous() -> None:
     _config(server={"seconds_before_free": 0.0})
     assert repr(SMALL) == before
     assert isinstance(_config(), ServerConfig)
+
+
+async def test_retired_jobs_are_kept_up_to_the_limit_across_restarts(db_url: str) -> None:
+    clock = FakeClock()
+    config = _config(
+        server={"max_retired_jobs": 3, "seconds_before_free": 0.0},
+        power={"power_on_delay_s": 0.0, "power_off_delay_s": 0.0},
+    )
+    n_jobs = 70  # more than one batch of deletions from the database
+    async with running(config, db_url, clock) as h:
+        for i in range(n_jobs):
+            job_id = await h.call("create_job", owner=f"r{i}", machine="other")
+            await h.call("destroy_job", job_id, f"reason {i}")
+        states = [await h.state(job_id) for job_id in range(1, n_jobs + 1)]
+        assert [s["state"] for s in states] == [0] * (n_jobs - 3) + [4, 4, 4]
+        assert states[-1]["reason"] == f"reason {n_jobs - 1}"
+    async with running(config, db_url, clock) as h:
+        states = [await h.state(job_id) for job_id in range(1, n_jobs + 1)]
+        assert [s["state"] for s in states] == [0] * (n_jobs - 3) + [4, 4, 4]
+        assert await h.call("create_job", owner="next", machine="other") == n_jobs + 1
