@@ -346,7 +346,24 @@ class Executor:
             (kernels.LIF_GIIV, "giiv"),
         ):
             self._lif_table[:, column] = lc[name]
-        self._po_table = np.stack([self._po["nb"], self._po["nn"]], axis=1).astype(_I64)
+        # the steps in which every source of a core is active in the fast regime: its
+        # kernel then draws without a branch per source (same draws, same order)
+        # (and, when they share one rate, compares every draw with a constant)
+        fast_from = np.zeros(self._po["nb"].size, _I64)
+        fast_to = np.zeros(self._po["nb"].size, _I64)
+        limit = np.full(self._po["nb"].size, -1, _I64)
+        for c in range(self._po["nb"].size):
+            lo = int(self._po["nb"][c])
+            hi = lo + int(self._po["nn"][c])
+            if hi > lo and bool(np.all(self._po_rec["regime"][lo:hi] == sources.REGIME_FAST)):
+                fast_from[c] = int(self._po_rec["start_step"][lo:hi].max())
+                fast_to[c] = max(fast_from[c], int(self._po_rec["end_step"][lo:hi].min()))
+                eml = self._po_rec["exp_minus_lambda"][lo:hi]
+                if bool(np.all(eml == eml[0])):
+                    limit[c] = int(eml[0])
+        self._po_table = np.stack(
+            [self._po["nb"], self._po["nn"], fast_from, fast_to, limit], axis=1
+        ).astype(_I64)
         self._po_table = self._po_table.reshape(-1, kernels.PO_COLUMNS)
         de_t = self._de
         self._de_table = (
@@ -568,8 +585,25 @@ class Executor:
             ci = self._core_of_src[(int(kinds[q]), int(index[q]))]
             q_of_core[ci] = q
         q_of_row = q_of_core[np.repeat(self._emit_core, self._nvar)]
-        self._reach = np.zeros((kinds.size, n_groups), np.bool_)
-        self._reach[q_of_row[row_kept], group_kept] = True
+        # REACH_NONE, REACH_ROWS, or the one neuron core that the keys of the emitting core
+        # reach in the group, each through one one-synapse row or none (one-to-one payloads,
+        # delivered directly)
+        self._reach = np.full((kinds.size, n_groups), kernels.REACH_NONE, _I64)
+        self._reach[q_of_row[row_kept], group_kept] = kernels.REACH_ROWS
+        g_kind, g_core, g_len = self._g_fan["kind"], self._g_fan["core"], self._g_fan["b"]
+        for qp in np.flatnonzero(kinds == kernels.KIND_POISSON).tolist():
+            lo = int(emit[qp]) * self._nvar
+            hi = (int(emit[qp]) + int(capacity[qp])) * self._nvar
+            for grp in np.flatnonzero(self._reach[qp] == kernels.REACH_ROWS).tolist():
+                first = self._g_ptr[grp * n_rows + lo : grp * n_rows + hi]
+                n_entries = self._g_ptr[grp * n_rows + lo + 1 : grp * n_rows + hi + 1] - first
+                if np.any(n_entries > 1):
+                    continue
+                first = first[n_entries == 1]
+                if np.all(g_kind[first] == 0) and np.all(g_len[first] == 1):
+                    targets = np.unique(g_core[first])
+                    if targets.size == 1:
+                        self._reach[qp, grp] = int(targets[0])
         de_parts = [
             [int(r) - n_lif for r in b_items[b_ptr[g] : b_ptr[g + 1]] if r >= n_lif]
             for g in range(n_groups)

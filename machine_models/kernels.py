@@ -107,14 +107,17 @@ LIF_NB, LIF_NN, LIF_IB, LIF_TB, LIF_DB, LIF_IT, LIF_SHE, LIF_SHI, LIF_RB, LIF_RM
 LIF_EMIT, LIF_REC, LIF_VIV, LIF_GEIV, LIF_GIIV = range(10, 15)
 LIF_VOFF, LIF_VFIRST, LIF_GEOFF, LIF_GEFIRST, LIF_GIOFF, LIF_GIFIRST = range(15, 21)
 LIF_COLUMNS = 21
-PO_NB, PO_NN = range(2)
-PO_COLUMNS = 2
+PO_NB, PO_NN, PO_FAST_FROM, PO_FAST_TO, PO_LIMIT = range(5)
+PO_COLUMNS = 5
 DE_NN, DE_STAGES, DE_DPS, DE_SLOTS, DE_CB, DE_FB = range(6)
 DE_COLUMNS = 6
 SSA_HI = 0
 SSA_COLUMNS = 1
 # the emitting cores, in the order the chip's packets of one step are delivered
 SRC_KIND, SRC_INDEX, SRC_EMIT, SRC_SEG = range(4)
+# how an emitting core reaches a group of receiving cores (else: the neuron core it reaches
+# directly, every key through one one-synapse row)
+REACH_NONE, REACH_ROWS = -2, -1
 SRC_COLUMNS = 4
 KIND_SSA, KIND_POISSON, KIND_DELAY, KIND_LIF = range(4)
 
@@ -151,16 +154,9 @@ def _deliver(
             tshift = np.uint32((t << lif_p[c, LIF_IT]) & M32)
             start = d_a[j]
             length = d_b[j]
-            if count == 1:
-                for k in range(start, start + length):
-                    word = syn[k]
-                    idx = base + ((word + tshift) & mask)
-                    total = np.int64(ring[idx]) + np.int64(word >> np.uint32(16))
-                    if total > 0xFFFF:
-                        total = 0xFFFF
-                        sat[c] += 1
-                    ring[idx] = total
-            elif length == 1:
+            if length == 1:
+                # also exact for a single spike (fit is then 0): one-to-one payloads of any
+                # count take this path without a branch on the count
                 word = syn[start]
                 idx = base + ((word + tshift) & mask)
                 weight = np.int64(word >> np.uint32(16))
@@ -172,6 +168,15 @@ def _deliver(
                     fit = (0xFFFF - current) // weight
                     ring[idx] = 0xFFFF
                     sat[c] += count - fit
+            elif count == 1:
+                for k in range(start, start + length):
+                    word = syn[k]
+                    idx = base + ((word + tshift) & mask)
+                    total = np.int64(ring[idx]) + np.int64(word >> np.uint32(16))
+                    if total > 0xFFFF:
+                        total = 0xFFFF
+                        sat[c] += 1
+                    ring[idx] = total
             else:
                 for _ in range(count):
                     for k in range(start, start + length):
@@ -190,6 +195,84 @@ def _deliver(
                 de_lost[c] += total - 255
                 total = 255
             de_counter[idx] = total
+
+
+@numba.njit(cache=True)
+def _deliver_packets(
+    lo,
+    hi,
+    row,
+    em_j,
+    em_k,
+    g_ptr,
+    nvar,
+    var,
+    t,
+    d_kind,
+    d_core,
+    d_a,
+    d_b,
+    syn,
+    ring,
+    lif_p,
+    sat,
+    de_p,
+    de_lost,
+    de_counter,
+):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Deliver one emitting core's packets ``lo:hi`` of a step, (neuron, payload) pairs, in order.
+
+    ``row`` is the fan-out row of the core's first key. A function of its own, so that the
+    compiler keeps this loop's values in registers; it takes offsets, not views, because a
+    view made on a thread updates its array's shared reference count.
+    """
+    for j in range(lo, hi):
+        e = row + em_j[j] * nvar + var
+        _deliver(
+            g_ptr[e],
+            g_ptr[e + 1],
+            em_k[j],
+            t,
+            d_kind,
+            d_core,
+            d_a,
+            d_b,
+            syn,
+            ring,
+            lif_p,
+            sat,
+            de_p,
+            de_lost,
+            de_counter,
+        )
+
+
+@numba.njit(cache=True)
+def _deliver_direct(lo, hi, row, em_j, em_k, g_ptr, d_a, nvar, var, t, c, syn, ring, lif_p, sat):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """:func:`_deliver_packets` for a core whose keys each reach neuron core c through one
+    one-synapse row or none: the same additions in the same order, with the core's constants
+    hoisted.
+    """
+    base = lif_p[c, LIF_RB]
+    mask = lif_p[c, LIF_RM]
+    tshift = np.uint32((t << lif_p[c, LIF_IT]) & M32)
+    for j in range(lo, hi):
+        e = row + em_j[j] * nvar + var
+        entry = g_ptr[e]
+        if g_ptr[e + 1] == entry:
+            continue
+        word = syn[d_a[entry]]
+        idx = base + ((word + tshift) & mask)
+        weight = np.int64(word >> np.uint32(16))
+        current = np.int64(ring[idx])
+        count = em_k[j]
+        total = current + count * weight
+        if total <= 0xFFFF:
+            ring[idx] = total
+        else:
+            fit = (0xFFFF - current) // weight
+            ring[idx] = 0xFFFF
+            sat[c] += count - fit
 
 
 @numba.njit(cache=True)
@@ -295,6 +378,95 @@ def _lif_step(
             em_j[off + m] = n
             em_k[off + m] = 1
             m += 1
+    return m
+
+
+@numba.njit(cache=True, inline="always")
+def _fast_scan(s0, s1, s2, s3, uniform_limit, eml_, em_j_, em_k_, nvar, packets_, spikes_sent_):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The fast regime for a step in which every source of the core is active.
+
+    The same draws in the same order as the per-source loop of :func:`_poisson_step`, as
+    one stream of uniforms: each multiplies the current source's product, and the one that
+    takes it to ``exp(-lambda)`` or below ends that source's count. No branch depends on a
+    draw, so the unpredictable end of each count costs no misprediction. The stream records
+    only which draw ended each source (in ``em_k_[n]``); a second pass turns those into
+    counts and packets. ``uniform_limit`` is every source's ``exp(-lambda)`` when they share
+    one, else -1. Counts each packet and its spikes in ``packets_`` and ``spikes_sent_`` at
+    the source's key (every ``nvar``-th entry). Returns the generator and the packet count.
+    """
+    one = np.uint64(1 << 32)
+    nn = eml_.size
+    p = one
+    n = 0
+    d = 0
+    if uniform_limit >= 0:
+        # one rate for the whole core: no load on the chain of draws, and as
+        # (p * u) >> 32 <= limit is p * u <= (limit << 32) | 0xFFFFFFFF, the test of a draw
+        # does not wait for the shift
+        bound = (np.uint64(uniform_limit) << np.uint64(32)) | np.uint64(M32)
+        while n < nn:
+            s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+            prod = p * s3
+            done = prod <= bound
+            em_k_[n] = d
+            n += np.int64(done)
+            d += 1
+            p = one if done else prod >> np.uint64(32)
+    else:
+        while n < nn:
+            s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
+            p = (p * s3) >> np.uint64(32)
+            done = p <= np.uint64(eml_[n])
+            em_k_[n] = d
+            n += np.int64(done)
+            d += 1
+            p = one if done else p
+    # packet m is written at or before source n, so the draw indices are read before overwritten
+    m = 0
+    last = -1
+    for n in range(nn):
+        end = em_k_[n]
+        k = end - last - 1
+        last = end
+        em_j_[m] = n
+        em_k_[m] = k
+        m += np.int64(k > 0)
+        packets_[n * nvar] += np.int64(k > 0)
+        spikes_sent_[n * nvar] += k
+    return s0, s1, s2, s3, m
+
+
+@numba.njit(cache=True)
+def _poisson_fast_step(
+    c, off, po_p, po_state, po_eml, em_j, em_k, emit, nvar, var, packets, spikes_sent
+):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """A step of Poisson core c in which every source is active in the fast regime.
+
+    Writes (neuron, payload) of every packet like :func:`_poisson_step`, and also counts them
+    (packets and spikes per key, as the caller does for other cores) when the core has keys
+    (``emit`` >= 0). Returns the number of packets.
+    """
+    nb = po_p[c, PO_NB]
+    hi = nb + po_p[c, PO_NN]
+    e0 = max(emit, 0) * nvar + var
+    scratch = emit < 0
+    s0, s1, s2, s3, m = _fast_scan(
+        po_state[c, 0],
+        po_state[c, 1],
+        po_state[c, 2],
+        po_state[c, 3],
+        po_p[c, PO_LIMIT],
+        po_eml[nb:hi],
+        em_j[off:],
+        em_k[off:],
+        nvar,
+        packets[e0:] if not scratch else np.zeros((hi - nb) * nvar, np.int64),
+        spikes_sent[e0:] if not scratch else np.zeros((hi - nb) * nvar, np.int64),
+    )
+    po_state[c, 0] = s0
+    po_state[c, 1] = s1
+    po_state[c, 2] = s2
+    po_state[c, 3] = s3
     return m
 
 
@@ -493,6 +665,7 @@ def run_windows(
                     var = t & (nvar - 1)
                     off = i * stride + src[q, SRC_SEG]
                     m = 0
+                    counted = False
                     if kind == KIND_SSA:
                         ssa_lo[i, x] = ssa_cursor[x]
                         hi = ssa_p[x, SSA_HI]
@@ -505,6 +678,22 @@ def run_windows(
                             cur += 1
                         ssa_cursor[x] = cur
                         ssa_hi[i, x] = cur
+                    elif kind == KIND_POISSON and po_p[x, PO_FAST_FROM] <= t < po_p[x, PO_FAST_TO]:
+                        m = _poisson_fast_step(
+                            x,
+                            off,
+                            po_p,
+                            po_state,
+                            po_eml,
+                            em_j,
+                            em_k,
+                            emit,
+                            nvar,
+                            var,
+                            packets,
+                            spikes_sent,
+                        )
+                        counted = True
                     elif kind == KIND_POISSON:
                         m = _poisson_step(
                             x,
@@ -554,7 +743,7 @@ def run_windows(
                             em_k,
                         )
                     em_n[i, q] = m
-                    if emit >= 0:
+                    if emit >= 0 and not counted:
                         for j in range(off, off + m):
                             e = (emit + em_j[j]) * nvar + var
                             packets[e] += 1
@@ -586,7 +775,8 @@ def run_windows(
                         de_counter[cb + n] = 0
                 for q in range(n_src):
                     emit = src[q, SRC_EMIT]
-                    if emit < 0 or not reach[q, grp]:
+                    how = reach[q, grp]
+                    if emit < 0 or how == REACH_NONE:
                         continue
                     if src[q, SRC_KIND] == KIND_SSA:
                         x = src[q, SRC_INDEX]
@@ -612,24 +802,46 @@ def run_windows(
                                 )
                         continue
                     off = i * stride + src[q, SRC_SEG]
-                    for j in range(off, off + em_n[i, q]):
-                        e = (emit + em_j[j]) * nvar + var
-                        _deliver(
-                            g_ptr[row0 + e],
-                            g_ptr[row0 + e + 1],
-                            em_k[j],
-                            t,
-                            d_kind,
-                            d_core,
+                    if how >= 0:
+                        _deliver_direct(
+                            off,
+                            off + em_n[i, q],
+                            row0 + emit * nvar,
+                            em_j,
+                            em_k,
+                            g_ptr,
                             d_a,
-                            d_b,
+                            nvar,
+                            var,
+                            t,
+                            how,
                             syn,
                             ring,
                             lif_p,
                             sat,
-                            de_p,
-                            de_lost,
-                            de_counter,
                         )
+                        continue
+                    _deliver_packets(
+                        off,
+                        off + em_n[i, q],
+                        row0 + emit * nvar,
+                        em_j,
+                        em_k,
+                        g_ptr,
+                        nvar,
+                        var,
+                        t,
+                        d_kind,
+                        d_core,
+                        d_a,
+                        d_b,
+                        syn,
+                        ring,
+                        lif_p,
+                        sat,
+                        de_p,
+                        de_lost,
+                        de_counter,
+                    )
         t_start += n_win
     return t1
