@@ -236,29 +236,18 @@ class Machine:
         board_locations: Mapping[BoardXYZ, BoardCFB],
         dead_boards: Iterable[BoardXYZ] = (),
         dead_links: Iterable[tuple[BoardXYZ, Link]] = (),
-        *,
-        base_ip: str = "192.168.0.0",
-        cabinet_stride: str = "0.0.5.0",
-        frame_stride: str = "0.0.1.0",
-        board_stride: str = "0.0.0.8",
-        bmp_offset: str = "0.0.0.0",
-        spinnaker_offset: str = "0.0.0.1",
+        **addresses: str,
     ) -> Machine:
         """A machine whose addresses follow the standard scheme (see the module docstring).
+
+        Args:
+            addresses: Overrides of the scheme's `standard_ips` keywords (``base_ip``,
+                ``cabinet_stride``, ...); the defaults live there.
 
         Raises:
             MachineError: The description is inconsistent or an address overflows.
         """
-        bmp_ips, spinnaker_ips = standard_ips(
-            name,
-            board_locations,
-            base_ip=base_ip,
-            cabinet_stride=cabinet_stride,
-            frame_stride=frame_stride,
-            board_stride=board_stride,
-            bmp_offset=bmp_offset,
-            spinnaker_offset=spinnaker_offset,
-        )
+        bmp_ips, spinnaker_ips = standard_ips(name, board_locations, **addresses)
         return cls(
             name=name,
             tags=frozenset(tags),
