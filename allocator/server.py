@@ -14,6 +14,32 @@ because the stream cannot be trusted to be framed after it. Cancellation is neve
 Replies on one connection are written in request order (pipelining works); notifications are
 written between replies, after the commit that caused them and after the reply of the
 request that caused them.
+
+How a request runs (eager start). Each connection is a bare `asyncio.Protocol`: no task, no
+stream reader, no future per read. ``data_received`` queues the lines and schedules one
+callback, which takes the first step of each handler's coroutine at once; most requests (the
+reads) finish there and are answered with no task at all. A handler that suspends (it waits
+for a database commit) is handed, already started, to a task in the server's task group, so
+that shutdown cancels and awaits it; later lines of that connection wait in the queue until
+it is answered::
+
+    data_received --> queue --call_soon--> first step of the handler --returned--> reply
+                                                   |
+                                                   +--suspended--> task: wait, continue,
+                                                                   reply, next queued line
+
+This is what Python 3.12's ``asyncio.eager_task_factory`` does, except that the first step
+runs outside any task: a handler must not need ``asyncio.current_task()`` (as
+``asyncio.timeout`` and ``TaskGroup`` do) before it first suspends. The hop through
+``call_soon`` keeps notifications causal: the service announces a commit with ``call_soon``
+just before the reply of the request that made it, so the announcement goes out before any
+request that a client sends after reading that reply is handled.
+
+Backpressure works both ways: while the client does not read its replies (more than 1 MiB
+unsent) no further request of that connection is handled, and while too many request bytes
+wait unanswered the server stops reading from that connection. A client that half-closes
+still gets the replies to what it sent (a half line is dropped); one that vanishes while its
+request waits for a commit does not stop the handler, whose reply is dropped.
 """
 
 from __future__ import annotations
@@ -23,14 +49,21 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import protocol.admin  # noqa: F401 - registers the operator commands with the command table
 from allocator.errors import AllocatorError
 from protocol import messages as m
-from protocol.codec import decode_request, encode_exception, encode_notification, encode_reply
+from protocol.codec import (
+    decode_request_parts,
+    encode_exception,
+    encode_notification,
+    encode_reply,
+)
 from protocol.commands import bind
 from protocol.errors import CommandError, DecodeError
 from protocol.messages import JobsChanged, MachinesChanged
@@ -39,9 +72,14 @@ __all__ = ["Connection", "Dispatcher", "Server"]
 
 log = logging.getLogger("allotment.server")
 
-_READ_CHUNK_BYTES = 65536
 #: Above this many unsent bytes, wait for the client to read before handling more requests.
 _WRITE_HIGH_WATER_BYTES = 1 << 20
+#: Above this many bytes of queued request lines, stop reading from the client ...
+_READ_HIGH_WATER_BYTES = 1 << 18
+#: ... until they are answered down to this many.
+_READ_LOW_WATER_BYTES = 1 << 16
+
+_T = TypeVar("_T")
 
 
 class Metrics(Protocol):
@@ -63,7 +101,7 @@ class Connection:
     """
 
     peer_host: str
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
     watch_all_jobs: bool = False
     watched_jobs: set[int] = field(default_factory=set)
     watch_all_machines: bool = False
@@ -105,13 +143,19 @@ class Connection:
                 self.watched_machines.add(arguments.machine_name)
 
     def notify(self, job_ids: Iterable[int], machine_names: Iterable[str]) -> list[str]:
-        """Write the notifications this connection watches; return the kinds written."""
+        """Write the notifications this connection watches; return the kinds written.
+
+        Each notification is one whole line written straight to the transport; replies are
+        whole lines too, so the two never interleave within a line.
+        """
         if self.is_closed:
             return []
         kinds = []
         jobs = tuple(sorted(j for j in job_ids if self.watch_all_jobs or j in self.watched_jobs))
         if jobs:
-            self.writer.write(encode_notification(JobsChanged.model_construct(jobs_changed=jobs)))
+            self.transport.write(
+                encode_notification(JobsChanged.model_construct(jobs_changed=jobs))
+            )
             kinds.append("jobs_changed")
         machines = tuple(
             sorted(
@@ -119,7 +163,7 @@ class Connection:
             )
         )
         if machines:
-            self.writer.write(
+            self.transport.write(
                 encode_notification(MachinesChanged.model_construct(machines_changed=machines))
             )
             kinds.append("machines_changed")
@@ -160,7 +204,7 @@ class Server:
         self._max_line_bytes = max_line_bytes
         self._max_connections = max_connections
         self._metrics = metrics
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, _LineProtocol] = {}
         self._watchers: set[Connection] = set()
         self._task_group: asyncio.TaskGroup | None = None
 
@@ -190,11 +234,10 @@ class Server:
         on_ready: Callable[[list[tuple[str, int]]], None] | None = None,
     ) -> None:
         """Serve until cancelled; ``on_ready`` gets the bound addresses once listening."""
+        loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tg:
             self._task_group = tg
-            server = await asyncio.start_server(
-                self._accept, host, port, limit=self._max_line_bytes, backlog=1024
-            )
+            server = await loop.create_server(lambda: _LineProtocol(self), host, port, backlog=1024)
             try:
                 addresses = [sock.getsockname()[:2] for sock in server.sockets]
                 if on_ready is not None:
@@ -202,109 +245,281 @@ class Server:
                 await asyncio.Future()  # until cancelled
             finally:
                 server.close()
-                for conn in list(self._connections):
-                    conn.writer.close()
+                for line_protocol in list(self._connections.values()):
+                    line_protocol.close()
+        # Leaving the task group cancelled and awaited the handlers that were still waiting.
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Called by asyncio for each new connection; the handler task joins our task group
-        # so that shutdown cancels and awaits every connection.
-        assert self._task_group is not None
-        self._task_group.create_task(self._handle(reader, writer))
+    def _opened(self, conn: Connection, line_protocol: _LineProtocol) -> bool:
+        """Register a new connection; False when it is one too many."""
+        if len(self._connections) >= self._max_connections:
+            return False
+        self._connections[conn] = line_protocol
+        if self._metrics is not None:
+            self._metrics.connection_opened()
+        return True
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        conn = Connection(peer_host=str(peer[0]) if peer else "", writer=writer)
-        sock = writer.get_extra_info("socket")
+    def _closed(self, conn: Connection) -> None:
+        """Forget a connection (once, however many times it is called)."""
+        conn.is_closed = True
+        self._watchers.discard(conn)
+        if self._connections.pop(conn, None) is not None and self._metrics is not None:
+            self._metrics.connection_closed()
+
+    def _error_reply(self, exc: Exception, command: str, conn: Connection) -> tuple[bytes, str]:
+        """The reply and outcome of a request that raised `exc` (the error boundary)."""
+        if isinstance(exc, DecodeError | CommandError | AllocatorError):
+            return encode_exception(str(exc)), "exception"
+        log.error("internal error while handling %r from %s", command, conn.peer_host, exc_info=exc)
+        message = f"internal error while handling {command!r}; see the server log"
+        return encode_exception(message), "error"
+
+
+@types.coroutine
+def _resumed(coro: Coroutine[Any, Any, _T], yielded: Any) -> Generator[Any, Any, _T]:
+    """Go on with a coroutine whose first step already ran and yielded `yielded`.
+
+    What ``yield from coro`` would do had it taken that first step itself (PEP 380): what the
+    task sends or throws in goes on to the coroutine, so a cancellation reaches the handler
+    where it waits. A future passes through with its ``_asyncio_future_blocking`` flag set by
+    the coroutine's ``await``, which is what the task looks for.
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return cast(_T, stop.value)
+
+
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+class _LineProtocol(asyncio.Protocol):
+    """One connection: splits lines, answers them strictly in order, applies backpressure."""
+
+    _transport: asyncio.Transport
+    _loop: asyncio.AbstractEventLoop
+    _conn: Connection
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._dispatcher = server._dispatcher
+        self._metrics = server._metrics
+        self._max_line_bytes = server._max_line_bytes
+        self._partial = b""
+        # Request lines not yet answered; None stands for "the line was too long".
+        self._pending: deque[bytes | None] = deque()
+        self._pending_bytes = 0
+        self._is_busy = False  # a suspended handler's task holds the connection's turn
+        self._is_run_scheduled = False
+        self._is_write_paused = False
+        self._is_read_paused = False
+        self._is_eof = False
+        self._is_input_done = False  # a too-long line was seen, or the connection closes
+
+    def __repr__(self) -> str:
+        return (
+            f"<_LineProtocol pending={len(self._pending)} busy={self._is_busy}"
+            f" write_paused={self._is_write_paused} read_paused={self._is_read_paused}>"
+        )
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are no subclasses of asyncio.Transport: no isinstance here.
+        self._transport = t = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
+        sock = t.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self._connections) >= self._max_connections:
-            writer.write(
-                encode_exception(f"too many connections: the limit is {self._max_connections}")
-            )
-            with contextlib.suppress(OSError):
-                await writer.drain()
-            writer.close()
-            return
-        self._connections.add(conn)
-        if self._metrics is not None:
-            self._metrics.connection_opened()
-        try:
-            await self._serve_connection(reader, conn)
-        except (ConnectionError, OSError):
-            pass  # the client went away; nothing to answer
-        finally:
+        peer = t.get_extra_info("peername")
+        self._conn = conn = Connection(peer_host=str(peer[0]) if peer else "", transport=t)
+        if not self._server._opened(conn, self):
+            self._is_input_done = True
             conn.is_closed = True
-            self._connections.discard(conn)
-            self._watchers.discard(conn)
-            if self._metrics is not None:
-                self._metrics.connection_closed()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            limit = self._server._max_connections
+            t.write(encode_exception(f"too many connections: the limit is {limit}"))
+            t.close()
+            return
+        t.set_write_buffer_limits(high=_WRITE_HIGH_WATER_BYTES)
 
-    async def _serve_connection(self, reader: asyncio.StreamReader, conn: Connection) -> None:
-        buffer = b""
-        while True:
-            chunk = await reader.read(_READ_CHUNK_BYTES)
-            if not chunk:
-                return  # EOF; a half line left behind is simply dropped
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                if len(line) > self._max_line_bytes:
-                    await self._refuse_long_line(conn)
-                    return
-                if line.strip():
-                    await self._answer(line, conn)
-            if len(buffer) > self._max_line_bytes:
-                await self._refuse_long_line(conn)
+    def data_received(self, data: bytes) -> None:
+        if self._is_input_done:
+            return
+        if self._partial:
+            data = self._partial + data
+        lines = data.split(b"\n")
+        partial = lines.pop()
+        max_bytes = self._max_line_bytes
+        pending = self._pending
+        for line in lines:
+            if len(line) > max_bytes:
+                self._stop_input()
+                break
+            if line and not line.isspace():
+                pending.append(line)
+                self._pending_bytes += len(line)
+        else:
+            if len(partial) > max_bytes:
+                self._stop_input()
+            else:
+                self._partial = partial
+        if pending:
+            self._schedule_run()
+        if self._pending_bytes > _READ_HIGH_WATER_BYTES and not self._is_read_paused:
+            self._is_read_paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        # Answer what was sent before the end (a client may half-close and then read);
+        # a half line is dropped. True keeps the transport open for the replies.
+        self._is_eof = True
+        self._partial = b""
+        self._schedule_run()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A suspended handler goes on to the end (its changes are committed); its reply
+        # is dropped.
+        self._is_input_done = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._server._closed(self._conn)
+
+    def pause_writing(self) -> None:
+        self._is_write_paused = True
+
+    def resume_writing(self) -> None:
+        self._is_write_paused = False
+        self._run()
+
+    # --- requests -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection: queued lines are dropped, written replies still go out."""
+        self._is_input_done = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._server._closed(self._conn)
+        self._transport.close()
+
+    def _stop_input(self) -> None:
+        """A too-long line: answer the lines before it, then refuse it and close."""
+        self._is_input_done = True
+        self._partial = b""
+        self._pending.append(None)
+        if not self._is_read_paused:
+            self._is_read_paused = True
+            self._transport.pause_reading()
+
+    def _schedule_run(self) -> None:
+        """Answer the queued lines soon: after the callbacks already due (see the module)."""
+        if not self._is_run_scheduled:
+            self._is_run_scheduled = True
+            self._loop.call_soon(self._scheduled_run)
+
+    def _scheduled_run(self) -> None:
+        self._is_run_scheduled = False
+        self._run()
+
+    def _run(self) -> None:
+        """Answer queued lines until one suspends, writing pauses, or none is left."""
+        pending = self._pending
+        while pending and not self._is_busy and not self._is_write_paused:
+            line = pending.popleft()
+            if line is None:
+                self._transport.write(
+                    encode_exception(
+                        f"request line longer than {self._max_line_bytes} bytes;"
+                        " closing the connection"
+                    )
+                )
+                self.close()
                 return
-            if conn.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER_BYTES:
-                await conn.writer.drain()
+            self._pending_bytes -= len(line)
+            self._answer(line)
+        if (
+            self._is_read_paused
+            and not self._is_input_done
+            and self._pending_bytes <= _READ_LOW_WATER_BYTES
+        ):
+            self._is_read_paused = False
+            self._transport.resume_reading()
+        if self._is_eof and not pending and not self._is_busy and not self._conn.is_closed:
+            self.close()
 
-    async def _refuse_long_line(self, conn: Connection) -> None:
-        conn.writer.write(
-            encode_exception(
-                f"request line longer than {self._max_line_bytes} bytes; closing the connection"
-            )
-        )
-        with contextlib.suppress(OSError):
-            await conn.writer.drain()
-
-    async def _answer(self, line: bytes, conn: Connection) -> None:
+    def _answer(self, line: bytes) -> None:
+        """Answer one line, eagerly: a handler that suspends continues in a task."""
         started = time.perf_counter()
+        conn = self._conn
         command = "?"
-        outcome = "exception"
         try:
-            request = decode_request(line, max_bytes=self._max_line_bytes)
-            command = request.command
+            command, args, kwargs = decode_request_parts(line, max_bytes=self._max_line_bytes)
             if command in _WATCH_COMMANDS:
-                conn.watch(bind(command, request.args, request.kwargs))
+                conn.watch(bind(command, args, kwargs))
                 if conn.is_watching:
-                    self._watchers.add(conn)
+                    self._server._watchers.add(conn)
                 else:
-                    self._watchers.discard(conn)
+                    self._server._watchers.discard(conn)
                 value = None
             else:
                 handler = self._dispatcher.handler_for(command)
                 if handler is None:
-                    command = "unknown"
-                    raise CommandError(f"unknown command {request.command!r}")
-                value = await handler(bind(request.command, request.args, request.kwargs), conn)
+                    message = f"unknown command {command!r}"
+                    command = "unknown"  # as the metrics label: names sent are unbounded
+                    raise CommandError(message)
+                awaitable = handler(bind(command, args, kwargs), conn)
+                coro = (
+                    awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
+                )
+                try:
+                    yielded = coro.send(None)
+                except StopIteration as stop:
+                    value = stop.value
+                else:
+                    task_group = self._server._task_group
+                    assert task_group is not None, "connections exist only inside serve()"
+                    self._is_busy = True
+                    task_group.create_task(self._finish(coro, yielded, command, started))
+                    return
             reply = encode_reply(value)
             outcome = "ok"
-        except (DecodeError, CommandError, AllocatorError) as exc:
-            reply = encode_exception(str(exc))
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("internal error while handling %r from %s", command, conn.peer_host)
-            reply = encode_exception(
-                f"internal error while handling {command!r}; see the server log"
-            )
-            outcome = "error"
-        if not conn.is_closed:
-            conn.writer.write(reply)
+        except Exception as exc:
+            reply, outcome = self._server._error_reply(exc, command, conn)
+        self._reply(reply, command, outcome, started)
+
+    async def _finish(
+        self, coro: Coroutine[Any, Any, Any], yielded: Any, command: str, started: float
+    ) -> None:
+        """Wait for a suspended handler, answer it, then go on with the queued lines."""
+        try:
+            value = await _resumed(coro, yielded)
+            reply = encode_reply(value)
+            outcome = "ok"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reply, outcome = self._server._error_reply(exc, command, self._conn)
+        self._is_busy = False
+        self._reply(reply, command, outcome, started)
+        self._run()
+
+    def _reply(self, reply: bytes, command: str, outcome: str, started: float) -> None:
+        if not self._conn.is_closed:
+            self._transport.write(reply)
         if self._metrics is not None:
             self._metrics.request_done(command, outcome, time.perf_counter() - started)

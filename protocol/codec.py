@@ -36,6 +36,7 @@ from protocol.messages import (
 __all__ = [
     "MAX_LINE_BYTES",
     "decode_request",
+    "decode_request_parts",
     "decode_server_message",
     "encode_exception",
     "encode_notification",
@@ -48,6 +49,7 @@ MAX_LINE_BYTES = 65536
 """The longest request line accepted, newline excluded; a server should stop reading there."""
 
 _MAX_REPLY_LINE_BYTES = 64 * 1024 * 1024
+_NULL_REPLY = b'{"return": null}\n'
 
 _JSON_TYPE_NAMES: dict[type, str] = {
     dict: "object",
@@ -109,6 +111,18 @@ def decode_request(line: bytes, *, max_bytes: int = MAX_LINE_BYTES) -> Request:
         BadArgsError: `args` present but not a list.
         BadKwargsError: `kwargs` present but not an object.
     """
+    command, args, kwargs = decode_request_parts(line, max_bytes=max_bytes)
+    return Request.model_construct(command=command, args=args, kwargs=kwargs)
+
+
+def decode_request_parts(
+    line: bytes, *, max_bytes: int = MAX_LINE_BYTES
+) -> tuple[str, list[Any], dict[str, Any]]:
+    """`decode_request` without the model: the command name, `args` and `kwargs`.
+
+    The server's hot path: the same checks and errors, a microsecond or two cheaper than
+    building a `Request` it would take apart at once.
+    """
     obj = _loads(line, max_bytes)
     if type(obj) is not dict:
         raise NotAnObjectError(_type_name(obj))
@@ -125,7 +139,7 @@ def decode_request(line: bytes, *, max_bytes: int = MAX_LINE_BYTES) -> Request:
         kwargs = {}
     elif type(kwargs) is not dict:
         raise BadKwargsError(_type_name(kwargs))
-    return Request.model_construct(command=command, args=args, kwargs=kwargs)
+    return command, args, kwargs
 
 
 def to_jsonable(value: Any) -> Any:
@@ -147,6 +161,8 @@ def encode_reply(value: Any) -> bytes:
     Args:
         value: plain JSON data, a reply model, or a list of reply models.
     """
+    if value is None:
+        return _NULL_REPLY  # keepalives, destroys, watches: skip the encoder (a microsecond)
     return b'{"return": ' + _encode(to_jsonable(value)).encode() + b"}\n"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from allocator.metrics import MAX_COMMAND_LABELS, Metrics
+from allocator.metrics import _LATENCY_BUCKETS_S, MAX_COMMAND_LABELS, Metrics
 from protocol.events import BoardState
 
 
@@ -132,3 +133,54 @@ def test_removed_machine_disappears() -> None:
     metrics.set_board_counts("gone", {BoardState.FREE: 3})
     metrics.remove_machine("gone")
     assert metrics.value("allotment_boards", {"machine": "gone", "state": "free"}) is None
+
+
+def test_request_metrics_expose_what_prometheus_client_would() -> None:
+    # The request counter and histogram are kept by hand for speed; a real Counter and
+    # Histogram fed the same requests must expose the same text, timestamps aside.
+    registry = CollectorRegistry()
+    counter = Counter(
+        "allotment_requests",
+        "Requests answered, by command and outcome.",
+        ["command", "outcome"],
+        registry=registry,
+    )
+    histogram = Histogram(
+        "allotment_request_duration_seconds",
+        "Time from reading a request to writing its reply, by command and outcome.",
+        ["command", "outcome"],
+        buckets=_LATENCY_BUCKETS_S,
+        registry=registry,
+    )
+    metrics = Metrics(commands=["version", "create_job"])
+    requests = [
+        ("version", "ok", 0.0),
+        ("version", "ok", 0.0005),  # on a bound: counted in that bucket
+        ("version", "ok", 0.00051),
+        ("create_job", "ok", 0.003),
+        ("create_job", "exception", 10.0),
+        ("create_job", "exception", 11.0),  # above every bound: +Inf only
+        ("nonsense", "exception", 0.001),  # recorded as "other"
+        ("version", "ok", 2.5),
+    ]
+    for command, outcome, seconds in requests:
+        metrics.request_done(command, outcome, seconds)
+        label = command if command in ("version", "create_job") else "other"
+        counter.labels(label, outcome).inc()
+        histogram.labels(label, outcome).observe(seconds)
+
+    def request_lines(exposition: bytes) -> list[str]:
+        lines = []
+        for line in exposition.decode().splitlines():
+            if "allotment_request" not in line:
+                continue
+            if "_created{" in line:
+                line = line.rsplit(" ", 1)[0]  # a creation time, different in each
+            lines.append(line)
+        return lines
+
+    expected = request_lines(generate_latest(registry))
+    assert len(expected) > 30
+    assert request_lines(metrics.exposition()) == expected
+    le_0005 = {"command": "version", "outcome": "ok", "le": "0.0005"}
+    assert metrics.value("allotment_request_duration_seconds_bucket", le_0005) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from protocol.codec import (
     MAX_LINE_BYTES,
     decode_request,
+    decode_request_parts,
     decode_server_message,
     encode_exception,
     encode_notification,
@@ -127,9 +129,13 @@ def test_any_json_object_gives_a_request_or_a_decode_error(obj: dict[str, object
     line = json.dumps(obj).encode()
     try:
         request = decode_request(line)
-    except DecodeError:
+    except DecodeError as error:
+        # The server's model-free decoder refuses the same lines with the same error.
+        with pytest.raises(type(error), match="^" + re.escape(str(error)) + "$"):
+            decode_request_parts(line)
         return
     assert request.command == obj["command"]
+    assert decode_request_parts(line) == (request.command, request.args, request.kwargs)
 
 
 def test_replies_are_byte_identical_to_json_dumps() -> None:
