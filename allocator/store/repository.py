@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from sqlalchemy import (
+    JSON,
     Connection,
     Engine,
     bindparam,
@@ -606,18 +608,11 @@ class Store:
         with conn.begin():
             if self._is_postgres:
                 self._check_lease(conn)
-            if batch.puts:
-                conn.execute(self._upsert(t.jobs), [_job_row(r) for r in batch.puts])
+                self._write_hot_tables(conn, batch, seq)
+            else:
+                _sqlite_write_hot_tables(conn, batch, seq)
             if batch.forgets:
                 conn.execute(delete(t.jobs).where(t.jobs.c.job_id.in_(batch.forgets)))
-            if batch.released:
-                self._delete_claims(conn, batch.released)
-            if batch.claimed:
-                rows = [
-                    {"machine": m, "x": x, "y": y, "z": z, "job_id": j}
-                    for (m, x, y, z), j in batch.claimed.items()
-                ]
-                conn.execute(self._insert(t.board_claims), rows)
             if batch.boards:
                 conn.execute(self._upsert(t.board_status), [_status_row(s) for s in batch.boards])
             if batch.links:
@@ -628,10 +623,20 @@ class Store:
                 )
             if batch.audits:
                 conn.execute(t.audit.insert(), [_audit_row(a) for a in batch.audits])
-            meta = [{"meta_key": "commit_seq", "meta_value": str(seq)}]
-            if batch.next_job_id is not None:
-                meta.append({"meta_key": "next_job_id", "meta_value": str(batch.next_job_id)})
-            conn.execute(self._set_meta(), meta)
+
+    def _write_hot_tables(self, conn: Connection, batch: _Batch, seq: int) -> None:
+        """The tables every commit writes (jobs, claims, meta), through SQLAlchemy Core."""
+        if batch.puts:
+            conn.execute(self._upsert(t.jobs), [_job_row(r) for r in batch.puts])
+        if batch.released:
+            self._delete_claims(conn, batch.released)
+        if batch.claimed:
+            rows = [
+                {"machine": m, "x": x, "y": y, "z": z, "job_id": j}
+                for (m, x, y, z), j in batch.claimed.items()
+            ]
+            conn.execute(self._insert(t.board_claims), rows)
+        conn.execute(self._set_meta(), _meta_rows(batch, seq))
 
     @staticmethod
     def _delete_claims(conn: Connection, keys: Iterable[tuple[str, int, int, int]]) -> None:
@@ -915,4 +920,58 @@ def _net_effect(changes: Sequence[Change]) -> _Batch:
         machines=list(machines.values()),
         audits=audits,
         next_job_id=next_job_id,
+    )
+
+
+def _meta_rows(batch: _Batch, seq: int) -> list[dict[str, str]]:
+    rows = [{"meta_key": "commit_seq", "meta_value": str(seq)}]
+    if batch.next_job_id is not None:
+        rows.append({"meta_key": "next_job_id", "meta_value": str(batch.next_job_id)})
+    return rows
+
+
+def _sqlite_upsert_sql(table: Any) -> str:
+    quote = sqlite.dialect().identifier_preparer.quote
+    columns = [column.name for column in table.columns]
+    keys = [column.name for column in table.primary_key.columns]
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys)
+    return (
+        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
+        f"VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({', '.join(map(quote, keys))}) DO UPDATE SET {updates}"
+    )
+
+
+_SQLITE_UPSERT_JOB = _sqlite_upsert_sql(t.jobs)
+_CLAIMS = t.board_claims.name
+_SQLITE_CLAIM = f"INSERT INTO {_CLAIMS} (machine, x, y, z, job_id) VALUES (?, ?, ?, ?, ?)"
+_SQLITE_RELEASE = f"DELETE FROM {_CLAIMS} WHERE machine = ? AND x = ? AND y = ? AND z = ?"
+_SQLITE_SET_META = f'UPDATE {t.meta.name} SET "value" = ? WHERE "key" = ?'
+_JOB_JSON_COLUMNS = frozenset(c.name for c in t.jobs.columns if isinstance(c.type, JSON))
+_JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
+
+
+def _sqlite_job_values(record: JobRecord) -> tuple[Any, ...]:
+    # As SQLAlchemy's JSON type stores it on SQLite (json.dumps text), so that rows written
+    # either way read back the same.
+    row = _job_row(record)
+    return tuple(json.dumps(row[c]) if c in _JOB_JSON_COLUMNS else row[c] for c in _JOB_COLUMNS)
+
+
+def _sqlite_write_hot_tables(conn: Connection, batch: _Batch, seq: int) -> None:
+    """The tables every commit writes, as plain driver statements (SQLite).
+
+    The same rows as `Store._write_hot_tables`, without SQLAlchemy's per-statement work:
+    that runs in the database thread holding the interpreter lock the event loop needs.
+    """
+    if batch.puts:
+        conn.exec_driver_sql(_SQLITE_UPSERT_JOB, [_sqlite_job_values(r) for r in batch.puts])
+    if batch.released:
+        conn.exec_driver_sql(_SQLITE_RELEASE, list(batch.released))
+    if batch.claimed:
+        conn.exec_driver_sql(
+            _SQLITE_CLAIM, [(m, x, y, z, j) for (m, x, y, z), j in batch.claimed.items()]
+        )
+    conn.exec_driver_sql(
+        _SQLITE_SET_META, [(r["meta_value"], r["meta_key"]) for r in _meta_rows(batch, seq)]
     )
