@@ -1,6 +1,6 @@
 """The durable store: one writer connection, group commit, and the writer lease.
 
-`Store.open(url)` connects (SQLite through aiosqlite by default, or PostgreSQL through
+`Store.open(url)` connects (SQLite by default, or PostgreSQL through
 asyncpg), takes the writer lease, creates or checks the schema. The service then calls
 `stage(change)` (sync, cheap) and `await flush()`, which returns once everything staged
 before the call is committed.
