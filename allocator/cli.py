@@ -13,7 +13,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 DEFAULT_PORT = 22244
-DEFAULT_DB_URL = "sqlite+aiosqlite:///allotment.db"
+DEFAULT_DB_URL = "sqlite:///allotment.db"
 
 
 def _package_version() -> str:

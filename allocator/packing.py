@@ -185,6 +185,8 @@ class MachineAllocator:
         self._jobs: dict[int, Allocation] = {}
         # Triads split for single boards -> the job ids holding boards there.
         self._split: dict[TriadXY, set[int]] = {}
+        # The links leaving each single board that was ever allocated alone (fixed per board).
+        self._board_periphery: dict[BoardXYZ, frozenset[tuple[BoardXYZ, Link]]] = {}
         self._out_of_service: frozenset[BoardXYZ] = frozenset()
         # Links an operator took out, in both directions, like `Machine.dead_links`.
         self._links_out: frozenset[tuple[BoardXYZ, Link]] = frozenset()
@@ -424,12 +426,13 @@ class MachineAllocator:
             wraps_x=region.wraps_x,
             wraps_y=region.wraps_y,
         )
-        periphery = frozenset(
-            (board, link)
-            for board in region.boards
-            for link in Link
-            if board_neighbour(board, link, self._w, self._h).board not in region.boards
-        )
+        if is_single_board:
+            (board,) = region.boards
+            periphery = self._board_periphery.get(board)
+            if periphery is None:
+                periphery = self._board_periphery[board] = self._periphery(region.boards)
+        else:
+            periphery = self._periphery(region.boards)
         allocation = Allocation(
             machine_name=self.machine.name,
             boards=region.boards,
@@ -448,6 +451,15 @@ class MachineAllocator:
             self._split.setdefault(TriadXY(rect.x, rect.y), set()).add(job_id)
         self._busy[rect.x : rect.x + rect.width, rect.y : rect.y + rect.height] = True
         return allocation
+
+    def _periphery(self, boards: frozenset[BoardXYZ]) -> frozenset[tuple[BoardXYZ, Link]]:
+        """The links that leave a set of boards."""
+        return frozenset(
+            (board, link)
+            for board in boards
+            for link in Link
+            if board_neighbour(board, link, self._w, self._h).board not in boards
+        )
 
     def _spare_in(self, triad: TriadXY) -> list[BoardXYZ]:
         return [
@@ -469,7 +481,8 @@ class MachineAllocator:
                 return None
             return self._commit_board(job_id, target)
         for triad in sorted(self._split):
-            if triad not in avoid:
+            # A split triad whose three boards are all held has nothing spare.
+            if len(self._split[triad]) < BOARDS_PER_TRIAD and triad not in avoid:
                 spare = self._spare_in(triad)
                 if spare:
                     return self._commit_board(job_id, spare[0])

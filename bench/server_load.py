@@ -215,7 +215,7 @@ def own_server(db_url: str | None) -> Iterator[tuple[str, int, int]]:
         directory = Path(tmp)
         shutil.copy(BOARD_LOCATIONS_CSV, directory / BOARD_LOCATIONS_CSV.name)
         (directory / "allotment.toml").write_text(SERVER_TOML)
-        url = db_url or f"sqlite+aiosqlite:///{directory / 'allotment.db'}"
+        url = db_url or f"sqlite:///{directory / 'allotment.db'}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p

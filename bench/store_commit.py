@@ -69,7 +69,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        url = args.db or f"sqlite+aiosqlite:///{Path(scratch) / 'bench.db'}"
+        url = args.db or f"sqlite:///{Path(scratch) / 'bench.db'}"
         print(json.dumps(asyncio.run(run(url, args.writers, args.seconds))))
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from types import MappingProxyType
 from typing import Any, Final
@@ -177,6 +177,15 @@ class CommandSpec:
     summary: str = ""
     keyword_only: tuple[Param, ...] = ()
     binder: Binder | None = None
+    # Derived once, for `bind` (which runs for every request).
+    all_params: tuple[Param, ...] = field(init=False, repr=False, compare=False)
+    is_prechecked: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        everything = (*self.params, *self.keyword_only)
+        object.__setattr__(self, "all_params", everything)
+        # Every value is checked and converted by its parameter: no model validation needed.
+        object.__setattr__(self, "is_prechecked", all(p.check is not None for p in everything))
 
 
 # --- value checks ----------------------------------------------------------------------------
@@ -335,21 +344,25 @@ def _bind_values(
             if value is None and found.is_null_default and not found.is_required:
                 continue
             values[key] = value
-    missing = [p.name for p in params if p.is_required and p.name not in values]
-    if missing:
-        raise _missing_error(command, missing, "positional")
-    missing = [p.name for p in spec.keyword_only if p.is_required and p.name not in values]
-    if missing:
-        raise _missing_error(command, missing, "keyword-only")
     fields: dict[str, Any] = {}
-    for param in (*params, *spec.keyword_only):
-        field = param.field or param.name
+    for param in spec.all_params:
+        name = param.field or param.name
         if param.name in values:
             value = values[param.name]
-            fields[field] = value if param.check is None else param.check(command, field, value)
+            fields[name] = value if param.check is None else param.check(command, name, value)
+        elif param.default is REQUIRED:
+            raise _missing_required(spec, values)
         else:
-            fields[field] = param.default
+            fields[name] = param.default
     return fields
+
+
+def _missing_required(spec: CommandSpec, values: Mapping[str, Any]) -> CommandError:
+    missing = [p.name for p in spec.params if p.is_required and p.name not in values]
+    if missing:
+        return _missing_error(spec.name, missing, "positional")
+    missing = [p.name for p in spec.keyword_only if p.is_required and p.name not in values]
+    return _missing_error(spec.name, missing, "keyword-only")
 
 
 def _find_param(params: Sequence[Param], name: str) -> Param | None:
@@ -360,7 +373,7 @@ def _find_param(params: Sequence[Param], name: str) -> Param | None:
 
 
 def _make_model(spec: CommandSpec, fields: dict[str, Any]) -> BaseModel:
-    if all(p.check is not None for p in (*spec.params, *spec.keyword_only)):
+    if spec.is_prechecked:
         # Every value was checked and converted already: skip a second validation.
         return spec.arg_model.model_construct(**fields)
     try:

@@ -99,7 +99,7 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A SQLAlchemy URL of an SQLite file in the test's temporary directory."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'allotment.db'}"
+    return f"sqlite:///{tmp_path / 'allotment.db'}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -29,7 +29,6 @@ ALLOWED_THIRD_PARTY = {
         "anyio",
         "numpy",
         "sqlalchemy",
-        "aiosqlite",
         "asyncpg",
         "prometheus_client",
         "aiomqtt",

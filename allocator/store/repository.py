@@ -1,17 +1,22 @@
 """The durable store: one writer connection, group commit, and the writer lease.
 
-`Store.open(url)` connects (SQLite through aiosqlite by default, or PostgreSQL through
+`Store.open(url)` connects (SQLite by default, or PostgreSQL through
 asyncpg), takes the writer lease, creates or checks the schema. The service then calls
 `stage(change)` (sync, cheap) and `await flush()`, which returns once everything staged
 before the call is committed.
 
+Every database operation is a plain function of a synchronous SQLAlchemy connection, run
+by `allocator.store.database` off the event loop (SQLite: one hop to the thread owning the
+connection per operation, so a group commit costs one hop however many statements it has).
+
 Group commit without a background task: `flush` takes the writer lock; whoever holds it
-commits *everything* staged so far in one transaction, so the flushers queued behind it
-usually find their changes already durable::
+commits *everything* staged so far in one transaction. Flushers that arrive while a commit
+is under way wait for it to end, all woken together, and usually find their changes durable
+by then; the first of them that still has changes staged commits them for all::
 
     flush A --[lock: commit a1]-----------> return
-    flush B    (stages b1, waits) --[lock: commit b1 c1]--> return
-    flush C    (stages c1, waits) ---------------------[lock: nothing left]--> return
+    flush B    (stages b1, waits) --+--[lock: commit b1 c1]--> return
+    flush C    (stages c1, waits) --+--(b1 c1 in flight: waits)--> return
 
 A transaction writes each table with at most a few statements (executemany), whatever the
 number of changes. It also bumps a commit sequence number kept in the database, so that a
@@ -27,23 +32,36 @@ lease row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import json
 import logging
 import os
 import socket
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from sqlalchemy import Connection as SyncConnection
-from sqlalchemy import bindparam, delete, event, inspect, select, tuple_, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    inspect,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
 from allocator.errors import StoreError
@@ -71,6 +89,7 @@ from allocator.store.changes import (
     StoredState,
     StoreStats,
 )
+from allocator.store.database import Database, GreenletDatabase, ThreadDatabase
 from machine_models.geometry import BoardXYZ, Link
 
 __all__ = ["Store"]
@@ -106,7 +125,13 @@ def _describe(url: URL) -> str:
 
 
 def _normalise(url: URL) -> URL:
-    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    # SQLite runs on the standard library's driver in the store's own thread; the
+    # "sqlite+aiosqlite" spelling of earlier versions is accepted and means the same file.
+    driver = {
+        "sqlite": "sqlite+pysqlite",
+        "sqlite+aiosqlite": "sqlite+pysqlite",
+        "postgresql": "postgresql+asyncpg",
+    }
     return url.set(drivername=driver.get(url.drivername, url.drivername))
 
 
@@ -119,7 +144,7 @@ class Store:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        database: Database,
         url: URL,
         *,
         lock_file: IO[bytes] | None,
@@ -127,7 +152,7 @@ class Store:
         retry_backoff_s: float,
         on_commit: Callable[[float, int], None] | None,
     ) -> None:
-        self._engine = engine
+        self._db = database
         self._url = url
         self._name = _describe(url)
         self._is_postgres = url.get_backend_name() == "postgresql"
@@ -136,8 +161,8 @@ class Store:
         self._retry_backoff_s = retry_backoff_s
         self._on_commit = on_commit
         self._token = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
-        self._conn: AsyncConnection | None = None
         self._lock = asyncio.Lock()
+        self._round_waiters: list[asyncio.Future[None]] = []
         self._staged: list[Change] = []
         self._inflight: list[Change] = []
         self._n_staged = 0
@@ -165,8 +190,8 @@ class Store:
         """Connect, take the writer lease and create (or check) the schema.
 
         Args:
-            url: an SQLAlchemy URL: "sqlite+aiosqlite:///path.db" (plain "sqlite:" works
-                too) or "postgresql+asyncpg://user@host/db".
+            url: an SQLAlchemy URL: "sqlite:///path.db" ("sqlite+aiosqlite:" works too)
+                or "postgresql+asyncpg://user@host/db".
             synchronous: SQLite only: "normal" survives a process crash (kill -9), "full"
                 also a power cut, at the price of an fsync per commit.
             max_attempts: how often a commit is tried on transient errors before the store
@@ -187,14 +212,15 @@ class Store:
         if backend not in ("sqlite", "postgresql"):
             raise StoreError(f"database url {_describe(parsed)} is not sqlite or postgresql")
         lock_file = None
+        database: Database
         if backend == "sqlite":
-            engine = cls._sqlite_engine(parsed, synchronous)
+            database = ThreadDatabase(cls._sqlite_engine(parsed, synchronous))
             if parsed.database not in (None, "", ":memory:"):
                 lock_file = cls._take_file_lease(str(parsed.database), _describe(parsed))
         else:
-            engine = create_async_engine(parsed, poolclass=NullPool)
+            database = GreenletDatabase(create_async_engine(parsed, poolclass=NullPool))
         store = cls(
-            engine,
+            database,
             parsed,
             lock_file=lock_file,
             max_attempts=max_attempts,
@@ -209,13 +235,16 @@ class Store:
         return store
 
     @staticmethod
-    def _sqlite_engine(url: URL, synchronous: Synchronous) -> AsyncEngine:
+    def _sqlite_engine(url: URL, synchronous: Synchronous) -> Engine:
         is_memory = url.database in (None, "", ":memory:")
-        engine = create_async_engine(
-            url, poolclass=StaticPool if is_memory else NullPool, connect_args={"timeout": 30}
+        engine = create_engine(
+            url,
+            poolclass=StaticPool if is_memory else NullPool,
+            # Opened and used by the store's database thread only.
+            connect_args={"timeout": 30, "check_same_thread": False},
         )
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(engine, "connect")
         def _configure(dbapi_connection: Any, _record: Any) -> None:
             # Take BEGIN out of the driver's hands so that `_begin` can say IMMEDIATE.
             dbapi_connection.isolation_level = None
@@ -225,8 +254,8 @@ class Store:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(connection: SyncConnection) -> None:
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Connection) -> None:
             # Take the write lock at BEGIN: no deadlock between two readers that upgrade.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -256,48 +285,52 @@ class Store:
     async def _connect(self) -> None:
         """Open the writer connection, take the lease and set up the schema."""
         try:
-            conn = await self._engine.connect()
+            await self._db.connect()
         except DBAPIError as error:
             raise StoreError(f"cannot connect to database {self._name}: {error.orig}") from error
         except OSError as error:
             raise StoreError(f"cannot connect to database {self._name}: {error}") from error
         try:
-            if self._is_postgres:
-                is_locked = (
-                    await conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({_PG_LEASE_KEY})")
-                ).scalar()
-                await conn.commit()
-                if not is_locked:
-                    raise LeaseHeldError(self._name, await self._lease_holder(conn))
-            async with conn.begin():
-                await self._prepare_schema(conn)
+            await self._db.run(self._start_session)
         except BaseException:
-            await conn.close()
+            await self._db.drop()
             raise
-        self._conn = conn
 
-    async def _lease_holder(self, conn: AsyncConnection) -> str | None:
+    def _start_session(self, conn: Connection) -> None:
+        if self._is_postgres:
+            is_locked = conn.exec_driver_sql(
+                f"SELECT pg_try_advisory_lock({_PG_LEASE_KEY})"
+            ).scalar()
+            conn.commit()
+            if not is_locked:
+                raise LeaseHeldError(self._name, self._lease_holder(conn))
+        with conn.begin():
+            self._prepare_schema(conn)
+
+    @staticmethod
+    def _lease_holder(conn: Connection) -> str | None:
         try:
-            async with conn.begin():
-                row = await conn.execute(select(t.meta.c.value).where(t.meta.c.key == "lease"))
-                return row.scalar()
+            with conn.begin():
+                row = conn.execute(select(t.meta.c.value).where(t.meta.c.key == "lease"))
+                value: str | None = row.scalar()
+                return value
         except DBAPIError:
             return None
 
-    async def _prepare_schema(self, conn: AsyncConnection) -> None:
-        has_meta = await conn.run_sync(lambda sync: inspect(sync).has_table(t.meta.name))
+    def _prepare_schema(self, conn: Connection) -> None:
+        has_meta = inspect(conn).has_table(t.meta.name)
         values: dict[str, str] = {}
         found = t.SCHEMA_VERSION
         if has_meta:
-            rows = await conn.execute(select(t.meta.c.key, t.meta.c.value))
+            rows = conn.execute(select(t.meta.c.key, t.meta.c.value))
             values = {key: value for key, value in rows.all()}
             found = int(values.get("schema_version", t.SCHEMA_VERSION))
             if found not in _UPGRADABLE and found != t.SCHEMA_VERSION:
                 raise SchemaVersionError(self._name, found, t.SCHEMA_VERSION)
-        await conn.run_sync(t.metadata.create_all)  # creates the tables a version lacks
+        t.metadata.create_all(conn)  # creates the tables a version lacks
         if found in _UPGRADABLE:
-            await self._upgrade_from_1(conn)
-            await conn.execute(
+            self._upgrade_from_1(conn)
+            conn.execute(
                 self._set_meta(),
                 {"meta_key": "schema_version", "meta_value": str(t.SCHEMA_VERSION)},
             )
@@ -309,14 +342,14 @@ class Store:
         }
         missing = [{"key": k, "value": v} for k, v in defaults.items() if k not in values]
         if missing:
-            await conn.execute(t.meta.insert(), missing)
-        await conn.execute(update(t.meta).where(t.meta.c.key == "lease").values(value=self._token))
+            conn.execute(t.meta.insert(), missing)
+        conn.execute(update(t.meta).where(t.meta.c.key == "lease").values(value=self._token))
         self._commit_seq = int(values.get("commit_seq", "0"))
 
     @staticmethod
-    async def _upgrade_from_1(conn: AsyncConnection) -> None:
+    def _upgrade_from_1(conn: Connection) -> None:
         """Version 1 kept drains only in the audit log: their net effect seeds the table."""
-        rows = await conn.execute(
+        rows = conn.execute(
             select(
                 t.audit.c.at, t.audit.c.who, t.audit.c.action, t.audit.c.reason, t.audit.c.detail
             )
@@ -330,9 +363,7 @@ class Store:
                 is_draining = action == "admin_drain_machine"
                 latest[machine] = MachineStatus(machine, is_draining, reason, at, who)
         if latest:
-            await conn.execute(
-                t.machine_status.insert(), [_machine_row(s) for s in latest.values()]
-            )
+            conn.execute(t.machine_status.insert(), [_machine_row(s) for s in latest.values()])
 
     async def close(self) -> None:
         """Commit what is still staged (best effort), release the lease and disconnect."""
@@ -349,13 +380,10 @@ class Store:
             await self._dispose()
 
     async def _dispose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except (DBAPIError, OSError) as error:
-                log.warning("closing database %s: %s", self._name, error)
-        await self._engine.dispose()
+        try:
+            await self._db.dispose()
+        except (DBAPIError, OSError) as error:
+            log.warning("closing database %s: %s", self._name, error)
         if self._lock_file is not None:
             # Closing the file drops the flock.
             self._lock_file.close()
@@ -385,13 +413,32 @@ class Store:
         self._check_usable()
         start, target = self._n_done, self._n_staged
         while self._n_done < target:
-            async with self._lock:
+            if self._lock.locked():
+                # A commit is under way; it may not hold our changes. Wait for it to end
+                # together with every other flusher, then look again.
+                waiter = asyncio.get_running_loop().create_future()
+                self._round_waiters.append(waiter)
+                await waiter
+                continue
+            async with self._round():
                 self._check_usable()
                 if self._n_done < target:
                     await self._commit_with_retry()
         for failure in self._failures:
             if failure.start < target and start < failure.end:
                 raise failure.error
+
+    @contextlib.asynccontextmanager
+    async def _round(self) -> AsyncIterator[None]:
+        """Hold the writer lock; on release wake every flusher that waited for it at once."""
+        async with self._lock:
+            try:
+                yield
+            finally:
+                waiters, self._round_waiters = self._round_waiters, []
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     @property
     def mark(self) -> int:
@@ -455,25 +502,18 @@ class Store:
                 backoff_s = min(backoff_s * 2, 5.0)
 
     async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                await conn.invalidate()
-                await conn.close()
-            except (DBAPIError, OSError):
-                pass
+        with contextlib.suppress(DBAPIError, OSError):
+            await self._db.drop(invalidate=True)
 
-    async def _writer(self) -> AsyncConnection:
-        if self._conn is None:
+    async def _ensure_connected(self) -> None:
+        if not self._db.is_connected:
             await self._connect()
-        assert self._conn is not None
-        return self._conn
 
     async def _commit_round(self) -> None:
         """Commit everything in flight or staged in one transaction (lock held)."""
-        conn = await self._writer()
+        await self._ensure_connected()
         if self._doubt is not None:
-            await self._resolve_doubt(conn)
+            await self._resolve_doubt()
         self._inflight.extend(self._staged)
         self._staged.clear()
         n_changes = len(self._inflight)
@@ -483,12 +523,8 @@ class Store:
         self._doubt = (seq, n_changes)
         started = time.perf_counter()
         try:
-            async with conn.begin():
-                if self._is_postgres:
-                    await self._check_lease(conn)
-                meta = await self._apply(conn, self._inflight)
-                meta.append({"meta_key": "commit_seq", "meta_value": str(seq)})
-                await conn.execute(self._set_meta(), meta)
+            batch = _net_effect(self._inflight)
+            await self._db.run(self._write, batch, seq)
         except (IntegrityError, StoreConflictError) as error:
             # Constraints are checked before COMMIT: the transaction is rolled back for sure.
             self._doubt = None
@@ -518,24 +554,19 @@ class Store:
         del self._inflight[:n_changes]
         self._n_done += n_changes
 
-    async def _resolve_doubt(self, conn: AsyncConnection) -> None:
+    async def _resolve_doubt(self) -> None:
         assert self._doubt is not None
         seq, n_changes = self._doubt
-        async with conn.begin():
-            found = (
-                await conn.execute(select(t.meta.c.value).where(t.meta.c.key == "commit_seq"))
-            ).scalar_one()
+        found = await self._db.run(_read_commit_seq)
         self._doubt = None
         if int(found) == seq:
             log.info("interrupted commit %d of database %s had succeeded", seq, self._name)
             self._commit_seq = seq
             self._done(n_changes)
 
-    async def _check_lease(self, conn: AsyncConnection) -> None:
-        holder = (
-            await conn.execute(
-                select(t.meta.c.value).where(t.meta.c.key == "lease").with_for_update()
-            )
+    def _check_lease(self, conn: Connection) -> None:
+        holder = conn.execute(
+            select(t.meta.c.value).where(t.meta.c.key == "lease").with_for_update()
         ).scalar_one()
         if holder != self._token:
             raise LeaseHeldError(self._name, holder)
@@ -572,97 +603,49 @@ class Store:
             set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
         )
 
-    async def _apply(
-        self, conn: AsyncConnection, changes: Sequence[Change]
-    ) -> list[dict[str, str]]:
-        """Write a batch with a few statements per table, keeping each key's last change.
+    def _write(self, conn: Connection, batch: _Batch, seq: int) -> None:
+        """Write a batch and the commit sequence number in one transaction (database side)."""
+        with conn.begin():
+            if self._is_postgres:
+                self._check_lease(conn)
+                self._write_hot_tables(conn, batch, seq)
+            else:
+                _sqlite_write_hot_tables(conn, batch, seq)
+            if batch.forgets:
+                conn.execute(delete(t.jobs).where(t.jobs.c.job_id.in_(batch.forgets)))
+            if batch.boards:
+                conn.execute(self._upsert(t.board_status), [_status_row(s) for s in batch.boards])
+            if batch.links:
+                conn.execute(self._upsert(t.link_status), [_link_row(s) for s in batch.links])
+            if batch.machines:
+                conn.execute(
+                    self._upsert(t.machine_status), [_machine_row(s) for s in batch.machines]
+                )
+            if batch.audits:
+                conn.execute(t.audit.insert(), [_audit_row(a) for a in batch.audits])
 
-        Returns the meta rows to update, for the caller to write with its own in one
-        statement.
-
-        Per table only the net effect matters: the last write of a job, a board status or a
-        link status wins. Claims keep their order: a board released and claimed again in
-        one batch is deleted first and inserted after.
-        """
-        jobs: dict[int, JobRecord | None] = {}
-        released: set[tuple[str, int, int, int]] = set()
-        claimed: dict[tuple[str, int, int, int], int] = {}
-        boards: dict[tuple[str, int, int, int], BoardStatus] = {}
-        links: dict[tuple[str, int, int, int, int], LinkStatus] = {}
-        machines: dict[str, MachineStatus] = {}
-        audits: list[AuditEntry] = []
-        next_job_id: int | None = None
-        for change in changes:
-            match change:
-                case PutJob(record):
-                    jobs[record.job_id] = record
-                case ForgetJobs(job_ids):
-                    jobs.update(dict.fromkeys(job_ids))
-                case ClaimBoards(machine, claim_boards, job_id):
-                    for board in claim_boards:
-                        key = (machine, board[0], board[1], board[2])
-                        if key in claimed:
-                            raise StoreConflictError(
-                                len(changes),
-                                f"board {tuple(key[1:])} of {machine} claimed by jobs "
-                                f"{claimed[key]} and {job_id}",
-                            )
-                        claimed[key] = job_id
-                case ReleaseBoards(machine, release_boards):
-                    for board in release_boards:
-                        key = (machine, board[0], board[1], board[2])
-                        released.add(key)
-                        claimed.pop(key, None)
-                case SetNextJobId(n):
-                    next_job_id = n
-                case PutBoardStatus(status):
-                    boards[(status.machine, *status.board)] = status
-                case PutLinkStatus(status):
-                    links[(status.machine, *status.board, int(status.link))] = status
-                case PutMachineStatus(status):
-                    machines[status.machine] = status
-                case AppendAudit(entry):
-                    audits.append(entry)
-        puts = [_job_row(r) for r in jobs.values() if r is not None]
-        forgets = [job_id for job_id, r in jobs.items() if r is None]
-        if puts:
-            await conn.execute(self._upsert(t.jobs), puts)
-        if forgets:
-            await conn.execute(delete(t.jobs).where(t.jobs.c.job_id.in_(forgets)))
-        if released:
-            await self._delete_claims(conn, released)
-        if claimed:
+    def _write_hot_tables(self, conn: Connection, batch: _Batch, seq: int) -> None:
+        """The tables every commit writes (jobs, claims, meta), through SQLAlchemy Core."""
+        if batch.puts:
+            conn.execute(self._upsert(t.jobs), [_job_row(r) for r in batch.puts])
+        if batch.released:
+            self._delete_claims(conn, batch.released)
+        if batch.claimed:
             rows = [
                 {"machine": m, "x": x, "y": y, "z": z, "job_id": j}
-                for (m, x, y, z), j in claimed.items()
+                for (m, x, y, z), j in batch.claimed.items()
             ]
-            await conn.execute(self._insert(t.board_claims), rows)
-        meta: list[dict[str, str]] = []
-        if next_job_id is not None:
-            meta.append({"meta_key": "next_job_id", "meta_value": str(next_job_id)})
-        if boards:
-            await conn.execute(
-                self._upsert(t.board_status), [_status_row(s) for s in boards.values()]
-            )
-        if links:
-            await conn.execute(self._upsert(t.link_status), [_link_row(s) for s in links.values()])
-        if machines:
-            await conn.execute(
-                self._upsert(t.machine_status), [_machine_row(s) for s in machines.values()]
-            )
-        if audits:
-            await conn.execute(t.audit.insert(), [_audit_row(a) for a in audits])
-        return meta
+            conn.execute(self._insert(t.board_claims), rows)
+        conn.execute(self._set_meta(), _meta_rows(batch, seq))
 
-    async def _delete_claims(
-        self, conn: AsyncConnection, keys: Iterable[tuple[str, int, int, int]]
-    ) -> None:
+    @staticmethod
+    def _delete_claims(conn: Connection, keys: Iterable[tuple[str, int, int, int]]) -> None:
         by_machine: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
         for machine, x, y, z in keys:
             by_machine[machine].append((x, y, z))
         c = t.board_claims.c
         for machine, xyz in by_machine.items():
-            await conn.execute(
+            conn.execute(
                 delete(t.board_claims).where(c.machine == machine, tuple_(c.x, c.y, c.z).in_(xyz))
             )
 
@@ -678,89 +661,12 @@ class Store:
             StoreError: the database cannot be read.
         """
         await self.flush()
-        async with self._lock:
-            conn = await self._writer()
+        async with self._round():
+            await self._ensure_connected()
             try:
-                async with conn.begin():
-                    return await self._read(conn, audit_limit)
+                return await self._db.run(_read, audit_limit)
             except DBAPIError as error:
                 raise StoreError(f"cannot read database {self._name}: {error.orig}") from error
-
-    async def _read(self, conn: AsyncConnection, audit_limit: int) -> StoredState:
-        job_rows = (await conn.execute(select(t.jobs).order_by(t.jobs.c.job_id))).mappings()
-        records = tuple(_job_record(row) for row in job_rows)
-        claim_rows = await conn.execute(
-            select(t.board_claims).order_by(
-                t.board_claims.c.machine,
-                t.board_claims.c.job_id,
-                t.board_claims.c.x,
-                t.board_claims.c.y,
-                t.board_claims.c.z,
-            )
-        )
-        grouped: dict[tuple[str, int], list[BoardXYZ]] = defaultdict(list)
-        for row in claim_rows.mappings():
-            grouped[(row["machine"], row["job_id"])].append(BoardXYZ(row["x"], row["y"], row["z"]))
-        claims = tuple(
-            BoardClaim(machine, job_id, tuple(sorted(boards)))
-            for (machine, job_id), boards in sorted(grouped.items())
-        )
-        stored_next = (
-            await conn.execute(select(t.meta.c.value).where(t.meta.c.key == "next_job_id"))
-        ).scalar_one()
-        next_job_id = max([int(stored_next), *(r.job_id + 1 for r in records)])
-        board_rows = await conn.execute(select(t.board_status))
-        statuses = tuple(
-            BoardStatus(
-                r["machine"],
-                BoardXYZ(r["x"], r["y"], r["z"]),
-                bool(r["in_service"]),
-                r["reason"],
-                r["changed_at"],
-                r["changed_by"],
-            )
-            for r in board_rows.mappings()
-        )
-        link_rows = await conn.execute(select(t.link_status))
-        link_statuses = tuple(
-            LinkStatus(
-                r["machine"],
-                BoardXYZ(r["x"], r["y"], r["z"]),
-                Link(r["link"]),
-                bool(r["in_service"]),
-                r["reason"],
-                r["changed_at"],
-                r["changed_by"],
-            )
-            for r in link_rows.mappings()
-        )
-        audit_rows = await conn.execute(
-            select(t.audit).order_by(t.audit.c.id.desc()).limit(audit_limit)
-        )
-        entries = tuple(
-            AuditEntry(
-                r["at"],
-                r["who"],
-                r["action"],
-                r["target"],
-                r["reason"],
-                dict(r["detail"]),
-                r["id"],
-            )
-            for r in reversed(list(audit_rows.mappings()))
-        )
-        machine_rows = await conn.execute(
-            select(t.machine_status).order_by(t.machine_status.c.machine)
-        )
-        machine_statuses = tuple(
-            MachineStatus(
-                r["machine"], bool(r["is_draining"]), r["reason"], r["changed_at"], r["changed_by"]
-            )
-            for r in machine_rows.mappings()
-        )
-        return StoredState(
-            records, claims, next_job_id, statuses, link_statuses, entries, machine_statuses
-        )
 
     def __repr__(self) -> str:
         return (
@@ -851,3 +757,221 @@ def _audit_row(entry: AuditEntry) -> dict[str, Any]:
         # with is the id stored.
         row["id"] = entry.audit_id
     return row
+
+
+def _read(conn: Connection, audit_limit: int) -> StoredState:
+    """Everything persisted, in one read transaction (database side)."""
+    with conn.begin():
+        return _read_tables(conn, audit_limit)
+
+
+def _read_tables(conn: Connection, audit_limit: int) -> StoredState:
+    job_rows = (conn.execute(select(t.jobs).order_by(t.jobs.c.job_id))).mappings()
+    records = tuple(_job_record(row) for row in job_rows)
+    claim_rows = conn.execute(
+        select(t.board_claims).order_by(
+            t.board_claims.c.machine,
+            t.board_claims.c.job_id,
+            t.board_claims.c.x,
+            t.board_claims.c.y,
+            t.board_claims.c.z,
+        )
+    )
+    grouped: dict[tuple[str, int], list[BoardXYZ]] = defaultdict(list)
+    for row in claim_rows.mappings():
+        grouped[(row["machine"], row["job_id"])].append(BoardXYZ(row["x"], row["y"], row["z"]))
+    claims = tuple(
+        BoardClaim(machine, job_id, tuple(sorted(boards)))
+        for (machine, job_id), boards in sorted(grouped.items())
+    )
+    stored_next = (
+        conn.execute(select(t.meta.c.value).where(t.meta.c.key == "next_job_id"))
+    ).scalar_one()
+    next_job_id = max([int(stored_next), *(r.job_id + 1 for r in records)])
+    board_rows = conn.execute(select(t.board_status))
+    statuses = tuple(
+        BoardStatus(
+            r["machine"],
+            BoardXYZ(r["x"], r["y"], r["z"]),
+            bool(r["in_service"]),
+            r["reason"],
+            r["changed_at"],
+            r["changed_by"],
+        )
+        for r in board_rows.mappings()
+    )
+    link_rows = conn.execute(select(t.link_status))
+    link_statuses = tuple(
+        LinkStatus(
+            r["machine"],
+            BoardXYZ(r["x"], r["y"], r["z"]),
+            Link(r["link"]),
+            bool(r["in_service"]),
+            r["reason"],
+            r["changed_at"],
+            r["changed_by"],
+        )
+        for r in link_rows.mappings()
+    )
+    audit_rows = conn.execute(select(t.audit).order_by(t.audit.c.id.desc()).limit(audit_limit))
+    entries = tuple(
+        AuditEntry(
+            r["at"],
+            r["who"],
+            r["action"],
+            r["target"],
+            r["reason"],
+            dict(r["detail"]),
+            r["id"],
+        )
+        for r in reversed(list(audit_rows.mappings()))
+    )
+    machine_rows = conn.execute(select(t.machine_status).order_by(t.machine_status.c.machine))
+    machine_statuses = tuple(
+        MachineStatus(
+            r["machine"], bool(r["is_draining"]), r["reason"], r["changed_at"], r["changed_by"]
+        )
+        for r in machine_rows.mappings()
+    )
+    return StoredState(
+        records, claims, next_job_id, statuses, link_statuses, entries, machine_statuses
+    )
+
+
+def _read_commit_seq(conn: Connection) -> int:
+    with conn.begin():
+        value = conn.execute(
+            select(t.meta.c.value).where(t.meta.c.key == "commit_seq")
+        ).scalar_one()
+    return int(value)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The net effect of a run of changes: what one transaction writes."""
+
+    puts: list[JobRecord]
+    forgets: list[int]
+    released: set[tuple[str, int, int, int]]
+    claimed: dict[tuple[str, int, int, int], int]
+    boards: list[BoardStatus]
+    links: list[LinkStatus]
+    machines: list[MachineStatus]
+    audits: list[AuditEntry]
+    next_job_id: int | None
+
+
+def _net_effect(changes: Sequence[Change]) -> _Batch:
+    """Fold changes into their net effect, keeping each key's last change.
+
+    Per table only the net effect matters: the last write of a job, a board status or a
+    link status wins. Claims keep their order: a board released and claimed again in one
+    batch is deleted first and inserted after.
+
+    Raises:
+        StoreConflictError: two changes claim the same board (nothing is written).
+    """
+    jobs: dict[int, JobRecord | None] = {}
+    released: set[tuple[str, int, int, int]] = set()
+    claimed: dict[tuple[str, int, int, int], int] = {}
+    boards: dict[tuple[str, int, int, int], BoardStatus] = {}
+    links: dict[tuple[str, int, int, int, int], LinkStatus] = {}
+    machines: dict[str, MachineStatus] = {}
+    audits: list[AuditEntry] = []
+    next_job_id: int | None = None
+    for change in changes:
+        match change:
+            case PutJob(record):
+                jobs[record.job_id] = record
+            case ForgetJobs(job_ids):
+                jobs.update(dict.fromkeys(job_ids))
+            case ClaimBoards(machine, claim_boards, job_id):
+                for board in claim_boards:
+                    key = (machine, board[0], board[1], board[2])
+                    if key in claimed:
+                        raise StoreConflictError(
+                            len(changes),
+                            f"board {tuple(key[1:])} of {machine} claimed by jobs "
+                            f"{claimed[key]} and {job_id}",
+                        )
+                    claimed[key] = job_id
+            case ReleaseBoards(machine, release_boards):
+                for board in release_boards:
+                    key = (machine, board[0], board[1], board[2])
+                    released.add(key)
+                    claimed.pop(key, None)
+            case SetNextJobId(n):
+                next_job_id = n
+            case PutBoardStatus(status):
+                boards[(status.machine, *status.board)] = status
+            case PutLinkStatus(status):
+                links[(status.machine, *status.board, int(status.link))] = status
+            case PutMachineStatus(status):
+                machines[status.machine] = status
+            case AppendAudit(entry):
+                audits.append(entry)
+    return _Batch(
+        puts=[r for r in jobs.values() if r is not None],
+        forgets=[job_id for job_id, r in jobs.items() if r is None],
+        released=released,
+        claimed=claimed,
+        boards=list(boards.values()),
+        links=list(links.values()),
+        machines=list(machines.values()),
+        audits=audits,
+        next_job_id=next_job_id,
+    )
+
+
+def _meta_rows(batch: _Batch, seq: int) -> list[dict[str, str]]:
+    rows = [{"meta_key": "commit_seq", "meta_value": str(seq)}]
+    if batch.next_job_id is not None:
+        rows.append({"meta_key": "next_job_id", "meta_value": str(batch.next_job_id)})
+    return rows
+
+
+def _sqlite_upsert_sql(table: Any) -> str:
+    quote = sqlite.dialect().identifier_preparer.quote
+    columns = [column.name for column in table.columns]
+    keys = [column.name for column in table.primary_key.columns]
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in keys)
+    return (
+        f"INSERT INTO {quote(table.name)} ({', '.join(map(quote, columns))}) "
+        f"VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT ({', '.join(map(quote, keys))}) DO UPDATE SET {updates}"
+    )
+
+
+_SQLITE_UPSERT_JOB = _sqlite_upsert_sql(t.jobs)
+_CLAIMS = t.board_claims.name
+_SQLITE_CLAIM = f"INSERT INTO {_CLAIMS} (machine, x, y, z, job_id) VALUES (?, ?, ?, ?, ?)"
+_SQLITE_RELEASE = f"DELETE FROM {_CLAIMS} WHERE machine = ? AND x = ? AND y = ? AND z = ?"
+_SQLITE_SET_META = f'UPDATE {t.meta.name} SET "value" = ? WHERE "key" = ?'
+_JOB_JSON_COLUMNS = frozenset(c.name for c in t.jobs.columns if isinstance(c.type, JSON))
+_JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
+
+
+def _sqlite_job_values(record: JobRecord) -> tuple[Any, ...]:
+    # As SQLAlchemy's JSON type stores it on SQLite (json.dumps text), so that rows written
+    # either way read back the same.
+    row = _job_row(record)
+    return tuple(json.dumps(row[c]) if c in _JOB_JSON_COLUMNS else row[c] for c in _JOB_COLUMNS)
+
+
+def _sqlite_write_hot_tables(conn: Connection, batch: _Batch, seq: int) -> None:
+    """The tables every commit writes, as plain driver statements (SQLite).
+
+    The same rows as `Store._write_hot_tables`, without SQLAlchemy's per-statement work:
+    that runs in the database thread holding the interpreter lock the event loop needs.
+    """
+    if batch.puts:
+        conn.exec_driver_sql(_SQLITE_UPSERT_JOB, [_sqlite_job_values(r) for r in batch.puts])
+    if batch.released:
+        conn.exec_driver_sql(_SQLITE_RELEASE, list(batch.released))
+    if batch.claimed:
+        conn.exec_driver_sql(
+            _SQLITE_CLAIM, [(m, x, y, z, j) for (m, x, y, z), j in batch.claimed.items()]
+        )
+    conn.exec_driver_sql(
+        _SQLITE_SET_META, [(r["meta_value"], r["meta_key"]) for r in _meta_rows(batch, seq)]
+    )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import pytest
+from sqlalchemy import Connection
 
 from allocator import jobs
 from allocator.errors import StoreError
@@ -35,6 +37,7 @@ from allocator.store import (
 )
 from machine_models.geometry import BoardXYZ, Link
 
+T = TypeVar("T")
 T0 = 1_700_000_000.0
 B000, B001, B100 = BoardXYZ(0, 0, 0), BoardXYZ(0, 0, 1), BoardXYZ(1, 0, 0)
 
@@ -245,18 +248,17 @@ async def test_second_server_on_same_database_is_refused(db_url: str) -> None:
 
 async def test_newer_schema_is_refused(db_url: str) -> None:
     from sqlalchemy import update
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     from allocator.store import tables
 
     opened = await Store.open(db_url)
     await opened.close()
-    engine = create_async_engine(db_url)
-    async with engine.begin() as conn:
-        await conn.execute(
+    await _behind_the_stores_back(
+        db_url,
+        lambda conn: conn.execute(
             update(tables.meta).where(tables.meta.c.key == "schema_version").values(value="99")
-        )
-    await engine.dispose()
+        ),
+    )
     with pytest.raises(SchemaVersionError, match="has schema version 99, newer than version 2"):
         await Store.open(db_url)
 
@@ -282,7 +284,6 @@ async def test_machine_status_last_write_wins_and_survives_reopening(db_url: str
 
 async def test_version_1_database_is_upgraded_keeping_its_drains(db_url: str) -> None:
     from sqlalchemy import update
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     from allocator.store import tables
 
@@ -295,14 +296,15 @@ async def test_version_1_database_is_upgraded_keeping_its_drains(db_url: str) ->
     opened.stage(drain("admin_undrain_machine", "spare", T0 + 2))
     await opened.flush()
     await opened.close()
+
     # Make it the version 1 database it would have been: no machine_status table.
-    engine = create_async_engine(db_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(lambda sync: tables.machine_status.drop(sync))
-        await conn.execute(
+    def downgrade(conn: Connection) -> None:
+        tables.machine_status.drop(conn)
+        conn.execute(
             update(tables.meta).where(tables.meta.c.key == "schema_version").values(value="1")
         )
-    await engine.dispose()
+
+    await _behind_the_stores_back(db_url, downgrade)
     upgraded = await Store.open(db_url)
     try:
         state = await upgraded.load()
@@ -312,13 +314,33 @@ async def test_version_1_database_is_upgraded_keeping_its_drains(db_url: str) ->
         }
     finally:
         await upgraded.close()
-    engine = create_async_engine(db_url)
-    async with engine.begin() as conn:
-        version = (
-            await conn.execute(tables.meta.select().where(tables.meta.c.key == "schema_version"))
-        ).one()
-    await engine.dispose()
+    version = await _behind_the_stores_back(
+        db_url,
+        lambda conn: conn.execute(
+            tables.meta.select().where(tables.meta.c.key == "schema_version")
+        ).one(),
+    )
     assert version.value == "2"
+
+
+async def _behind_the_stores_back(db_url: str, change: Callable[[Connection], T]) -> T:
+    """Run `change` in a transaction of a connection of its own (no store open)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if db_url.startswith("sqlite"):
+        engine = create_engine(db_url)
+        try:
+            with engine.begin() as conn:
+                return change(conn)
+        finally:
+            engine.dispose()
+    async_engine = create_async_engine(db_url)
+    try:
+        async with async_engine.begin() as async_conn:
+            return await async_conn.run_sync(change)
+    finally:
+        await async_engine.dispose()
 
 
 async def test_bad_urls_are_refused() -> None:
@@ -328,8 +350,9 @@ async def test_bad_urls_are_refused() -> None:
         await Store.open("mysql+aiomysql://u@h/db")
 
 
-async def test_in_memory_sqlite_works() -> None:
-    opened = await Store.open("sqlite+aiosqlite://")
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite+aiosqlite://"])
+async def test_in_memory_sqlite_works(url: str) -> None:
+    opened = await Store.open(url)
     try:
         opened.stage(PutJob(queued(1)))
         await opened.flush()

@@ -345,7 +345,7 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     ) -> ServerProcess:
         where = directory if directory is not None else tmp_path / f"server{len(servers)}"
         config_path = write_server_config(where, config_text)
-        url = db_url if db_url is not None else f"sqlite+aiosqlite:///{where / 'allotment.db'}"
+        url = db_url if db_url is not None else f"sqlite:///{where / 'allotment.db'}"
         server = ServerProcess(config_path, url, where)
         servers.append(server)
         return server.start()
@@ -362,7 +362,7 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     require_server_module()
     where = tmp_path_factory.mktemp("shared-server")
     config_path = write_server_config(where)
-    server = ServerProcess(config_path, f"sqlite+aiosqlite:///{where / 'allotment.db'}", where)
+    server = ServerProcess(config_path, f"sqlite:///{where / 'allotment.db'}", where)
     server.start()
     yield server
     code = server.stop()
