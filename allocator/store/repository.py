@@ -12,7 +12,9 @@ connection per operation, so a group commit costs one hop however many statement
 Group commit without a background task: `flush` takes the writer lock; whoever holds it
 commits *everything* staged so far in one transaction. Flushers that arrive while a commit
 is under way wait for it to end, all woken together, and usually find their changes durable
-by then; the first of them that still has changes staged commits them for all::
+by then; the first of them that still has changes staged commits them for all. Whoever
+takes the lock lets the event loop turn twice before it starts, so that the requests read
+in the same batch join its transaction::
 
     flush A --[lock: commit a1]-----------> return
     flush B    (stages b1, waits) --+--[lock: commit b1 c1]--> return
@@ -111,6 +113,9 @@ class _Failure:
     end: int
     error: StoreError
 
+
+_GATHER_TURNS = 2
+"""Event-loop turns a commit waits for more changes before it starts (see `Store.flush`)."""
 
 _UPGRADABLE = frozenset({1})
 """Older schema versions that opening a database upgrades in place."""
@@ -421,6 +426,12 @@ class Store:
                 await waiter
                 continue
             async with self._round():
+                # Two turns of the event loop first, so that the requests read together
+                # with this one (the server starts each a turn after reading it) stage
+                # their changes too and share this transaction: fewer, larger commits
+                # (13,600 -> 14,000 requests/s in bench/server_load.py; one turn: 13,500).
+                for _ in range(_GATHER_TURNS):
+                    await asyncio.sleep(0)
                 self._check_usable()
                 if self._n_done < target:
                     await self._commit_with_retry()
