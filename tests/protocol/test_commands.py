@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.commands import (
     MAX_INT,
     MAX_LIST_ITEMS,
+    REQUIRED,
     V1_COMMAND_NAMES,
     V1_VERSION,
     CommandSpec,
@@ -20,7 +21,9 @@ from protocol.commands import (
     bind,
     check_int,
     command_table,
+    construct_plain,
     get_spec,
+    is_plain_model,
     register,
 )
 from protocol.errors import CommandError, DuplicateCommandError, UnknownCommandError
@@ -473,3 +476,44 @@ def test_bind_gives_a_model_or_a_command_error(
     except CommandError:
         return
     assert isinstance(bound, BaseModel)
+
+
+# --- the fast construction of argument models ----------------------------------------------
+
+
+def _plain_specs() -> list[CommandSpec]:
+    return [spec for spec in command_table().values() if spec.is_plain_model]
+
+
+def test_hot_commands_build_their_arguments_the_fast_way() -> None:
+    names = {spec.name for spec in _plain_specs()}
+    assert {"get_job_state", "job_keepalive", "get_job_machine_info", "destroy_job"} <= names
+
+
+@pytest.mark.parametrize("spec", _plain_specs(), ids=lambda spec: spec.name)
+def test_construct_plain_builds_what_model_construct_builds(spec: CommandSpec) -> None:
+    fields = {
+        p.field or p.name: (None if p.default is REQUIRED else p.default) for p in spec.all_params
+    }
+    fast = construct_plain(spec.arg_model, dict(fields))
+    slow = spec.arg_model.model_construct(**fields)
+    assert fast == slow
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump() == slow.model_dump()
+    assert fast.__pydantic_extra__ == slow.__pydantic_extra__
+    assert fast.__pydantic_private__ == slow.__pydantic_private__
+
+
+def test_bind_create_job_gives_the_model_pydantic_would() -> None:
+    bound = bind("create_job", [2, 3], {"owner": "me", "keepalive": 30.0, "tags": ["a"]})
+    expected = CreateJobArgs.model_construct(**bound.model_dump())
+    assert bound == expected
+    assert bound.model_fields_set == expected.model_fields_set
+
+
+def test_a_model_with_an_alias_is_not_plain() -> None:
+    class Aliased(BaseModel):
+        job_id: int = Field(alias="id")
+
+    assert not is_plain_model(Aliased, {"job_id"})
+    assert not is_plain_model(GetJobStateArgs, {"job_id", "extra"})
