@@ -168,6 +168,7 @@ class Store:
         self._token = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
         self._lock = asyncio.Lock()
         self._round_waiters: list[asyncio.Future[None]] = []
+        self._request_json: RequestJson = {}  # used in the database thread only
         self._staged: list[Change] = []
         self._inflight: list[Change] = []
         self._n_staged = 0
@@ -621,7 +622,7 @@ class Store:
                 self._check_lease(conn)
                 self._write_hot_tables(conn, batch, seq)
             else:
-                _sqlite_write_hot_tables(conn, batch, seq)
+                _sqlite_write_hot_tables(conn, batch, seq, self._request_json)
             if batch.forgets:
                 conn.execute(delete(t.jobs).where(t.jobs.c.job_id.in_(batch.forgets)))
             if batch.boards:
@@ -962,21 +963,42 @@ _JOB_JSON_COLUMNS = frozenset(c.name for c in t.jobs.columns if isinstance(c.typ
 _JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
 
 
-def _sqlite_job_values(record: JobRecord) -> tuple[Any, ...]:
+RequestJson = dict[int, tuple[object, object, str, str]]
+"""Job id -> (args, kwargs, their JSON) as last written, for live jobs.
+
+A job's arguments never change, and every record of a job shares the same objects, so each
+job's arguments are encoded once rather than at each of the few writes of its life.
+"""
+
+
+def _sqlite_job_values(record: JobRecord, request_json: RequestJson) -> tuple[Any, ...]:
     # As SQLAlchemy's JSON type stores it on SQLite (json.dumps text), so that rows written
     # either way read back the same.
     row = _job_row(record)
-    return tuple(json.dumps(row[c]) if c in _JOB_JSON_COLUMNS else row[c] for c in _JOB_COLUMNS)
+    cached = request_json.get(record.job_id)
+    if cached is None or cached[0] is not record.args or cached[1] is not record.kwargs:
+        cached = (record.args, record.kwargs, json.dumps(row["args"]), json.dumps(row["kwargs"]))
+    if record.is_live:
+        request_json[record.job_id] = cached
+    else:
+        request_json.pop(record.job_id, None)
+    row["args"], row["kwargs"] = cached[2], cached[3]
+    row["boards"] = json.dumps(row["boards"])
+    return tuple(row[c] for c in _JOB_COLUMNS)
 
 
-def _sqlite_write_hot_tables(conn: Connection, batch: _Batch, seq: int) -> None:
+def _sqlite_write_hot_tables(
+    conn: Connection, batch: _Batch, seq: int, request_json: RequestJson
+) -> None:
     """The tables every commit writes, as plain driver statements (SQLite).
 
     The same rows as `Store._write_hot_tables`, without SQLAlchemy's per-statement work:
     that runs in the database thread holding the interpreter lock the event loop needs.
     """
     if batch.puts:
-        conn.exec_driver_sql(_SQLITE_UPSERT_JOB, [_sqlite_job_values(r) for r in batch.puts])
+        conn.exec_driver_sql(
+            _SQLITE_UPSERT_JOB, [_sqlite_job_values(r, request_json) for r in batch.puts]
+        )
     if batch.released:
         conn.exec_driver_sql(_SQLITE_RELEASE, list(batch.released))
     if batch.claimed:
