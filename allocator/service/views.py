@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from allocator.jobs import JobRecord, JobState
 from allocator.service.core import ServiceCore
 from machine_models.geometry import BoardCFB, BoardXYZ
 from protocol import admin as a
+from protocol.commands import construct_plain, is_plain_model
 from protocol.events import BoardState
 
 __all__ = ["StateViews"]
+
+
+_BOARD_STATUS_IS_PLAIN = is_plain_model(a.BoardStatus, set(a.BoardStatus.model_fields))
+
+
+def _board_status(fields: dict[str, Any]) -> a.BoardStatus:
+    # 1,200 of these per machine walk: the plain construction halves the walk.
+    if _BOARD_STATUS_IS_PLAIN:
+        return construct_plain(a.BoardStatus, fields)
+    return a.BoardStatus.model_construct(**fields)
 
 
 class StateViews(ServiceCore):
@@ -73,17 +85,21 @@ class StateViews(ServiceCore):
                     cfb: BoardCFB | None = machine.physical(board)
                     status = self._board_status.get((machine_name, board))
                     boards.append(
-                        a.BoardStatus.model_construct(
-                            x=x,
-                            y=y,
-                            z=z,
-                            cabinet=None if cfb is None else cfb.cabinet,
-                            frame=None if cfb is None else cfb.frame,
-                            board=None if cfb is None else cfb.board,
-                            state=state,
-                            job_id=job_id,
-                            reason=None if status is None or status.in_service else status.reason,
-                            n_dead_links=dead_links.get(board, 0),
+                        _board_status(
+                            {
+                                "x": x,
+                                "y": y,
+                                "z": z,
+                                "cabinet": None if cfb is None else cfb.cabinet,
+                                "frame": None if cfb is None else cfb.frame,
+                                "board": None if cfb is None else cfb.board,
+                                "state": state,
+                                "job_id": job_id,
+                                "reason": None
+                                if status is None or status.in_service
+                                else status.reason,
+                                "n_dead_links": dead_links.get(board, 0),
+                            }
                         )
                     )
         jobs = [
