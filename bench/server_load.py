@@ -60,8 +60,9 @@ board_locations = "spinn1m-ethernet-chips.csv"
 class LoadClient(asyncio.Protocol):
     """One connection that issues requests one at a time and times them.
 
-    A bare `asyncio.Protocol` rather than streams: the clients share the machine with the
-    server, so every microsecond they spend is one the server does not get.
+    A bare `asyncio.Protocol` with one future per call rather than streams: the clients
+    share the machine with the server, so every microsecond they spend is one the server
+    does not get.
     """
 
     def __init__(self) -> None:
@@ -69,7 +70,8 @@ class LoadClient(asyncio.Protocol):
         self.errors: dict[str, int] = defaultdict(int)
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
-        self._replies: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._waiter: asyncio.Future[bytes] | None = None
+        self._is_lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -77,23 +79,23 @@ class LoadClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
-            self._replies.put_nowait(line)
+            # A reply (not a notification) answers the one call in flight.
+            if self._waiter is not None and not self._waiter.done() and _is_reply(line):
+                self._waiter.set_result(line)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._replies.put_nowait(None)
+        self._is_lost = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(ConnectionError("server closed the connection"))
 
     async def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
-        assert self._transport is not None
+        if self._transport is None or self._is_lost:
+            raise ConnectionError("not connected")
         line = json.dumps({"command": command, "args": args, "kwargs": kwargs}) + "\n"
+        self._waiter = asyncio.get_running_loop().create_future()
         started = time.perf_counter()
         self._transport.write(line.encode())
-        while True:
-            raw = await self._replies.get()
-            if raw is None:
-                raise ConnectionError("server closed the connection")
-            reply = json.loads(raw)
-            if "return" in reply or "exception" in reply:
-                break  # anything else is a notification
+        reply = json.loads(await self._waiter)
         self.latencies_s[command].append(time.perf_counter() - started)
         if "exception" in reply:
             self.errors[f"{command}: {reply['exception'][:80]}"] += 1
@@ -103,6 +105,10 @@ class LoadClient(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def _is_reply(line: bytes) -> bool:
+    return line.startswith((b'{"return"', b'{"exception"'))
 
 
 async def _client_loop(
