@@ -66,7 +66,7 @@ class AllocationConflictError(AllocatorError):
     """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TriadRect:
     """A rectangle of triads: bottom-left (x, y) and size in triads."""
 
@@ -82,7 +82,7 @@ class TriadRect:
                 yield TriadXY(x, y)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Allocation:
     """The boards given to one job on one machine.
 
@@ -185,6 +185,10 @@ class MachineAllocator:
         self._jobs: dict[int, Allocation] = {}
         # Triads split for single boards -> the job ids holding boards there.
         self._split: dict[TriadXY, set[int]] = {}
+        # The chip network of every one-board allocation.
+        self._board_grid = allocation_chip_grid(
+            1, 1, is_single_board=True, wraps_x=False, wraps_y=False
+        )
         # The links leaving each single board that was ever allocated alone (fixed per board).
         self._board_periphery: dict[BoardXYZ, frozenset[tuple[BoardXYZ, Link]]] = {}
         self._out_of_service: frozenset[BoardXYZ] = frozenset()
@@ -413,42 +417,32 @@ class MachineAllocator:
                 rect = TriadRect(x, y, w, h)
                 region = self._region(rect, request, in_service_only=True)
                 if region is not None:
-                    return self._commit(job_id, rect, region, is_single_board=False)
+                    return self._commit(job_id, rect, region)
         return None
 
-    def _commit(
-        self, job_id: int, rect: TriadRect, region: _Region, *, is_single_board: bool
-    ) -> Allocation:
+    def _commit(self, job_id: int, rect: TriadRect, region: _Region) -> Allocation:
+        """Give a job a rectangle of whole triads (`_commit_board` gives one board)."""
         grid = allocation_chip_grid(
             rect.width,
             rect.height,
-            is_single_board=is_single_board,
+            is_single_board=False,
             wraps_x=region.wraps_x,
             wraps_y=region.wraps_y,
         )
-        if is_single_board:
-            (board,) = region.boards
-            periphery = self._board_periphery.get(board)
-            if periphery is None:
-                periphery = self._board_periphery[board] = self._periphery(region.boards)
-        else:
-            periphery = self._periphery(region.boards)
         allocation = Allocation(
             machine_name=self.machine.name,
             boards=region.boards,
             rectangle=rect,
-            is_single_board=is_single_board,
+            is_single_board=False,
             width_chips=grid.width_chips,
             height_chips=grid.height_chips,
             wraps_x=region.wraps_x,
             wraps_y=region.wraps_y,
-            peripheral_links=periphery,
+            peripheral_links=self._periphery(region.boards),
         )
         self._jobs[job_id] = allocation
         for board in region.boards:
             self._holder[board] = job_id
-        if is_single_board:
-            self._split.setdefault(TriadXY(rect.x, rect.y), set()).add(job_id)
         self._busy[rect.x : rect.x + rect.width, rect.y : rect.y + rect.height] = True
         return allocation
 
@@ -461,13 +455,13 @@ class MachineAllocator:
             if board_neighbour(board, link, self._w, self._h).board not in boards
         )
 
-    def _spare_in(self, triad: TriadXY) -> list[BoardXYZ]:
-        return [
-            b
-            for z in range(BOARDS_PER_TRIAD)
-            if self._usable(b := BoardXYZ(triad.x, triad.y, z), in_service_only=True)
-            and b not in self._holder
-        ]
+    def _spare_in(self, triad: TriadXY) -> BoardXYZ | None:
+        """The first board of a triad that is live, in service and held by no job."""
+        for z in range(BOARDS_PER_TRIAD):
+            board = BoardXYZ(triad.x, triad.y, z)
+            if board not in self._holder and self._usable(board, in_service_only=True):
+                return board
+        return None
 
     def _allocate_board(
         self, request: JobRequest, job_id: int, avoid: frozenset[TriadXY]
@@ -484,18 +478,41 @@ class MachineAllocator:
             # A split triad whose three boards are all held has nothing spare.
             if len(self._split[triad]) < BOARDS_PER_TRIAD and triad not in avoid:
                 spare = self._spare_in(triad)
-                if spare:
-                    return self._commit_board(job_id, spare[0])
-        free = ~self._blocked(avoid)
+                if spare is not None:
+                    return self._commit_board(job_id, spare)
+        free = ~self._blocked(avoid) if avoid else ~self._busy
         for x, y in zip(*np.nonzero(free.T)[::-1], strict=True):
             spare = self._spare_in(TriadXY(int(x), int(y)))
-            if spare:
-                return self._commit_board(job_id, spare[0])
+            if spare is not None:
+                return self._commit_board(job_id, spare)
         return None
 
     def _commit_board(self, job_id: int, board: BoardXYZ) -> Allocation:
-        region = _Region(frozenset({board}), False, False)
-        return self._commit(job_id, TriadRect(board.x, board.y, 1, 1), region, is_single_board=True)
+        """Give a job one board of a triad split for single boards."""
+        periphery = self._board_periphery.get(board)
+        if periphery is None:
+            periphery = self._board_periphery[board] = self._periphery(frozenset({board}))
+        allocation = Allocation(
+            machine_name=self.machine.name,
+            boards=frozenset({board}),
+            rectangle=TriadRect(board.x, board.y, 1, 1),
+            is_single_board=True,
+            width_chips=self._board_grid.width_chips,
+            height_chips=self._board_grid.height_chips,
+            wraps_x=False,
+            wraps_y=False,
+            peripheral_links=periphery,
+        )
+        self._jobs[job_id] = allocation
+        self._holder[board] = job_id
+        triad = TriadXY(board.x, board.y)
+        holders = self._split.get(triad)
+        if holders is None:
+            self._split[triad] = {job_id}
+            self._busy[triad] = True
+        else:
+            holders.add(job_id)
+        return allocation
 
     # ------------------------------------------------------------- free/restore
 
@@ -571,9 +588,7 @@ class MachineAllocator:
                 if step.board in board_set:
                     wraps_x |= step.wraps_x
                     wraps_y |= step.wraps_y
-        return self._commit(
-            job_id, rect, _Region(board_set, wraps_x, wraps_y), is_single_board=False
-        )
+        return self._commit(job_id, rect, _Region(board_set, wraps_x, wraps_y))
 
     # ------------------------------------------------------------- service
 

@@ -132,7 +132,9 @@ class PowerModel:
             self._pending[request.job_id] = self._pending.get(request.job_id, 0) + 1
         touched_jobs: list[int] = []
         for request in batch:
-            frame = self._frames.setdefault(request.bmp, _Frame())
+            frame = self._frames.get(request.bmp)
+            if frame is None:
+                frame = self._frames[request.bmp] = _Frame()
             if not frame.queue and not frame.has_worker and self._delay_s(request) == 0:
                 self._complete(request, notify=False)
                 touched_jobs.append(request.job_id)

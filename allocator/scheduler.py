@@ -30,7 +30,7 @@ from machine_models.geometry import TriadXY
 __all__ = ["Placement", "QueuedJob", "Scheduler"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QueuedJob:
     """A job waiting for boards.
 
@@ -47,7 +47,7 @@ class QueuedJob:
     queued_at: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     """A decision: the job now holds this allocation (already applied to the allocator)."""
 
@@ -83,11 +83,16 @@ class Scheduler:
             queued: The queued jobs, in any order.
             now: The current time, comparable with ``queued_at``.
         """
+        if not queued:
+            # Nothing can be placed (boards freed with no job waiting, say): no pass.
+            self._reservations.clear()
+            return []
         order = sorted(queued, key=lambda j: (j.queued_at, j.job_id))
-        live_ids = {j.job_id for j in order}
-        for job_id in list(self._reservations):
-            if job_id not in live_ids:
-                del self._reservations[job_id]
+        if self._reservations:
+            live_ids = {j.job_id for j in order}
+            for job_id in list(self._reservations):
+                if job_id not in live_ids:
+                    del self._reservations[job_id]
         reserved: dict[str, set[TriadXY]] = {}
         placements: list[Placement] = []
         does_not_fit: set[tuple[str, JobRequest]] = set()
@@ -98,11 +103,13 @@ class Scheduler:
                 allocator = self._allocators.get(name)
                 if allocator is None:
                     continue
-                avoid = reserved.get(name, set())
                 key = (name, job.request)
-                if own is None and key in does_not_fit:
+                # (hashing a request is not free: most passes have nothing here to look up)
+                if own is None and does_not_fit and key in does_not_fit:
                     continue
-                allocation = allocator.allocate(job.request, job.job_id, frozenset(avoid))
+                allocation = allocator.allocate(
+                    job.request, job.job_id, frozenset(reserved.get(name, ()))
+                )
                 if allocation is not None:
                     placements.append(Placement(job.job_id, name, allocation))
                     self._reservations.pop(job.job_id, None)

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from allocator.jobs import JobRecord, JobState
+from allocator.jobs import JobRecord
 from allocator.machine import Machine
 from allocator.service.admin import AdminTargetError, OperatorCommands
 from allocator.service.core import Handler, Listener, ServiceObserver
@@ -57,7 +57,7 @@ class Service(Reconfigure, OperatorCommands, V1Commands):
     def __repr__(self) -> str:
         return (
             f"<Service machines={list(self._machines)} live={len(self._live)}"
-            f" queued={sum(1 for j in self._live.values() if j.record.state is JobState.QUEUED)}"
+            f" queued={len(self._queue)}"
             f" retired={len(self._retired)} next_job_id={self._next_job_id}>"
         )
 

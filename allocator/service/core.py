@@ -60,6 +60,8 @@ _FORGET_BATCH = 64
 
 Listener = Callable[[tuple[int, ...], tuple[str, ...]], None]
 Handler = Callable[[Any, Any], Awaitable[Any]]
+PowerFrames = tuple[tuple[BmpKey, tuple[BoardXYZ, ...]], ...]
+"""An allocation's boards grouped by the board controller (BMP) of their frame."""
 
 
 class ServiceObserver(Protocol):
@@ -73,13 +75,17 @@ class ServiceObserver(Protocol):
 
 @dataclass(slots=True)
 class Live:
-    """A live job: its durable record plus what only lives in memory."""
+    """A live job: its durable record plus what only lives in memory.
+
+    `frames` is set with the allocation (the same for every power-on and power-off).
+    """
 
     record: JobRecord
     request: JobRequest | None
     candidates: tuple[str, ...]
     queued_at: float
     last_touch: float
+    frames: PowerFrames = ()
 
     def place(self) -> JobPlace:
         assert self.record.machine_name is not None
@@ -132,6 +138,9 @@ class ServiceCore:
         }
         self._scheduler = Scheduler(self._allocators, config.server.starvation_s)
         self._live: dict[int, Live] = {}
+        # The live jobs in state QUEUED, by id: a scheduling pass reads them without
+        # walking every live job, and is skipped when there are none.
+        self._queue: dict[int, Live] = {}
         self._retired: OrderedDict[int, JobRecord] = OrderedDict()
         self._next_job_id = 1
         self._board_owner: dict[tuple[str, BoardXYZ], int] = {}
@@ -140,7 +149,8 @@ class ServiceCore:
         self._listeners: list[Listener] = []
         self._pending_jobs: set[int] = set()
         self._pending_machines: set[str] = set()
-        self._is_committer_scheduled = False
+        # Set when changes made outside a request wait for the committer task.
+        self._has_background_changes = asyncio.Event()
         # job id -> store watermark of the job's latest staged change: a read about one
         # job waits only for that job's own changes to be durable.
         self._marks: dict[int, int] = {}
@@ -148,7 +158,6 @@ class ServiceCore:
         self._power: PowerModel | None = None
         # destroyed jobs whose boards are being powered off: job id -> machine name
         self._powering_off: dict[int, str] = {}
-        self._task_group: asyncio.TaskGroup | None = None
         self._handlers = self._command_handlers()
 
     def _command_handlers(self) -> dict[str, Handler]:
@@ -158,7 +167,7 @@ class ServiceCore:
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
         """Restore the stored state, then run timers and board controllers until cancelled."""
         async with asyncio.TaskGroup() as tg:
-            self._task_group = tg
+            tg.create_task(self._committer(), name="committer")
             self._power = PowerModel(
                 self._clock,
                 power_on_delay_s=self._config.power.power_on_delay_s,
@@ -220,11 +229,13 @@ class ServiceCore:
                 self._allocators[record.machine_name].restore(record.job_id, record.boards)
                 for board in record.boards:
                     self._board_owner[(record.machine_name, board)] = record.job_id
+                job.frames = self._power_frames(record)
                 if record.state is JobState.POWER:
                     # The controller's work was lost with the old process: do it again.
                     self._start_power(job, bool(record.power))
             else:
                 job.candidates = self._candidates(request) if request is not None else ()
+                self._queue[record.job_id] = job
         # Claims whose job is gone: boards that were cooling down; give them a full cool-down.
         for claim in state.claims:
             if claim.job_id not in self._live:
@@ -275,6 +286,7 @@ class ServiceCore:
 
     def _retire(self, record: JobRecord, *, stage: bool = True) -> None:
         self._live.pop(record.job_id, None)
+        self._queue.pop(record.job_id, None)
         self._retired[record.job_id] = record
         if stage:
             self._store.stage(PutJob(record))
@@ -307,9 +319,9 @@ class ServiceCore:
 
     def _queued(self) -> list[QueuedJob]:
         queued = [
-            QueuedJob(job.record.job_id, job.request, job.candidates, job.queued_at)
-            for job in self._live.values()
-            if job.record.state is JobState.QUEUED and job.request is not None
+            QueuedJob(job_id, job.request, job.candidates, job.queued_at)
+            for job_id, job in self._queue.items()
+            if job.request is not None
         ]
         if not self._draining:
             return queued
@@ -333,17 +345,18 @@ class ServiceCore:
         return machines
 
     def _allocated(self, job: Live, allocation: Allocation) -> None:
-        boards = tuple(sorted(allocation.boards))
         record = jobs_.allocate(
             job.record,
             allocation.machine_name,
-            boards,
+            allocation.boards,
             allocation.width_chips,
             allocation.height_chips,
         )
-        self._store.stage(ClaimBoards(allocation.machine_name, boards, job.record.job_id))
+        self._store.stage(ClaimBoards(allocation.machine_name, record.boards, record.job_id))
         self._put(job, record)
-        for board in boards:
+        del self._queue[record.job_id]
+        job.frames = self._power_frames(record)
+        for board in record.boards:
             self._board_owner[(allocation.machine_name, board)] = record.job_id
         if self._observer is not None:
             self._observer.queue_wait(max(0.0, self._clock.now() - job.queued_at))
@@ -351,7 +364,8 @@ class ServiceCore:
 
     # --- power ------------------------------------------------------------------------
 
-    def _power_requests(self, record: JobRecord, is_on: bool) -> list[PowerRequest]:
+    def _power_frames(self, record: JobRecord) -> PowerFrames:
+        """An allocated job's boards by the board controller of their frame, in frame order."""
         assert record.machine_name is not None
         machine = self._machines[record.machine_name]
         frames: dict[FrameCF, list[BoardXYZ]] = {}
@@ -359,21 +373,22 @@ class ServiceCore:
             frame = machine.frame_of(board)
             if frame is not None:
                 frames.setdefault(frame, []).append(board)
-        return [
-            PowerRequest(
-                job_id=record.job_id,
-                bmp=BmpKey(machine.name, frame.cabinet, frame.frame),
-                boards=tuple(boards),
-                is_power_on=is_on,
-            )
+        return tuple(
+            (BmpKey(machine.name, frame.cabinet, frame.frame), tuple(boards))
             for frame, boards in sorted(frames.items())
-        ]
+        )
 
     def _start_power(self, job: Live, is_on: bool) -> None:
         assert self._power is not None
-        requests = self._power_requests(job.record, is_on)
-        if requests:
-            self._power.submit(requests)
+        if job.frames:
+            self._power.submit(
+                [
+                    PowerRequest(
+                        job_id=job.record.job_id, bmp=bmp, boards=boards, is_power_on=is_on
+                    )
+                    for bmp, boards in job.frames
+                ]
+            )
         else:
             self._job_power_idle(job.record.job_id)
 
@@ -389,15 +404,10 @@ class ServiceCore:
         self._put(job, jobs_.power_done(job.record))
         self._background_commit([job_id], ())
 
-    def _power_off_then_cool(self, record: JobRecord) -> None:
-        assert record.machine_name is not None
-        assert self._power is not None
-        self._powering_off[record.job_id] = record.machine_name
-        requests = self._power_requests(record, False)
-        if requests:
-            self._power.submit(requests)
-        else:
-            self._job_power_idle(record.job_id)
+    def _power_off_then_cool(self, job: Live) -> None:
+        assert job.record.machine_name is not None
+        self._powering_off[job.record.job_id] = job.record.machine_name
+        self._start_power(job, False)
 
     def _cool(self, machine_name: str, job_id: int) -> None:
         heapq.heappush(
@@ -410,23 +420,23 @@ class ServiceCore:
     def _background_commit(self, job_ids: Iterable[int], machines: Iterable[str]) -> None:
         """Commit and announce changes made outside a request (timers, board controllers).
 
-        Changes made in the same turn of the event loop share one committer task; a
-        request that commits first takes them with it, and the committer then finds
-        nothing left to wait for.
+        The committer takes the changes made in the same turn of the event loop (or while
+        it was committing earlier ones) together; a request that commits first takes them
+        with it, and the committer then finds nothing left to wait for.
         """
         self._pending_jobs.update(job_ids)
         self._pending_machines.update(machines)
-        if not self._is_committer_scheduled:
-            assert self._task_group is not None
-            self._is_committer_scheduled = True
-            self._task_group.create_task(self._committer())
+        self._has_background_changes.set()
 
     async def _committer(self) -> None:
-        await asyncio.sleep(0)  # gather everything changed in this turn of the loop
-        self._is_committer_scheduled = False
-        jobs, self._pending_jobs = self._pending_jobs, set()
-        machines, self._pending_machines = self._pending_machines, set()
-        await self._commit(sorted(jobs), sorted(machines))
+        """The one task that commits background changes: woken for them, not started."""
+        while True:
+            await self._has_background_changes.wait()
+            await asyncio.sleep(0)  # gather everything changed in this turn of the loop
+            self._has_background_changes.clear()
+            jobs, self._pending_jobs = self._pending_jobs, set()
+            machines, self._pending_machines = self._pending_machines, set()
+            await self._commit(sorted(jobs), sorted(machines))
 
     # --- timers -----------------------------------------------------------------------
 
@@ -481,7 +491,7 @@ class ServiceCore:
         changed.append(record.job_id)
         if was_allocated and record.machine_name is not None:
             machines.add(record.machine_name)
-            self._power_off_then_cool(record)
+            self._power_off_then_cool(job)
 
     # --- helpers for job commands -----------------------------------------------------
 

@@ -7,7 +7,6 @@ import logging
 
 from allocator import jobs as jobs_
 from allocator.config import ServerConfig
-from allocator.jobs import JobState
 from allocator.machine import Machine
 from allocator.packing import MachineAllocator
 from allocator.scheduler import Scheduler
@@ -79,8 +78,8 @@ class Reconfigure(ServiceCore):
         for name in new:
             self._apply_out_of_service(name)
         self._scheduler = Scheduler(self._allocators, config.server.starvation_s)
-        for job in list(self._live.values()):
-            if job.record.state is JobState.QUEUED and job.request is not None:
+        for job in list(self._queue.values()):
+            if job.request is not None:
                 job.candidates = self._candidates(job.request)
                 if not job.candidates:
                     self._end(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from allocator import jobs as jobs_
@@ -26,6 +27,32 @@ from protocol.commands import V1_VERSION, allotment_version_reply
 __all__ = ["V1Commands"]
 
 
+@functools.lru_cache(maxsize=256, typed=True)
+def _request(
+    args: tuple[int, ...],
+    machine: str | None,
+    tags: tuple[str, ...] | None,
+    min_ratio: float,
+    max_dead_boards: int | None,
+    max_dead_links: int | None,
+    require_torus: bool,
+) -> JobRequest:
+    """`JobRequest.from_args`, remembered: clients send the same few requests over and over.
+
+    Takes the bound (so typed and hashable) arguments of create_job; a request that is
+    refused raises every time, as it is not remembered.
+    """
+    return JobRequest.from_args(
+        args,
+        machine=machine,
+        tags=tags,
+        min_ratio=min_ratio,
+        max_dead_boards=max_dead_boards,
+        max_dead_links=max_dead_links,
+        require_torus=require_torus,
+    )
+
+
 class V1Commands(ServiceCore):
     """The v1 command handlers, answered from the shared state."""
 
@@ -41,14 +68,14 @@ class V1Commands(ServiceCore):
 
     async def create_job(self, args: m.CreateJobArgs, conn: Any) -> int:
         """Queue (or allocate at once) a job; a request that can never fit is destroyed."""
-        request = JobRequest.from_args(
+        request = _request(
             args.args,
-            machine=args.machine,
-            tags=args.tags,
-            min_ratio=args.min_ratio,
-            max_dead_boards=args.max_dead_boards,
-            max_dead_links=args.max_dead_links,
-            require_torus=args.require_torus,
+            args.machine,
+            args.tags,
+            args.min_ratio,
+            args.max_dead_boards,
+            args.max_dead_links,
+            args.require_torus,
         )
         now = self._clock.now()
         job_id = self._next_job_id
@@ -71,6 +98,7 @@ class V1Commands(ServiceCore):
         else:
             job = Live(record, request, candidates, now, now)
             self._live[job_id] = job
+            self._queue[job_id] = job
             self._put(job, record)
             machines = self._schedule(changed)
         await self._commit(changed, machines)

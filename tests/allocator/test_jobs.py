@@ -187,3 +187,34 @@ def test_expiry_agrees_with_deadline(last: float, keepalive: float | None, elaps
     when = jobs.deadline(last, keepalive)
     expired = jobs.is_expired(last, keepalive, last + elapsed)
     assert expired == (when is not None and last + elapsed >= when)
+
+
+def test_transitions_change_their_fields_and_carry_over_the_rest() -> None:
+    # Fields away from their defaults and from each other, so that a field dropped or
+    # swapped by a transition shows.
+    start = jobs.touch(queued(), "10.0.0.9")
+    allocated = jobs.allocate(start, "m", [BoardXYZ(0, 0, 1)], 16, 8)
+    ready = jobs.power_done(allocated)
+    off = jobs.set_power(ready, False)
+    replace = dataclasses.replace
+    assert allocated == replace(
+        start,
+        state=JobState.POWER,
+        power=True,
+        machine_name="m",
+        boards=(BoardXYZ(0, 0, 1),),
+        width_chips=16,
+        height_chips=8,
+    )
+    assert ready == replace(allocated, state=JobState.READY)
+    assert off == replace(ready, state=JobState.POWER, power=False)
+    assert jobs.power_done(off) == replace(off, state=JobState.READY)
+    assert jobs.destroy(ready, T0 + 5, "done") == replace(
+        ready, state=JobState.DESTROYED, power=None, reason="done", destroyed_at=T0 + 5
+    )
+    assert jobs.expire(start, T0 + 5) == replace(
+        start,
+        state=JobState.DESTROYED,
+        reason=jobs.REASON_QUEUED_JOB_TIMED_OUT,
+        destroyed_at=T0 + 5,
+    )

@@ -58,3 +58,15 @@ def test_unknown_machine_skipped_and_fallback_order() -> None:
     job = QueuedJob(1, JobRequest.from_args(()), ("absent", NAME), 0.0)
     (placement,) = scheduler.schedule([job], now=1.0)
     assert placement.machine_name == NAME
+
+
+def test_empty_queue_places_nothing_and_drops_reservations() -> None:
+    allocator = MachineAllocator(MACHINE)
+    scheduler = Scheduler({NAME: allocator}, starvation_s=60.0)
+    assert allocator.allocate(JobRequest.from_args((20, 20)), 100) is not None
+    big = _job(1, (20, 1), 0.0)
+    assert scheduler.schedule([big], now=100.0) == []
+    assert 1 in scheduler.reservations
+    # the job left the queue (destroyed, say) and its reservation went with it
+    assert scheduler.schedule([], now=101.0) == []
+    assert not scheduler.reservations

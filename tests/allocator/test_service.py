@@ -15,6 +15,7 @@ import pytest
 
 from allocator.clock import FakeClock
 from allocator.config import ServerConfig, default_config, parse_config
+from allocator.errors import RequestError
 from allocator.service import V1_VERSION, Service
 from protocol import messages as m
 from protocol.errors import CommandError
@@ -327,3 +328,61 @@ async def test_retired_jobs_are_kept_up_to_the_limit_across_restarts(db_url: str
         states = [await h.state(job_id) for job_id in range(1, n_jobs + 1)]
         assert [s["state"] for s in states] == [0] * (n_jobs - 3) + [4, 4, 4]
         assert await h.call("create_job", owner="next", machine="other") == n_jobs + 1
+
+
+async def test_queued_jobs_are_placed_only_while_queued(h: Harness) -> None:
+    holder = await h.call("create_job", 2, 1, owner="a")
+    cancelled = await h.call("create_job", 2, 1, owner="b")
+    waiting = await h.call("create_job", 1, 1, owner="c")
+    await h.advance(5.0)  # powered on
+    await h.call("destroy_job", cancelled)
+    await h.call("destroy_job", holder)
+    await h.advance(12.0)  # power-off and cool-down: the machine is free again
+    assert (await h.state(cancelled))["state"] == 4
+    assert (await h.state(waiting))["state"] in (2, 3)
+    # boards freed with nothing queued place nothing; the next job still gets boards
+    await h.advance(5.0)
+    await h.call("destroy_job", waiting)
+    await h.advance(12.0)
+    assert [j["job_id"] for j in await h.call("list_jobs")] == []
+    assert (await h.state(await h.call("create_job", 2, 1, owner="d")))["state"] == 2
+
+
+async def test_restored_queued_job_is_placed_when_boards_free(db_url: str) -> None:
+    clock = FakeClock()
+    async with running(_config(), db_url, clock) as h:
+        holder = await h.call("create_job", 2, 1, owner="a")
+        queued = await h.call("create_job", 1, 1, owner="b")
+        await h.advance(5.0)
+    async with running(_config(), db_url, clock) as h:
+        assert (await h.state(queued))["state"] == 1
+        await h.call("destroy_job", holder)
+        await h.advance(12.0)
+        assert (await h.state(queued))["state"] in (2, 3)
+
+
+async def test_repeated_requests_are_parsed_by_every_argument(h: Harness) -> None:
+    # create_job remembers parsed requests: two that differ in one argument are two
+    first = await h.call("create_job", 1, 1, owner="a")
+    torus = await h.call("create_job", 1, 1, owner="a", require_torus=True)
+    assert (await h.state(first))["state"] == 2
+    assert (await h.state(torus))["reason"] == "Cancelled: No suitable machines available."
+    for _ in range(2):  # a refused request is refused every time
+        with pytest.raises(RequestError, match="require_torus"):
+            await h.call("create_job", owner="a", require_torus=True)
+
+
+async def test_every_background_change_is_committed_and_announced(db_url: str) -> None:
+    clock = FakeClock()
+    async with running(_config(), db_url, clock) as h:
+        first = await h.call("create_job", owner="a")
+        second = await h.call("create_job", owner="b")
+        await h.settle()
+        h.changes.clear()
+        await h.advance(5.0)  # the first powered on; the frame then powers the second on
+        assert [jobs for jobs, _ in h.changes] == [(first,)]
+        h.changes.clear()
+        await h.advance(5.0)
+        assert [jobs for jobs, _ in h.changes] == [(second,)]
+    async with running(_config(), db_url, clock) as h:
+        assert [(await h.state(j))["state"] for j in (first, second)] == [3, 3]
