@@ -221,22 +221,14 @@ def allocate(
     sorted_boards = tuple(sorted(BoardXYZ(*board) for board in boards))
     if not sorted_boards:
         raise RequestError(f"job {record.job_id} cannot be allocated zero boards")
-    return JobRecord(
-        job_id=record.job_id,
-        owner=record.owner,
-        created_at=record.created_at,
-        keepalive_s=record.keepalive_s,
-        args=record.args,
-        kwargs=record.kwargs,
+    return dataclasses.replace(
+        record,
         state=JobState.POWER,
         power=True,
         machine_name=machine_name,
         boards=sorted_boards,
         width_chips=width_chips,
         height_chips=height_chips,
-        reason=record.reason,
-        destroyed_at=record.destroyed_at,
-        keepalivehost=record.keepalivehost,
     )
 
 
