@@ -1,12 +1,14 @@
 """Load benchmark of the allocation server: many concurrent clients cycling jobs.
 
-Each of N clients (one TCP connection each, raw asyncio streams and the stdlib json, so that
-the clients cost little CPU next to the server) loops for a fixed time:
+Each of N clients (one TCP connection each: a bare asyncio protocol on uvloop where installed
+and the stdlib json, so that the clients cost little CPU next to the server) loops for a fixed
+time:
 
     create_job -> get_job_state -> job_keepalive x2 -> get_job_machine_info -> destroy_job
     (plus list_jobs every 10 cycles)
 
 and the run prints ONE JSON line: requests/s, job cycles/s, p50/p99 latency per command, the
+CPU time per request of the server (when this script started it) and of the clients, the
 number of clients, the seconds, and the errors. With `--host/--port` it loads a running server;
 without them it starts its own server subprocess on a temporary SQLite database with zero
 power delays, and stops it at the end. The clients always run in this process, apart from the
