@@ -136,8 +136,9 @@ def test_removed_machine_disappears() -> None:
 
 
 def test_request_metrics_expose_what_prometheus_client_would() -> None:
-    # The request counter and histogram are kept by hand for speed; a real Counter and
-    # Histogram fed the same requests must expose the same text, timestamps aside.
+    # The server's request metrics (label children cached, unknown commands folded into
+    # "other") must expose what a plain Counter and Histogram fed the same requests would,
+    # timestamps aside.
     registry = CollectorRegistry()
     counter = Counter(
         "allotment_requests",
