@@ -278,7 +278,7 @@ def own_server(db_url: str | None) -> Iterator[tuple[str, int, int]]:
                     drain.wait(30)
 
 
-def _run(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+def run_on_uvloop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     """Run the clients on uvloop where it is installed (as the server does): cheaper clients."""
     try:
         import uvloop
@@ -298,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     args = parser.parse_args(argv)
     if args.host:
-        figures = _run(run_load(args.host, args.port, args.clients, args.seconds))
+        figures = run_on_uvloop(run_load(args.host, args.port, args.clients, args.seconds))
         figures["server"] = "external"
     else:
         with own_server(args.db) as (host, port, pid):
-            figures = _run(run_load(host, port, args.clients, args.seconds, pid))
+            figures = run_on_uvloop(run_load(host, port, args.clients, args.seconds, pid))
         figures["server"] = "own subprocess, " + (
             "sqlite" if not args.db else args.db.split(":")[0]
         )
