@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,6 +232,11 @@ class MachineAllocator:
     def allocation(self, job_id: int) -> Allocation | None:
         """The allocation a job holds here, or None."""
         return self._jobs.get(job_id)
+
+    @property
+    def holders(self) -> Mapping[BoardXYZ, int]:
+        """Every held board and its job id (a live view: do not keep it across changes)."""
+        return self._holder
 
     def holder(self, board: BoardXYZ) -> int | None:
         """The job holding a board, or None."""

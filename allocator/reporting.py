@@ -23,7 +23,8 @@ from typing import Final, Protocol
 from allocator.jobs import JobRecord, JobState
 from allocator.metrics import Metrics
 from allocator.service import Service
-from protocol.admin import BoardStatus
+from allocator.service.views import BoardView
+from machine_models.geometry import BoardXYZ
 from protocol.events import (
     BoardEvent,
     BoardState,
@@ -49,8 +50,6 @@ class EventSink(Protocol):
     def forget_machine(self, machine: str) -> None: ...
 
 
-_BoardKey = tuple[int, int, int]
-_BoardView = tuple[BoardState, int | None, str | None]
 _JobView = tuple[JobState, bool | None, str | None]
 
 
@@ -80,7 +79,7 @@ class Reporter:
         self._min_interval_s = min_interval_s
         self._wall_clock = wall_clock
         self._dirty_machines: set[str] = set()
-        self._boards: dict[str, dict[_BoardKey, _BoardView]] = {}
+        self._boards: dict[str, dict[BoardXYZ, BoardView]] = {}
         self._draining: dict[str, bool] = {}
         self._jobs: dict[int, _JobView] = {}
         self._last_flush = -float("inf")
@@ -169,8 +168,8 @@ class Reporter:
 
     def _report_machine(self, name: str, job_counts: dict[str, int], queue_length: int) -> None:
         now = self._wall_clock()
-        state = self._service.machine_state(name)
-        if state is None:
+        views = self._service.board_views(name)
+        if views is None:
             if self._boards.pop(name, None) is not None:
                 self._draining.pop(name, None)
                 if self._metrics is not None:
@@ -186,29 +185,24 @@ class Reporter:
             self._publisher.publish_machine(
                 MachineEvent(timestamp_s=now, machine=name, change=MachineChange.ADDED)
             )
+        is_draining = self._service.is_draining(name)
         was_draining = self._draining.get(name, False)
-        if was_draining != state.is_draining and self._publisher is not None:
-            change = MachineChange.DRAINED if state.is_draining else MachineChange.UNDRAINED
+        if was_draining != is_draining and self._publisher is not None:
+            change = MachineChange.DRAINED if is_draining else MachineChange.UNDRAINED
             self._publisher.publish_machine(
                 MachineEvent(timestamp_s=now, machine=name, change=change)
             )
-        self._draining[name] = state.is_draining
-        current: dict[_BoardKey, _BoardView] = {}
-        counts: Counter[BoardState] = Counter()
-        changed: list[BoardStatus] = []
-        for board in state.boards:
-            key = (board.x, board.y, board.z)
-            view: _BoardView = (board.state, board.job_id, board.reason)
-            current[key] = view
-            counts[board.state] += 1
-            if previous is None or previous.get(key) != view:
-                changed.append(board)
-        self._boards[name] = current
+        self._draining[name] = is_draining
+        self._boards[name] = views
+        counts = Counter(view[0] for view in views.values())
         if self._metrics is not None:
             self._metrics.set_board_counts(name, counts)
         if self._publisher is None:
             return
-        for board in changed:
+        for key, view in views.items():
+            if previous is not None and previous.get(key) == view:
+                continue
+            board = self._service.board_status(name, key)
             self._publisher.publish_board(
                 BoardEvent(
                     timestamp_s=now,
@@ -228,11 +222,11 @@ class Reporter:
             MachineSummary(
                 timestamp_s=now,
                 machine=name,
-                n_boards=len(state.boards),
+                n_boards=len(views),
                 n_boards_by_state={s: counts.get(s, 0) for s in BoardState},
-                n_jobs=len(state.jobs),
+                n_jobs=self._service.n_allocated_jobs(name),
                 queue_length=queue_length,
-                is_draining=state.is_draining,
+                is_draining=is_draining,
             )
         )
 

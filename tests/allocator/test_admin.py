@@ -18,6 +18,7 @@ from allocator.clock import FakeClock
 from allocator.config import ServerConfig, parse_config
 from allocator.service import AdminTargetError, Service
 from allocator.store import Store
+from machine_models.geometry import BoardXYZ
 from protocol.admin import AuditEntry, MachineState, OperatorTokenError
 from protocol.events import BoardState
 from tests.allocator.service_harness import call, running_service, settle
@@ -216,3 +217,64 @@ async def test_machine_state_shows_jobs_and_board_states(db_url: str) -> None:
         assert len(allocated) == 3
         assert {b.job_id for b in allocated} == {job_id}
         assert all(b.cabinet == 0 and b.frame == 0 for b in state.boards)
+
+
+async def test_board_views_agree_with_machine_state_in_every_board_state(db_url: str) -> None:
+    # The reporter's cheap walk and the map's full one must say the same of every board:
+    # free, dead, out of service (with its reason), powering, allocated, cooling down.
+    cfg = parse_config({
+        "server": {"seconds_before_free": 30.0, "keepalive_check_s": 1.0, "operator_token": TOKEN},
+        "power": {"power_on_delay_s": 5.0, "power_off_delay_s": 5.0},
+        "machines": [{
+            "name": "small", "tags": ["default"], "width": 3, "height": 1,
+            "dead_boards": [[2, 0, 2]],
+            "board_locations": [
+                [x, 0, z, 0, 0, 3 * x + z] for x in range(3) for z in range(3) if (x, z) != (2, 2)
+            ],
+        }],
+    })  # fmt: skip
+    seen: set[BoardState] = set()
+
+    def check(h: Harness) -> None:
+        state = h.service.machine_state("small")
+        views = h.service.board_views("small")
+        assert state is not None
+        assert views is not None
+        assert list(views) == [(b.x, b.y, b.z) for b in state.boards]
+        for board in state.boards:
+            key = (board.x, board.y, board.z)
+            assert views[key] == (board.state, board.job_id, board.reason), key
+            assert h.service.board_status("small", BoardXYZ(*key)) == board
+            seen.add(board.state)
+        assert h.service.n_allocated_jobs("small") == len(state.jobs)
+
+    async with running(db_url, cfg) as h:
+        check(h)
+        await h.call("admin_set_board_service", TOKEN, "small", 2, 0, 1, False, "fan failed")
+        first = await h.call("create_job", 1, 1, owner="a")
+        await h.settle()
+        check(h)  # powering
+        await h.clock.advance(5.0)
+        await h.settle()
+        check(h)  # allocated
+        second = await h.call("create_job", 1, 1, owner="b")
+        await h.settle()
+        await h.call("destroy_job", first, "done")
+        await h.settle()
+        check(h)  # the first job's boards powering off, the second's powering on
+        await h.clock.advance(5.0)
+        await h.settle()
+        check(h)  # the second job's allocated; the first's power off after (one BMP)
+        await h.clock.advance(5.0)
+        await h.settle()
+        check(h)  # the first job's boards cooling down
+        assert (await h.call("get_job_state", second))["state"] == 3
+    assert h.service.board_views("nope") is None
+    assert seen >= {
+        BoardState.FREE,
+        BoardState.DEAD,
+        BoardState.OUT_OF_SERVICE,
+        BoardState.POWERING,
+        BoardState.ALLOCATED,
+        BoardState.COOLING_DOWN,
+    }
