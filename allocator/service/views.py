@@ -109,8 +109,13 @@ class StateViews(ServiceCore):
                 continue
             holder = holders.get(board)
             if holder is None:
-                state = BoardState.FREE if reason is None else BoardState.OUT_OF_SERVICE
-                views[board] = (state, None, reason)
+                # Out of service with or without a reason given.
+                is_out = reasons and board in reasons
+                views[board] = (
+                    BoardState.OUT_OF_SERVICE if is_out else BoardState.FREE,
+                    None,
+                    reason,
+                )
             else:
                 views[board] = (self._held_state(holder), holder, reason)
         return views
