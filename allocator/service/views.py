@@ -94,7 +94,7 @@ class StateViews(ServiceCore):
         machine = self._machines.get(machine_name)
         if machine is None:
             return None
-        reasons = {
+        out_of_service = {  # board -> the reason given, if any
             board: status.reason
             for (name, board), status in self._board_status.items()
             if name == machine_name and not status.in_service
@@ -103,14 +103,13 @@ class StateViews(ServiceCore):
         live = machine.live_boards
         views: dict[BoardXYZ, BoardView] = {}
         for board in _all_boards(machine.width_triads, machine.height_triads):
-            reason = reasons.get(board) if reasons else None
+            reason = out_of_service.get(board) if out_of_service else None
             if board not in live:
                 views[board] = (BoardState.DEAD, None, reason)
                 continue
             holder = holders.get(board)
             if holder is None:
-                # Out of service with or without a reason given.
-                is_out = reasons and board in reasons
+                is_out = bool(out_of_service) and board in out_of_service
                 views[board] = (
                     BoardState.OUT_OF_SERVICE if is_out else BoardState.FREE,
                     None,
