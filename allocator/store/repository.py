@@ -447,10 +447,13 @@ class Store:
             try:
                 yield
             finally:
-                waiters, self._round_waiters = self._round_waiters, []
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+                self._wake_round_waiters()
+
+    def _wake_round_waiters(self) -> None:
+        waiters, self._round_waiters = self._round_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     @property
     def mark(self) -> int:
@@ -534,9 +537,25 @@ class Store:
         seq = self._commit_seq + 1
         self._doubt = (seq, n_changes)
         started = time.perf_counter()
+
+        def committed(_: None) -> None:
+            # On the loop as soon as the commit is known, before this coroutine resumes: the
+            # flushers waiting for it wake a turn sooner.
+            elapsed_s = time.perf_counter() - started
+            self._doubt = None
+            self._commit_seq = seq
+            self._done(n_changes)
+            self.stats.n_commits += 1
+            self.stats.n_changes += n_changes
+            self.stats.commit_s_total += elapsed_s
+            self.stats.last_commit_s = elapsed_s
+            self._wake_round_waiters()
+            if self._on_commit is not None:
+                self._on_commit(elapsed_s, n_changes)
+
         try:
             batch = _net_effect(self._inflight)
-            await self._db.run(self._write, batch, seq)
+            await self._db.run(self._write, batch, seq, on_result=committed)
         except (IntegrityError, StoreConflictError) as error:
             # Constraints are checked before COMMIT: the transaction is rolled back for sure.
             self._doubt = None
@@ -551,16 +570,6 @@ class Store:
             self._failures.append(_Failure(self._n_done, self._n_done + n_changes, conflict))
             self._done(n_changes)
             return
-        elapsed_s = time.perf_counter() - started
-        self._doubt = None
-        self._commit_seq = seq
-        self._done(n_changes)
-        self.stats.n_commits += 1
-        self.stats.n_changes += n_changes
-        self.stats.commit_s_total += elapsed_s
-        self.stats.last_commit_s = elapsed_s
-        if self._on_commit is not None:
-            self._on_commit(elapsed_s, n_changes)
 
     def _done(self, n_changes: int) -> None:
         del self._inflight[:n_changes]

@@ -382,3 +382,29 @@ async def test_cancelled_flusher_never_loses_or_doubles_a_commit(
     assert state.claims == (BoardClaim("spinn", 1, (B000, B001)),)
     assert state.jobs == (allocated(1, B000),)
     assert store.stats.n_conflicts == 0
+
+
+async def test_a_flusher_cancelled_between_its_commit_and_its_wake_up_counts_it_once(
+    db_url: str,
+) -> None:
+    # The commit is accounted for on the loop before the flusher resumes; a cancel landing
+    # in between (shutdown) must neither lose nor repeat it.
+    flusher: list[asyncio.Task[None]] = []
+    opened = await Store.open(db_url, on_commit=lambda _s, _n: flusher[0].cancel())
+    try:
+        opened.stage(PutJob(allocated(1, B000)))
+        opened.stage(ClaimBoards("spinn", (B000,), 1))
+        flusher.append(asyncio.get_running_loop().create_task(opened.flush()))
+        with pytest.raises(asyncio.CancelledError):
+            await flusher[0]
+        assert opened.n_pending == 0
+        assert opened.stats.n_commits == 1
+        flusher[0] = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+        opened.stage(ClaimBoards("spinn", (B001,), 1))
+        await opened.flush()
+        state = await opened.load()
+        assert state.claims == (BoardClaim("spinn", 1, (B000, B001)),)
+        assert opened.stats.n_commits == 2
+        assert opened.stats.n_conflicts == 0
+    finally:
+        await opened.close()
