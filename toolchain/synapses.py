@@ -88,7 +88,7 @@ class SynapseBuild:
 def _source_rate_hz(network: Network, pre_index: int, config: MappingConfig) -> float:
     cell = network.populations[pre_index].cell
     if isinstance(cell, SpikeSourcePoisson):
-        return cell.rate
+        return float(np.max(cell.rate))
     if isinstance(cell, SpikeSourceArray):
         # spike times are arbitrary and may coincide: assume a spike every step
         return 1000.0 / network.dt_ms
@@ -97,6 +97,8 @@ def _source_rate_hz(network: Network, pre_index: int, config: MappingConfig) -> 
 
 def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, int], int]:
     """The ring-buffer weight shift of every (target population, synapse type)."""
+    if config.weight_shifts is not None:
+        return dict(config.weight_shifts)
     dt_s = network.dt_ms / 1000.0
     mean: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
     var: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
@@ -214,7 +216,8 @@ def build_synapses(
         if groups.size
         else np.zeros(0, dtype=np.int64)
     )
-    ends = np.r_[starts[1:], groups.size].astype(np.int64)
+    # a network without synapses has no groups, so no ends either
+    ends = np.r_[starts[1:], groups.size].astype(np.int64)[: starts.size]
 
     per_core: dict[
         Vertex, list[tuple[Partition, int, npt.NDArray[np.int64], npt.NDArray[np.uint32]]]
