@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,63 @@ def test_reset_starts_a_new_segment_that_repeats_the_first(sim: ModuleType) -> N
     assert sum(len(s) for s in first.spiketrains) > 50
     for a, b in zip(first.spiketrains, second.spiketrains, strict=True):
         np.testing.assert_array_equal(a.magnitude, b.magnitude)
+
+
+def test_a_synfire_chain_with_delays_longer_than_a_cores_slots(sim: ModuleType) -> None:
+    # 256 neurons per core leave 32 delay slots: the 40 ms links go through delay extensions
+    sim.setup(timestep=1.0)
+    n, delay = 256, 40.0
+    chain = [sim.Population(n, sim.IF_curr_exp(tau_syn_E=2.0), label=f"link{i}") for i in range(5)]
+    stim = sim.Population(1, sim.SpikeSourceArray(spike_times=[5.0]), label="stim")
+    sim.Projection(stim, chain[0], sim.AllToAllConnector(), sim.StaticSynapse(weight=15.0))
+    rng = sim.NumpyRNG(seed=11)
+    for a, b in itertools.pairwise(chain):
+        sim.Projection(
+            a,
+            b,
+            sim.FixedProbabilityConnector(0.1, rng=rng),
+            sim.StaticSynapse(weight=1.0, delay=delay),
+        )
+    for pop in chain:
+        pop.record("spikes")
+    sim.run(250.0)
+    firsts = []
+    for pop in chain:
+        trains = pop.get_data("spikes").segments[0].spiketrains
+        times = np.concatenate([s.magnitude for s in trains])
+        assert times.size >= n  # every neuron of every link fires
+        firsts.append(float(times.min()))
+    gaps = np.diff(firsts)
+    assert np.all(gaps >= delay)
+    assert np.all(gaps <= delay + 10.0)
+    report = next(Path("reports").iterdir()) / "synapses.rpt"
+    assert report.read_text().count("delay extension of link") == 4
+
+
+def test_reports_hold_placements_routes_provenance_and_the_worries_printed_at_end(
+    sim: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim.setup(timestep=1.0)
+    stim = sim.Population(50, sim.SpikeSourceArray(spike_times=[5.0]), label="burst")
+    cells = sim.Population(10, sim.IF_curr_exp(), label="flooded")
+    # 50 synchronous inputs on ring buffers scaled for one spike per step per source: fine;
+    # Poisson sources sped up after the first run overflow slots scaled for their 1 Hz
+    drive = sim.Population(50, sim.SpikeSourcePoisson(rate=1.0, start=0.0), label="drive")
+    sim.Projection(stim, cells, sim.AllToAllConnector(), sim.StaticSynapse(weight=0.5))
+    sim.Projection(drive, cells, sim.AllToAllConnector(), sim.StaticSynapse(weight=2.0))
+    cells.record("spikes")
+    sim.run(1.0)
+    drive.set(rate=5000.0)  # the ring buffers keep the shift computed for 1 Hz
+    sim.run(20.0)
+    sim.end()
+    (run,) = Path("reports").iterdir()
+    assert "flooded IF_curr_exp\t0:10\t(0, 0)" in (run / "placements.rpt").read_text()
+    assert "entries before compression" in (run / "routing_tables.rpt").read_text()
+    cores = (run / "provenance_cores.csv").read_text().splitlines()
+    assert cores[0].startswith("x,y,p,vertex,")
+    assert any("flooded" in line for line in cores[1:])
+    assert (run / "provenance_routers.csv").read_text().startswith("x,y,local_mc")
+    printed = capsys.readouterr().out
+    assert "population 'flooded'" in printed
+    assert "ring-buffer saturations" in printed
+    assert "ring-buffer saturations" in (run / "worries.rpt").read_text()
