@@ -94,7 +94,9 @@ def setup(
     """
     for key in extra_params:
         if key not in ACCEPTED_EXTRA:
-            raise NotSupportedError(f"setup() argument {key!r}", ", ".join(ACCEPTED_EXTRA))
+            # as PyNN's other backends do, an argument meant for another simulator is
+            # ignored (NEST's threads, NEURON's use_cvode ...); the log says so
+            logger.warning("setup() argument %r is not used by allotment", key)
     if timestep is None:
         timestep = 1.0  # sPyNNaker's default machine time step
     common.setup(timestep, min_delay, **extra_params)

@@ -30,6 +30,20 @@ class Assembly(common.Assembly):  # type: ignore[misc]
     _simulator = simulator
 
 
+def _check_spike_times(celltype: Any, values: Any) -> None:
+    """A spike array's times must be in order, as PyNN's other backends insist."""
+    if "spike_times" not in values:
+        return
+    times = values["spike_times"]
+    trains = times.reshape(-1) if isinstance(times, np.ndarray) else [times]
+    for train in trains:
+        value = np.asarray(getattr(train, "value", train), dtype=np.float64)
+        if value.size > 1 and np.any(np.diff(value) < 0):
+            raise errors.InvalidParameterValueError(
+                f"spike times of {celltype.__class__.__name__} must be in increasing order"
+            )
+
+
 class _Parameters:
     """Reading and writing native parameters, shared by populations and their views."""
 
@@ -153,6 +167,7 @@ class Population(_Parameters, common.Population):  # type: ignore[misc]
         parameter_space.shape = (self.size,)
         parameter_space.evaluate(mask=self._mask_local, simplify=True)
         self._parameters = parameter_space.as_dict()
+        _check_spike_times(self.celltype, self._parameters)
         for cell in self.all_cells:
             cell.parent = self
         simulator.state.id_counter += self.size
@@ -179,6 +194,7 @@ class Population(_Parameters, common.Population):  # type: ignore[misc]
 
     def _set_parameters(self, parameter_space: ParameterSpace) -> None:
         parameter_space.evaluate(simplify=True, mask=self._mask_local)
+        _check_spike_times(self.celltype, dict(parameter_space.items()))
         for name, value in parameter_space.items():
             self._parameters[name] = value
         simulator.state.parameters_changed()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from pyNN.standardmodels import build_translations, cells, electrodes, synapses
+from pyNN.standardmodels import build_translations, cells, electrodes, receptors, synapses
 
 from toolchain.pynn import simulator
 from toolchain.pynn.errors import NotSupportedError
@@ -120,8 +120,30 @@ _UNSUPPORTED_CELLS = (
     "SpikeSourcePoissonRefractory",
     "SpikeSourceGamma",
     "SpikeSourceInhGamma",
+    "PointNeuron",
+    "AdExp",
+    "LIF",
 )
-_UNSUPPORTED_SYNAPSES = ("TsodyksMarkramSynapse", "STDPMechanism", "ElectricalSynapse")
+_UNSUPPORTED_SYNAPSES = (
+    "TsodyksMarkramSynapse",
+    "StochasticTsodyksMarkramSynapse",
+    "SimpleStochasticSynapse",
+    "MultiQuantalSynapse",
+    "STDPMechanism",
+    "ElectricalSynapse",
+    "SpikePairRule",
+    "Vogels2011Rule",
+    "AdditiveWeightDependence",
+    "MultiplicativeWeightDependence",
+    "AdditivePotentiationMultiplicativeDepression",
+    "GutigWeightDependence",
+)
+_UNSUPPORTED_RECEPTORS = (
+    "CondExpPostSynapticResponse",
+    "CondAlphaPostSynapticResponse",
+    "CondBetaPostSynapticResponse",
+    "CurrExpPostSynapticResponse",
+)
 _UNSUPPORTED_ELECTRODES = ("DCSource", "ACSource", "StepCurrentSource", "NoisyCurrentSource")
 
 UNSUPPORTED: dict[str, type] = {}
@@ -129,6 +151,10 @@ for _name in _UNSUPPORTED_CELLS:
     UNSUPPORTED[_name] = _unsupported(getattr(cells, _name), SUPPORTED_CELLS)
 for _name in _UNSUPPORTED_SYNAPSES:
     UNSUPPORTED[_name] = _unsupported(getattr(synapses, _name), SUPPORTED_SYNAPSES)
+for _name in _UNSUPPORTED_RECEPTORS:
+    UNSUPPORTED[_name] = _unsupported(
+        getattr(receptors, _name), "the excitatory and inhibitory receptors of IF_curr_exp"
+    )
 for _name in _UNSUPPORTED_ELECTRODES:
     UNSUPPORTED[_name] = _unsupported(
         getattr(electrodes, _name), "no current sources (use i_offset or spike sources)"

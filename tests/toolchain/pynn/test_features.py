@@ -43,8 +43,6 @@ def test_unsupported_features_raise_naming_the_feature_and_what_is_supported(
         sim.DCSource(amplitude=1.0)
     with pytest.raises(NotSupportedError, match=r"'spikes_per_second'.*seed"):
         sim.Population(1, sim.IF_curr_exp(), additional_parameters={"spikes_per_second": 5})
-    with pytest.raises(NotSupportedError, match=r"setup.. argument 'threads'"):
-        sim.setup(timestep=1.0, threads=4)
     drive = sim.Population(2, sim.SpikeSourcePoisson(rate=5.0), label="drive")
     with pytest.raises(NotSupportedError, match="spikes of a SpikeSourcePoisson"):
         drive.record("spikes")
