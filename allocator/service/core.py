@@ -64,6 +64,11 @@ PowerFrames = tuple[tuple[BmpKey, tuple[BoardXYZ, ...]], ...]
 """An allocation's boards grouped by the board controller (BMP) of their frame."""
 
 
+def _retire_order(record: JobRecord) -> tuple[float, int]:
+    """When a retired job was destroyed (ties: by id), the order retirement evicts in."""
+    return (record.destroyed_at or 0.0, record.job_id)
+
+
 class ServiceObserver(Protocol):
     """What the service reports as it happens; `allocator.metrics.Metrics` implements it."""
 
@@ -211,11 +216,13 @@ class ServiceCore:
         self._restore_operator_state(state)
         self._next_job_id = max(state.next_job_id, 1)
         changed_jobs: list[int] = []
-        for record in sorted(state.jobs, key=lambda r: r.job_id):
+        # Retired jobs in the order they were destroyed, as they were retired in memory:
+        # the ones kept are the last `max_retired_jobs` destroyed, whatever their ids.
+        for record in sorted(state.retired_jobs, key=_retire_order):
             self._next_job_id = max(self._next_job_id, record.job_id + 1)
-            if not record.is_live:
-                self._retire(record, stage=False)
-                continue
+            self._retire(record, stage=False)
+        for record in sorted(state.live_jobs, key=lambda r: r.job_id):
+            self._next_job_id = max(self._next_job_id, record.job_id + 1)
             machine = self._machines.get(record.machine_name or "")
             if record.is_allocated and machine is None:
                 self._retire(jobs_.cancel(record, now, jobs_.REASON_MACHINE_REMOVED))
