@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from allocator import jobs as jobs_
 from allocator.clock import Clock
 from allocator.config import ServerConfig
-from allocator.errors import AllocatorError
+from allocator.errors import AllocatorError, StoreError
 from allocator.jobs import JobRecord, JobState
 from allocator.locate import (
     JobPlace,
@@ -170,8 +170,21 @@ class ServiceCore:
         return {}
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Restore the stored state, then run timers and board controllers until cancelled."""
+        """Restore the stored state, then run timers and board controllers until cancelled.
+
+        Raises:
+            StoreError: the store gave up on the database (`DatabaseUnavailableError`) or
+                could not load the state. The state in memory may then be ahead of the
+                database: the service stops, and a restart resumes from the durable state.
+        """
+        try:
+            await self._run(on_started)
+        except* StoreError as group:
+            raise group.exceptions[0] from None
+
+    async def _run(self, on_started: Callable[[], None] | None) -> None:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_store(), name="store watch")
             tg.create_task(self._committer(), name="committer")
             self._power = PowerModel(
                 self._clock,
@@ -185,6 +198,10 @@ class ServiceCore:
             tg.create_task(self._timers(), name="timers")
             if on_started is not None:
                 on_started()
+
+    async def _watch_store(self) -> None:
+        """Stop the service when the store gives up, whoever's commit found it out."""
+        raise await self._store.wait_broken()
 
     # --- restore ----------------------------------------------------------------------
 
