@@ -16,6 +16,17 @@ DEFAULT_PORT = 22244
 DEFAULT_DB_URL = "sqlite:///allotment.db"
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -36,7 +47,7 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=DEFAULT_PORT,
         help="TCP port, 0 for any free port (default %(default)s)",
     )
@@ -99,13 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        from allocator.app import serve
+        from allocator.app import StartupError, serve
 
         try:
             with asyncio.Runner(loop_factory=_loop_factory()) as runner:
                 return runner.run(
                     serve(host=args.host, port=args.port, config_path=args.config, db_url=args.db)
                 )
+        except StartupError as error:
+            print(f"allotment: cannot start: {error}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             return 0
     handler = getattr(args, "handler", None)

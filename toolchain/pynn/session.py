@@ -24,7 +24,7 @@ from tqdm import tqdm
 from machine_models.executor import Executor, Results
 from machine_models.topology import Topology
 from toolchain.allocation import virtual_allocation
-from toolchain.build import MappedNetwork, map_network
+from toolchain.build import MappedNetwork, map_network, spike_array_steps
 from toolchain.errors import PlacementError
 from toolchain.network import SpikeSourceArray
 from toolchain.pynn.config import MachineSettings, describe
@@ -62,7 +62,7 @@ def _array_spikes(
     index: list[npt.NDArray[np.int64]] = []
     times: list[npt.NDArray[np.float64]] = []
     for i, train in enumerate(cell.times_of(size)):
-        steps = np.floor(train / dt + 1e-9).astype(np.int64)
+        steps = spike_array_steps(train, round(dt * 1000.0))
         steps = steps[(steps >= t0) & (steps < t1)]
         index.append(np.full(steps.size, i, np.int64))
         times.append(steps.astype(np.float64) * dt)

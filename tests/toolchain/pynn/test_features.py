@@ -143,9 +143,9 @@ def test_weights_read_back_after_a_run_are_the_ring_buffers_quantised_ones(
     sim.run(10.0)
     stored = proj.get("weight", format="array").diagonal()
     assert not np.array_equal(stored, asked)
-    # a spike array may spike every step: the bound is mean + 5 sigma = 6 x 3.33 = 20 nA,
-    # so the shift is 5 and a weight is a multiple of 2 ** (5 - 15) nA
-    step = 2.0**-10
+    # one delay for all synapses: the bound is the worst case, in-degree 1 x 3.33 nA, so
+    # the shift is ceil(log2 3.33) = 2 and a weight is a multiple of 2 ** (2 - 15) nA
+    step = 2.0**-13
     np.testing.assert_allclose(stored, np.round(np.array(asked) / step) * step)
 
 
