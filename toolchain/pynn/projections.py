@@ -35,7 +35,16 @@ _ATTRIBUTES = ("presynaptic_index", "postsynaptic_index", "weight", "delay")
 
 
 def _joined(parts: list[npt.NDArray[Any]], dtype: type) -> npt.NDArray[Any]:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+    """The parts as one array; one value everywhere stays one broadcast value (no memory)."""
+    if not parts:
+        return np.zeros(0, dtype)
+    total = sum(p.size for p in parts)
+    filled = [p for p in parts if p.size]
+    if filled and all(p.strides == (0,) for p in filled):
+        first = filled[0][0]
+        if all(p[0] == first for p in filled):
+            return np.broadcast_to(np.asarray(first, dtype), (total,))
+    return np.concatenate(parts, dtype=dtype)
 
 
 def _split_lists(synapse: Any) -> tuple[Any, dict[str, npt.NDArray[np.float64]]]:
@@ -161,11 +170,12 @@ class Projection(common.Projection):  # type: ignore[misc]
     def _store(self, pre: Any, post: Any, weight: Any, delay: Any) -> None:
         n = len(pre)
         dt = self._simulator.state.dt
-        steps = np.rint(np.broadcast_to(np.asarray(delay, np.float64), (n,)) / dt)
+        steps = np.maximum(np.rint(np.asarray(delay, np.float64) / dt), 1.0)
         self._pre_parts.append(np.asarray(pre, np.int64))
         self._post_parts.append(np.asarray(post, np.int64))
+        # a scalar stays a broadcast view: 10 M synapses of one weight cost no memory
         self._weight_parts.append(np.broadcast_to(np.asarray(weight, np.float64), (n,)))
-        self._delay_parts.append(np.maximum(steps, 1.0) * dt)
+        self._delay_parts.append(np.broadcast_to(steps * dt, (n,)))
         self._quantised = None
 
     def arrays(
