@@ -50,6 +50,7 @@ __all__ = [
     "AuditLogArgs",
     "BoardStatus",
     "JobOnMachine",
+    "LinkOut",
     "MachineState",
     "OperatorTokenError",
     "check_operator_token",
@@ -200,8 +201,23 @@ class JobOnMachine(_Frozen):
     state: int
 
 
+class LinkOut(_Frozen):
+    """A board link that carries nothing: dead in the configuration or out of service.
+
+    `link` is the direction number (0 E, 1 NE, 2 N, 3 W, 4 SW, 5 S); `reason` is the
+    operator's, for a link taken out of service.
+    """
+
+    x: int
+    y: int
+    z: int
+    link: int
+    is_dead: bool
+    reason: str | None = None
+
+
 class MachineState(_Frozen):
-    """Every board of one machine and the jobs on it.
+    """Every board of one machine, the jobs on it and the links that are out.
 
     `width` and `height` are in triads (3 boards each); `boards` lists every board slot of
     the grid, dead ones included.
@@ -213,6 +229,7 @@ class MachineState(_Frozen):
     is_draining: bool = False
     boards: tuple[BoardStatus, ...]
     jobs: tuple[JobOnMachine, ...] = ()
+    links_out: tuple[LinkOut, ...] = ()
 
 
 # --- registration ----------------------------------------------------------------------------

@@ -53,6 +53,8 @@ from protocol import admin as a
 __all__ = ["Handler", "Listener", "ServiceCore", "ServiceObserver"]
 
 log = logging.getLogger("allotment.service")
+job_log = logging.getLogger("allotment.jobs")
+"""Job activity at INFO, one line each: created, allocated, powered, destroyed, expired."""
 
 _FORGET_BATCH = 64
 """Retired jobs past the limit are deleted from the database this many at a time."""
@@ -313,6 +315,7 @@ class ServiceCore:
         self._queue.pop(record.job_id, None)
         self._retired[record.job_id] = record
         if stage:
+            job_log.info("job %d destroyed: %s", record.job_id, record.reason or "no reason given")
             self._store.stage(PutJob(record))
             self._marks[record.job_id] = self._store.mark
         limit = self._config.server.max_retired_jobs
@@ -382,8 +385,22 @@ class ServiceCore:
         job.frames = self._power_frames(record)
         for board in record.boards:
             self._board_owner[(allocation.machine_name, board)] = record.job_id
+        waited_s = max(0.0, self._clock.now() - job.queued_at)
         if self._observer is not None:
-            self._observer.queue_wait(max(0.0, self._clock.now() - job.queued_at))
+            self._observer.queue_wait(waited_s)
+        if job_log.isEnabledFor(logging.INFO):
+            first = record.boards[0]
+            job_log.info(
+                "job %d allocated %d board%s on %s from (%d, %d, %d) after %.1f s queued",
+                record.job_id,
+                len(record.boards),
+                "" if len(record.boards) == 1 else "s",
+                allocation.machine_name,
+                first.x,
+                first.y,
+                first.z,
+                waited_s,
+            )
         self._start_power(job, True)
 
     # --- power ------------------------------------------------------------------------
@@ -426,6 +443,7 @@ class ServiceCore:
         if job is None or job.record.state is not JobState.POWER:
             return
         self._put(job, jobs_.power_done(job.record))
+        job_log.info("job %d powered %s", job_id, "on" if job.record.power else "off")
         self._background_commit([job_id], ())
 
     def _power_off_then_cool(self, job: Live) -> None:
@@ -483,6 +501,9 @@ class ServiceCore:
         changed: list[int] = []
         machines: set[str] = set()
         for job in expired:
+            job_log.info(
+                "job %d expired: no keepalive for %g s", job.record.job_id, job.record.keepalive_s
+            )
             self._end(job, jobs_.expire(job.record, now), changed, machines)
             if self._observer is not None:
                 self._observer.keepalive_expired()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from allocator import jobs as jobs_
@@ -16,7 +17,7 @@ from allocator.locate import (
     locate_job_chip,
 )
 from allocator.requests import JobRequest
-from allocator.service.core import Live, ServiceCore
+from allocator.service.core import Live, ServiceCore, job_log
 from allocator.store import (
     SetNextJobId,
 )
@@ -91,6 +92,14 @@ class V1Commands(ServiceCore):
             keepalivehost=getattr(conn, "peer_host", None),
         )
         candidates = self._candidates(request)
+        if job_log.isEnabledFor(logging.INFO):
+            job_log.info(
+                "job %d created by %s from %s: %s",
+                job_id,
+                args.owner,
+                record.keepalivehost or "?",
+                request.describe(),
+            )
         changed = [job_id]
         machines: set[str] = set()
         if not candidates:

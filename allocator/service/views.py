@@ -10,7 +10,7 @@ from allocator.jobs import JobRecord, JobState
 from allocator.machine import Machine
 from allocator.service.core import ServiceCore
 from allocator.store import BoardStatus as StoredBoardStatus
-from machine_models.geometry import BoardCFB, BoardXYZ
+from machine_models.geometry import BoardCFB, BoardXYZ, Link
 from protocol import admin as a
 from protocol.commands import construct_plain, is_plain_model
 from protocol.events import BoardState
@@ -196,4 +196,17 @@ class StateViews(ServiceCore):
             is_draining=machine.name in self._draining,
             boards=tuple(boards),
             jobs=tuple(sorted(jobs, key=lambda j: j.job_id)),
+            links_out=self._links_out(machine),
         )
+
+    def _links_out(self, machine: Machine) -> tuple[a.LinkOut, ...]:
+        """The machine's dead links, then those an operator took out (each link once)."""
+        out: dict[tuple[BoardXYZ, Link], a.LinkOut] = {}
+        for board, link in sorted(machine.dead_links):
+            out[(board, link)] = a.LinkOut(x=board.x, y=board.y, z=board.z, link=int(link),
+                                           is_dead=True)  # fmt: skip
+        for (name, board, link), status in sorted(self._link_status.items()):
+            if name == machine.name and not status.in_service and (board, link) not in out:
+                out[(board, link)] = a.LinkOut(x=board.x, y=board.y, z=board.z, link=int(link),
+                                               is_dead=False, reason=status.reason)  # fmt: skip
+        return tuple(out.values())
