@@ -51,7 +51,7 @@ class Harness:
         return await call(self.service, FakeConnection(), command, *args, **kwargs)
 
     async def settle(self) -> None:
-        await settle(self.clock)
+        await settle(self.service, self.clock)
 
     async def board_state(self, x: int, y: int, z: int) -> BoardState:
         state: MachineState = await self.call("admin_machine_state", "small")

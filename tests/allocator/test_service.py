@@ -72,7 +72,7 @@ class Harness:
         await self.settle()
 
     async def settle(self) -> None:
-        await settle(self.clock)
+        await settle(self.service, self.clock)
 
 
 def _config(**overrides: Any) -> ServerConfig:
