@@ -4,9 +4,9 @@ The reference (``reference.PoissonCore``) is written from the C on Python intege
 generator, Knuth's method for fast sources (a product of u0.32 uniforms from 0xFFFFFFFF), von
 Neumann's exponential variate for slow ones (time kept in ticks x 1000), all slow sources
 drawing their first interval at load. A core mixing both regimes must send the reference's
-counts step for step, and end with the reference's generator state. The parameter quantisation (lambda in s16.15,
-exp(-lambda) from expk, whole-tick ISIs, rounded start ticks, the cut-offs as the core reads
-them) is pinned separately.
+counts step for step, and end with the reference's generator state. The parameter
+quantisation (lambda in s16.15, exp(-lambda) from expk, whole-tick ISIs, rounded start ticks,
+the cut-offs as the core reads them) is pinned separately.
 """
 
 from __future__ import annotations
