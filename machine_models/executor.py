@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -616,6 +617,48 @@ class Executor:
         if n_de:
             shortest = min(shortest, int(self._de["dps"].min()))
         self._window = max(1, min(shortest, self._max_window_steps))
+
+    def adopt_state(self, previous: Executor) -> None:
+        """Continue where ``previous`` stopped, with this executor's parameters.
+
+        A run that changes parameters between two runs (a Poisson rate, a neuron's
+        offset current) loads a new image of the same network and takes over the state
+        the chips would keep: time, membrane potentials, synaptic currents, refractory
+        timers, ring buffers, spikes waiting in delay extensions, random generators
+        and counters. Parameters come from this executor's image.
+
+        Raises:
+            ExecutionError: the two images do not lay the network out the same way.
+        """
+        pairs: list[tuple[str, npt.NDArray[Any], npt.NDArray[Any]]] = [
+            ("ring buffers", self._ring, previous._ring),
+            ("saturation counters", self._sat, previous._sat),
+            ("packet counters", self._packets, previous._packets),
+            ("spike counters", self._spikes_sent, previous._spikes_sent),
+            ("poisson generators", self._po_state, previous._po_state),
+            ("poisson timers", self._po_rec["time_to_spike"], previous._po_rec["time_to_spike"]),
+            ("delay buffers", self._de_counter, previous._de_counter),
+            ("delay losses", self._de_lost, previous._de_lost),
+        ]
+        pairs += [
+            (f"neuron {name}", self._state[name], previous._state[name])
+            for name in ("v", "refract_timer", "isyn_exc", "isyn_inh")
+            if name in self._state or name in previous._state
+        ]
+        for what, mine, theirs in pairs:
+            if mine.shape != theirs.shape:
+                raise ExecutionError(
+                    f"cannot continue a run on another layout: {what} differ in size "
+                    f"({theirs.shape} vs {mine.shape})"
+                )
+        for _, mine, theirs in pairs:
+            mine[...] = theirs
+        self.step = previous.step
+        # spike arrays may have changed: each source resumes at its first spike not yet sent
+        for c in range(self._ssa["lo"].size):
+            lo, hi = int(self._ssa["lo"][c]), int(self._ssa["hi"][c])
+            offset = np.searchsorted(self._ssa_steps[lo:hi], self.step, side="left")
+            self._ssa_cursor[c] = lo + int(offset)
 
     @property
     def window_steps(self) -> int:

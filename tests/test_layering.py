@@ -6,7 +6,9 @@
 | machine_models   | stdlib, numpy, numba                                        |
 | allocator        | protocol, machine_models, its own third-party libraries;    |
 |                  | SQLAlchemy only inside allocator/store/                     |
-| toolchain        | protocol, machine_models, numpy                             |
+| toolchain        | protocol, machine_models, numpy; PyNN, neo, quantities and  |
+|                  | tqdm for the PyNN backend (toolchain/pynn/)                 |
+| allotment        | toolchain (the users' short import names)                   |
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"protocol", "machine_models", "allocator", "toolchain"}
+OURS = {"protocol", "machine_models", "allocator", "toolchain", "allotment"}
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 ALLOWED_THIRD_PARTY = {
@@ -36,13 +38,15 @@ ALLOWED_THIRD_PARTY = {
         "PIL",
         "uvloop",
     },
-    "toolchain": {"numpy", "numba", "pydantic"},
+    "toolchain": {"numpy", "numba", "pydantic", "pyNN", "neo", "quantities", "tqdm"},
+    "allotment": set(),
 }
 ALLOWED_OURS = {
     "protocol": {"protocol"},
     "machine_models": {"machine_models"},
     "allocator": {"allocator", "protocol", "machine_models"},
     "toolchain": {"toolchain", "protocol", "machine_models"},
+    "allotment": {"allotment", "toolchain"},
 }
 
 
