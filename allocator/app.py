@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from allocator.clock import SystemClock
@@ -41,8 +42,20 @@ def _load(config_path: Path | None) -> ServerConfig:
     return default_config() if config_path is None else load_config(config_path)
 
 
-async def serve(*, host: str, port: int, config_path: Path | None, db_url: str) -> int:
-    """Run the server until SIGTERM/SIGINT; return the process exit status."""
+async def serve(
+    *,
+    host: str,
+    port: int,
+    config_path: Path | None,
+    db_url: str,
+    ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
+) -> int:
+    """Run the server until SIGTERM/SIGINT; return the process exit status.
+
+    `ready_hook`, if given, is called once with the listening addresses before the ready line
+    is logged; what it returns is added to that line (`allotment serve` starts the batch
+    service there).
+    """
     try:
         config = _load(config_path)
     except AllocatorError as error:
@@ -78,7 +91,9 @@ async def serve(*, host: str, port: int, config_path: Path | None, db_url: str) 
                         error,
                     )
                     return 2
-            return await _run(config, config_path, store, host, port, db_url, metrics, publisher)
+            return await _run(
+                config, config_path, store, host, port, db_url, metrics, publisher, ready_hook
+            )
     finally:
         await store.close()
 
@@ -92,6 +107,7 @@ async def _run(
     db_url: str,
     metrics: Metrics,
     publisher: EventPublisher | None,
+    ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -122,15 +138,26 @@ async def _run(
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     service_started = asyncio.Event()
+    hook_failed: list[Exception] = []
 
     def ready(addresses: list[tuple[str, int]]) -> None:
         where = ", ".join(f"{h}:{p}" for h, p in addresses)
         machines = ", ".join(config_machine.name for config_machine in config.machines)
+        extra = ""
+        if ready_hook is not None:
+            try:
+                extra = f"; {ready_hook(addresses)}"
+            except Exception as error:
+                log.error("cannot start: %s", error)
+                hook_failed.append(error)
+                stop.set()
+                return
         log.info(
-            "allotment ready: listening on %s (machines: %s; database: %s)",
+            "allotment ready: listening on %s (machines: %s; database: %s%s)",
             where,
             machines or "none",
             _redacted(db_url),
+            extra,
         )
 
     try:
@@ -157,7 +184,7 @@ async def _run(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
-    return 0
+    return 2 if hook_failed else 0
 
 
 _GC_THRESHOLDS = (20_000, 20, 20)
