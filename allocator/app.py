@@ -18,28 +18,46 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from allocator.clock import SystemClock
 from allocator.config import ServerConfig, default_config, load_config
-from allocator.errors import AllocatorError
+from allocator.errors import AllocatorError, ConfigError, StoreError
 from allocator.events import EventPublisher
 from allocator.metrics import Metrics
 from allocator.reporting import Reporter
 from allocator.server import Server
 from allocator.service import Service
-from allocator.store import Store
+from allocator.store import Database, DatabaseUnavailableError, Store
 from protocol.commands import command_table
 
-__all__ = ["serve"]
+__all__ = ["EXIT_DATABASE_UNAVAILABLE", "StartupError", "serve"]
 
 log = logging.getLogger("allotment")
 
 
+class StartupError(AllocatorError):
+    """The server cannot start; the message names what (an address, a file, a database).
+
+    Raised before anything is written: the command line prints it as one line and exits 2.
+    """
+
+
+EXIT_DATABASE_UNAVAILABLE = 3
+"""Exit status when the database stays unavailable: the supervisor restarts the server."""
+
+
 def _load(config_path: Path | None) -> ServerConfig:
-    return default_config() if config_path is None else load_config(config_path)
+    config = default_config() if config_path is None else load_config(config_path)
+    if not config.machines:
+        # A server with nothing to allocate answers every create_job with "no suitable
+        # machines": more likely a mistyped table than what the operator meant.
+        raise StartupError(f"configuration {config_path} has no [[machines]]: nothing to allocate")
+    return config
 
 
 async def serve(
@@ -48,21 +66,49 @@ async def serve(
     port: int,
     config_path: Path | None,
     db_url: str,
+    wrap_database: Callable[[Database], Database] | None = None,
     ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit status.
 
-    `ready_hook`, if given, is called once with the listening addresses before the ready line
-    is logged; what it returns is added to that line (`allotment serve` starts the batch
-    service there).
+    Everything that can fail at start is tried before the database is opened (so a failed
+    start leaves no new database behind): the configuration, the listening socket, the
+    metrics endpoint.
+
+    Args:
+        wrap_database: wraps the store's database (tests inject failures with it).
+        ready_hook: called once with the listening addresses before the ready line is
+            logged; what it returns is added to that line (`allotment serve` starts the
+            batch service there).
+
+    Raises:
+        StartupError: the configuration, an address or the database is unusable.
     """
     try:
         config = _load(config_path)
-    except AllocatorError as error:
-        log.error("cannot start: %s", error)
-        return 2
+    except ConfigError as error:
+        raise StartupError(str(error)) from error
     metrics = Metrics(commands=command_table())
-    try:
+    server = Server(
+        None,
+        max_line_bytes=config.server.max_line_bytes,
+        max_connections=config.server.max_connections,
+        metrics=metrics,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await server.bind(host, port)
+        except OSError as error:
+            raise StartupError(f"cannot listen on {_address(host, port)}: {_why(error)}") from error
+        stack.push_async_callback(server.unbind)
+        if config.metrics.port:
+            address = _address(config.metrics.address, config.metrics.port)
+            try:
+                await stack.enter_async_context(
+                    metrics.endpoint(config.metrics.address, config.metrics.port)
+                )
+            except OSError as error:
+                raise StartupError(f"metrics endpoint {address}: {_why(error)}") from error
         publisher = (
             EventPublisher(
                 config.mqtt.url, config.mqtt.topic_prefix, config.mqtt.queue_size, metrics
@@ -70,40 +116,59 @@ async def serve(
             if config.mqtt.url
             else None
         )
-        store = await Store.open(
-            db_url, on_commit=lambda seconds, _n_changes: metrics.commit_latency(seconds)
-        )
-    except AllocatorError as error:
-        log.error("cannot start: %s", error)
-        return 2
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            if config.metrics.port:
-                try:
-                    await stack.enter_async_context(
-                        metrics.endpoint(config.metrics.address, config.metrics.port)
-                    )
-                except OSError as error:
-                    log.error(
-                        "cannot start: metrics endpoint %s:%d: %s",
-                        config.metrics.address,
-                        config.metrics.port,
-                        error,
-                    )
-                    return 2
-            return await _run(
-                config, config_path, store, host, port, db_url, metrics, publisher, ready_hook
+        try:
+            store = await Store.open(
+                db_url,
+                retry_for_s=config.server.database_retry_s,
+                on_commit=lambda seconds, _n_changes: metrics.commit_latency(seconds),
+                wrap_database=wrap_database,
             )
-    finally:
-        await store.close()
+        except StoreError as error:
+            raise StartupError(str(error)) from error
+        stack.push_async_callback(store.close)
+        try:
+            return await _run(
+                config, config_path, store, server, db_url, metrics, publisher, ready_hook
+            )
+        except ExceptionGroup as group:
+            failure, rest = group.split(StoreError)
+            if failure is None or rest is not None:
+                raise
+            cause = _first_leaf(failure)
+            detail = cause.detail if isinstance(cause, DatabaseUnavailableError) else str(cause)
+            log.critical(
+                "database %s unavailable, exiting with status %d so that a restart resumes"
+                " from the durable state: %s",
+                _redacted(db_url),
+                EXIT_DATABASE_UNAVAILABLE,
+                detail,
+            )
+            return EXIT_DATABASE_UNAVAILABLE
+    raise AssertionError("unreachable")  # pragma: no cover - the block returns or raises
+
+
+def _first_leaf(group: BaseExceptionGroup[StoreError]) -> StoreError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _why(error: OSError) -> str:
+    """An OS error as one short phrase ("address already in use")."""
+    if isinstance(error, socket.gaierror) or not error.errno:
+        return (error.strerror or str(error)).lower()
+    # asyncio words a failed bind "error while attempting to bind on address ...".
+    return os.strerror(error.errno).lower()
 
 
 async def _run(
     config: ServerConfig,
     config_path: Path | None,
     store: Store,
-    host: str,
-    port: int,
+    server: Server,
     db_url: str,
     metrics: Metrics,
     publisher: EventPublisher | None,
@@ -112,12 +177,7 @@ async def _run(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     service = Service(config, store, SystemClock(), observer=metrics)
-    server = Server(
-        service,
-        max_line_bytes=config.server.max_line_bytes,
-        max_connections=config.server.max_connections,
-        metrics=metrics,
-    )
+    server.set_dispatcher(service)
     service.add_listener(server.broadcast)
     reporter = Reporter(service, metrics=metrics, publisher=publisher)
     service.add_listener(reporter.on_change)
@@ -131,6 +191,10 @@ async def _run(
         except AllocatorError as error:
             log.error("SIGHUP: configuration rejected, keeping the old one: %s", error)
             return
+        if not new.machines:
+            log.warning(
+                "SIGHUP: configuration %s has no [[machines]]: nothing to allocate", config_path
+            )
         service.reconfigure(new)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -141,7 +205,7 @@ async def _run(
     hook_failed: list[Exception] = []
 
     def ready(addresses: list[tuple[str, int]]) -> None:
-        where = ", ".join(f"{h}:{p}" for h, p in addresses)
+        where = ", ".join(_address(h, p) for h, p in addresses)
         machines = ", ".join(config_machine.name for config_machine in config.machines)
         extra = ""
         if ready_hook is not None:
@@ -166,13 +230,15 @@ async def _run(
             started = tg.create_task(service_started.wait())
             await asyncio.wait([service_task, started], return_when=asyncio.FIRST_COMPLETED)
             if service_task.done():
+                started.cancel()
+                service_task.result()  # raises what stopped it
                 return 1
             reporter.start()
             _settle_garbage_collector()
             publisher_task = None
             if publisher is not None:
                 publisher_task = tg.create_task(publisher.run(), name="mqtt")
-            server_task = tg.create_task(server.serve(host, port, on_ready=ready))
+            server_task = tg.create_task(server.serve(on_ready=ready))
             await stop.wait()
             log.info("stopping")
             server_task.cancel()
@@ -181,6 +247,7 @@ async def _run(
                 publisher_task.cancel()
             reporter.close()
     finally:
+        reporter.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)

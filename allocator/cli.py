@@ -19,6 +19,17 @@ DEFAULT_DB_URL = "sqlite:///allotment.db"
 DEFAULT_BATCH_PORT = batch_cli.DEFAULT_BATCH_PORT
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0-65535)")
+    return port
+
+
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -39,7 +50,7 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     serve.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=DEFAULT_PORT,
         help="TCP port, 0 for any free port (default %(default)s)",
     )
@@ -58,7 +69,7 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     batch = serve.add_argument_group("batch jobs (the EBRAINS-style job service, docs/batch.md)")
     batch.add_argument(
         "--batch-port",
-        type=int,
+        type=port_number,
         default=DEFAULT_BATCH_PORT,
         help="HTTP port of the batch service, 0 for any free port (default %(default)s)",
     )
@@ -145,7 +156,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         config = batch_cli.runner_config(args, args.host, args.port)
         return serve_batch(host=args.host, port=args.batch_port, db_url=args.db, runner=config)
-    from allocator.app import serve
+    from allocator.app import StartupError, serve
 
     children = []
 
@@ -169,6 +180,9 @@ def _serve(args: argparse.Namespace) -> int:
                     ready_hook=None if args.no_batch else start_batch,
                 )
             )
+    except StartupError as error:
+        print(f"allotment: cannot start: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0
     finally:

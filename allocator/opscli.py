@@ -29,6 +29,7 @@ from typing import Any, Final, Protocol, TextIO
 from pydantic import TypeAdapter, ValidationError
 
 import protocol.admin  # noqa: F401 - registers the admin commands with the command table
+from allocator.cli import port_number
 from allocator.mapview import render_png, render_text
 from protocol.admin import AuditEntry, MachineState
 from protocol.client import DEFAULT_PORT, AllotmentClient
@@ -257,7 +258,9 @@ def _handle(args: argparse.Namespace) -> int:
 def _common(parser: argparse.ArgumentParser, *, is_admin: bool) -> None:
     host = os.environ.get("ALLOTMENT_HOST", "127.0.0.1")
     parser.add_argument("--host", "-H", default=host, help="server address (or ALLOTMENT_HOST)")
-    parser.add_argument("--port", "-P", type=int, default=DEFAULT_PORT, help="server TCP port")
+    parser.add_argument(
+        "--port", "-P", type=port_number, default=DEFAULT_PORT, help="server TCP port"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
     parser.add_argument("--token", default=None,
                         help=f"operator token (default: ${TOKEN_ENV})")  # fmt: skip

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
 import protocol.admin  # noqa: F401 - registers the operator commands with the command table
-from allocator.errors import AllocatorError
+from allocator.errors import AllocatorError, StoreError
 from protocol import messages as m
 from protocol.codec import (
     decode_request_parts,
@@ -80,6 +80,8 @@ _READ_HIGH_WATER_BYTES = 1 << 18
 _READ_LOW_WATER_BYTES = 1 << 16
 
 _T = TypeVar("_T")
+
+_DATABASE_UNAVAILABLE = "database unavailable, try again"
 
 
 class Metrics(Protocol):
@@ -194,7 +196,7 @@ class Server:
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher | None,
         *,
         max_line_bytes: int = 65536,
         max_connections: int = 4096,
@@ -207,6 +209,7 @@ class Server:
         self._connections: dict[Connection, _LineProtocol] = {}
         self._watchers: set[Connection] = set()
         self._task_group: asyncio.TaskGroup | None = None
+        self._listener: asyncio.Server | None = None
 
     def __repr__(self) -> str:
         return f"<Server connections={len(self._connections)}>"
@@ -226,25 +229,67 @@ class Server:
                 if self._metrics is not None:
                     self._metrics.notification_sent(kind)
 
+    def set_dispatcher(self, dispatcher: Dispatcher) -> None:
+        """Answer requests with `dispatcher` (before `serve`, when it was not given)."""
+        self._dispatcher = dispatcher
+
+    async def bind(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Bind the listening sockets, accepting nothing yet; return the bound addresses.
+
+        Called before anything else starts, so that an address in use or one that cannot
+        be bound fails the start before a database is opened.
+
+        Raises:
+            OSError: the address cannot be bound (in use, not local, not resolvable).
+        """
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: _LineProtocol(self), host, port, backlog=1024, start_serving=False
+        )
+        return self.addresses
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound addresses (host, port); empty before `bind`."""
+        if self._listener is None:
+            return []
+        return [sock.getsockname()[:2] for sock in self._listener.sockets]
+
+    async def unbind(self) -> None:
+        """Close the listening sockets (idempotent)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+            await listener.wait_closed()
+
     async def serve(
         self,
-        host: str,
-        port: int,
+        host: str | None = None,
+        port: int | None = None,
         *,
         on_ready: Callable[[list[tuple[str, int]]], None] | None = None,
     ) -> None:
-        """Serve until cancelled; ``on_ready`` gets the bound addresses once listening."""
-        loop = asyncio.get_running_loop()
+        """Serve until cancelled; ``on_ready`` gets the bound addresses once listening.
+
+        Serves on the sockets of `bind`, or binds ``host:port`` first.
+        """
+        if self._dispatcher is None:
+            raise RuntimeError("Server.serve needs a dispatcher (set_dispatcher)")
+        if self._listener is None:
+            if host is None or port is None:
+                raise RuntimeError("Server.serve needs host and port, or bind() first")
+            await self.bind(host, port)
+        listener = self._listener
+        assert listener is not None
         async with asyncio.TaskGroup() as tg:
             self._task_group = tg
-            server = await loop.create_server(lambda: _LineProtocol(self), host, port, backlog=1024)
             try:
-                addresses = [sock.getsockname()[:2] for sock in server.sockets]
+                await listener.start_serving()
                 if on_ready is not None:
-                    on_ready(addresses)
+                    on_ready(self.addresses)
                 await asyncio.Future()  # until cancelled
             finally:
-                server.close()
+                listener.close()
                 for line_protocol in list(self._connections.values()):
                     line_protocol.close()
         # Leaving the task group cancelled and awaited the handlers that were still waiting.
@@ -267,6 +312,11 @@ class Server:
 
     def _error_reply(self, exc: Exception, command: str, conn: Connection) -> tuple[bytes, str]:
         """The reply and outcome of a request that raised `exc` (the error boundary)."""
+        if isinstance(exc, StoreError):
+            # A server-side failure, not the client's: the driver's text (SQL, other users'
+            # parameters) goes to the log only, where the store has put it.
+            log.warning("%r from %s refused: database unavailable", command, conn.peer_host)
+            return encode_exception(_DATABASE_UNAVAILABLE), "error"
         if isinstance(exc, DecodeError | CommandError | AllocatorError):
             return encode_exception(str(exc)), "exception"
         log.error("internal error while handling %r from %s", command, conn.peer_host, exc_info=exc)
@@ -314,6 +364,7 @@ class _LineProtocol(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self._server = server
+        assert server._dispatcher is not None, "connections exist only inside serve()"
         self._dispatcher = server._dispatcher
         self._metrics = server._metrics
         self._max_line_bytes = server._max_line_bytes
@@ -368,9 +419,10 @@ class _LineProtocol(asyncio.Protocol):
             if len(line) > max_bytes:
                 self._stop_input()
                 break
-            if line and not line.isspace():
-                pending.append(line)
-                self._pending_bytes += len(line)
+            # Every line is answered, a blank one too (as malformed): a client that sent
+            # a line waits for its reply.
+            pending.append(line)
+            self._pending_bytes += len(line)
         else:
             if len(partial) > max_bytes:
                 self._stop_input()

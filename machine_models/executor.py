@@ -170,12 +170,9 @@ class Executor:
         po_recs = []
         po_seeds = []
         n_po = 0
-        de: dict[str, list[int]] = {
-            k: [] for k in ("emit", "nn", "stages", "dps", "slots", "cb", "fb")
-        }
+        de: dict[str, list[int]] = {k: [] for k in ("emit", "nn", "stages", "dps", "slots", "cb")}
         de_params: list[delays.DelayParams] = []
-        de_flags: list[npt.NDArray[np.bool_]] = []
-        n_counter = n_flags = 0
+        n_counter = 0
         for ci, core in enumerate(self._cores):
             x, y, p = core.xyp
             try:
@@ -200,10 +197,7 @@ class Executor:
                     de["dps"].append(params.delay_per_stage)
                     de["slots"].append(slots)
                     de["cb"].append(n_counter)
-                    de["fb"].append(n_flags)
                     n_counter += slots * params.n_neurons
-                    n_flags += params.n_stages * params.n_neurons
-                    de_flags.append(params.has_targets.reshape(-1))
                     continue
                 keys, cb, has_key = decode_keys(_region(core, REGION_KEYS))
                 first_emitter = len(emit_keys)
@@ -309,17 +303,16 @@ class Executor:
             name: prec[name].astype(np.int64) for name in sources.POISSON_DTYPE.names or ()
         }
         self._po_state = np.array(po_seeds, dtype=np.uint64).reshape(-1, 4)
-        for c in range(len(po_seeds)):  # slow sources start with a drawn time to the first spike
+        # every slow source draws its first time to spike at load, in order, as the core does
+        # when it reads its rates (a source of rate 0 too: its interval is 0)
+        self._po_rec["time_to_spike"] = np.zeros(prec.size, np.int64)
+        for c in range(len(po_seeds)):
             for g in range(po["nb"][c], po["nb"][c] + po["nn"][c]):
-                if (
-                    self._po_rec["regime"][g] == sources.REGIME_SLOW
-                    and self._po_rec["time_to_spike"][g] == 0
-                ):
-                    self._po_rec["time_to_spike"][g] = kernels.draw_isi(
+                if self._po_rec["regime"][g] == sources.REGIME_SLOW:
+                    self._po_rec["time_to_spike"][g] = kernels.draw_time_to_spike(
                         self._po_state, c, int(self._po_rec["isi_ticks"][g])
                     )
         self._de = {k: np.array(v, dtype=np.int64) for k, v in de.items()}
-        self._de_flags = np.concatenate(de_flags) if de_flags else np.zeros(0, np.bool_)
         self._de_counter = np.zeros(n_counter, dtype=np.uint8)
         self._de_lost = np.zeros(len(de_params), dtype=np.int64)
         for ci, li in self._lif_of_core.items():
@@ -355,10 +348,14 @@ class Executor:
         for c in range(self._po["nb"].size):
             lo = int(self._po["nb"][c])
             hi = lo + int(self._po["nn"][c])
-            if hi > lo and bool(np.all(self._po_rec["regime"][lo:hi] == sources.REGIME_FAST)):
+            eml = self._po_rec["exp_minus_lambda"][lo:hi]
+            if (
+                hi > lo
+                and bool(np.all(self._po_rec["regime"][lo:hi] == sources.REGIME_FAST))
+                and bool(np.all(eml > 0))
+            ):
                 fast_from[c] = int(self._po_rec["start_step"][lo:hi].max())
                 fast_to[c] = max(fast_from[c], int(self._po_rec["end_step"][lo:hi].min()))
-                eml = self._po_rec["exp_minus_lambda"][lo:hi]
                 if bool(np.all(eml == eml[0])):
                     limit[c] = int(eml[0])
         self._po_table = np.stack(
@@ -368,7 +365,7 @@ class Executor:
         de_t = self._de
         self._de_table = (
             np.stack(
-                [de_t["nn"], de_t["stages"], de_t["dps"], de_t["slots"], de_t["cb"], de_t["fb"]],
+                [de_t["nn"], de_t["stages"], de_t["dps"], de_t["slots"], de_t["cb"]],
                 axis=1,
             )
             .astype(_I64)
@@ -754,7 +751,6 @@ class Executor:
                     self._po_rec["isi_ticks"],
                     self._po_rec["time_to_spike"],
                     self._de_table,
-                    self._de_flags,
                     self._de_counter,
                     self._de_lost,
                 )

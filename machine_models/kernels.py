@@ -1,9 +1,9 @@
 """Compiled per-timestep kernels of the executor: all cores of a job advanced in one call.
 
 The executor flattens every core's state into contiguous arrays (see ``executor``); these
-functions only do arithmetic on them, exactly as the chip does: s16.15 multiplies that round
-to nearest, u0.32 decays that truncate, 16-bit ring buffers that saturate, a xorshift128
-generator per Poisson core. Compiled with ``cache=True`` so later processes skip compilation.
+functions only do arithmetic on them, exactly as the chip does: s16.15 multiplies that truncate
+(floor), u0.32 decays that truncate, 16-bit ring buffers that saturate, 7.4.1's KISS generator
+per Poisson core. Compiled with ``cache=True`` so later processes skip compilation.
 """
 
 # The kernels are typed by numba when they compile (from the arrays the executor passes), not by
@@ -18,30 +18,75 @@ import numba
 import numpy as np
 
 M32 = 0xFFFFFFFF
+REGIME_SLOW, REGIME_FAST, REGIME_FASTER = 0, 1, 2
+"""Poisson regimes, as ``sources`` numbers them."""
+ISI_SCALE = 1000
+"""A slow Poisson source counts time in ticks x 1000."""
 
 
 @numba.njit(cache=True, inline="always")
-def _mul_round(a: int, b: int) -> int:  # pragma: no cover - compiled
-    return (a * b + (1 << 14)) >> 15
+def _mul_accum(a: int, b: int) -> int:  # pragma: no cover - compiled
+    # GCC's accum multiply on ARM: smull, then the 64-bit product shifted right by 15, which
+    # floors (spec 3.5)
+    return (a * b) >> 15
 
 
 @numba.njit(cache=True, inline="always")
-def _xs_next(s0, s1, s2, s3):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """One xorshift128 step on a state held in four u64 locals; the new output is the last."""
-    t = (s0 ^ ((s0 << np.uint64(11)) & np.uint64(M32))) & np.uint64(M32)
-    w = (s3 ^ (s3 >> np.uint64(19)) ^ (t ^ (t >> np.uint64(8)))) & np.uint64(M32)
-    return s1, s2, s3, w
+def _kiss(x, y, z, c):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One step of 7.4.1's KISS generator on a state in four u64 locals holding u32 words.
+
+    Returns the new state and the output ``x + y + z`` (mod 2**32).
+    """
+    m = np.uint64(M32)
+    x = (np.uint64(314527869) * x + np.uint64(1234567)) & m
+    y ^= (y << np.uint64(5)) & m
+    y ^= y >> np.uint64(7)
+    y ^= (y << np.uint64(22)) & m
+    t = np.uint64(4294584393) * z + c
+    c = t >> np.uint64(32)
+    z = t & m
+    return x, y, z, c, (x + y + z) & m
+
+
+@numba.njit(cache=True, inline="always")
+def _exp_variate(x, y, z, c):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """An exponential variate by von Neumann's method, as s16.15 bits, and the new state.
+
+    Whole units count the runs of descending uniforms that had even length; the fraction is
+    the first uniform of the last run, truncated to 15 bits.
+    """
+    a = 0
+    while True:
+        x, y, z, c, u = _kiss(x, y, z, c)
+        u0 = u
+        while True:
+            x, y, z, c, ustar = _kiss(x, y, z, c)
+            if u < ustar:
+                return x, y, z, c, (a << 15) + np.int64(u0 >> np.uint64(17))
+            x, y, z, c, u = _kiss(x, y, z, c)
+            if not u < ustar:
+                break
+        a += 1
+
+
+@numba.njit(cache=True, inline="always")
+def _time_to_spike(x, y, z, c, isi):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """round(E x 1000) x isi (mod 2**32): a slow source's next interval, in ticks x 1000."""
+    x, y, z, c, bits = _exp_variate(x, y, z, c)
+    scaled = bits * 1000
+    rounded = (scaled >> 15) + ((scaled >> 14) & 1)
+    return x, y, z, c, (rounded * isi) & M32
 
 
 @numba.njit(cache=True)
-def xorshift128(state, i):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """Advance core i's generator (4 words in ``state[i]``) and return a u32."""
-    s0, s1, s2, s3 = _xs_next(state[i, 0], state[i, 1], state[i, 2], state[i, 3])
-    state[i, 0] = s0
-    state[i, 1] = s1
-    state[i, 2] = s2
-    state[i, 3] = s3
-    return s3
+def draw_time_to_spike(state, i, isi):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Draw a slow source's time to its next spike (ticks x 1000) from Poisson core i."""
+    x, y, z, c, value = _time_to_spike(state[i, 0], state[i, 1], state[i, 2], state[i, 3], isi)
+    state[i, 0] = x
+    state[i, 1] = y
+    state[i, 2] = z
+    state[i, 3] = c
+    return value
 
 
 @numba.njit(cache=True)
@@ -78,18 +123,6 @@ def _ndtri(p):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     )
 
 
-@numba.njit(cache=True, inline="always")
-def _isi_from_uniform(word, isi_raw):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    u = (float(word) + 0.5) / 4294967296.0
-    return int(-math.log(u) * isi_raw)
-
-
-@numba.njit(cache=True)
-def draw_isi(state, i, isi_raw):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """An exponential inter-spike interval in s16.15 ticks for Poisson core i."""
-    return _isi_from_uniform(xorshift128(state, i), isi_raw)
-
-
 @numba.njit(cache=True)
 def pack_rows(syn, starts, lengths, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Copy row i, ``syn[starts[i]:starts[i] + lengths[i]]``, to the next free words of ``out``."""
@@ -109,8 +142,8 @@ LIF_VOFF, LIF_VFIRST, LIF_GEOFF, LIF_GEFIRST, LIF_GIOFF, LIF_GIFIRST = range(15,
 LIF_COLUMNS = 21
 PO_NB, PO_NN, PO_FAST_FROM, PO_FAST_TO, PO_LIMIT = range(5)
 PO_COLUMNS = 5
-DE_NN, DE_STAGES, DE_DPS, DE_SLOTS, DE_CB, DE_FB = range(6)
-DE_COLUMNS = 6
+DE_NN, DE_STAGES, DE_DPS, DE_SLOTS, DE_CB = range(5)
+DE_COLUMNS = 5
 SSA_HI = 0
 SSA_COLUMNS = 1
 # the emitting cores, in the order the chip's packets of one step are delivered
@@ -361,8 +394,8 @@ def _lif_step(
         vm = np.int64(v_[n])
         r = np.int64(ref_[n])
         current = np.int64(ie_[n]) - np.int64(ii_[n]) + np.int64(i_off_[n])
-        alpha = _mul_round(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
-        free = alpha - _mul_round(np.int64(exp_tc_[n]), alpha - vm)
+        alpha = _mul_accum(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
+        free = alpha - _mul_accum(np.int64(exp_tc_[n]), alpha - vm)
         active = r <= 0
         vm = free if active else vm
         r = r if active else r - 1
@@ -394,7 +427,7 @@ def _fast_scan(s0, s1, s2, s3, uniform_limit, eml_, em_j_, em_k_, nvar, packets_
     one, else -1. Counts each packet and its spikes in ``packets_`` and ``spikes_sent_`` at
     the source's key (every ``nvar``-th entry). Returns the generator and the packet count.
     """
-    one = np.uint64(1 << 32)
+    one = np.uint64(M32)  # UFRACT_CONST(1.0): the largest u0.32
     nn = eml_.size
     p = one
     n = 0
@@ -405,8 +438,8 @@ def _fast_scan(s0, s1, s2, s3, uniform_limit, eml_, em_j_, em_k_, nvar, packets_
         # does not wait for the shift
         bound = (np.uint64(uniform_limit) << np.uint64(32)) | np.uint64(M32)
         while n < nn:
-            s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-            prod = p * s3
+            s0, s1, s2, s3, u = _kiss(s0, s1, s2, s3)
+            prod = p * u
             done = prod <= bound
             em_k_[n] = d
             n += np.int64(done)
@@ -414,8 +447,8 @@ def _fast_scan(s0, s1, s2, s3, uniform_limit, eml_, em_j_, em_k_, nvar, packets_
             p = one if done else prod >> np.uint64(32)
     else:
         while n < nn:
-            s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-            p = (p * s3) >> np.uint64(32)
+            s0, s1, s2, s3, u = _kiss(s0, s1, s2, s3)
+            p = (p * u) >> np.uint64(32)
             done = p <= np.uint64(eml_[n])
             em_k_[n] = d
             n += np.int64(done)
@@ -506,26 +539,30 @@ def _poisson_step(
             continue
         regime = regime_[n]
         k = 0
-        if regime == 1:
-            p = np.uint64(1) << np.uint64(32)
+        if regime == REGIME_FAST:
+            # exp(-lambda) of 0 in 15 bits: no draws, no spikes (fast_spike_source_get_num_spikes)
             limit = np.uint64(eml_[n])
-            while True:
-                s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-                p = (p * s3) >> np.uint64(32)
-                if p <= limit:
-                    break
-                k += 1
-        elif regime == 0:
+            if limit != 0:
+                p = np.uint64(M32)
+                while True:
+                    s0, s1, s2, s3, u = _kiss(s0, s1, s2, s3)
+                    p = (p * u) >> np.uint64(32)
+                    if p <= limit:
+                        break
+                    k += 1
+        elif regime == REGIME_SLOW:
             g = nb + n
-            tts = po_tts[g] - 32768
-            while tts <= 0:
-                k += 1
-                s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-                tts += _isi_from_uniform(s3, po_isi[g])
-            po_tts[g] = tts
-        elif regime == 2:
-            s0, s1, s2, s3 = _xs_next(s0, s1, s2, s3)
-            u = (float(s3) + 0.5) / 4294967296.0
+            isi = po_isi[g]
+            if isi != 0:
+                tts = po_tts[g]
+                while tts < ISI_SCALE:
+                    k += 1
+                    s0, s1, s2, s3, more = _time_to_spike(s0, s1, s2, s3, isi)
+                    tts = (tts + more) & M32
+                po_tts[g] = tts - ISI_SCALE
+        elif regime == REGIME_FASTER:
+            s0, s1, s2, s3, w = _kiss(s0, s1, s2, s3)
+            u = (float(w) + 0.5) / 4294967296.0
             x = _ndtri(u) / 2.0 + po_sqrt[nb + n] / 32768.0
             k = math.floor(x * x + 0.5)
         if k > 0:
@@ -540,8 +577,8 @@ def _poisson_step(
 
 
 @numba.njit(cache=True)
-def _delay_step(c, t, off, de_p, de_flags, de_counter, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """One step of delay-extension core c: every stage resends what arrived its delay ago."""
+def _delay_step(c, t, off, de_p, de_counter, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One step of delay-extension core c: each stage resends every non-zero counter."""
     nn = de_p[c, DE_NN]
     dps = de_p[c, DE_DPS]
     m = 0
@@ -550,10 +587,9 @@ def _delay_step(c, t, off, de_p, de_flags, de_counter, em_j, em_k):  # type: ign
         if back < 0:
             continue
         b = de_p[c, DE_CB] + (back & (de_p[c, DE_SLOTS] - 1)) * nn
-        fb = de_p[c, DE_FB] + d * nn
         for n in range(nn):
             count = de_counter[b + n]
-            if count != 0 and de_flags[fb + n]:
+            if count != 0:
                 em_j[off + m] = d * nn + n
                 em_k[off + m] = count
                 m += 1
@@ -630,7 +666,6 @@ def run_windows(
     po_tts,
     # delay extensions
     de_p,
-    de_flags,
     de_counter,
     de_lost,
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
@@ -712,7 +747,7 @@ def run_windows(
                             em_k,
                         )
                     elif kind == KIND_DELAY:
-                        m = _delay_step(x, t, off, de_p, de_flags, de_counter, em_j, em_k)
+                        m = _delay_step(x, t, off, de_p, de_counter, em_j, em_k)
                     else:
                         m = _lif_step(
                             x,

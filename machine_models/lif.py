@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from machine_models.regions import to_s1615, to_u032
+from machine_models import fixedpoint as fx
+from machine_models.regions import to_s1615
 
 __all__ = [
     "INVALID_ADDRESS",
@@ -103,32 +104,47 @@ def _full(value: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
 
 
 def encode_neuron_params(params: LifParams, timestep_us: int) -> bytes:
-    """Derive the load-time constants (spec §3.6, §3.7) and encode the neuron region.
+    """Derive the load-time constants as the core does (spec §3.6, §3.7, §3.7a); encode the region.
 
-    R = tau_m / cm, exp_TC = exp(-h / tau_m), T_refract = ceil(tau_refrac / h); per synapse
-    type d = exp(-h / tau) and init factor g = tau / h * (1 - d).
+    The host writes every parameter and the step h as s16.15 (rounded); the core then computes,
+    truncating at each step (:mod:`machine_models.fixedpoint`): R = kdivk(tau_m, cm),
+    exp_TC = expk(-kdivk(h, tau_m)), T_refract = ceil(kdivk(tau_refrac, h)); per synapse type
+    d = expulr(-kdivk(h, tau)) and g = kdivk(tau, h) x (1.0ulr - d). The region holds the
+    results, so a reader needs no arithmetic of its own.
     """
     n = params.n_neurons
-    h_ms = timestep_us / 1000.0
+    h = int(to_s1615(timestep_us / 1000.0))
     rec = np.zeros(n, dtype=NEURON_DTYPE)
-    tau_m = _full(params.tau_m, n)
+    tau_m = to_s1615(_full(params.tau_m, n)).astype(np.int64)
     rec["v"] = to_s1615(_full(params.v_init, n))
     rec["v_rest"] = to_s1615(_full(params.v_rest, n))
-    rec["r_membrane"] = to_s1615(tau_m / _full(params.cm, n))
-    rec["exp_tc"] = to_s1615(np.exp(-h_ms / tau_m))
+    rec["r_membrane"] = fx.per_value(fx.kdivk, tau_m, to_s1615(_full(params.cm, n)), dtype=np.int32)
+    rec["exp_tc"] = fx.per_value(lambda tau: fx.expk(-fx.kdivk(h, tau)), tau_m, dtype=np.int32)
     rec["i_offset"] = to_s1615(_full(params.i_offset, n))
     rec["v_reset"] = to_s1615(_full(params.v_reset, n))
     rec["v_thresh"] = to_s1615(_full(params.v_thresh, n))
-    # a small tolerance so that 2.0 / 0.1 is 20 steps, not 21 from float rounding
-    rec["t_refract"] = np.ceil(_full(params.tau_refrac, n) / h_ms - 1e-9).astype(np.int32)
+    rec["t_refract"] = fx.per_value(
+        lambda ref: fx.ceil_accum(fx.kdivk(ref, h)),
+        to_s1615(_full(params.tau_refrac, n)),
+        dtype=np.int32,
+    )
     rec["isyn_exc"] = to_s1615(_full(params.isyn_exc, n))
     rec["isyn_inh"] = to_s1615(_full(params.isyn_inh, n))
     for prefix, tau in (("exc", params.tau_syn_e), ("inh", params.tau_syn_i)):
-        tau_ms = _full(tau, n)
-        decay = np.exp(-h_ms / tau_ms)
-        rec[f"{prefix}_decay"] = to_u032(decay)
-        rec[f"{prefix}_init"] = to_u032(tau_ms / h_ms * (1.0 - decay))
+        tau_bits = to_s1615(_full(tau, n))
+        rec[f"{prefix}_decay"] = fx.per_value(
+            lambda t: fx.expulr(-fx.kdivk(h, t)), tau_bits, dtype=np.uint32
+        )
+        rec[f"{prefix}_init"] = fx.per_value(
+            lambda t: exp_init_factor(h, t), tau_bits, dtype=np.uint32
+        )
     return struct.pack("<I", n) + rec.tobytes()
+
+
+def exp_init_factor(h: int, tau: int) -> int:
+    """The init factor of an exponential synapse: kdivk(tau, h) x (1.0ulr - expulr(-h / tau))."""
+    decay = fx.expulr(-fx.kdivk(h, tau))
+    return fx.decay_s1615_to_u032(fx.kdivk(tau, h), fx.U032_MAX - decay)
 
 
 def decode_neuron_params(data: bytes) -> npt.NDArray[np.void]:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from machine_models.delays import DelayParams, encode_delay_params
 from machine_models.geometry import ChipXY
@@ -38,12 +39,23 @@ from machine_models.regions import (
     REGION_SYNAPTIC_MATRIX,
     encode_keys,
 )
-from machine_models.sources import PoissonParams, encode_poisson_params, encode_spike_array
+from machine_models.sources import (
+    PoissonParams,
+    encode_poisson_params,
+    encode_spike_array,
+    kiss_seed,
+)
 from machine_models.topology import Topology
 from toolchain.compression import MAX_ROUTER_ENTRIES, compress
 from toolchain.errors import NetworkError, ResourceError, RoutingTableFullError
 from toolchain.keys import KeySpace, allocate_keys
-from toolchain.network import IFCurrExp, Network, Population, SpikeSourcePoisson
+from toolchain.network import (
+    DEFAULT_V_INIT_MV,
+    IFCurrExp,
+    Network,
+    Population,
+    SpikeSourcePoisson,
+)
 from toolchain.placement import CoreLocation, place
 from toolchain.routing import build_tables
 from toolchain.splitting import (
@@ -172,6 +184,16 @@ def fit_tables(
     return fitted
 
 
+def spike_array_steps(times_ms: npt.ArrayLike, timestep_us: int) -> npt.NDArray[np.int64]:
+    """The step each spike time is sent in: ceil(floor(t * 1000) / dt_us), as 7.4.1 has it.
+
+    An off-grid time fires at the next step (10.05 ms at 0.1 ms is step 101), the float64
+    product included (4.35 ms is 4349.999... us, so step 44 at 0.1 ms).
+    """
+    micros = np.floor(np.asarray(times_ms, dtype=np.float64) * 1000.0)
+    return np.ceil(micros / timestep_us).astype(np.int64)
+
+
 def _check_sdram(cores: Sequence[CoreImage]) -> None:
     used: dict[ChipXY, int] = {}
     for core in cores:
@@ -210,7 +232,6 @@ def _core_image(
             vertex.hi,
             vertex.stride,
         )
-        flags = syn.has_targets.get(vertex, np.zeros((n_stages, vertex.stride), np.bool_))
         data = encode_delay_params(
             DelayParams(
                 in_key=keys.core_key(source),
@@ -221,7 +242,6 @@ def _core_image(
                 delay_per_stage=delays.stage_steps[pop.index],
                 out_key_base=keys.core_key(vertex),
                 out_colour_bits=config.n_colour_bits,
-                has_targets=flags,
             )
         )
         return CoreImage(chip, where.p, AppId.DELAY_EXTENSION, {REGION_DATA: data})
@@ -237,7 +257,9 @@ def _core_image(
         seed_words = np.random.SeedSequence(
             [network.seed, 2, pop.index, vertex.slice_index]
         ).generate_state(4)
-        seed = (int(seed_words[0]) | 1, int(seed_words[1]), int(seed_words[2]), int(seed_words[3]))
+        seed = kiss_seed(
+            (int(seed_words[0]), int(seed_words[1]), int(seed_words[2]), int(seed_words[3]))
+        )
         regions[REGION_DATA] = encode_poisson_params(
             PoissonParams(
                 vertex.n_atoms,
@@ -250,7 +272,7 @@ def _core_image(
         )
     else:
         trains = cell.times_of(pop.size)[vertex.lo : vertex.hi]
-        steps = [np.floor(t * 1000.0 / timestep_us + 1e-9).astype(np.int64) for t in trains]
+        steps = [spike_array_steps(t, timestep_us) for t in trains]
         neurons = [np.full(s.size, i, dtype=np.int64) for i, s in enumerate(steps)]
         regions[REGION_DATA] = encode_spike_array(
             np.concatenate(steps) if steps else np.zeros(0, np.int64),
@@ -270,7 +292,9 @@ def _neuron_regions(
 ) -> dict[int, bytes]:
     pop = vertex.population
     n = vertex.n_atoms
-    v_init = pop.initial_v[vertex.lo : vertex.hi] if pop.initial_v is not None else cell.v_rest
+    v_init = (
+        pop.initial_v[vertex.lo : vertex.hi] if pop.initial_v is not None else DEFAULT_V_INIT_MV
+    )
     params = LifParams(
         n_neurons=n,
         v_init=v_init,

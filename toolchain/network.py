@@ -26,6 +26,7 @@ import numpy.typing as npt
 from toolchain.errors import NetworkError
 
 __all__ = [
+    "DEFAULT_V_INIT_MV",
     "AllToAll",
     "CellType",
     "Connector",
@@ -47,6 +48,9 @@ __all__ = [
 IndexArray: TypeAlias = npt.NDArray[np.int64]
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 Receptor: TypeAlias = Literal["excitatory", "inhibitory"]
+DEFAULT_V_INIT_MV = -65.0
+"""Initial membrane potential of a population never initialised (PyNN's and sPyNNaker's default,
+whatever ``v_rest`` is)."""
 
 
 @dataclass(frozen=True)

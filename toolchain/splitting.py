@@ -81,7 +81,8 @@ class MappingConfig:
     Attributes:
         max_atoms_per_core: neurons per core by cell type name.
         n_colour_bits: colour bits below the neuron index in every spike key.
-        spikes_per_second: assumed rate of neuron sources when scaling ring-buffer weights.
+        spikes_per_second: rate every source is assumed to fire at when ring-buffer weights
+            are scaled from statistics (7.4.1 assumes it of every source, Poisson or not).
         ring_buffer_sigma: standard deviations above the mean summed weight to allow for.
         compress_tables: whether to compress routing tables that exceed the router.
     """

@@ -14,8 +14,7 @@ delay ``delay - s * stage_steps``, and its row sits in the delay partition's blo
 ``core * n_stages * stride + (s - 1) * stride + local``.
 
 Weights are stored as ``round(|w| * 2 ** (15 - shift))`` with one shift per target
-population and synapse type, chosen from the expected summed input per step (spec 3.5):
-mean + sigma * standard deviation of Poisson-arriving spikes, at least the largest weight.
+population and synapse type, chosen as sPyNNaker 7.4.1 chooses it (:func:`weight_shifts`).
 
 All of it is done with numpy over whole projections: one sort of every synapse by
 (target core, partition, row), never a Python loop per synapse.
@@ -40,7 +39,7 @@ from machine_models.lif import (
 )
 from toolchain.errors import ResourceError
 from toolchain.keys import KeySpace, Partition
-from toolchain.network import Network, SpikeSourceArray, SpikeSourcePoisson
+from toolchain.network import Network
 from toolchain.splitting import (
     MAX_ROW_SYNAPSES,
     SYNAPSE_TYPE_BITS,
@@ -73,57 +72,70 @@ class SynapseBuild:
     Attributes:
         cores: synaptic data per neuron vertex.
         targets: sending vertex -> vertices that must receive its packets.
-        has_targets: delay vertex -> (stages, stride) flags of neurons re-sent per stage.
         shifts: (population index, synapse type) -> weight shift.
         n_synapses: synapses built (multapses counted each).
     """
 
     cores: Mapping[Vertex, CoreSynapses]
     targets: Mapping[Vertex, set[Vertex]]
-    has_targets: Mapping[Vertex, npt.NDArray[np.bool_]]
     shifts: Mapping[tuple[int, int], int]
     n_synapses: int
 
 
-def _source_rate_hz(network: Network, pre_index: int, config: MappingConfig) -> float:
-    cell = network.populations[pre_index].cell
-    if isinstance(cell, SpikeSourcePoisson):
-        return cell.rate
-    if isinstance(cell, SpikeSourceArray):
-        # spike times are arbitrary and may coincide: assume a spike every step
-        return 1000.0 / network.dt_ms
-    return config.spikes_per_second
-
-
 def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, int], int]:
-    """The ring-buffer weight shift of every (target population, synapse type)."""
+    """The ring-buffer weight shift of every (target population, synapse type), as 7.4.1 picks it.
+
+    For each synapse type W is the largest summed weight one step may bring (spec 3.5):
+
+    * when every projection of that type has one delay for all its synapses (the usual case),
+      the worst case: the sum over those projections of max in-degree x max |weight|, every
+      source counting as one spike per step;
+    * otherwise mean + ``ring_buffer_sigma`` standard deviations of the summed input with every
+      source firing at ``spikes_per_second``, capped by that worst case, at least the largest
+      weight.
+
+    The shift is then ceil(log2 W), one more when W is a power of two, at least 0.
+    """
     dt_s = network.dt_ms / 1000.0
     mean: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
     var: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
     biggest: dict[tuple[int, int], float] = {}
+    worst: dict[tuple[int, int], float] = {}
+    has_one_delay: dict[tuple[int, int], bool] = {}
+    lam = config.spikes_per_second * dt_s
     for proj in network.projections:
-        _, post, weight, _ = proj.synapses(network.dt_ms)
+        _, post, weight, delay = proj.synapses(network.dt_ms)
+        if weight.size == 0:
+            continue
         syn_type = 0 if proj.receptor_type == "excitatory" else 1
         slot = (proj.post.index, syn_type)
-        lam = _source_rate_hz(network, proj.pre.index, config) * dt_s
         size = proj.post.size
+        in_degree = np.bincount(post, minlength=size)
+        w_max = float(weight.max())
+        worst[slot] = worst.get(slot, 0.0) + float(in_degree.max()) * w_max
+        biggest[slot] = max(biggest.get(slot, 0.0), w_max)
+        has_one_delay[slot] = has_one_delay.get(slot, True) and float(delay.min()) == float(
+            delay.max()
+        )
         mean[slot] = mean.get(slot, np.zeros(size)) + np.bincount(
             post, weights=weight * lam, minlength=size
         )
         var[slot] = var.get(slot, np.zeros(size)) + np.bincount(
             post, weights=weight * weight * lam, minlength=size
         )
-        if weight.size:
-            biggest[slot] = max(biggest.get(slot, 0.0), float(weight.max()))
     shifts: dict[tuple[int, int], int] = {}
     for pop in network.populations:
         for syn_type in (0, 1):
             slot = (pop.index, syn_type)
-            if slot not in mean:
+            if slot not in worst:
                 shifts[slot] = 0
                 continue
-            bound = float((mean[slot] + config.ring_buffer_sigma * np.sqrt(var[slot])).max())
-            shifts[slot] = ring_buffer_shift(max(bound, biggest.get(slot, 0.0)))
+            if has_one_delay[slot]:
+                bound = worst[slot]
+            else:
+                spread = float((mean[slot] + config.ring_buffer_sigma * np.sqrt(var[slot])).max())
+                bound = max(min(spread, worst[slot]), biggest[slot])
+            shifts[slot] = ring_buffer_shift(bound)
     return shifts
 
 
@@ -214,13 +226,12 @@ def build_synapses(
         if groups.size
         else np.zeros(0, dtype=np.int64)
     )
-    ends = np.r_[starts[1:], groups.size].astype(np.int64)
+    ends = np.r_[starts[1:], groups.size].astype(np.int64) if groups.size else starts
 
     per_core: dict[
         Vertex, list[tuple[Partition, int, npt.NDArray[np.int64], npt.NDArray[np.uint32]]]
     ] = {}
     targets: dict[Vertex, set[Vertex]] = {}
-    has_targets: dict[Vertex, npt.NDArray[np.bool_]] = {}
     for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
         group = int(groups[lo])
         post_vertex = neuron_vertices[group // n_parts]
@@ -240,17 +251,12 @@ def build_synapses(
         if partition.is_delay:
             for core in np.unique(src_rows // rows_per_core).tolist():
                 delay_vertex = by_slot[(pre_pop.index, True, core)]
-                flags = has_targets.setdefault(
-                    delay_vertex, np.zeros((n_stages, stride), dtype=np.bool_)
-                )
-                local = src_rows[src_rows // rows_per_core == core] - core * rows_per_core
-                flags.reshape(-1)[local] = True
                 targets.setdefault(by_slot[(pre_pop.index, False, core)], set()).add(delay_vertex)
 
     cores: dict[Vertex, CoreSynapses] = {}
     for vertex in neuron_vertices:
         cores[vertex] = _core_synapses(per_core.get(vertex, []), keys, config)
-    return SynapseBuild(cores, targets, has_targets, shifts, n_synapses)
+    return SynapseBuild(cores, targets, shifts, n_synapses)
 
 
 def _core_synapses(

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from allocator.jobs import JobRecord
 from allocator.machine import Machine
 from allocator.service.admin import AdminTargetError, OperatorCommands
@@ -64,8 +66,17 @@ class Service(Reconfigure, OperatorCommands, V1Commands):
     # --- wiring -----------------------------------------------------------------------
 
     def handler_for(self, command: str) -> Handler | None:
-        """The coroutine that answers a command, or None for an unknown command."""
+        """The coroutine that answers a command, or None for an unknown command.
+
+        Once the store has given up on the database every command is refused: the state
+        in memory may be ahead of the database, and the service is stopping.
+        """
+        if self._store.is_broken:
+            return self._refuse if command in self._handlers else None
         return self._handlers.get(command)
+
+    async def _refuse(self, args: Any, conn: Any) -> None:
+        raise await self._store.wait_broken()
 
     def add_handler(self, command: str, handler: Handler) -> None:
         """Serve an extension command with ``handler(arguments, connection)``."""

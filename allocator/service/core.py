@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from allocator import jobs as jobs_
 from allocator.clock import Clock
 from allocator.config import ServerConfig
-from allocator.errors import AllocatorError
+from allocator.errors import AllocatorError, StoreError
 from allocator.jobs import JobRecord, JobState
 from allocator.locate import (
     JobPlace,
@@ -62,6 +62,11 @@ Listener = Callable[[tuple[int, ...], tuple[str, ...]], None]
 Handler = Callable[[Any, Any], Awaitable[Any]]
 PowerFrames = tuple[tuple[BmpKey, tuple[BoardXYZ, ...]], ...]
 """An allocation's boards grouped by the board controller (BMP) of their frame."""
+
+
+def _retire_order(record: JobRecord) -> tuple[float, int]:
+    """When a retired job was destroyed (ties: by id), the order retirement evicts in."""
+    return (record.destroyed_at or 0.0, record.job_id)
 
 
 class ServiceObserver(Protocol):
@@ -165,8 +170,21 @@ class ServiceCore:
         return {}
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Restore the stored state, then run timers and board controllers until cancelled."""
+        """Restore the stored state, then run timers and board controllers until cancelled.
+
+        Raises:
+            StoreError: the store gave up on the database (`DatabaseUnavailableError`) or
+                could not load the state. The state in memory may then be ahead of the
+                database: the service stops, and a restart resumes from the durable state.
+        """
+        try:
+            await self._run(on_started)
+        except* StoreError as group:
+            raise group.exceptions[0] from None
+
+    async def _run(self, on_started: Callable[[], None] | None) -> None:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_store(), name="store watch")
             tg.create_task(self._committer(), name="committer")
             self._power = PowerModel(
                 self._clock,
@@ -180,6 +198,10 @@ class ServiceCore:
             tg.create_task(self._timers(), name="timers")
             if on_started is not None:
                 on_started()
+
+    async def _watch_store(self) -> None:
+        """Stop the service when the store gives up, whoever's commit found it out."""
+        raise await self._store.wait_broken()
 
     # --- restore ----------------------------------------------------------------------
 
@@ -211,11 +233,13 @@ class ServiceCore:
         self._restore_operator_state(state)
         self._next_job_id = max(state.next_job_id, 1)
         changed_jobs: list[int] = []
-        for record in sorted(state.jobs, key=lambda r: r.job_id):
+        # Retired jobs in the order they were destroyed, as they were retired in memory:
+        # the ones kept are the last `max_retired_jobs` destroyed, whatever their ids.
+        for record in sorted(state.retired_jobs, key=_retire_order):
             self._next_job_id = max(self._next_job_id, record.job_id + 1)
-            if not record.is_live:
-                self._retire(record, stage=False)
-                continue
+            self._retire(record, stage=False)
+        for record in sorted(state.live_jobs, key=lambda r: r.job_id):
+            self._next_job_id = max(self._next_job_id, record.job_id + 1)
             machine = self._machines.get(record.machine_name or "")
             if record.is_allocated and machine is None:
                 self._retire(jobs_.cancel(record, now, jobs_.REASON_MACHINE_REMOVED))

@@ -11,6 +11,7 @@ from allocator.store.changes import (
     BoardStatus,
     Change,
     ClaimBoards,
+    DatabaseUnavailableError,
     ForgetJobs,
     LeaseHeldError,
     LinkStatus,
@@ -26,6 +27,7 @@ from allocator.store.changes import (
     StoredState,
     StoreStats,
 )
+from allocator.store.database import Database
 from allocator.store.repository import Store
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "BoardStatus",
     "Change",
     "ClaimBoards",
+    "Database",
+    "DatabaseUnavailableError",
     "ForgetJobs",
     "LeaseHeldError",
     "LinkStatus",

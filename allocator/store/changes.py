@@ -21,6 +21,7 @@ __all__ = [
     "BoardStatus",
     "Change",
     "ClaimBoards",
+    "DatabaseUnavailableError",
     "ForgetJobs",
     "LeaseHeldError",
     "LinkStatus",
@@ -34,6 +35,23 @@ __all__ = [
     "StoreStats",
     "StoredState",
 ]
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database failed and the store gave up: nothing more is committed.
+
+    Every request from then on is refused with the short message below, never with the
+    driver's text (it holds SQL and other users' parameters): `detail` is for the log. The
+    server exits so that its supervisor restarts it from the durable state; a client should
+    try again once it is back.
+    """
+
+    MESSAGE = "database unavailable, try again"
+
+    def __init__(self, database: str, detail: str) -> None:
+        super().__init__(self.MESSAGE)
+        self.database = database
+        self.detail = detail
 
 
 class LeaseHeldError(StoreError):

@@ -76,6 +76,7 @@ from allocator.store.changes import (
     BoardStatus,
     Change,
     ClaimBoards,
+    DatabaseUnavailableError,
     ForgetJobs,
     LeaseHeldError,
     LinkStatus,
@@ -107,11 +108,18 @@ _TRANSIENT = (OperationalError, ConnectionError, OSError, TimeoutError)
 Synchronous = Literal["normal", "full"]
 
 
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    start: int
-    end: int
-    error: StoreError
+_MAX_BACKOFF_S = 2.0
+"""The longest pause between two attempts at a commit while the database is failing."""
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Whether a failed commit may succeed if tried again (a lost or refused connection)."""
+    if isinstance(error, DBAPIError):
+        return isinstance(error, OperationalError) or bool(error.connection_invalidated)
+    if isinstance(error, LeaseHeldError | SchemaVersionError | StoreConflictError):
+        return False
+    # A reconnection that failed (StoreError from `_connect`), or the socket itself.
+    return isinstance(error, StoreError | ConnectionError | OSError | TimeoutError)
 
 
 _GATHER_TURNS = 2
@@ -153,7 +161,7 @@ class Store:
         url: URL,
         *,
         lock_file: IO[bytes] | None,
-        max_attempts: int,
+        retry_for_s: float,
         retry_backoff_s: float,
         on_commit: Callable[[float, int], None] | None,
     ) -> None:
@@ -162,7 +170,7 @@ class Store:
         self._name = _describe(url)
         self._is_postgres = url.get_backend_name() == "postgresql"
         self._lock_file = lock_file
-        self._max_attempts = max_attempts
+        self._retry_for_s = retry_for_s
         self._retry_backoff_s = retry_backoff_s
         self._on_commit = on_commit
         self._token = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
@@ -175,8 +183,8 @@ class Store:
         self._n_done = 0
         self._commit_seq = 0
         self._doubt: tuple[int, int] | None = None
-        self._failures: list[_Failure] = []
         self._broken: StoreError | None = None
+        self._is_broken = asyncio.Event()
         self._is_closed = False
         self.stats = StoreStats()
         self._statements: dict[str, Any] = {}
@@ -189,8 +197,9 @@ class Store:
         url: str,
         *,
         synchronous: Synchronous = "normal",
-        max_attempts: int = 8,
+        retry_for_s: float = 30.0,
         retry_backoff_s: float = 0.05,
+        wrap_database: Callable[[Database], Database] | None = None,
         on_commit: Callable[[float, int], None] | None = None,
     ) -> Store:
         """Connect, take the writer lease and create (or check) the schema.
@@ -200,9 +209,13 @@ class Store:
                 or "postgresql+asyncpg://user@host/db".
             synchronous: SQLite only: "normal" survives a process crash (kill -9), "full"
                 also a power cut, at the price of an fsync per commit.
-            max_attempts: how often a commit is tried on transient errors before the store
-                gives up and reports `StoreError` from then on.
-            retry_backoff_s: the first pause between attempts; it doubles each time.
+            retry_for_s: how long a commit that fails on transient errors (a lost
+                connection, a database that is down) is tried again before the store gives
+                up: from then on it refuses everything with `DatabaseUnavailableError`.
+            retry_backoff_s: the first pause between attempts; it doubles each time, up to
+                two seconds.
+            wrap_database: wraps the database the store runs its SQL on (tests inject
+                failures with it).
             on_commit: called with (seconds, n_changes) after each committed transaction.
 
         Raises:
@@ -225,11 +238,13 @@ class Store:
                 lock_file = cls._take_file_lease(str(parsed.database), _describe(parsed))
         else:
             database = GreenletDatabase(create_async_engine(parsed, poolclass=NullPool))
+        if wrap_database is not None:
+            database = wrap_database(database)
         store = cls(
             database,
             parsed,
             lock_file=lock_file,
-            max_attempts=max_attempts,
+            retry_for_s=retry_for_s,
             retry_backoff_s=retry_backoff_s,
             on_commit=on_commit,
         )
@@ -411,14 +426,14 @@ class Store:
         """Return once every change staged before this call is committed.
 
         Raises:
-            StoreConflictError: the database refused a transaction holding some of those
-                changes (a bug upstream; the changes were dropped).
-            StoreError: the database stayed unreachable for `max_attempts` attempts; the
-                store refuses everything from then on.
+            DatabaseUnavailableError: the database kept failing for `retry_for_s`, failed
+                in a way no retry mends, or refused a transaction (a double claim: a bug
+                upstream). The store refuses everything from then on.
+            StoreError: the store is closed.
         """
-        self._check_usable()
-        start, target = self._n_done, self._n_staged
+        target = self._n_staged
         while self._n_done < target:
+            self._check_usable()
             if self._lock.locked():
                 # A commit is under way; it may not hold our changes. Wait for it to end
                 # together with every other flusher, then look again.
@@ -436,9 +451,6 @@ class Store:
                 self._check_usable()
                 if self._n_done < target:
                     await self._commit_with_retry()
-        for failure in self._failures:
-            if failure.start < target and start < failure.end:
-                raise failure.error
 
     @contextlib.asynccontextmanager
     async def _round(self) -> AsyncIterator[None]:
@@ -485,36 +497,64 @@ class Store:
         if self._is_closed:
             raise StoreError(f"store of database {self._name} is closed")
 
+    @property
+    def is_broken(self) -> bool:
+        """Whether the store gave up (see `wait_broken`)."""
+        return self._broken is not None
+
+    async def wait_broken(self) -> StoreError:
+        """Return the error once the store has given up on the database (maybe never)."""
+        await self._is_broken.wait()
+        assert self._broken is not None
+        return self._broken
+
+    def _break(self, detail: str) -> DatabaseUnavailableError:
+        """Give up on the database: log why, refuse everything from now on."""
+        error = DatabaseUnavailableError(self._name, detail)
+        if self._broken is None:
+            log.error("database %s unavailable, giving up: %s", self._name, detail)
+            self._broken = error
+            self._is_broken.set()
+            self._wake_round_waiters()
+        return error
+
     async def _commit_with_retry(self) -> None:
+        """Commit, retrying transient failures with backoff for at most `retry_for_s`.
+
+        Flushers wait meanwhile (nothing is acknowledged before it is durable). A failure
+        no retry mends, or one that lasts too long, breaks the store.
+        """
+        deadline = time.monotonic() + self._retry_for_s
         backoff_s = self._retry_backoff_s
-        for attempt in range(1, self._max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 await self._commit_round()
-                return
-            except LeaseHeldError as error:
-                self._broken = error
-                raise
-            except (*_TRANSIENT, DBAPIError) as error:
-                if isinstance(error, DBAPIError) and not (
-                    isinstance(error, OperationalError) or error.connection_invalidated
-                ):
-                    raise
+            except (*_TRANSIENT, DBAPIError, StoreError) as error:
+                text = _error_text(error)
+                if not _is_transient(error):
+                    raise self._break(text) from error
                 self.stats.n_retries += 1
+                await self._drop_connection()
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise self._break(
+                        f"commits failed for {self._retry_for_s:g} s ({attempt} attempts): {text}"
+                    ) from error
                 log.warning(
-                    "commit to database %s failed (attempt %d of %d): %s",
+                    "commit to database %s failed (attempt %d, retrying for %.1f s more): %s",
                     self._name,
                     attempt,
-                    self._max_attempts,
-                    error,
+                    left_s,
+                    text,
                 )
-                await self._drop_connection()
-                if attempt == self._max_attempts:
-                    self._broken = StoreError(
-                        f"database {self._name} failed {attempt} commits in a row: {error}"
-                    )
-                    raise self._broken from error
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                await asyncio.sleep(min(backoff_s, left_s))
+                backoff_s = min(backoff_s * 2, _MAX_BACKOFF_S)
+            else:
+                if attempt > 1:
+                    log.warning("database %s is back after %d attempts", self._name, attempt)
+                return
 
     async def _drop_connection(self) -> None:
         with contextlib.suppress(DBAPIError, OSError):
@@ -558,18 +598,14 @@ class Store:
             await self._db.run(self._write, batch, seq, on_result=committed)
         except (IntegrityError, StoreConflictError) as error:
             # Constraints are checked before COMMIT: the transaction is rolled back for sure.
+            # The state in memory allowed what the database forbids: a bug upstream, and the
+            # store gives up rather than serve a state that is not durable.
             self._doubt = None
-            if isinstance(error, StoreConflictError):
-                conflict = error
-            else:
-                detail = str(error.orig).splitlines()[0] if error.orig is not None else str(error)
-                conflict = StoreConflictError(n_changes, detail)
             self.stats.n_conflicts += 1
-            log.error("%s", conflict)
-            self._failures = [f for f in self._failures if f.end > self._n_done - 10_000]
-            self._failures.append(_Failure(self._n_done, self._n_done + n_changes, conflict))
-            self._done(n_changes)
-            return
+            if isinstance(error, StoreConflictError):
+                raise
+            detail = str(error.orig).splitlines()[0] if error.orig is not None else str(error)
+            raise StoreConflictError(n_changes, detail) from error
 
     def _done(self, n_changes: int) -> None:
         del self._inflight[:n_changes]
@@ -694,6 +730,13 @@ class Store:
             f"Store({self._name!r}, pending={self.n_pending}, commits={self.stats.n_commits}, "
             f"broken={self._broken is not None})"
         )
+
+
+def _error_text(error: BaseException) -> str:
+    """A failure as the log shows it: the driver's own message, without the statement."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        return f"{type(error.orig).__name__}: {error.orig}"
+    return f"{type(error).__name__}: {error}"
 
 
 def _job_row(record: JobRecord) -> dict[str, Any]:

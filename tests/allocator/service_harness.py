@@ -22,9 +22,17 @@ async def running_service(
     clock: FakeClock,
     *,
     wall_clock: Callable[[], float] = time.time,
+    stopped: list[BaseException | None] | None = None,
+    **store_options: Any,
 ) -> AsyncIterator[Service]:
-    """A service on a freshly opened store, restored and running until the block ends."""
-    store = await Store.open(db_url)
+    """A service on a freshly opened store, restored and running until the block ends.
+
+    Args:
+        stopped: if given, receives what ended the service's run (None: cancelled at the
+            end of the block) instead of the test failing on it.
+        store_options: passed to `Store.open`.
+    """
+    store = await Store.open(db_url, **store_options)
     service = Service(config, store, clock, wall_clock=wall_clock)
     started = asyncio.Event()
     task = asyncio.create_task(service.run(on_started=started.set))
@@ -33,8 +41,15 @@ async def running_service(
         yield service
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            if stopped is not None:
+                stopped.append(None)
+        except Exception as error:
+            if stopped is None:
+                raise
+            stopped.append(error)
         await store.close()
 
 

@@ -145,7 +145,12 @@ def test_pipelined_requests_are_answered_in_order(run: Callable[[Scenario], None
                 + _line("version")
                 + _line("get_job_state", 3)
             )
-            replies = [await _reply(reader) for _ in range(6)]
+            replies = [await _reply(reader) for _ in range(8)]
+        # Blank lines are malformed like any other: answered, never left waiting.
+        blank, whitespace = replies[:2]
+        assert "not valid json" in blank["exception"]
+        assert "not valid json" in whitespace["exception"]
+        replies = replies[2:]
         assert replies == [
             {"return": {"job_id": 1}},
             {"return": {"job_id": 2}},

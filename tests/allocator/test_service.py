@@ -330,6 +330,30 @@ async def test_retired_jobs_are_kept_up_to_the_limit_across_restarts(db_url: str
         assert await h.call("create_job", owner="next", machine="other") == n_jobs + 1
 
 
+async def test_the_last_destroyed_jobs_survive_a_restart_whatever_their_ids(db_url: str) -> None:
+    # Jobs end in another order than they were created (long and short jobs): after a
+    # restart the last `max_retired_jobs` destroyed still answer, not the highest ids.
+    clock = FakeClock()
+    config = _config(
+        server={"max_retired_jobs": 4, "seconds_before_free": 0.0},
+        power={"power_on_delay_s": 0.0, "power_off_delay_s": 0.0},
+    )
+    async with running(config, db_url, clock) as h:
+        ids = [await h.call("create_job", owner=f"o{i}", machine="other") for i in range(3)]
+        ids += [await h.call("create_job", owner=f"q{i}", keepalive=None) for i in range(5)]
+        order = [ids[5], ids[6], ids[7], ids[3], ids[4], ids[0], ids[1], ids[2]]
+        for job_id in order:
+            await h.call("destroy_job", job_id, f"reason {job_id}")
+            await h.advance(1.0)
+    last = order[-4:]
+    async with running(config, db_url, clock) as h:
+        for job_id in last:
+            state = await h.state(job_id)
+            assert (state["state"], state["reason"]) == (4, f"reason {job_id}"), job_id
+        for job_id in order[:-4]:
+            assert (await h.state(job_id))["state"] == 0, job_id
+
+
 async def test_queued_jobs_are_placed_only_while_queued(h: Harness) -> None:
     holder = await h.call("create_job", 2, 1, owner="a")
     cancelled = await h.call("create_job", 2, 1, owner="b")

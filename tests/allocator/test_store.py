@@ -20,6 +20,7 @@ from allocator.store import (
     BoardClaim,
     BoardStatus,
     ClaimBoards,
+    DatabaseUnavailableError,
     ForgetJobs,
     LeaseHeldError,
     LinkStatus,
@@ -32,10 +33,10 @@ from allocator.store import (
     SchemaVersionError,
     SetNextJobId,
     Store,
-    StoreConflictError,
     StoredState,
 )
 from machine_models.geometry import BoardXYZ, Link
+from tests.allocator.faulty_database import SECRET_PARAMETER, Faults
 
 T = TypeVar("T")
 T0 = 1_700_000_000.0
@@ -140,29 +141,41 @@ async def test_later_changes_win_and_release_frees_for_a_new_claim(store: Store)
     assert state.next_job_id == 2
 
 
-async def test_double_claim_fails_and_store_keeps_working(store: Store) -> None:
-    store.stage(ClaimBoards("spinn", (B000, B001), 1))
-    await store.flush()
-    store.stage(PutJob(queued(2)))
-    store.stage(ClaimBoards("spinn", (B001,), 2))
-    with pytest.raises(StoreConflictError, match="refused a commit of 2 changes") as info:
+async def test_double_claim_breaks_the_store_and_commits_nothing_of_it(db_url: str) -> None:
+    # The database refused what the one owner of the state believed: serving on would
+    # answer from a state that is not durable, so the store gives up (the server restarts).
+    store = await Store.open(db_url)
+    try:
+        store.stage(ClaimBoards("spinn", (B000, B001), 1))
         await store.flush()
-    assert info.value.n_changes == 2
-    assert store.stats.n_conflicts == 1
-    # The refused transaction left nothing behind; later commits go through.
-    store.stage(PutJob(queued(5)))
-    await store.flush()
-    state = await store.load()
-    assert [r.job_id for r in state.jobs] == [5]
-    assert state.claims == (BoardClaim("spinn", 1, (B000, B001)),)
+        store.stage(PutJob(queued(2)))
+        store.stage(ClaimBoards("spinn", (B001,), 2))
+        with pytest.raises(
+            DatabaseUnavailableError, match=r"^database unavailable, try again$"
+        ) as info:
+            await store.flush()
+        assert "refused a commit of 2 changes" in info.value.detail
+        assert store.stats.n_conflicts == 1
+        assert store.is_broken
+        with pytest.raises(DatabaseUnavailableError):
+            store.stage(PutJob(queued(5)))
+    finally:
+        await store.close()
+    reopened = await Store.open(db_url)
+    try:
+        state = await reopened.load()
+        assert state.jobs == ()
+        assert state.claims == (BoardClaim("spinn", 1, (B000, B001)),)
+    finally:
+        await reopened.close()
 
 
 async def test_double_claim_within_one_commit_fails(store: Store) -> None:
     store.stage(ClaimBoards("spinn", (B000,), 1))
     store.stage(ClaimBoards("spinn", (B000,), 2))
-    with pytest.raises(StoreConflictError, match=r"board \(0, 0, 0\) of spinn claimed by jobs 1"):
+    with pytest.raises(DatabaseUnavailableError) as info:
         await store.flush()
-    assert (await store.load()).claims == ()
+    assert "board (0, 0, 0) of spinn claimed by jobs 1 and 2" in info.value.detail
 
 
 async def test_concurrent_flushes_share_few_transactions(store: Store) -> None:
@@ -408,3 +421,49 @@ async def test_a_flusher_cancelled_between_its_commit_and_its_wake_up_counts_it_
         assert opened.stats.n_conflicts == 0
     finally:
         await opened.close()
+
+
+async def test_a_transient_failure_is_retried_and_nothing_is_lost(db_url: str) -> None:
+    faults = Faults()
+    store = await Store.open(db_url, retry_backoff_s=0.001, wrap_database=faults.wrap)
+    try:
+        faults.db.fail_next(3)
+        store.stage(PutJob(queued(1)))
+        await store.flush()  # waits through the failures, then returns: durable
+        assert faults.db.n_failed == 3
+        assert store.stats.n_retries == 3
+        assert not store.is_broken
+        assert [r.job_id for r in (await store.load()).jobs] == [1]
+    finally:
+        await store.close()
+
+
+async def test_a_database_that_stays_down_breaks_the_store_with_a_short_error(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    faults = Faults()
+    store = await Store.open(
+        db_url, retry_for_s=0.2, retry_backoff_s=0.01, wrap_database=faults.wrap
+    )
+    try:
+        faults.db.is_down = True
+        store.stage(PutJob(queued(1)))
+        with pytest.raises(DatabaseUnavailableError) as info:
+            await store.flush()
+        assert str(info.value) == "database unavailable, try again"
+        assert SECRET_PARAMETER not in str(info.value)
+        assert "disk I/O error" in info.value.detail
+        assert faults.db.n_failed >= 2  # it was tried again before giving up
+        assert any("giving up" in r.getMessage() for r in caplog.records)
+        # The store refuses from now on, even once the database is back.
+        faults.db.is_down = False
+        with pytest.raises(DatabaseUnavailableError):
+            store.stage(PutJob(queued(2)))
+        assert (await asyncio.wait_for(store.wait_broken(), 1)) is not None
+    finally:
+        await store.close()
+    reopened = await Store.open(db_url)
+    try:
+        assert (await reopened.load()).jobs == ()
+    finally:
+        await reopened.close()

@@ -169,10 +169,12 @@ def test_huge_values_are_answered_without_harm(
     _assert_still_open(client)
 
 
-def test_empty_lines_are_skipped_and_pipelined_replies_come_in_order(raw_client: Connect) -> None:
+def test_blank_lines_are_answered_as_malformed_and_replies_come_in_order(
+    raw_client: Connect,
+) -> None:
     client = raw_client()
     client.send_line(
-        b"\n\r\n"
+        b"\n \t\r\n"
         + json.dumps({"command": "get_job_state", "args": [10**9]}).encode()
         + b"\n"
         + json.dumps({"command": "launch_missiles"}).encode()
@@ -180,7 +182,11 @@ def test_empty_lines_are_skipped_and_pipelined_replies_come_in_order(raw_client:
         + json.dumps({"command": "list_machines"}).encode()
         + b"\n"
     )
-    first, second, third = client.read_reply(), client.read_reply(), client.read_reply()
+    replies = [client.read_reply() for _ in range(5)]
+    empty, whitespace, first, second, third = replies
+    for blank in (empty, whitespace):
+        assert blank is not None
+        assert "not valid json" in blank["exception"]
     assert first is not None
     assert first["return"]["state"] == 0
     assert second is not None

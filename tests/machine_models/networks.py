@@ -247,6 +247,7 @@ def driven_image(
     shifts: tuple[int, int] = (2, 2),
     delay_bits: int = 4,
     recording: lif.RecordingParams = RECORD_ALL,
+    timestep_us: int = 1000,
 ) -> Image:
     """A spike array on (0, 0) core 2 driving the neuron core (0, 0) core 1.
 
@@ -258,6 +259,7 @@ def driven_image(
         shifts: Ring-buffer weight shifts (excitatory, inhibitory).
         delay_bits: log2 of the neuron core's delay slots.
         recording: What the neuron core records.
+        timestep_us: The step of the image.
     """
     pre = [s[0] for s in synapses]
     words = lif.synapse_words(
@@ -282,9 +284,10 @@ def driven_image(
         pop_table=table,
         matrix=block,
         recording=recording,
+        timestep_us=timestep_us,
     )
     source = array_core(
         ChipXY(0, 0), 2, [s[0] for s in spikes], [s[1] for s in spikes], n_sources, ARRAY_BASE
     )
     tables = {ChipXY(0, 0): (RoutingEntry(ARRAY_BASE, 0xFFFFF000, route_word((), (1,))),)}
-    return Image(1000, (neurons, source), tables)
+    return Image(timestep_us, (neurons, source), tables)

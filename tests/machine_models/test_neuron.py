@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from machine_models import Executor, Topology, lif, validate
+from machine_models.regions import REGION_DATA
 from tests.machine_models.networks import driven_image
 
 BOARD = Topology.single_board()
@@ -86,9 +87,11 @@ def test_ring_buffer_saturation_is_counted_and_clipped() -> None:
     prov = res.core_provenance[(0, 0, 1)]
     assert prov["ring_buffer_saturations"] == 2
     ge = res.gsyn_exc_na[(0, 0, 1)]
-    init = 5.0 * (1 - math.exp(-0.2))
-    assert ge[5, 0] == pytest.approx(0xFFFF * 2.0**-15 * init, abs=1e-4)
-    assert ge[5, 1] == pytest.approx(100 * 2.0**-15 * init, abs=1e-4)
+    init = int(lif.decode_neuron_params(image.cores[0].regions[REGION_DATA])["exc_init"][0])
+    # the clipped slot, times the core's init factor (u0.32, truncated)
+    assert ge[5, 0] * 32768 == (0xFFFF * init) >> 32
+    assert ge[5, 1] * 32768 == (100 * init) >> 32
+    assert init / 2**32 == pytest.approx(5.0 * (1 - math.exp(-0.2)), rel=1e-3)
 
 
 def test_payload_saturation_counts_each_lost_spike() -> None:

@@ -21,7 +21,7 @@ def run_sources(
 
 @pytest.mark.parametrize(
     ("rate_hz", "regime"),
-    [(5.0, sources.REGIME_SLOW), (200.0, sources.REGIME_FAST), (20000.0, sources.REGIME_FASTER)],
+    [(5.0, sources.REGIME_SLOW), (200.0, sources.REGIME_FAST), (25000.0, sources.REGIME_FASTER)],
 )
 def test_rate_matches_in_every_regime(rate_hz: float, regime: int) -> None:
     n, n_steps = 200, 2000
@@ -39,23 +39,23 @@ def test_slow_regime_sends_one_spike_per_packet_and_faster_sends_payloads() -> N
     slow = run_sources(5.0, 200, 2000, (17, 29, 31, 37))
     # two spikes of one source in one step are rare at lambda = 0.005 (one packet, payload 2)
     assert 0 <= slow["spikes_sent"] - slow["packets_sent"] < 0.01 * slow["spikes_sent"]
-    faster = run_sources(20000.0, 20, 100, (17, 29, 31, 37))
-    assert faster["packets_sent"] == 20 * 100  # lambda = 20: k = 0 is practically impossible
-    assert faster["spikes_sent"] > 15 * faster["packets_sent"]
+    faster = run_sources(25000.0, 20, 100, (17, 29, 31, 37))
+    assert faster["packets_sent"] == 20 * 100  # lambda = 25: k = 0 is practically impossible
+    assert faster["spikes_sent"] > 20 * faster["packets_sent"]
 
 
 def test_faster_regime_variance_is_close_to_lambda() -> None:
-    # per-step counts of one source: mean and variance both about lambda = 20
+    # per-step counts of one source: mean and variance both about lambda = 25
     core = poisson_core(
-        ChipXY(0, 0), 2, sources.PoissonParams(1, 20000.0, (3, 1, 4, 1)), POISSON_BASE
+        ChipXY(0, 0), 2, sources.PoissonParams(1, 25000.0, (3, 1, 4, 1)), POISSON_BASE
     )
     ex = Executor(Image(1000, (core,)), BOARD)
     counts = []
     for _ in range(400):
         counts.append(ex.run(1).core_provenance[(0, 0, 2)]["spikes_sent"])
     per_step = np.diff([0, *counts])
-    assert abs(per_step.mean() - 20.25) < 5 * np.sqrt(20.0 / 400)
-    assert 12.0 < per_step.var() < 30.0
+    assert abs(per_step.mean() - 25.25) < 5 * np.sqrt(25.0 / 400)
+    assert 15.0 < per_step.var() < 36.0
 
 
 def test_same_seed_same_spikes_other_seed_other_spikes() -> None:
@@ -66,6 +66,14 @@ def test_same_seed_same_spikes_other_seed_other_spikes() -> None:
     assert a["spikes_sent"] != c["spikes_sent"]
 
 
-def test_all_zero_seed_is_rejected() -> None:
-    with pytest.raises(ValueError, match="seed"):
-        sources.encode_poisson_params(sources.PoissonParams(1, 10.0, (0, 0, 0, 0)), 1000)
+@pytest.mark.parametrize(
+    ("seed", "fact"), [((0, 0, 0, 0), "y must not be zero"), ((1, 2, 3, 0), "c = 0")]
+)
+def test_bad_kiss_seeds_are_rejected(seed: tuple[int, int, int, int], fact: str) -> None:
+    with pytest.raises(ValueError, match=fact):
+        sources.encode_poisson_params(sources.PoissonParams(1, 10.0, seed), 1000)
+
+
+def test_rates_the_core_cannot_hold_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"70000\.0 hz"):
+        sources.encode_poisson_params(sources.PoissonParams(1, 70000.0, (1, 2, 3, 4)), 1000)

@@ -35,6 +35,7 @@ def test_spikes_arrive_where_expected_with_the_right_delays() -> None:
     )
     # 300 neurons: two cores of 256 + 44, 32 delay slots, so 69 steps needs 2 extension stages
     cells = net.population(300, cell, "cells")
+    cells.initialize(0.0)
     cells.record("spikes")
     wiring = ((0, 7, 4.0, 5.0), (0, 270, 4.0, 69.0), (1, 100, 4.0, 1.0), (1, 299, 4.0, 32.0))
     net.project(src, cells, FromList(wiring), StaticSynapse())
