@@ -31,9 +31,8 @@ from allocator.events import EventPublisher
 from allocator.metrics import Metrics
 from allocator.reporting import Reporter
 from allocator.server import Server
-from allocator.service import Service
+from allocator.service import Service, known_commands
 from allocator.store import Database, DatabaseUnavailableError, Store
-from protocol.commands import command_table
 
 __all__ = ["EXIT_DATABASE_UNAVAILABLE", "StartupError", "serve"]
 
@@ -67,6 +66,7 @@ async def serve(
     config_path: Path | None,
     db_url: str,
     wrap_database: Callable[[Database], Database] | None = None,
+    ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit status.
 
@@ -76,6 +76,9 @@ async def serve(
 
     Args:
         wrap_database: wraps the store's database (tests inject failures with it).
+        ready_hook: called once with the listening addresses before the ready line is
+            logged; what it returns is added to that line (`allotment serve` starts the
+            batch service there).
 
     Raises:
         StartupError: the configuration, an address or the database is unusable.
@@ -84,7 +87,7 @@ async def serve(
         config = _load(config_path)
     except ConfigError as error:
         raise StartupError(str(error)) from error
-    metrics = Metrics(commands=command_table())
+    metrics = Metrics(commands=known_commands())
     server = Server(
         None,
         max_line_bytes=config.server.max_line_bytes,
@@ -123,7 +126,9 @@ async def serve(
             raise StartupError(str(error)) from error
         stack.push_async_callback(store.close)
         try:
-            return await _run(config, config_path, store, server, db_url, metrics, publisher)
+            return await _run(
+                config, config_path, store, server, db_url, metrics, publisher, ready_hook
+            )
         except ExceptionGroup as group:
             failure, rest = group.split(StoreError)
             if failure is None or rest is not None:
@@ -166,6 +171,7 @@ async def _run(
     db_url: str,
     metrics: Metrics,
     publisher: EventPublisher | None,
+    ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -195,15 +201,26 @@ async def _run(
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     service_started = asyncio.Event()
+    hook_failed: list[Exception] = []
 
     def ready(addresses: list[tuple[str, int]]) -> None:
         where = ", ".join(_address(h, p) for h, p in addresses)
         machines = ", ".join(config_machine.name for config_machine in config.machines)
+        extra = ""
+        if ready_hook is not None:
+            try:
+                extra = f"; {ready_hook(addresses)}"
+            except Exception as error:
+                log.error("cannot start: %s", error)
+                hook_failed.append(error)
+                stop.set()
+                return
         log.info(
-            "allotment ready: listening on %s (machines: %s; database: %s)",
+            "allotment ready: listening on %s (machines: %s; database: %s%s)",
             where,
             machines or "none",
             _redacted(db_url),
+            extra,
         )
 
     try:
@@ -233,7 +250,7 @@ async def _run(
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
-    return 0
+    return 2 if hook_failed else 0
 
 
 _GC_THRESHOLDS = (20_000, 20, 20)

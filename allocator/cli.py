@@ -10,10 +10,13 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from jobqueue import cli as batch_cli
+
 __all__ = ["main"]
 
 DEFAULT_PORT = 22244
 DEFAULT_DB_URL = "sqlite:///allotment.db"
+DEFAULT_BATCH_PORT = batch_cli.DEFAULT_BATCH_PORT
 
 
 def port_number(text: str) -> int:
@@ -63,6 +66,21 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="SQLAlchemy database URL (default: %(default)s, an SQLite file in the current"
         " directory; or postgresql+asyncpg://user@host/db)",
     )
+    batch = serve.add_argument_group("batch jobs (the EBRAINS-style job service, docs/batch.md)")
+    batch.add_argument(
+        "--batch-port",
+        type=port_number,
+        default=DEFAULT_BATCH_PORT,
+        help="HTTP port of the batch service, 0 for any free port (default %(default)s)",
+    )
+    which = batch.add_mutually_exclusive_group()
+    which.add_argument("--no-batch", action="store_true", help="run the allocation server alone")
+    which.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="run the batch service alone, its jobs using the allocation server at --port",
+    )
+    batch_cli.add_runner_options(batch)
     serve.add_argument(
         "--log-level",
         default="INFO",
@@ -85,6 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
         pass
     else:
         opscli.add_subparsers(subparsers)
+    batch_cli.add_subparsers(subparsers)
     return parser
 
 
@@ -110,23 +129,65 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
-        from allocator.app import StartupError, serve
-
-        try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(
-                    serve(host=args.host, port=args.port, config_path=args.config, db_url=args.db)
-                )
-        except StartupError as error:
-            print(f"allotment: cannot start: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            return 0
+        return _serve(args)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.error(f"unknown command {args.command!r}")
     result: int = handler(args)
     return result
+
+
+def _batch_arguments(args: argparse.Namespace, spalloc_port: int) -> list[str]:
+    """The command line of the batch service child, from `serve`'s options."""
+    return [
+        *("--host", args.host, "--port", str(args.batch_port), "--db", args.db),
+        *("--spalloc-host", args.host, "--spalloc-port", str(spalloc_port)),
+        *("--jobs-dir", str(args.jobs_dir), "--runners", str(args.runners)),
+        *("--job-timeout-h", str(args.job_timeout_h)),
+        *("--job-memory-mb", str(args.job_memory_mb)),
+        *("--job-output-mb", str(args.job_output_mb)),
+    ]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """`allotment serve`: the allocation server and, in a process of its own, the batch service."""
+    if args.batch_only:
+        from jobqueue.service import serve as serve_batch
+
+        config = batch_cli.runner_config(args, args.host, args.port)
+        return serve_batch(host=args.host, port=args.batch_port, db_url=args.db, runner=config)
+    from allocator.app import StartupError, serve
+
+    children = []
+
+    def start_batch(addresses: list[tuple[str, int]]) -> str:
+        # Runs once, when the allocation server listens (the batch runner needs its port);
+        # the child's start-up (about a second) happens before the ready line is logged.
+        from jobqueue.process import BatchProcess
+
+        child = BatchProcess.start(_batch_arguments(args, addresses[0][1]))
+        children.append(child)
+        return f"batch service at {child.url}"
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(
+                serve(
+                    host=args.host,
+                    port=args.port,
+                    config_path=args.config,
+                    db_url=args.db,
+                    ready_hook=None if args.no_batch else start_batch,
+                )
+            )
+    except StartupError as error:
+        print(f"allotment: cannot start: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            child.stop()
 
 
 if __name__ == "__main__":

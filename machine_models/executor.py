@@ -12,6 +12,7 @@ packet sent in a step is handled in that step, so no spike is ever late.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from machine_models import delays, kernels, lif, sources
+from machine_models import delays, kernels, lif, sources, threads
 from machine_models.errors import ExecutionError, RegionError
 from machine_models.geometry import ChipXY
 from machine_models.image import AppId, CoreImage, CoreXYP, Image
@@ -125,6 +126,7 @@ class Executor:
         self.topology = topology
         self.router = Router(image.tables, topology)
         self.step = 0
+        self._thread_policy: threads.ThreadPolicy | None = None
         self._load()
         self._plan()
 
@@ -726,14 +728,19 @@ class Executor:
         fan = self._g_fan
         t = t0
         chunk = numba.set_parallel_chunksize(1)
-        threads = numba.get_num_threads()
-        if self._work_per_step * window < PARALLEL_MIN_WORK:
-            numba.set_num_threads(1)
+        n_threads = numba.get_num_threads()
+        policy = self._policy_for(n_threads)
         try:
             while t < t1:
-                t = kernels.run_windows(
+                use, n_windows = (
+                    policy.next_chunk() if policy is not None else (1, threads.CHUNK_WINDOWS)
+                )
+                numba.set_num_threads(use)
+                stop = min(t1, t + n_windows * window)
+                started = time.perf_counter()
+                reached = kernels.run_windows(
                     t,
-                    t1,
+                    stop,
                     window,
                     self._nvar,
                     self._src,
@@ -797,13 +804,16 @@ class Executor:
                     self._de_counter,
                     self._de_lost,
                 )
+                if policy is not None:
+                    policy.record(use, reached - t, time.perf_counter() - started)
+                t = reached
                 n = int(rec_count[0])
                 chunks_t.append(rec_t[:n].copy())
                 chunks_n.append(rec_n[:n].copy())
                 rec_count[0] = 0
         finally:
             numba.set_parallel_chunksize(chunk)
-            numba.set_num_threads(threads)
+            numba.set_num_threads(n_threads)
         self.step = t1
         return self._results(
             np.concatenate(chunks_t) if chunks_t else np.zeros(0, _I64),
@@ -814,6 +824,23 @@ class Executor:
             t0,
             t1,
         )
+
+    def _policy_for(self, n_threads: int) -> threads.ThreadPolicy | None:
+        """The thread policy of this executor's runs; None when one thread is the only choice.
+
+        A network with too little work per window runs on one thread: waking the others
+        twice a window would cost more than they save.
+        """
+        if n_threads <= 1 or self._work_per_step * self._window < PARALLEL_MIN_WORK:
+            return None
+        if self._thread_policy is None or self._thread_policy.n_threads != n_threads:
+            self._thread_policy = threads.ThreadPolicy(n_threads)
+        return self._thread_policy
+
+    @property
+    def seconds_per_step(self) -> dict[int, float]:
+        """What the thread policy measured: seconds per step by thread count (empty if none)."""
+        return {} if self._thread_policy is None else self._thread_policy.seconds_per_step
 
     def _results(
         self,

@@ -178,6 +178,8 @@ class ServerProcess:
                 str(self._config_path),
                 "--db",
                 self._db_url,
+                # the allocation server alone: the batch service has tests of its own
+                "--no-batch",
             ],
             cwd=self._cwd,
             env=env,

@@ -1,0 +1,7 @@
+"""`python -m jobqueue serve|runner`."""
+
+import sys
+
+from jobqueue.cli import main
+
+sys.exit(main())

@@ -1,0 +1,359 @@
+"""The batch commands of `allotment`: tokens for operators; submit, jobs, log, fetch for users;
+`python -m jobqueue serve|runner` for the processes `allotment serve` starts.
+
+The user commands talk to the batch service over HTTP (`--url`, default
+`$ALLOTMENT_BATCH_URL` or http://127.0.0.1:22280) with a token (`--token` or
+`$ALLOTMENT_TOKEN`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jobqueue.runner import RunnerConfig
+
+__all__ = [
+    "DEFAULT_BATCH_PORT",
+    "DEFAULT_DB_URL",
+    "add_runner_options",
+    "add_subparsers",
+    "main",
+    "runner_config",
+]
+
+DEFAULT_BATCH_PORT = 22280
+DEFAULT_DB_URL = "sqlite:///allotment.db"
+_FINAL = ("finished", "error")
+
+
+def add_runner_options(parser: argparse._ActionsContainer) -> None:
+    """The options of a runner (shared by `serve` and `runner`)."""
+    parser.add_argument(
+        "--jobs-dir",
+        type=Path,
+        default=Path("allotment-jobs"),
+        help="where the jobs' working directories and outputs live (default %(default)s)",
+    )
+    parser.add_argument(
+        "--runners", type=int, default=2, help="jobs run at once (default %(default)s)"
+    )
+    parser.add_argument(
+        "--job-timeout-h",
+        type=float,
+        default=24.0,
+        help="wall-time limit of a job without hardware_config timeout (default %(default)s h)",
+    )
+    parser.add_argument(
+        "--job-memory-mb", type=int, default=8192, help="address space limit per process"
+    )
+    parser.add_argument(
+        "--job-output-mb", type=int, default=1024, help="limit on what one job writes"
+    )
+
+
+def runner_config(
+    args: argparse.Namespace, spalloc_host: str | None, spalloc_port: int
+) -> RunnerConfig:
+    """The RunnerConfig from options added by `add_runner_options`."""
+    if args.runners < 0:
+        raise SystemExit("allotment: error: --runners must be 0 or more")
+    timeout_h: float = args.job_timeout_h
+    return RunnerConfig(
+        jobs_dir=args.jobs_dir,
+        n_slots=args.runners,
+        default_timeout_h=timeout_h,
+        cpu_s=max(1, int(timeout_h * 3600)),
+        memory_bytes=args.job_memory_mb * 1024 * 1024,
+        output_bytes=args.job_output_mb * 1024 * 1024,
+        spalloc_host=spalloc_host,
+        spalloc_port=spalloc_port,
+    )
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("ALLOTMENT_DB", DEFAULT_DB_URL),
+        help="the database `allotment serve` uses (default %(default)s)",
+    )
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("ALLOTMENT_BATCH_URL", f"http://127.0.0.1:{DEFAULT_BATCH_PORT}"),
+        help="the batch service (default %(default)s)",
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get("ALLOTMENT_TOKEN"), help="default $ALLOTMENT_TOKEN"
+    )
+
+
+def add_subparsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add token, submit, jobs, log and fetch to the `allotment` command."""
+    token = subparsers.add_parser("token", help="mint or revoke batch-service tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="mint a token; prints it alone")
+    create.add_argument("--user", required=True)
+    create.add_argument(
+        "--collab", action="append", default=[], help="a collab the user edits (repeatable)"
+    )
+    _db_option(create)
+    create.set_defaults(handler=_token_create)
+    revoke = token_commands.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("token")
+    _db_option(revoke)
+    revoke.set_defaults(handler=_token_revoke)
+
+    submit = subparsers.add_parser(
+        "submit", help="submit a batch job: a script, a directory or an archive"
+    )
+    submit.add_argument("source", help="a .py file, a directory, a .zip/.tar.gz, or a URL")
+    submit.add_argument("--command", default=None, help='default "run.py {system}"')
+    submit.add_argument("--collab", default=None, help="default private-<user>")
+    submit.add_argument("--config", default=None, help="hardware_config as JSON")
+    submit.add_argument("--tag", action="append", default=[])
+    submit.add_argument("--no-wait", action="store_true", help="print the id and return")
+    _client_options(submit)
+    submit.set_defaults(handler=_submit)
+
+    jobs = subparsers.add_parser("jobs", help="list your batch jobs")
+    jobs.add_argument("--collab", default=None)
+    jobs.add_argument("--limit", type=int, default=20)
+    _client_options(jobs)
+    jobs.set_defaults(handler=_jobs)
+
+    log = subparsers.add_parser("log", help="print a batch job's log")
+    log.add_argument("job_id", type=int)
+    log.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+    _client_options(log)
+    log.set_defaults(handler=_log)
+
+    fetch = subparsers.add_parser("fetch", help="download a batch job's output files")
+    fetch.add_argument("job_id", type=int)
+    fetch.add_argument("--dir", type=Path, default=None, help="default ./job-<id>")
+    _client_options(fetch)
+    fetch.set_defaults(handler=_fetch)
+
+
+# operator commands ----------------------------------------------------------------------------
+
+
+def _open_store(url: str) -> Any:
+    from jobqueue.store import JobStore
+
+    try:
+        return JobStore.open(url)
+    except Exception as error:
+        raise SystemExit(f"allotment: error: cannot open the database {url}: {error}") from None
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    try:
+        print(store.create_token(args.user, args.collab))
+    finally:
+        store.close()
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    try:
+        if not store.revoke_token(args.token):
+            print("allotment: error: no such token", file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    return 0
+
+
+# user commands --------------------------------------------------------------------------------
+
+
+class _Api:
+    """A tiny JSON client of the batch service (standard library only)."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise SystemExit("allotment: error: no token: pass --token or set ALLOTMENT_TOKEN")
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as error:
+            try:
+                detail = json.loads(error.read()).get("detail", error.reason)
+            except ValueError:
+                detail = error.reason
+            raise SystemExit(f"allotment: error: {detail}") from None
+        except OSError as error:
+            raise SystemExit(f"allotment: error: cannot reach {self.url}: {error}") from None
+
+    def user(self) -> str:
+        info = self.call("GET", "/userinfo")
+        name: str = info["preferred_username"]
+        return name
+
+
+def _code_of(source: str) -> str:
+    """What `submit` sends as the job's code: the text of a script, an archive, or a URL."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if source.startswith(("http://", "https://", "file://")):
+            return source
+        raise SystemExit(f"allotment: error: {source} does not exist")
+    if path.is_dir():
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for item in sorted(path.iterdir()):
+                if not item.name.startswith("."):
+                    archive.add(item, arcname=item.name)
+        return "data:application/gzip;base64," + base64.b64encode(buffer.getvalue()).decode()
+    if path.suffix == ".zip":
+        return "data:application/zip;base64," + base64.b64encode(path.read_bytes()).decode()
+    if path.name.endswith((".tar.gz", ".tgz")):
+        return "data:application/gzip;base64," + base64.b64encode(path.read_bytes()).decode()
+    return path.read_text()
+
+
+def _submit(args: argparse.Namespace) -> int:
+    api = _Api(args.url, args.token)
+    body: dict[str, Any] = {
+        "code": _code_of(args.source),
+        "collab": args.collab or f"private-{api.user()}",
+        "hardware_platform": "SpiNNaker",
+        "command": args.command,
+        "tags": args.tag,
+    }
+    if args.config:
+        try:
+            body["hardware_config"] = json.loads(args.config)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"allotment: error: --config is not JSON: {error}") from None
+    job = api.call("POST", "/jobs/", body)
+    if args.no_wait:
+        print(job["id"])
+        return 0
+    final = _wait(api, job["id"])
+    print(f"job {job['id']} {final['status']}")
+    return 0 if final["status"] == "finished" else 1
+
+
+def _wait(api: _Api, job_id: int) -> dict[str, Any]:
+    """Poll until the job ends, with a progress line on stderr when it is a terminal."""
+    started = time.monotonic()
+    is_tty = sys.stderr.isatty()
+    while True:
+        job: dict[str, Any] = api.call("GET", f"/jobs/{job_id}")
+        where = f", #{job['queue_position']} in queue" if job.get("queue_position") else ""
+        line = f"job {job_id}: {job['status']}{where} ({time.monotonic() - started:.0f} s)"
+        if is_tty:
+            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+        if job["status"] in _FINAL:
+            if is_tty:
+                print(file=sys.stderr)
+            return job
+        time.sleep(0.5)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    api = _Api(args.url, args.token)
+    query = f"?size={args.limit}" + (f"&collab={args.collab}" if args.collab else "")
+    rows = api.call("GET", f"/jobs/{query}")
+    print(f"{'ID':>6}  {'STATUS':10}  {'SUBMITTED':20}  {'COLLAB':20}  CODE")
+    for job in rows:
+        code = " ".join(job["code"].split())
+        if len(code) > 40:
+            code = code[:37] + "..."
+        print(
+            f"{job['id']:>6}  {job['status']:10}  {job['timestamp_submission'][:19]:20}"
+            f"  {job['collab']:20}  {code}"
+        )
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    api = _Api(args.url, args.token)
+    shown = 0
+    while True:
+        job = api.call("GET", f"/jobs/{args.job_id}?with_log=true")
+        text = job["log"] or ""
+        sys.stdout.write(text[shown:])
+        sys.stdout.flush()
+        shown = len(text)
+        if not args.follow or job["status"] in _FINAL:
+            return 0
+        time.sleep(0.5)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    api = _Api(args.url, args.token)
+    job = api.call("GET", f"/jobs/{args.job_id}")
+    files = (job["output_data"] or {}).get("files", [])
+    target: Path = args.dir or Path(f"job-{args.job_id}")
+    for item in files:
+        relative = Path(item["path"].split("/", 2)[-1])
+        if relative.is_absolute() or ".." in relative.parts:
+            continue
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(item["url"], timeout=60) as answer:
+            destination.write_bytes(answer.read())
+        print(destination)
+    return 0
+
+
+# the processes --------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m jobqueue serve|runner`: the processes `allotment serve` starts."""
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m jobqueue")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="the batch service and its runner")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_BATCH_PORT)
+    runner = commands.add_parser("runner", help="a runner alone, taking jobs from --db")
+    for sub in (serve, runner):
+        _db_option(sub)
+        add_runner_options(sub)
+        sub.add_argument("--spalloc-host", default="127.0.0.1", help="the allocation server")
+        sub.add_argument("--spalloc-port", type=int, default=22244)
+        sub.add_argument(
+            "--virtual", action="store_true", help="run PyNN scripts virtually, no server"
+        )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = runner_config(args, None if args.virtual else args.spalloc_host, args.spalloc_port)
+    from jobqueue import service
+
+    if args.command == "serve":
+        return service.serve(host=args.host, port=args.port, db_url=args.db, runner=config)
+    return service.run_runner(db_url=args.db, runner=config)

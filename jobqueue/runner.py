@@ -1,0 +1,447 @@
+"""The runner: takes submitted jobs and runs each one's script in a sandbox, as nmpiexec does.
+
+    submitted --claim--> validated --started--> running --exit 0--> finished
+                                                    \\--crash, limit, cancel, lost--> error
+
+One dispatcher thread claims a job whenever a slot is free (woken at once by a submission in
+the same process, else polling); each job is supervised by a thread of its own, because the
+script is a child process whose output is read with blocking calls. A heartbeat thread keeps
+the jobs' heartbeats and ends as error every job whose runner is gone (a process on this host
+that no longer exists, or any runner silent for `stale_s`).
+
+A job's life on disk: `<jobs_dir>/<id>/` is its working directory (code, `spynnaker.cfg`,
+everything it writes); at the end its outputs are the files that were not there before the
+script ran (less `*.pyc`, `reports/` and `application_generated_data_files/`), plus
+`reports.zip` of `reports/`. The directory stays: the outputs are served from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import mimetypes
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobqueue import shims
+from jobqueue.errors import SandboxUnavailableError
+from jobqueue.sandbox import Limits, bwrap_path, sandboxed_command
+from jobqueue.source import SourceError, prepare
+from jobqueue.store import JobStore, OutputFile, error_block
+from jobqueue.usage import UsageMonitor, core_hours
+
+__all__ = ["Runner", "RunnerConfig"]
+
+log = logging.getLogger("allotment.batch")
+
+_SKIPPED_DIRS = {"reports", "application_generated_data_files", "__pycache__"}
+_MAX_LOG_CHARS = 10_000_000
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How a runner runs jobs.
+
+    Attributes:
+        jobs_dir: the directory of the jobs' working directories.
+        n_slots: jobs run at once by this runner.
+        platform: the hardware_platform this runner takes.
+        default_timeout_h: wall-time limit when hardware_config has no "timeout" (hours).
+        cpu_s: CPU-time limit of a job's processes.
+        memory_bytes: address-space limit of each of a job's processes.
+        output_bytes: limit on the total size of what a job writes (and on any one file).
+        spalloc_host: the allocation server the scripts' PyNN backend is pointed at (None:
+            the backend runs virtually, in the job's process).
+        spalloc_port: its port.
+        heartbeat_s: how often a running job's log and heartbeat are written.
+        stale_s: a job whose runner has been silent this long is ended as error.
+        poll_s: how often to look for work submitted through another process.
+    """
+
+    jobs_dir: Path
+    n_slots: int = 2
+    platform: str = "SpiNNaker"
+    default_timeout_h: float = 24.0
+    cpu_s: int = 24 * 3600
+    memory_bytes: int = 8 * 1024**3
+    output_bytes: int = 1024**3
+    spalloc_host: str | None = None
+    spalloc_port: int = 22244
+    heartbeat_s: float = 0.5
+    stale_s: float = 15.0
+    poll_s: float = 1.0
+    python: str = field(default=sys.executable)
+
+
+@dataclass
+class _Run:
+    """What the supervisor knows about one job while it runs."""
+
+    job: dict[str, Any]
+    workdir: Path
+    chunks: list[str] = field(default_factory=list)
+    n_chars: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def append(self, text: str) -> None:
+        with self.lock:
+            if self.n_chars < _MAX_LOG_CHARS:
+                self.chunks.append(text)
+                self.n_chars += len(text)
+
+    def text(self) -> str:
+        with self.lock:
+            return "".join(self.chunks)
+
+
+class Runner:
+    """Runs jobs from a JobStore until `stop()`; start it with `start()`."""
+
+    def __init__(self, store: JobStore, config: RunnerConfig) -> None:
+        self.store = store
+        self.config = config
+        self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._slots = threading.Semaphore(config.n_slots)
+        self._threads: list[threading.Thread] = []
+        self._running: dict[int, _Run] = {}
+        self._running_lock = threading.Lock()
+        self._usage = UsageMonitor(config.spalloc_host, config.spalloc_port)
+        self._shims = shims.install(config.jobs_dir.parent / f".{config.jobs_dir.name}-shims")
+
+    def __repr__(self) -> str:
+        return f"<Runner {self.runner_id}, {len(self._running)}/{self.config.n_slots} running>"
+
+    def start(self) -> None:
+        """Start the dispatcher and heartbeat threads."""
+        self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._usage.start()
+        for target, name in ((self._dispatch, "batch-dispatch"), (self._beat, "batch-heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Look for work now (called after a submission in this process)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop taking jobs, kill the running ones (they end as error) and wait."""
+        self._stop.set()
+        self._wake.set()
+        for thread in list(self._threads):
+            thread.join(timeout=10)
+        self._usage.stop()
+
+    # dispatching ------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while not self._stop.is_set():
+            if not self._slots.acquire(timeout=self.config.poll_s):
+                continue
+            job = None
+            try:
+                job = self.store.claim(self.runner_id, self.config.platform)
+            except Exception:
+                log.exception("claiming a job failed")
+            if job is None:
+                self._slots.release()
+                self._wake.wait(self.config.poll_s)
+                self._wake.clear()
+                continue
+            thread = threading.Thread(
+                target=self._supervise, args=(job,), name=f"batch-job-{job['id']}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _beat(self) -> None:
+        """Keep the heartbeats of jobs between log flushes; end jobs whose runner is gone."""
+        while not self._stop.wait(max(self.config.stale_s / 3, 0.2)):
+            try:
+                lost = self.store.reap_lost(self.config.stale_s, runner_ids=self._dead_local())
+                if lost:
+                    log.warning("jobs %s ended as error: their runner is gone", lost)
+                    self.wake()
+            except Exception:
+                log.exception("checking for lost jobs failed")
+
+    def _dead_local(self) -> list[str]:
+        """Runner ids of processes on this host that no longer exist."""
+        host = socket.gethostname()
+        dead = []
+        for runner_id in self.store.active_runner_ids():
+            name, _, rest = runner_id.partition(":")
+            pid_text = rest.partition(":")[0]
+            if name != host or not pid_text.isdigit() or runner_id == self.runner_id:
+                continue
+            try:
+                os.kill(int(pid_text), 0)
+            except ProcessLookupError:
+                dead.append(runner_id)
+            except PermissionError:
+                pass
+        return dead
+
+    # one job ------------------------------------------------------------------------------------
+
+    def _supervise(self, job: dict[str, Any]) -> None:
+        job_id = job["id"]
+        workdir = self.config.jobs_dir / str(job_id)
+        run = _Run(job, workdir)
+        owner = f"{job['user_id']} nmpi-job-{job_id}"
+        with self._running_lock:
+            self._running[job_id] = run
+        self._usage.watch(owner)
+        status, reason = "error", "the runner failed"
+        provenance: dict[str, Any] = {"runner": self.runner_id}
+        outputs: list[OutputFile] = []
+        try:
+            status, reason, outputs = self._run_job(run, owner)
+        except Exception as error:
+            log.exception("job %d failed in the runner", job_id)
+            reason = f"the runner failed: {error}"
+        finally:
+            board_seconds = self._usage.release(owner)
+            provenance["board_seconds"] = board_seconds
+            text = run.text()
+            if status == "error":
+                text += error_block(reason)
+            if workdir.is_dir():
+                # the log is an output file too, as on the portal
+                log_name = f"output_{job_id}.txt"
+                (workdir / log_name).write_text(text)
+                outputs = [*outputs, _describe(workdir, log_name)]
+            try:
+                self.store.finish(
+                    job_id,
+                    self.runner_id,
+                    status=status,
+                    log=text,
+                    outputs=outputs,
+                    provenance=provenance,
+                    core_hours=core_hours(board_seconds),
+                )
+            except Exception:
+                log.exception("recording the end of job %d failed", job_id)
+            with self._running_lock:
+                self._running.pop(job_id, None)
+            self._slots.release()
+            self._wake.set()
+
+    def _run_job(self, run: _Run, owner: str) -> tuple[str, str, list[OutputFile]]:
+        job = run.job
+        workdir = run.workdir
+        if workdir.exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        try:
+            prepared = prepare(job["code"], job["command"], workdir)
+        except SourceError as error:
+            return "error", str(error), []
+        self._write_cfg(prepared.cwd, owner)
+        before = _files(workdir)
+        config = job["hardware_config"] or {}
+        try:
+            timeout_h = float(config.get("timeout", self.config.default_timeout_h))
+        except (TypeError, ValueError):
+            return (
+                "error",
+                f"hardware_config timeout {config.get('timeout')!r} is not a number of hours",
+                [],
+            )
+        tokens = shlex.split(prepared.command.replace("{system}", "spiNNaker"))
+        argv = [self.config.python, *tokens]
+        try:
+            bwrap_path()
+        except SandboxUnavailableError as error:
+            return "error", str(error), []
+        db = self.store.database_path
+        hidden = [] if db is None else [db, f"{db}-wal", f"{db}-shm", f"{db}-journal", f"{db}.lock"]
+        command, fds = sandboxed_command(
+            argv,
+            workdir=workdir,
+            cwd=prepared.cwd,
+            jobs_root=self.config.jobs_dir,
+            hidden_files=hidden,
+        )
+        limits = Limits(
+            cpu_s=self.config.cpu_s,
+            memory_bytes=self.config.memory_bytes,
+            file_bytes=self.config.output_bytes,
+        )
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=prepared.cwd,
+                env=self._environment(job, prepared.cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=fds,
+                preexec_fn=limits.preexec(),
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.store.heartbeat(job["id"], self.runner_id, status="running")
+        reason = self._watch(run, process, timeout_h * 3600.0)
+        status = "finished" if reason is None else "error"
+        if reason is None and process.returncode != 0:
+            status, reason = "error", _exit_reason(process.returncode, self.config.cpu_s)
+        outputs = _collect_outputs(workdir, before)
+        return status, reason or "", outputs
+
+    def _watch(self, run: _Run, process: subprocess.Popen[bytes], timeout_s: float) -> str | None:
+        """Stream the log until the process ends; None, or why it was stopped."""
+        assert process.stdout is not None
+        reader = threading.Thread(
+            target=_read_into, args=(process.stdout, run), name="batch-log", daemon=True
+        )
+        reader.start()
+        started = time.monotonic()
+        written = -1
+        reason: str | None = None
+        while True:
+            try:
+                process.wait(timeout=self.config.heartbeat_s)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self._stop.is_set():
+                reason = "the runner was stopped while the job ran"
+            elif time.monotonic() - started > timeout_s:
+                reason = f"the job ran past its time limit of {timeout_s / 3600:g} hours"
+            elif _size(run.workdir) > self.config.output_bytes:
+                reason = f"the job wrote more than its limit of {self.config.output_bytes} bytes"
+            else:
+                text = run.text() if run.n_chars != written else None
+                written = run.n_chars
+                status = self.store.heartbeat(run.job["id"], self.runner_id, log=text)
+                if status not in ("validated", "running"):
+                    reason = f"the job was {status} while it ran"
+            if reason is not None:
+                _kill(process)
+                break
+        _kill(process)
+        reader.join(timeout=5)
+        if reason is not None:
+            run.append(f"\n{reason}\n")
+        return reason
+
+    def _write_cfg(self, cwd: Path, owner: str) -> None:
+        """Point the PyNN backend at the allocation server, as the executor's spynnaker.cfg."""
+        if self.config.spalloc_host is None:
+            lines = ["[Machine]", "virtual_board = True"]
+        else:
+            lines = [
+                "[Machine]",
+                f"spalloc_server = {self.config.spalloc_host}",
+                f"spalloc_port = {self.config.spalloc_port}",
+                f"spalloc_user = {owner}",
+                "virtual_board = False",
+            ]
+        (cwd / "spynnaker.cfg").write_text("\n".join(lines) + "\n")
+
+    def _environment(self, job: dict[str, Any], cwd: Path) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(cwd),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "PYTHONPATH": str(self._shims),
+            "PYTHONUNBUFFERED": "1",
+            "MPLBACKEND": "Agg",
+            "MPLCONFIGDIR": str(cwd / ".matplotlib"),
+            "NMPI_JOB_ID": str(job["id"]),
+        }
+        for key, value in (job["hardware_config"] or {}).items():
+            if isinstance(key, str) and key.isidentifier():
+                env[key] = value if isinstance(value, str) else json.dumps(value)
+        return env
+
+
+def _read_into(stream: Any, run: _Run) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        run.append(chunk.decode("utf-8", errors="replace"))
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """Kill the job's whole session (bwrap's pid namespace goes with its first process)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        process.wait(timeout=10)
+
+
+def _exit_reason(returncode: int, cpu_s: int) -> str:
+    signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    if signum == signal.SIGXCPU:
+        return f"the job used more than its CPU time limit of {cpu_s} s"
+    if signum:
+        return f"Python exited with signal ({signum})"
+    return f"Python exited with a non-zero code ({returncode})"
+
+
+def _files(root: Path) -> set[str]:
+    found = set()
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            found.add(path.relative_to(root).as_posix())
+    return found
+
+
+def _size(root: Path) -> int:
+    total = 0
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+    return total
+
+
+def _skipped(relative: str) -> bool:
+    parts = relative.split("/")
+    return relative.endswith(".pyc") or any(p in _SKIPPED_DIRS for p in parts[:-1])
+
+
+def _collect_outputs(workdir: Path, before: set[str]) -> list[OutputFile]:
+    """The files the script wrote, plus reports.zip of its reports/ folder."""
+    reports = workdir / "reports"
+    if reports.is_dir():
+        with zipfile.ZipFile(workdir / "reports.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(reports.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    archive.write(path, path.relative_to(workdir).as_posix())
+    found = []
+    for relative in sorted(_files(workdir) - before):
+        if _skipped(relative) or relative.startswith(".matplotlib/"):
+            continue
+        found.append(_describe(workdir, relative))
+    return found
+
+
+def _describe(workdir: Path, relative: str) -> OutputFile:
+    """An output file's size, SHA-1 and content type."""
+    path = workdir / relative
+    digest = hashlib.sha1(usedforsecurity=False)
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    content_type = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+    return OutputFile(relative, path.stat().st_size, digest.hexdigest(), content_type)

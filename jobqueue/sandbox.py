@@ -1,0 +1,106 @@
+"""The sandbox a job's script runs in: bubblewrap namespaces plus kernel resource limits.
+
+    runner thread ──Popen──> bwrap (own session, pid namespace, no capabilities)
+                               └─ python run.py spiNNaker     (cwd = the job's directory)
+
+Inside, the whole file system is read-only; `/tmp` is private; the directory holding every
+job's working directory is an empty tmpfs with only this job's directory bound back in
+(read-write), so other jobs' files do not exist; the service's SQLite files are covered by
+mode-000 empty files (capabilities dropped, so even uid 0 is refused). The network stays
+shared: the script reaches the allocation server on its port. Limits (setrlimit, inherited by
+everything the script starts): CPU seconds, address space, size of any one file written.
+`--die-with-parent` and the pid namespace make sure nothing outlives the job: when bwrap's
+child ends or the runner dies, every process inside is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobqueue.errors import SandboxUnavailableError
+
+__all__ = ["Limits", "sandboxed_command"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one job."""
+
+    cpu_s: int
+    memory_bytes: int
+    file_bytes: int
+
+    def apply(self) -> None:
+        """Set the limits on the calling process (run in the child before exec)."""
+        resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_s, self.cpu_s + 5))
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_bytes, self.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_bytes, self.file_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def preexec(self) -> Callable[[], None]:
+        """The function Popen runs in the child."""
+        return self.apply
+
+
+def bwrap_path() -> str:
+    """Where bubblewrap is; raises SandboxUnavailableError when it is not installed."""
+    found = shutil.which("bwrap")
+    if found is None:
+        raise SandboxUnavailableError(
+            "bubblewrap (bwrap) is not installed; apt-get install bubblewrap"
+        )
+    return found
+
+
+def sandboxed_command(
+    argv: Sequence[str],
+    *,
+    workdir: Path,
+    cwd: Path,
+    jobs_root: Path,
+    hidden_files: Sequence[str],
+) -> tuple[list[str], list[int]]:
+    """The bwrap command line that runs `argv` in `cwd`, isolated as described above.
+
+    Args:
+        argv: the program and its arguments.
+        workdir: the job's own directory (read-write inside).
+        cwd: where `argv` starts (the job's directory or a folder in it).
+        jobs_root: the directory holding every job's directory (hidden inside).
+        hidden_files: files to make unreadable (the database and its companions).
+
+    Returns:
+        The command and the file descriptors it names (bwrap reads each once): pass them
+        to Popen with `pass_fds` and close them once it has started.
+    """
+    command = [
+        bwrap_path(),
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--tmpfs", "/tmp",
+        "--tmpfs", str(jobs_root),
+        "--bind", str(workdir), str(workdir),
+    ]  # fmt: skip
+    fds = []
+    for path in hidden_files:
+        if os.path.exists(path):
+            fds.append(os.open(os.devnull, os.O_RDONLY))
+            command += ["--perms", "000", "--ro-bind-data", str(fds[-1]), path]
+    command += [
+        "--cap-drop", "ALL",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--chdir", str(cwd),
+        "--",
+        *argv,
+    ]  # fmt: skip
+    return command, fds

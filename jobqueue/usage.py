@@ -1,0 +1,108 @@
+"""Board-seconds of running batch jobs, read from the allocation server's own records.
+
+Each batch job's script allocates boards under an owner that names the user and the batch
+job (`spalloc_user` in the `spynnaker.cfg` the runner writes). While any job runs, a thread
+of its own (with its own event loop, because the protocol client is async and the runner is
+threaded) asks the allocation server for `list_jobs` every `interval_s` and credits each
+allocation that has boards with boards x the time since it was last seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+
+from protocol import AllotmentClient, ProtocolError
+from protocol.messages import JobListEntry
+
+__all__ = ["CORES_PER_BOARD", "UsageMonitor", "core_hours"]
+
+log = logging.getLogger("allotment.batch")
+
+CORES_PER_BOARD = 768
+"""48 chips x 16 application cores, as the Manchester quota manager counts a board."""
+
+
+def core_hours(board_seconds: float) -> float:
+    """Core-hours charged for `board_seconds`: board-seconds x 768 / 3600."""
+    return board_seconds * CORES_PER_BOARD / 3600.0
+
+
+class UsageMonitor:
+    """Accumulates board-seconds per owner while owners are registered."""
+
+    def __init__(self, host: str | None, port: int, interval_s: float = 1.0) -> None:
+        self._host = host
+        self._port = port
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self._board_seconds: dict[str, float] = {}
+        self._last_seen: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<UsageMonitor {self._host}:{self._port}, {len(self._board_seconds)} owners>"
+
+    def start(self) -> None:
+        """Start polling (a no-op without an allocation server)."""
+        if self._host is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="batch-usage", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def watch(self, owner: str) -> None:
+        """Start counting for `owner`."""
+        with self._lock:
+            self._board_seconds.setdefault(owner, 0.0)
+
+    def release(self, owner: str) -> float:
+        """Stop counting for `owner` and return its board-seconds."""
+        with self._lock:
+            return self._board_seconds.pop(owner, 0.0)
+
+    def _run(self) -> None:
+        asyncio.run(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        assert self._host is not None
+        client: AllotmentClient | None = None
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    is_watching = bool(self._board_seconds)
+                if is_watching:
+                    try:
+                        if client is None:
+                            client = await AllotmentClient.connect(self._host, self._port)
+                        self._credit(await client.list_jobs(), time.monotonic())
+                    except (ProtocolError, OSError) as error:
+                        log.debug("usage poll failed: %s", error)
+                        if client is not None:
+                            with contextlib.suppress(Exception):
+                                await client.aclose()
+                        client = None
+                await asyncio.sleep(self._interval_s)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    def _credit(self, entries: list[JobListEntry], now: float) -> None:
+        with self._lock:
+            for entry in entries:
+                if entry.owner not in self._board_seconds or not entry.boards:
+                    continue
+                last = self._last_seen.get(entry.job_id)
+                # first sight: the allocation is counted from one interval ago at most
+                elapsed = self._interval_s if last is None else now - last
+                self._board_seconds[entry.owner] += len(entry.boards) * elapsed
+                self._last_seen[entry.job_id] = now

@@ -1,0 +1,101 @@
+"""The batch commands of `allotment`: token, submit, jobs, log, fetch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+def _allotment(
+    *args: str, cwd: Path, env_token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin"}
+    if env_token:
+        env["ALLOTMENT_TOKEN"] = env_token
+    return subprocess.run(
+        [sys.executable, "-m", "allocator.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_token_create_prints_the_token_alone_and_revoke_ends_it(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'allotment.db'}"
+    made = _allotment(
+        "token", "create", "--user", "alice", "--collab", "c1", "--db", db, cwd=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert made.stdout == token + "\n"
+    assert len(token) >= 40
+    from jobqueue.store import JobStore
+
+    store = JobStore.open(db)
+    try:
+        identity = store.identity(token)
+        assert identity is not None
+        assert (identity.user, identity.collabs) == ("alice", ("c1",))
+        assert _allotment("token", "revoke", token, "--db", db, cwd=tmp_path).returncode == 0
+        assert store.identity(token) is None
+    finally:
+        store.close()
+
+
+def test_submit_jobs_log_and_fetch(batch_service: Any, tmp_path: Path) -> None:
+    service = batch_service()
+    token = service.token()
+    url = ("--url", service.url)
+    (tmp_path / "run.py").write_text("print('from a file')\nopen('result.txt', 'w').write('42')\n")
+    submitted = _allotment("submit", "run.py", *url, cwd=tmp_path, env_token=token)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(submitted.stdout.split()[1])
+    assert submitted.stdout == f"job {job_id} finished\n"
+
+    listed = _allotment("jobs", *url, cwd=tmp_path, env_token=token)
+    assert f"{job_id:>6}  finished" in listed.stdout
+    log = _allotment("log", str(job_id), "--follow", *url, cwd=tmp_path, env_token=token)
+    assert log.stdout == "from a file\n"
+    fetched = _allotment("fetch", str(job_id), "--dir", "out", *url, cwd=tmp_path, env_token=token)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "out" / "result.txt").read_text() == "42"
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "main.py").write_text("import sys, helper\nprint('argv', sys.argv[1:], helper.X)\n")
+    (project / "helper.py").write_text("X = 7\n")
+    from_dir = _allotment(
+        "submit", "project", "--command", "main.py {system} extra", "--no-wait", *url,
+        cwd=tmp_path, env_token=token,
+    )  # fmt: skip
+    assert from_dir.returncode == 0, from_dir.stderr
+    job = service.wait_for(int(from_dir.stdout), ("finished", "error"))
+    assert "argv ['spiNNaker', 'extra'] 7" in job["log"], job["log"]
+
+
+def test_bad_input_gets_one_sentence(batch_service: Any, tmp_path: Path) -> None:
+    service = batch_service()
+    token = service.token()
+    missing = _allotment("submit", "nope.py", "--url", service.url, cwd=tmp_path, env_token=token)
+    assert (missing.returncode, missing.stderr) == (1, "allotment: error: nope.py does not exist\n")
+    no_token = _allotment("jobs", "--url", service.url, cwd=tmp_path)
+    assert "no token" in no_token.stderr
+    assert "Traceback" not in no_token.stderr
+    bad = _allotment("jobs", "--url", service.url, cwd=tmp_path, env_token="wrong")
+    assert bad.stderr == "allotment: error: Token may have expired\n"
+    answer = requests.post(
+        service.url + "/jobs/",
+        json={"code": "print(1)", "collab": "my-collab", "hardware_platform": "NEST"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "detail": "hardware platform 'NEST' is not available here (this service runs SpiNNaker)"
+    }

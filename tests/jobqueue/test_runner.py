@@ -1,0 +1,165 @@
+"""The runner: limits, clean ends, concurrency and queue order, usage, and recovery."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import psutil
+import pytest
+import requests
+
+ALLOCATING_SCRIPT = """\
+import configparser, time
+from spalloc_client import Job
+machine = configparser.ConfigParser()
+machine.read("spynnaker.cfg")
+m = machine["Machine"]
+print("owner", m["spalloc_user"], flush=True)
+where = dict(hostname=m["spalloc_server"], port=int(m["spalloc_port"]))
+with Job(1, owner=m["spalloc_user"], **where) as job:
+    job.wait_until_ready(timeout=30)
+    print("boards", job.width, job.height, flush=True)
+    time.sleep(3)
+"""
+
+
+def _no_process_with(marker: str) -> bool:
+    for process in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(process.info["cmdline"] or []):
+            return False
+    return True
+
+
+def test_nothing_the_script_started_outlives_the_job(batch_service: Any, nmpi_client: Any) -> None:
+    service = batch_service()
+    client = nmpi_client(service, service.token())
+    marker = f"marker-{uuid.uuid4().hex}"
+    script = f"""\
+import subprocess, sys
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "{marker}"],
+                 start_new_session=True)
+print("left a child behind")
+"""
+    job = client.submit_job(source=script, platform="SpiNNaker", collab_id="my-collab", wait=True)
+    assert job["status"] == "finished", job["log"]
+    deadline = time.monotonic() + 5
+    while not _no_process_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _no_process_with(marker)
+
+
+def test_removing_a_running_job_stops_it(batch_service: Any, nmpi_client: Any) -> None:
+    service = batch_service()
+    token = service.token()
+    client = nmpi_client(service, token)
+    marker = f"marker-{uuid.uuid4().hex}"
+    script = f"import time\nprint('{marker}', flush=True)\ntime.sleep(600)\n"
+    uri = client.submit_job(source=script, platform="SpiNNaker", collab_id="my-collab")
+    job_id = int(uri.rsplit("/", 1)[1])
+    service.wait_for(job_id, ("running",))
+    answer = requests.delete(
+        f"{service.url}{uri}", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert answer.status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not service.store.job(job_id)["timestamp_completion"]:
+        time.sleep(0.1)
+    job = service.store.job(job_id)
+    assert job["status"] == "removed"
+    assert "the job was removed while it ran" in job["log"]
+    assert _no_process_with(marker)
+    with pytest.raises(Exception, match="No such job"):
+        client.get_job(uri)
+
+
+def test_jobs_beyond_the_runners_wait_in_order_with_their_position(
+    batch_service: Any, nmpi_client: Any
+) -> None:
+    service = batch_service(runners=1)
+    client = nmpi_client(service, service.token())
+    uris = [
+        client.submit_job(
+            source=f"import time\ntime.sleep({1.5 if i == 0 else 0})\nprint('job {i}')\n",
+            platform="SpiNNaker",
+            collab_id="my-collab",
+        )
+        for i in range(3)
+    ]
+    first = int(uris[0].rsplit("/", 1)[1])
+    service.wait_for(first, ("running",))
+    positions = [client.get_job(uri)["queue_position"] for uri in uris]
+    assert positions == [None, 1, 2]
+    queued = client.queued_jobs()
+    assert set(queued) >= set(uris[1:])
+    ended = [service.wait_for(int(u.rsplit("/", 1)[1]), ("finished",)) for u in uris]
+    completions = [j["timestamp_completion"] for j in ended]
+    assert completions == sorted(completions)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_twenty_jobs_submitted_at_once_all_finish(batch_service: Any, nmpi_client: Any) -> None:
+    service = batch_service(runners=4)
+    client = nmpi_client(service, service.token())
+    uris = [
+        client.submit_job(
+            source=f"print('job', {i})\n", platform="SpiNNaker", collab_id="my-collab"
+        )
+        for i in range(20)
+    ]
+    for i, uri in enumerate(uris):
+        job = service.wait_for(int(uri.rsplit("/", 1)[1]), ("finished", "error"), timeout_s=120)
+        assert job["status"] == "finished", job["log"]
+        assert f"job {i}" in job["log"]
+    assert len(client.completed_jobs("my-collab")) == 20
+
+
+@pytest.mark.timeout(120)
+def test_usage_is_charged_from_the_allocation_servers_records(
+    full_service: Any, nmpi_client: Any
+) -> None:
+    service = full_service()
+    client = nmpi_client(service, service.token())
+    job = client.submit_job(
+        source=ALLOCATING_SCRIPT, platform="SpiNNaker", collab_id="my-collab", wait=True
+    )
+    assert job["status"] == "finished", job["log"]
+    assert f"owner alice nmpi-job-{job['id']}" in job["log"]
+    used = job["resource_usage"]["value"]
+    # one board for about 3 s: 3 x 768 / 3600 = 0.64 core-hours (polled once a second)
+    assert 0.3 < used < 2.0, job["provenance"]
+    assert client.quotas("my-collab")[0]["usage"] == pytest.approx(used)
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_service_comes_back_with_every_job(batch_service: Any, nmpi_client: Any) -> None:
+    service = batch_service(runners=1)
+    client = nmpi_client(service, service.token())
+    done = client.submit_job(
+        source="print('done')", platform="SpiNNaker", collab_id="my-collab", wait=True
+    )
+    marker = f"marker-{uuid.uuid4().hex}"
+    running = client.submit_job(
+        source=f"import time\nprint('{marker}', flush=True)\ntime.sleep(600)\n",
+        platform="SpiNNaker",
+        collab_id="my-collab",
+    )
+    waiting = client.submit_job(
+        source="print('after the crash')", platform="SpiNNaker", collab_id="my-collab"
+    )
+    running_id = int(running.rsplit("/", 1)[1])
+    service.wait_for(running_id, ("running",))
+    deadline = time.monotonic() + 10
+    while marker not in service.store.job(running_id)["log"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    service.kill()
+    restarted = batch_service(runners=1)
+    lost = restarted.wait_for(running_id, ("error",), timeout_s=30)
+    assert marker in lost["log"]
+    assert "the runner running this job stopped (lost)" in lost["log"]
+    after = restarted.wait_for(int(waiting.rsplit("/", 1)[1]), ("finished",))
+    assert "after the crash" in after["log"]
+    assert restarted.store.job(done["id"])["status"] == "finished"
+    assert _no_process_with(marker)
