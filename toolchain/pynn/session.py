@@ -114,6 +114,15 @@ class Session:
         """Parameters, initial values or recording changed."""
         self._is_parameters_dirty = True
 
+    def initial_values_changed(self) -> None:
+        """initialize() was called: allowed before the first run or after a reset."""
+        if self._executor is not None and self._executor.step > 0:
+            raise NotSupportedError(
+                "initialize() between runs without reset()",
+                "initialize() before the first run, or after reset()",
+            )
+        self._is_parameters_dirty = True
+
     def reset(self) -> None:
         """Back to t = 0: the next run loads the network afresh."""
         self._executor = None
