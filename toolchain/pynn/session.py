@@ -21,14 +21,14 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from machine_models.executor import Executor, Results
+from machine_models.executor import Results
 from machine_models.topology import Topology
-from toolchain.allocation import virtual_allocation
 from toolchain.build import MappedNetwork, map_network, spike_array_steps
 from toolchain.errors import PlacementError
 from toolchain.network import SpikeSourceArray
 from toolchain.pynn.config import MachineSettings, describe
 from toolchain.pynn.errors import NotSupportedError, RunError
+from toolchain.pynn.machines import Machine, VirtualMachine
 from toolchain.pynn.netbuild import Built, build_network, quantised_weights
 from toolchain.pynn.reports import ReportFolder, worries
 
@@ -97,9 +97,10 @@ class Session:
         self.settings = settings
         self.reports = reports
         self._out = out or (lambda line: print(line, file=sys.stdout))
+        self.machine: Machine = VirtualMachine()
         self._built: Built | None = None
         self.mapped: MappedNetwork | None = None
-        self._executor: Executor | None = None
+        self._is_loaded = False
         self._last: Results | None = None
         self._is_structure_dirty = True
         self._is_parameters_dirty = False
@@ -116,7 +117,7 @@ class Session:
 
     def initial_values_changed(self) -> None:
         """initialize() was called: allowed before the first run or after a reset."""
-        if self._executor is not None and self._executor.step > 0:
+        if self.machine.step > 0:
             raise NotSupportedError(
                 "initialize() between runs without reset()",
                 "initialize() before the first run, or after reset()",
@@ -125,10 +126,15 @@ class Session:
 
     def reset(self) -> None:
         """Back to t = 0: the next run loads the network afresh."""
-        self._executor = None
+        self.machine.restart()
 
     # --- mapping
-    def _map(self, weight_shifts: dict[tuple[int, int], int] | None = None) -> MappedNetwork:
+    def _map(
+        self,
+        weight_shifts: dict[tuple[int, int], int] | None = None,
+        topology: Topology | None = None,
+    ) -> MappedNetwork:
+        """Build and map the network: on ``topology``, or on a new allocation sized for it."""
         state = self._state
         with tqdm(
             total=3, desc="Mapping", unit="stage", delay=PROGRESS_DELAY_S, file=sys.stderr
@@ -141,19 +147,10 @@ class Session:
                 weight_shifts,
             )
             bar.update()
-            n_boards = boards_for(
-                _cores_needed(built),
-                self.settings.n_boards_required,
-                self.settings.n_chips_required,
-            )
-            while True:
-                try:
-                    mapped = map_network(built.network, virtual_allocation(n_boards), built.config)
-                    break
-                except PlacementError:
-                    if n_boards >= MAX_VIRTUAL_BOARDS:
-                        raise
-                    n_boards = min(MAX_VIRTUAL_BOARDS, 2 * n_boards)
+            if topology is not None:
+                mapped = map_network(built.network, topology, built.config)
+            else:
+                mapped = self._map_on_new_allocation(built)
             bar.update()
             for proj, parts in built.parts:
                 proj.set_quantised_weights(quantised_weights(proj, parts, mapped.shifts))
@@ -165,6 +162,20 @@ class Session:
         self._is_parameters_dirty = False
         return mapped
 
+    def _map_on_new_allocation(self, built: Built) -> MappedNetwork:
+        n_boards = boards_for(
+            _cores_needed(built),
+            self.settings.n_boards_required,
+            self.settings.n_chips_required,
+        )
+        while True:
+            try:
+                return map_network(built.network, self.machine.allocate(n_boards), built.config)
+            except PlacementError:
+                if n_boards >= MAX_VIRTUAL_BOARDS:
+                    raise
+                n_boards = min(MAX_VIRTUAL_BOARDS, 2 * n_boards)
+
     def topology(self) -> Topology:
         """The allocation the network is mapped on (mapping it if not yet)."""
         if self.mapped is None or self._is_structure_dirty:
@@ -172,36 +183,33 @@ class Session:
         assert self.mapped is not None
         return self.mapped.topology
 
-    def _ready(self) -> Executor:
-        is_running = self._executor is not None and self._executor.step > 0
+    def _ready(self) -> None:
+        machine = self.machine
+        is_running = machine.step > 0
         if self._is_structure_dirty:
             if is_running:
                 raise RunError(
                     "populations or projections were added after run(); call reset() "
                     "before running again"
                 )
-            self._map()
-            self._executor = None
+            mapped = self._map()
+            machine.load(mapped.image, mapped.topology, is_carrying_state=False)
+            self._is_loaded = True
         elif self._is_parameters_dirty:
-            previous = self._executor if is_running else None
             assert self.mapped is not None
-            shifts = dict(self.mapped.shifts) if previous is not None else None
-            self._map(weight_shifts=shifts)
-            if previous is not None:
-                fresh = Executor(self.mapped.image, self.mapped.topology)
-                fresh.adopt_state(previous)
-                self._executor = fresh
-            else:
-                self._executor = None
-        if self._executor is None:
+            shifts = dict(self.mapped.shifts) if is_running else None
+            mapped = self._map(weight_shifts=shifts, topology=self.mapped.topology)
+            machine.load(mapped.image, mapped.topology, is_carrying_state=is_running)
+            self._is_loaded = True
+        elif not self._is_loaded:  # mapped by get_machine(), not loaded yet
             assert self.mapped is not None
-            self._executor = Executor(self.mapped.image, self.mapped.topology)
-        return self._executor
+            machine.load(self.mapped.image, self.mapped.topology, is_carrying_state=False)
+            self._is_loaded = True
 
     # --- running
     def run(self, n_steps: int) -> None:
         """Advance the network by ``n_steps`` time steps and file what was recorded."""
-        executor = self._ready()
+        self._ready()
         chunk = max(500, math.ceil(n_steps / 50))
         with tqdm(
             total=n_steps, desc="Running", unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr
@@ -209,9 +217,9 @@ class Session:
             done = 0
             while done < n_steps:
                 steps = min(chunk, n_steps - done)
-                t0 = executor.step
-                results = executor.run(steps)
-                self._file(results, t0, executor.step)
+                t0 = self.machine.step
+                results = self.machine.run(steps)
+                self._file(results, t0, self.machine.step)
                 self._last = results
                 done += steps
                 bar.update(steps)
@@ -283,5 +291,5 @@ class Session:
                 )
                 for line in lines:
                     self._out(f"  {line}")
-        self._executor = None
+        self.machine.close()
         return lines
