@@ -23,6 +23,7 @@ from pathlib import Path
 
 from allocator.clock import SystemClock
 from allocator.config import ServerConfig, default_config, load_config
+from allocator.dispatch.attach import attach as attach_dispatch
 from allocator.errors import AllocatorError
 from allocator.events import EventPublisher
 from allocator.metrics import Metrics
@@ -105,6 +106,9 @@ async def _run(
     service.add_listener(server.broadcast)
     reporter = Reporter(service, metrics=metrics, publisher=publisher)
     service.add_listener(reporter.on_change)
+    dispatch = attach_dispatch(
+        service, config.dispatch, registry=metrics.registry, publisher=publisher
+    )
 
     def reload() -> None:
         if config_path is None:
@@ -141,6 +145,7 @@ async def _run(
             if service_task.done():
                 return 1
             reporter.start()
+            dispatch_task = tg.create_task(dispatch.run(), name="dispatch")
             _settle_garbage_collector()
             publisher_task = None
             if publisher is not None:
@@ -149,6 +154,7 @@ async def _run(
             await stop.wait()
             log.info("stopping")
             server_task.cancel()
+            dispatch_task.cancel()
             service_task.cancel()
             if publisher_task is not None:
                 publisher_task.cancel()

@@ -75,6 +75,11 @@ class Service(Reconfigure, OperatorCommands, V1Commands):
         """Call ``listener(job_ids, machine_names)`` after each commit that changed them."""
         self._listeners.append(listener)
 
+    def job_record(self, job_id: int) -> JobRecord | None:
+        """A job's record, live or retired; None for an unknown (or forgotten) id."""
+        job = self._live.get(job_id)
+        return job.record if job is not None else self._retired.get(job_id)
+
     @property
     def machines(self) -> dict[str, Machine]:
         return dict(self._machines)
