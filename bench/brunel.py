@@ -30,6 +30,7 @@ from toolchain import (
     IFCurrExp,
     Network,
     OneToOne,
+    Population,
     SpikeSourcePoisson,
     StaticSynapse,
     map_network,
@@ -101,22 +102,15 @@ def cv_isi(steps: npt.NDArray[np.int64], neurons: npt.NDArray[np.int64], n: int)
     return float(np.mean(np.sqrt(var) / mu)) if ok.any() else float("nan")
 
 
-def main() -> None:
-    """Build, run and print the benchmark's JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", choices=sorted(NETWORKS), default="brunel-exp")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    if not 1 <= args.seed < 2**31:
-        parser.error("seed must be in 1 .. 2**31 - 1")
-    sizes = NETWORKS[args.network]
+def brunel_network(
+    sizes: Sizes, seed: int
+) -> tuple[Network, Population, Population, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The benchmark network: (network, neurons, drive, E sources, I sources)."""
     n = sizes.n_exc + sizes.n_inh
     nu_ext_hz = ETA * V_THRESH_MV / (J_MV * sizes.c_exc * TAU_M_MS) * 1000.0 * sizes.c_exc
-
-    start = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     v0, e_pre, e_post, i_pre, i_post = reference_connectivity(sizes, rng)
-    net = Network(dt_ms=DT_MS, seed=args.seed)
+    net = Network(dt_ms=DT_MS, seed=seed)
     cell = IFCurrExp(
         tau_m=TAU_M_MS,
         cm=0.25,
@@ -149,6 +143,23 @@ def main() -> None:
         "inh",
     )
     net.project(drive, neurons, OneToOne(), StaticSynapse(W_E_NA, DELAY_MS), "excitatory", "ext")
+    return net, neurons, drive, e_pre, i_pre
+
+
+def main() -> None:
+    """Build, run and print the benchmark's JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="brunel-exp")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    if not 1 <= args.seed < 2**31:
+        parser.error("seed must be in 1 .. 2**31 - 1")
+    sizes = NETWORKS[args.network]
+    n = sizes.n_exc + sizes.n_inh
+    nu_ext_hz = ETA * V_THRESH_MV / (J_MV * sizes.c_exc * TAU_M_MS) * 1000.0 * sizes.c_exc
+
+    start = time.perf_counter()
+    net, neurons, drive, e_pre, i_pre = brunel_network(sizes, args.seed)
     mapped = map_network(net, virtual_allocation(1))
     executor = Executor(mapped.image, mapped.topology)
     build_s = time.perf_counter() - start

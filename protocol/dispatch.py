@@ -59,8 +59,10 @@ __all__ = [
     "UploadReady",
 ]
 
-MAX_FETCH_BYTES: Final = 8 * 1024 * 1024
-"""The most bytes one `fetch_results` reply carries; a client asks again from the next offset."""
+MAX_FETCH_BYTES: Final = 1024 * 1024
+"""The most bytes one `fetch_results` reply carries; a client asks again from the next offset.
+
+Small enough that writing one reply never holds the server's event loop for long."""
 PART_ALL: Final = "all"
 """The part naming the whole results file (every recording and the provenance)."""
 PART_INDEX: Final = "index"

@@ -65,4 +65,5 @@ def attach(
     for name, handler in dispatch.handlers().items():
         service.add_handler(name, handler)
     service.add_listener(dispatch.on_jobs_changed)
+    service.add_power_listener(dispatch.on_power)
     return dispatch

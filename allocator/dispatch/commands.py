@@ -1,10 +1,11 @@
 """The dispatch command family: load an image onto a job, run it, follow it, fetch its results.
 
 It owns dispatch's state (one `_Job` per job that ever got an image) and reaches the rest of
-the server through three small hooks, so that it does not depend on how the service is cut:
+the server through four small hooks, so that it does not depend on how the service is cut:
 
     JobDirectory      job records, machines, out-of-service links (read only)
-    on_jobs_changed   the service's change listener: destroyed, powered off, reset
+    on_power          the service's power listener: boards switched or reset (noted)
+    on_jobs_changed   the service's change listener: destroyed, powered off, reset (acted on)
     handlers()        the commands, registered with the service by name
 
 A job's durable dispatch state is its folder (`allocator.dispatch.storage`): every change a
@@ -25,7 +26,7 @@ import mmap
 import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ from machine_models.resources import validate
 from machine_models.results_file import index_bytes_needed, read_index
 from protocol.codec import ReplyWithBody, encode_notification, encode_reply
 from protocol.dispatch import (
+    MAX_FETCH_BYTES,
     PART_ALL,
     PART_INDEX,
     FetchResultsArgs,
@@ -190,6 +192,8 @@ class DispatchCommands:
         )
         self._jobs: dict[int, _Job] = {}
         self._uploading: set[int] = set()
+        # Jobs whose boards were switched since the last commit: job id -> switched on.
+        self._power_cycled: dict[int, bool] = {}
         # One thread for every file operation of the family: records are written in the
         # order they were changed, and the event loop never waits on the disk.
         self._file_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-files")
@@ -271,10 +275,17 @@ class DispatchCommands:
 
     # --- hooks into the service ---------------------------------------------------------
 
+    def on_power(self, job_id: int, is_on: bool) -> None:
+        """The service's power listener: a job's boards are being switched (before commit)."""
+        job = self._jobs.get(job_id)
+        if job is not None and job.record.image is not None:
+            self._power_cycled[job_id] = is_on
+
     def on_jobs_changed(self, job_ids: Iterable[int], _machines: Iterable[str]) -> None:
         """The service's listener: stop the runs of jobs destroyed, powered off or reset."""
         for job_id in job_ids:
             job = self._jobs.get(job_id)
+            is_cycled = self._power_cycled.pop(job_id, None)
             if job is None or job.record.ended_at is not None:
                 continue
             record = self._jobs_of_service.job_record(job_id)
@@ -283,8 +294,10 @@ class DispatchCommands:
                 if record is not None and record.reason:
                     why += f": {record.reason}"
                 self._end_job(job, why)
-            elif job.record.image is not None and not _is_ready(record):
-                what = "powered off" if not record.power else "reset"
+            elif job.record.image is not None and (is_cycled is not None or not _is_ready(record)):
+                what = (
+                    "reset" if is_cycled or (is_cycled is None and record.power) else "powered off"
+                )
                 self._lose_image(job, f"job {job_id}'s boards were {what}")
 
     def _end_job(self, job: _Job, why: str) -> None:
@@ -311,12 +324,16 @@ class DispatchCommands:
         if job.ticket is not None:
             self.pool.stop(job.ticket, state, reason)
 
-    def _background(self, awaitable: Awaitable[None]) -> None:
-        if self._task_group is None:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()
-            return
-        self._task_group.create_task(_logged(awaitable))
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a change's save (and what follows it) as a task of the family's group."""
+        if self._task_group is not None:
+            wrapped = _logged(coro)
+            try:
+                self._task_group.create_task(wrapped)
+                return
+            except RuntimeError:
+                wrapped.close()  # shutting down: the restart marks what was in flight
+        coro.close()
 
     # --- load_image ---------------------------------------------------------------------
 
@@ -354,7 +371,9 @@ class DispatchCommands:
                     upload.abort("raw bytes came before the go-ahead")
                     conn.transport.close()
                     raise
+            began = time.perf_counter()
             digest = await self._received(upload, conn)
+            received = time.perf_counter()
             if digest != args.sha256:
                 raise UploadError(
                     f"the {args.n_bytes} bytes received for job {job_id} have sha256 {digest},"
@@ -362,6 +381,7 @@ class DispatchCommands:
                 )
             spec = self._topology(self._ready_record(job_id))
             info = await asyncio.to_thread(_validated, job_id, path, args.sha256, spec)
+            validated = time.perf_counter()
             record = self._ready_record(job_id)  # it may have gone while the bytes came
             job = self._jobs.get(job_id)
             token = secrets.token_urlsafe(24)
@@ -384,6 +404,15 @@ class DispatchCommands:
             )
             await self._in_thread(path.replace, folder / IMAGE_FILE)
             await self._save(job)
+            log.info(
+                "image of job %d accepted: %d bytes received in %.3f s, validated in %.3f s,"
+                " stored in %.3f s",
+                job_id,
+                info.n_bytes,
+                received - began,
+                validated - received,
+                time.perf_counter() - validated,
+            )
         except BaseException:
             self._file_thread.submit(path.unlink, True)
             raise
@@ -507,7 +536,7 @@ class DispatchCommands:
         if snapshot is None:
             raise NoResultsError(f"job {job.job_id} has no results yet: no run has finished")
         path = job_folder(self._directory, job.job_id) / snapshot / RESULTS_FILE
-        limit = min(args.max_bytes, 8 * 1024 * 1024)
+        limit = min(args.max_bytes, MAX_FETCH_BYTES)
         try:
             start, size = await self._in_thread(_part_range, path, args.part)
         except FileNotFoundError:
@@ -516,14 +545,14 @@ class DispatchCommands:
             raise NoResultsError(f"job {job.job_id}'s results have no part {args.part!r}")
         offset = min(args.offset, size)
         n_bytes = min(limit, size - offset)
-        data = await self._in_thread(_read_range, path, start + offset, n_bytes)
+        data, digest = await self._in_thread(_read_range, path, start + offset, n_bytes)
         header = ResultsChunk(
             part=args.part,
             snapshot=snapshot,
             offset=offset,
             n_bytes=len(data),
             total_bytes=size,
-            sha256=hashlib.sha256(data).hexdigest(),
+            sha256=digest,
         )
         return ReplyWithBody(header, data)
 
@@ -775,7 +804,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def _logged(awaitable: Awaitable[None]) -> None:
+async def _logged(awaitable: Coroutine[Any, Any, None]) -> None:
     try:
         await awaitable
     except Exception:
@@ -835,10 +864,12 @@ def _part_range(path: Path, part: str) -> tuple[int | None, int]:
         return (None, 0) if entry is None else (entry.offset, entry.n_bytes)
 
 
-def _read_range(path: Path, start: int, n_bytes: int) -> bytes:
+def _read_range(path: Path, start: int, n_bytes: int) -> tuple[bytes, str]:
+    """Bytes of a file and their sha256 (on the file thread: hashing is no work for the loop)."""
     with path.open("rb") as f:
         f.seek(start)
-        return f.read(n_bytes)
+        data = f.read(n_bytes)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _remove_files(folder: Path, snapshot: str | None) -> None:

@@ -252,8 +252,9 @@ class WorkerPool:
             try:
                 message = WorkerMessage.model_validate_json(line)
             except ValidationError:
-                log.error("dispatch worker %d wrote %r", worker.process.pid, line[:200])
-                return
+                # Something in the worker printed to its standard output: not ours, skip it.
+                log.warning("dispatch worker %d wrote %r", worker.process.pid, line[:200])
+                continue
             self._handle(worker, message)
 
     def _handle(self, worker: _Worker, message: WorkerMessage) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from allocator.jobs import JobRecord
 from allocator.machine import Machine
 from allocator.service.admin import AdminTargetError, OperatorCommands
-from allocator.service.core import Handler, Listener, ServiceObserver
+from allocator.service.core import Handler, Listener, PowerListener, ServiceObserver
 from allocator.service.reload import Reconfigure
 from allocator.service.v1 import V1Commands
 from protocol.commands import V1_VERSION
@@ -74,6 +74,10 @@ class Service(Reconfigure, OperatorCommands, V1Commands):
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(job_ids, machine_names)`` after each commit that changed them."""
         self._listeners.append(listener)
+
+    def add_power_listener(self, listener: PowerListener) -> None:
+        """Call ``listener(job_id, is_on)`` whenever a job's boards are switched or reset."""
+        self._power_listeners.append(listener)
 
     def job_record(self, job_id: int) -> JobRecord | None:
         """A job's record, live or retired; None for an unknown (or forgotten) id."""

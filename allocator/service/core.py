@@ -50,7 +50,7 @@ from allocator.store import (
 from machine_models.geometry import BoardXYZ, Link
 from protocol import admin as a
 
-__all__ = ["Handler", "Listener", "ServiceCore", "ServiceObserver"]
+__all__ = ["Handler", "Listener", "PowerListener", "ServiceCore", "ServiceObserver"]
 
 log = logging.getLogger("allotment.service")
 
@@ -59,6 +59,10 @@ _FORGET_BATCH = 64
 
 
 Listener = Callable[[tuple[int, ...], tuple[str, ...]], None]
+PowerListener = Callable[[int, bool], None]
+"""Told `(job_id, is_on)` whenever a job's boards are switched (or reset): they lose what
+they held. Called synchronously, before the change is committed: note it, act on the
+change listener's call that follows the commit."""
 Handler = Callable[[Any, Any], Awaitable[Any]]
 PowerFrames = tuple[tuple[BmpKey, tuple[BoardXYZ, ...]], ...]
 """An allocation's boards grouped by the board controller (BMP) of their frame."""
@@ -147,6 +151,7 @@ class ServiceCore:
         # (free_at, machine, job_id): boards of destroyed jobs cooling down after power-off
         self._cooling: list[tuple[float, str, int]] = []
         self._listeners: list[Listener] = []
+        self._power_listeners: list[PowerListener] = []
         self._pending_jobs: set[int] = set()
         self._pending_machines: set[str] = set()
         # Set when changes made outside a request wait for the committer task.
@@ -380,6 +385,8 @@ class ServiceCore:
 
     def _start_power(self, job: Live, is_on: bool) -> None:
         assert self._power is not None
+        for listener in self._power_listeners:
+            listener(job.record.job_id, is_on)
         if job.frames:
             self._power.submit(
                 [

@@ -16,10 +16,12 @@ import re
 import signal
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from machine_models import Executor
@@ -498,3 +500,180 @@ def test_a_run_that_fails_raises_with_the_servers_reason(server: ServerProcess) 
         with pytest.raises(RemoteRunError, match=f"job {machine.job_id} was destroyed: operator"):
             machine.run(LONG_RUN_STEPS)
         killer.join()
+
+
+# --- the client on both backends, metrics, events -----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_client_dispatch_calls_on_asyncio_and_trio(server: ServerProcess, backend: str) -> None:
+    async def scenario() -> tuple[MappedNetwork, bytes, list[int]]:
+        async with await AllotmentClient.connect(
+            server.host, server.port, timeout_s=WAIT_S
+        ) as client:
+            info = await _ready_job(client)
+            job_id = info["job_id"]
+            mapped = map_network(_network(seed=7), allocation_from_machine_info(info))
+            token = (await client.load_image(job_id, mapped.image.encode(), owner="runner")).token
+            seen: list[int] = []
+            await client.start_run(job_id, token, 200)
+            status = await client.wait_for_run(
+                job_id, token, progress=lambda s: seen.append(s.steps_done), timeout_s=WAIT_S
+            )
+            assert status.state is RunState.DONE
+            index = await client.fetch_results(job_id, token, "index")
+            core = next(iter(mapped.cores_of(mapped.network.populations[1])))[1]
+            spikes = await client.fetch_results(job_id, token, f"spikes/{core.x},{core.y},{core.p}")
+            await client.destroy_job(job_id)
+            assert index.startswith(b"ALLOTRES")
+            return mapped, spikes, seen
+
+    mapped, spikes, seen = anyio.run(scenario, backend=backend)
+    assert seen[-1] == 200
+    (local,) = _in_process(mapped, 200)
+    core = next(iter(mapped.cores_of(mapped.network.populations[1])))[1]
+    assert spikes == local.spikes[core].astype("<i8").tobytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_metrics_and_mqtt_events_follow_a_run(start_server: Any, mqtt_broker: Any) -> None:
+    import aiomqtt
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prefix = f"allotment-test-{os.getpid()}-{id(start_server) % 10000}"
+    metrics_port = _free_port()
+    config = DISPATCH_TOML + (
+        f'\n[metrics]\naddress = "127.0.0.1"\nport = {metrics_port}\n'
+        f'\n[mqtt]\nurl = "mqtt://{mqtt_broker.host}:{mqtt_broker.port}"\n'
+        f'topic_prefix = "{prefix}"\n'
+    )
+    server: ServerProcess = await asyncio.to_thread(start_server, config_text=config)
+    events: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as sub:
+            await sub.subscribe(f"{prefix}/+/jobs/+/run", qos=1)
+            subscribed.set()
+            async for message in sub.messages:
+                events.append(json.loads(bytes(message.payload)))
+                if events[-1]["state"] == "done":
+                    return
+
+    subscribed = asyncio.Event()
+    async with asyncio.timeout(WAIT_S):
+        collector = asyncio.create_task(collect())
+        await subscribed.wait()
+        async with await _client(server) as client:
+            job_id, _mapped, token = await _loaded_job(client)
+            assert (await _run(client, job_id, token, 300)).state is RunState.DONE
+        await collector
+    states = [e["state"] for e in events if e["job_id"] == job_id]
+    assert states[0] == "queued"
+    assert "running" in states
+    assert states[-1] == "done"
+    assert events[-1]["steps_done"] == 300
+    assert events[-1]["machine"] == "spinn-1200"
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {
+            s.name + str(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    samples = await asyncio.to_thread(scrape)
+    assert samples["allotment_runs_total[('outcome', 'done')]"] == 1.0
+    assert samples["allotment_runs_queued[]"] == 0.0
+    assert samples["allotment_runs_running[]"] == 0.0
+    assert samples["allotment_worker_crashes_total[]"] == 0.0
+    assert samples["allotment_image_upload_bytes_total[]"] > 0
+    await asyncio.to_thread(server.stop)
+
+
+async def test_runs_past_their_limits_fail_with_the_limit_named(start_server: Any) -> None:
+    limits = "[dispatch]\nrun_wall_s = 2.0\n"
+    server: ServerProcess = await asyncio.to_thread(
+        start_server, config_text=DISPATCH_TOML.replace("[dispatch]\n", limits)
+    )
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client)
+        await client.start_run(job_id, token, LONG_RUN_STEPS)
+        status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
+    assert status.state is RunState.FAILED
+    assert status.reason == f"run 1 of job {job_id} passed the wall-time limit of 2 s"
+    await asyncio.to_thread(server.stop)
+    tiny = "[dispatch]\nrun_memory_bytes = 67108864\n"
+    server = await asyncio.to_thread(
+        start_server, config_text=DISPATCH_TOML.replace("[dispatch]\n", tiny)
+    )
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client)
+        await client.start_run(job_id, token, LONG_RUN_STEPS)
+        status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
+    assert status.state is RunState.FAILED
+    assert status.reason is not None
+    assert re.fullmatch(
+        rf"run 1 of job {job_id} used \d+ bytes of memory, over the limit of 67108864 bytes",
+        status.reason,
+    )
+
+
+async def test_reset_stops_the_run_and_drops_the_image(server: ServerProcess) -> None:
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client)
+        await _until_running(client, job_id, token)
+        await client.power_on_job_boards(job_id)  # on while on: a reset
+        status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
+    assert status.state is RunState.STOPPED
+    assert status.reason == (f"job {job_id}'s boards were reset; the image is gone, load it again")
+
+
+async def test_runs_queue_for_the_workers_with_their_position_visible(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        jobs = [await _loaded_job(client) for _ in range(3)]
+        for job_id, _, token in jobs[:2]:
+            await client.start_run(job_id, token, LONG_RUN_STEPS)
+        # Two workers: two runs go at once (once the workers are up) ...
+        for job_id, _, token in jobs[:2]:
+            while (await client.run_status(job_id, token)).state is not RunState.RUNNING:
+                await client.receive_notification(timeout_s=WAIT_S)
+        # ... and the third waits, first in the queue.
+        third = await client.start_run(jobs[2][0], jobs[2][2], LONG_RUN_STEPS)
+        assert (third.state, third.queue_position) == (RunState.QUEUED, 0)
+        first_id, _, first_token = jobs[0]
+        await client.stop_run(first_id, first_token)
+        third_id, _, third_token = jobs[2]
+        while (await client.run_status(third_id, third_token)).state is RunState.QUEUED:
+            await client.receive_notification(timeout_s=WAIT_S)
+        assert (await client.run_status(third_id, third_token)).queue_position is None
+        for job_id, _, token in jobs[1:]:
+            stopped = await client.stop_run(job_id, token)
+            assert stopped.state is RunState.STOPPED
+
+
+def test_a_lost_server_raises_a_toolchain_error_and_never_hangs(start_server: Any) -> None:
+    from toolchain.errors import RemoteError
+
+    server: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    machine = RemoteMachine.allocate(server.host, server.port, owner="runner")
+    try:
+        machine.load(map_network(_network(), machine.topology).image)
+        killer = threading.Timer(1.0, server.kill)
+        killer.start()
+        with pytest.raises(RemoteError, match=f"server {server.host}:{server.port}"):
+            machine.run(LONG_RUN_STEPS)
+        killer.join()
+        with pytest.raises(RemoteError):
+            machine.results()
+    finally:
+        machine.close()
