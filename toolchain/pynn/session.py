@@ -28,7 +28,7 @@ from toolchain.errors import PlacementError
 from toolchain.network import SpikeSourceArray
 from toolchain.pynn.config import MachineSettings, describe
 from toolchain.pynn.errors import NotSupportedError, RunError
-from toolchain.pynn.machines import Machine, VirtualMachine
+from toolchain.pynn.machines import Machine, ServerMachine, VirtualMachine
 from toolchain.pynn.netbuild import Built, build_network, quantised_weights
 from toolchain.pynn.reports import ReportFolder, worries
 
@@ -88,16 +88,17 @@ class Session:
         reports: ReportFolder,
         out: Callable[[str], None] | None = None,
     ) -> None:
-        if not settings.is_virtual:
-            raise NotSupportedError(
-                f"running on the server {settings.spalloc_server}",
-                "virtual mode (no spalloc_server, or virtual_board = True)",
-            )
         self._state = state
         self.settings = settings
         self.reports = reports
         self._out = out or (lambda line: print(line, file=sys.stdout))
-        self.machine: Machine = VirtualMachine()
+        self.machine: Machine = (
+            VirtualMachine()
+            if settings.is_virtual or settings.spalloc_server is None
+            else ServerMachine(
+                settings.spalloc_server, settings.spalloc_port, settings.spalloc_user
+            )
+        )
         self._built: Built | None = None
         self.mapped: MappedNetwork | None = None
         self._is_loaded = False
