@@ -16,7 +16,7 @@ script runs; images go up and results come back through the dispatch commands::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -49,8 +49,14 @@ class Machine(Protocol):
     def load(self, image: Image, topology: Topology, *, is_carrying_state: bool) -> None:
         """Load ``image``; with ``is_carrying_state`` the running state goes on in it."""
 
-    def run(self, n_steps: int) -> Results:
-        """Run ``n_steps`` and return what they recorded (and the counters so far)."""
+    def chunk_steps(self, n_steps: int) -> int:
+        """Steps per call of :meth:`run` when a run of ``n_steps`` shows progress."""
+
+    def run(self, n_steps: int, progress: Callable[[int], None] | None = None) -> Results:
+        """Run ``n_steps`` and return what they recorded (and the counters so far).
+
+        ``progress(steps_done)`` may be called while it runs.
+        """
 
     def restart(self) -> None:
         """The next run starts from t = 0 and the loaded image's initial state."""
@@ -83,8 +89,12 @@ class VirtualMachine:
         self._executor = fresh
         self._loaded = (image, topology)
 
-    def run(self, n_steps: int) -> Results:
-        """Advance the executor."""
+    def chunk_steps(self, n_steps: int) -> int:
+        """Runs in pieces of 1/50 (at least 500 steps), so a bar can move between them."""
+        return max(500, -(-n_steps // 50))
+
+    def run(self, n_steps: int, progress: Callable[[int], None] | None = None) -> Results:
+        """Advance the executor (the caller shows progress between pieces)."""
         if self._executor is None:
             if self._loaded is None:
                 raise RuntimeError("no image loaded")
@@ -169,10 +179,15 @@ class ServerMachine:
         self._require().load(image)
         self.restart()
 
-    def run(self, n_steps: int) -> Results:
+    def chunk_steps(self, n_steps: int) -> int:
+        """One run on the server: it reports its own progress."""
+        return n_steps
+
+    def run(self, n_steps: int, progress: Callable[[int], None] | None = None) -> Results:
         """Run on the server and return this run's part of the results."""
         remote = self._require()
-        remote.run(n_steps, fresh=self._is_fresh)
+        report = None if progress is None else (lambda done, _total: progress(done))
+        remote.run(n_steps, fresh=self._is_fresh, progress=report)
         self._is_fresh = False
         self._step += n_steps
         held = remote.results()

@@ -211,7 +211,7 @@ class Session:
     def run(self, n_steps: int) -> None:
         """Advance the network by ``n_steps`` time steps and file what was recorded."""
         self._ready()
-        chunk = max(500, math.ceil(n_steps / 50))
+        chunk = self.machine.chunk_steps(n_steps)
         with tqdm(
             total=n_steps, desc="Running", unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr
         ) as bar:
@@ -219,11 +219,16 @@ class Session:
             while done < n_steps:
                 steps = min(chunk, n_steps - done)
                 t0 = self.machine.step
-                results = self.machine.run(steps)
+                start = done
+
+                def moved(steps_done: int, start: int = start) -> None:
+                    bar.update(start + steps_done - bar.n)
+
+                results = self.machine.run(steps, progress=moved)
                 self._file(results, t0, self.machine.step)
                 self._last = results
                 done += steps
-                bar.update(steps)
+                bar.update(done - bar.n)
         assert self.mapped is not None
         self.reports.write_provenance(self.mapped, results)
 
