@@ -16,6 +16,7 @@ A one-to-one connection is built here directly: PyNN 0.13's own path crashes wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
@@ -108,6 +109,7 @@ class Projection(common.Projection):  # type: ignore[misc]
         self._weight_parts: list[npt.NDArray[np.float64]] = []
         self._delay_parts: list[npt.NDArray[np.float64]] = []
         self._quantised: npt.NDArray[np.float64] | None = None
+        self._quantise: Callable[[], npt.NDArray[np.float64]] | None = None
         if isinstance(connector, OneToOneConnector):
             self._connect_one_to_one(connector)
         else:
@@ -177,6 +179,7 @@ class Projection(common.Projection):  # type: ignore[misc]
         self._weight_parts.append(np.broadcast_to(np.asarray(weight, np.float64), (n,)))
         self._delay_parts.append(np.broadcast_to(steps * dt, (n,)))
         self._quantised = None
+        self._quantise = None
 
     def arrays(
         self,
@@ -215,9 +218,10 @@ class Projection(common.Projection):  # type: ignore[misc]
             dt = self._simulator.state.dt
             self._delay_parts = [np.maximum(np.rint(values / dt), 1.0) * dt]
 
-    def set_quantised_weights(self, weights: npt.NDArray[np.float64]) -> None:
-        """Record the weights the machine stores (after mapping)."""
-        self._quantised = weights
+    def set_quantised_weights(self, weights: Callable[[], npt.NDArray[np.float64]] | None) -> None:
+        """Say how to compute the weights the machine stores (after mapping; on demand)."""
+        self._quantise = weights
+        self._quantised = None
 
     # --- PyNN's queries
     def __len__(self) -> int:
@@ -225,6 +229,8 @@ class Projection(common.Projection):  # type: ignore[misc]
 
     def _columns(self, names: Any) -> list[npt.NDArray[Any]]:
         pre, post, weight, delay = self.arrays()
+        if self._quantised is None and self._quantise is not None:
+            self._quantised = self._quantise()
         if self._quantised is not None:
             weight = self._quantised
         by_name = {

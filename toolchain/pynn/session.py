@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -154,7 +155,7 @@ class Session:
                 mapped = self._map_on_new_allocation(built)
             bar.update()
             for proj, parts in built.parts:
-                proj.set_quantised_weights(quantised_weights(proj, parts, mapped.shifts))
+                proj.set_quantised_weights(partial(quantised_weights, proj, parts, mapped.shifts))
             self.reports.write_mapping(mapped, describe(self.settings))
             bar.update()
         self._built = built
