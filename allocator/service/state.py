@@ -320,7 +320,8 @@ class ServiceState:
 
     def _request_of(self, record: JobRecord) -> JobRequest | None:
         try:
-            return JobRequest.from_args(record.args, **dict(record.kwargs))
+            # The arguments as sent: a fourth one is max_dead_boards, in kwargs already.
+            return JobRequest.from_args(record.args[:3], **dict(record.kwargs))
         except AllocatorError:
             return None
 

@@ -115,7 +115,7 @@ class V1Commands:
     def create_job(self, args: m.CreateJobArgs, conn: Any) -> Awaitable[int]:
         """Queue (or allocate at once) a job; a request that can never fit is destroyed."""
         request = _request(
-            args.args,
+            args.dims,
             args.machine,
             args.tags,
             args.min_ratio,

@@ -435,3 +435,23 @@ async def test_job_activity_is_logged_at_info_one_line_each(
         f"job {kept} destroyed: finished",
     ]
     assert {r.levelno for r in caplog.records if r.name == "allotment.jobs"} == {logging.INFO}
+
+
+async def test_a_fourth_positional_argument_is_max_dead_boards_and_survives_a_restart(
+    db_url: str,
+) -> None:
+    # create_job(x, y, z, max_dead_boards): the protocol binds the fourth argument; the
+    # request was refused as "given both", and a restored job could never be placed.
+    clock = FakeClock()
+    async with running(_config(), db_url, clock) as h:
+        job_id = await h.call("create_job", 1, 0, 2, 0, owner="a")
+        info = await h.call("get_job_machine_info", job_id)
+        assert info["boards"] == [[1, 0, 2]]
+        holder = await h.call("create_job", 1, 0, 1, owner="b")
+        await h.call("destroy_job", holder, "make room later")
+        queued = await h.call("create_job", 1, 0, 2, 1, owner="c")
+        assert (await h.state(queued))["state"] == 1
+    async with running(_config(), db_url, clock) as h:
+        await h.call("destroy_job", job_id, "done")
+        await h.advance(20.0)  # powered on, off, cooled down: board (1, 0, 2) is free again
+        assert (await h.state(queued))["state"] in (2, 3)
