@@ -455,3 +455,30 @@ async def test_a_fourth_positional_argument_is_max_dead_boards_and_survives_a_re
         await h.call("destroy_job", job_id, "done")
         await h.advance(20.0)  # powered on, off, cooled down: board (1, 0, 2) is free again
         assert (await h.state(queued))["state"] in (2, 3)
+
+
+async def test_job_listeners_hear_of_destroyed_jobs_and_switched_boards(h: Harness) -> None:
+    heard: list[tuple[str, int, object]] = []
+
+    class Listener:
+        def job_destroyed(self, record: Any) -> None:
+            heard.append(("destroyed", record.job_id, record.reason))
+
+        def boards_powered(self, job_id: int, is_on: bool) -> None:
+            heard.append(("powered", job_id, is_on))
+
+    h.service.state.add_job_listener(Listener())
+    job_id = await h.call("create_job", owner="a", keepalive=2.0)
+    await h.call("power_off_job_boards", job_id)
+    await h.call("power_on_job_boards", job_id)
+    other = await h.call("create_job", owner="b", machine="other")
+    await h.call("destroy_job", other, "done")
+    await h.advance(10.0)  # job_id expires
+    assert heard == [
+        ("powered", job_id, False),
+        ("powered", job_id, True),
+        ("destroyed", other, "done"),
+        ("destroyed", job_id, "Job timed out."),
+    ]
+    assert h.service.state.job_owner(job_id) == "a"
+    assert h.service.state.job_place(other) is None
