@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -57,3 +58,24 @@ def test_a_command_served_twice_is_refused_naming_both_families() -> None:
     table.add_family("v1", [version], {"version": _echo})
     with pytest.raises(CommandTableError, match=r"\['version'\] already served by \['v1'\]"):
         table.add_family("dispatch", [version], {"version": _echo})
+
+
+async def test_an_extension_command_registered_with_the_protocol_plugs_in(db_url: str) -> None:
+    from allocator.clock import FakeClock
+    from protocol.commands import command_table, register
+    from tests.allocator.service_harness import call, running_service
+    from tests.allocator.test_service import FakeConnection, _config
+
+    if "ext_plug_echo" not in command_table():  # the registry lives as long as the process
+        register(CommandSpec("ext_plug_echo", (), _Args, str))
+
+    async def echo(args: Any, conn: Any) -> str:
+        async with asyncio.timeout(5):  # a handler may use the asyncio tools
+            await asyncio.sleep(0)
+        return "plugged"
+
+    async with running_service(_config(), db_url, FakeClock()) as service:
+        service.add_handler("ext_plug_echo", echo)
+        assert await call(service, FakeConnection(), "ext_plug_echo") == "plugged"
+        with pytest.raises(CommandTableError, match="already served"):
+            service.add_handler("ext_plug_echo", echo)
