@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -119,16 +120,41 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+class _LogFormatter(logging.Formatter):
+    """The server's log format; the date and time text is built once a second, not per line."""
+
+    _second = -1
+    _second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        return f"{self._second_text},{int(record.msecs):03d}"
+
+
+def _configure_logging(level: str) -> None:
+    """Log to stderr, one line per record, without what the format does not show.
+
+    The server logs every job's activity at INFO; the logging HOWTO's optimisations (no
+    caller lookup, no thread or process names) halve the cost of a line.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `allotment` console script."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve":
-        logging.basicConfig(
-            level=getattr(logging, args.log_level),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        _configure_logging(args.log_level)
         return _serve(args)
     handler = getattr(args, "handler", None)
     if handler is None:
