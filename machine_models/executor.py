@@ -454,20 +454,20 @@ class Executor:
         Raises:
             ExecutionError: the two images do not lay the network out the same way.
         """
+        mine_lif, their_lif = self._lif, previous._lif
         pairs: list[tuple[str, npt.NDArray[Any], npt.NDArray[Any]]] = [
-            ("ring buffers", self._ring, previous._ring),
-            ("saturation counters", self._sat, previous._sat),
+            ("ring buffers", mine_lif.ring, their_lif.ring),
+            ("saturation counters", mine_lif.sat, their_lif.sat),
             ("packet counters", self._packets, previous._packets),
             ("spike counters", self._spikes_sent, previous._spikes_sent),
-            ("poisson generators", self._po_state, previous._po_state),
-            ("poisson timers", self._po_rec["time_to_spike"], previous._po_rec["time_to_spike"]),
-            ("delay buffers", self._de_counter, previous._de_counter),
-            ("delay losses", self._de_lost, previous._de_lost),
+            ("poisson generators", self._po.state, previous._po.state),
+            ("poisson timers", self._po.time_to_spike, previous._po.time_to_spike),
+            ("delay buffers", self._de.counter, previous._de.counter),
+            ("delay losses", self._de.lost, previous._de.lost),
         ]
         pairs += [
-            (f"neuron {name}", self._state[name], previous._state[name])
+            (f"neuron {name}", getattr(mine_lif, name), getattr(their_lif, name))
             for name in ("v", "refract_timer", "isyn_exc", "isyn_inh")
-            if name in self._state or name in previous._state
         ]
         for what, mine, theirs in pairs:
             if mine.shape != theirs.shape:
@@ -479,10 +479,12 @@ class Executor:
             mine[...] = theirs
         self.step = previous.step
         # spike arrays may have changed: each source resumes at its first spike not yet sent
-        for c in range(self._ssa["lo"].size):
-            lo, hi = int(self._ssa["lo"][c]), int(self._ssa["hi"][c])
-            offset = np.searchsorted(self._ssa_steps[lo:hi], self.step, side="left")
-            self._ssa_cursor[c] = lo + int(offset)
+        ssa = self._ssa
+        ends = ssa.table[:, kernels.SSA_HI]
+        for c in range(ends.size):
+            lo, hi = (int(ends[c - 1]) if c else 0), int(ends[c])
+            offset = np.searchsorted(ssa.steps[lo:hi], self.step, side="left")
+            ssa.cursor[c] = lo + int(offset)
 
     @property
     def window_steps(self) -> int:
