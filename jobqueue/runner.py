@@ -317,6 +317,7 @@ class Runner:
         reader.start()
         started = time.monotonic()
         written = -1
+        beaten = started
         reason: str | None = None
         while True:
             try:
@@ -330,9 +331,11 @@ class Runner:
                 reason = f"the job ran past its time limit of {timeout_s / 3600:g} hours"
             elif _size(run.workdir) > self.config.output_bytes:
                 reason = f"the job wrote more than its limit of {self.config.output_bytes} bytes"
-            else:
+            elif run.n_chars != written or time.monotonic() - beaten > self.config.stale_s / 5:
+                # the log when it grew, else a bare heartbeat now and then
                 text = run.text() if run.n_chars != written else None
                 written = run.n_chars
+                beaten = time.monotonic()
                 status = self.store.heartbeat(run.job["id"], self.runner_id, log=text)
                 if status not in ("validated", "running"):
                     reason = f"the job was {status} while it ran"

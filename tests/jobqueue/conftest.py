@@ -179,3 +179,23 @@ def nmpi_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Se
         return client
 
     return make
+
+
+@pytest.fixture
+def alice(
+    batch_service: Callable[..., Service], nmpi_client: Callable[[Service, str], Any]
+) -> Callable[..., tuple[Service, Any]]:
+    """Start a batch service (options as `batch_service`) and a client of alice's on it."""
+
+    def start(*extra: str, **options: Any) -> tuple[Service, Any]:
+        service = batch_service(*extra, **options)
+        return service, nmpi_client(service, service.token())
+
+    return start
+
+
+def run_job(client: Any, source: str, **options: Any) -> Any:
+    """Submit `source` to my-collab on SpiNNaker and wait until it ends; the job."""
+    return client.submit_job(
+        source=source, platform="SpiNNaker", collab_id="my-collab", wait=True, **options
+    )
