@@ -1,0 +1,38 @@
+"""The seed's simple example, as a portal user submits it, through the real client."""
+
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.jobqueue.conftest import run_job
+
+SEED = Path(__file__).resolve().parents[2] / "bench" / "seed_simple_example.py"
+
+
+def _require_backend() -> None:
+    if importlib.util.find_spec("toolchain.pynn") is None:
+        pytest.skip("allotment's PyNN backend (toolchain.pynn) is not in this tree yet")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_seeds_simple_example_finishes_with_its_figure_and_reports(
+    full_service: Any, nmpi_client: Any, tmp_path: Path
+) -> None:
+    _require_backend()
+    service = full_service()
+    client = nmpi_client(service, service.token())
+    job = run_job(client, SEED.read_text())
+    assert job["status"] == "finished", job["log"]
+    client.download_data(job, local_dir=str(tmp_path / "out"))
+    where = tmp_path / "out" / "my-collab" / str(job["id"])
+    assert (where / "simple_example.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with zipfile.ZipFile(where / "reports.zip") as archive:
+        assert archive.namelist()
+    assert (where / f"output_{job['id']}.txt").read_text() == job["log"]
+    assert job["resource_usage"]["value"] > 0
