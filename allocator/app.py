@@ -31,9 +31,8 @@ from allocator.events import EventPublisher
 from allocator.metrics import Metrics
 from allocator.reporting import Reporter
 from allocator.server import Server
-from allocator.service import Service
+from allocator.service import Service, known_commands
 from allocator.store import Database, DatabaseUnavailableError, Store
-from protocol.commands import command_table
 
 __all__ = ["EXIT_DATABASE_UNAVAILABLE", "StartupError", "serve"]
 
@@ -88,7 +87,7 @@ async def serve(
         config = _load(config_path)
     except ConfigError as error:
         raise StartupError(str(error)) from error
-    metrics = Metrics(commands=command_table())
+    metrics = Metrics(commands=known_commands())
     server = Server(
         None,
         max_line_bytes=config.server.max_line_bytes,

@@ -45,7 +45,7 @@ from protocol.events import (
 
 __all__ = ["BrokerAddress", "EventPublisher", "parse_broker_url"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("allotment.events")
 
 _PUBLISH_TIMEOUT_S: Final = 10.0
 _QOS: Final = 1

@@ -10,7 +10,11 @@ Each board is one character (colour in the terminal, a filled box in the PNG)::
     .  free          A..Z a..z 0..9  allocated to the job of that key (see the legend)
     ~  cooling down  X  dead          #  out of service       (powering: the key, dimmed)
 
-Keys go to jobs in job-id order, so the same snapshot always draws the same map.
+Keys go to jobs in job-id order, so the same snapshot always draws the same map; the
+legend lists the jobs that have a board drawn with their key, nothing else. Links that
+carry nothing (dead in the configuration, or taken out of service by an operator) are
+listed under the map and, in the PNG, drawn as a red tick on the edge of the board facing
+that direction in the logical grid.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from typing import Final, NamedTuple
 
 from PIL import Image, ImageDraw, ImageFont
 
-from protocol.admin import BoardStatus, MachineState
+from protocol.admin import BoardStatus, LinkOut, MachineState
 from protocol.events import BoardState
 
-__all__ = ["JOB_KEYS", "job_keys", "render_png", "render_text"]
+__all__ = ["JOB_KEYS", "job_keys", "link_label", "render_png", "render_text"]
 
 JOB_KEYS: Final = string.ascii_uppercase + string.ascii_lowercase + string.digits
 """Keys given to jobs in id order; later jobs share `*`."""
@@ -69,15 +73,24 @@ class _Style(NamedTuple):
     ansi: str
 
 
+_KEYED_STATES: Final = (BoardState.ALLOCATED, BoardState.POWERING)
+
+
 def job_keys(state: MachineState) -> dict[int, str]:
-    """Return the key of every job on the map, in job-id order."""
-    job_ids = sorted({j.job_id for j in state.jobs} | {b.job_id for b in state.boards if b.job_id})
+    """Return the key of every job with a board drawn on the map, in job-id order.
+
+    A board cooling down still names the job that held it, but is drawn `~`: that job gets
+    no key (and no legend line).
+    """
+    job_ids = sorted(
+        {b.job_id for b in state.boards if b.job_id is not None and b.state in _KEYED_STATES}
+    )
     return {job_id: JOB_KEYS[i] if i < len(JOB_KEYS) else "*" for i, job_id in enumerate(job_ids)}
 
 
 def _style(board: BoardStatus, keys: dict[int, str]) -> _Style:
-    is_job_state = board.state in (BoardState.ALLOCATED, BoardState.POWERING)
-    if is_job_state and board.job_id is not None:
+    is_job_state = board.state in _KEYED_STATES
+    if is_job_state and board.job_id is not None and board.job_id in keys:
         index = list(keys).index(board.job_id)
         ansi = _ANSI_JOBS[index % len(_ANSI_JOBS)]
         if board.state is BoardState.POWERING:
@@ -121,7 +134,30 @@ def render_text(state: MachineState, *, is_colour: bool = True) -> str:
         job = jobs.get(job_id)
         detail = f"owner {job.owner}, {job.n_boards} boards" if job is not None else ""
         lines.append(f"  {key}  job {job_id}  {detail}".rstrip())
+    lines += _link_lines(state.links_out)
     return "\n".join(lines) + "\n"
+
+
+_LINK_NAMES: Final = ("E", "NE", "N", "W", "SW", "S")  # by `Link` number
+
+
+def _link_name(link: int) -> str:
+    return _LINK_NAMES[link] if 0 <= link < len(_LINK_NAMES) else str(link)
+
+
+def link_label(link: LinkOut) -> str:
+    """One link that is out, as the map lists it: "(1, 0, 2) NE dead"."""
+    where = f"({link.x}, {link.y}, {link.z}) {_link_name(link.link)}"
+    if link.is_dead:
+        return f"{where} dead"
+    return f"{where} out of service" + (f": {link.reason}" if link.reason else "")
+
+
+def _link_lines(links: Iterable[LinkOut]) -> list[str]:
+    listed = [f"  {link_label(link)}" for link in links]
+    if not listed:
+        return []
+    return ["", f"links out ({len(listed)}):", *listed]
 
 
 def _physical_lines(
@@ -167,7 +203,7 @@ _TEXT_H: Final = 14
 
 
 def _fill(board: BoardStatus, keys: dict[int, str]) -> _RGB:
-    if board.state in (BoardState.ALLOCATED, BoardState.POWERING) and board.job_id in keys:
+    if board.state in _KEYED_STATES and board.job_id in keys:
         rgb = _PNG_JOBS[list(keys).index(board.job_id) % len(_PNG_JOBS)]
         if board.state is BoardState.POWERING:
             rgb = (rgb[0] // 2 + 127, rgb[1] // 2 + 127, rgb[2] // 2 + 127)
@@ -205,7 +241,8 @@ def render_png(state: MachineState) -> bytes:
     grid_h = state.height * _TRIAD
     legend_w = 260
     width = 2 * _MARGIN + max(len(cabinets) * cabinet_w + 30, grid_w + 40 + legend_w)
-    height = 3 * _MARGIN + _TEXT_H + rack_h + _TEXT_H + grid_h + 2 * _TEXT_H
+    links_h = (len(state.links_out) + 1) * _TEXT_H if state.links_out else 0
+    height = 3 * _MARGIN + _TEXT_H + rack_h + _TEXT_H + grid_h + 2 * _TEXT_H + links_h
     image = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(image)
     draining = " (draining)" if state.is_draining else ""
@@ -238,8 +275,13 @@ def render_png(state: MachineState) -> bytes:
     for x in range(0, state.width, max(1, state.width // 10)):
         x0 = grid_left + x * _TRIAD
         draw.text((x0, grid_top + grid_h + 2), f"x{x}", fill=_INK, font=font)
+    for link in state.links_out:
+        x0 = grid_left + link.x * _TRIAD + link.z * third
+        y0 = grid_top + (state.height - 1 - link.y) * _TRIAD
+        _link_tick(draw, (x0, y0 + 1, x0 + third - 1, y0 + _TRIAD - 2), link)
 
     _legend(draw, font, (grid_left + grid_w + 40, grid_top), state, keys)
+    _links_legend(draw, font, (_MARGIN, grid_top + grid_h + 2 + _TEXT_H), state.links_out)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
@@ -265,3 +307,42 @@ def _legend(
         _box(draw, (x0, y, x0 + 12, y + 12), board, keys)
         draw.text((x0 + 20, y), label, fill=_INK, font=font)
         y += 18
+
+
+_LINK_MARK: Final = (230, 0, 0)
+_LINK_OUT_MARK: Final = (255, 140, 0)
+
+
+def _link_tick(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], link: LinkOut) -> None:
+    """A thick line on the side of a board's box that faces the link's direction."""
+    x0, y0, x1, y1 = box
+    xm, ym = (x0 + x1) // 2, (y0 + y1) // 2
+    ends = {  # by direction name, as `_LINK_NAMES` has them
+        "E": (x1, y0 + 2, x1, y1 - 2),
+        "W": (x0, y0 + 2, x0, y1 - 2),
+        "N": (x0 + 1, y0, x1 - 1, y0),
+        "S": (x0 + 1, y1, x1 - 1, y1),
+        "NE": (xm, y0, x1, ym),
+        "SW": (x0, ym, xm, y1),
+    }
+    line = ends.get(_link_name(link.link))
+    if line is not None:
+        colour = _LINK_MARK if link.is_dead else _LINK_OUT_MARK
+        draw.line(line, fill=colour, width=3)
+
+
+def _links_legend(
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    origin: tuple[int, int],
+    links: tuple[LinkOut, ...],
+) -> None:
+    if not links:
+        return
+    x0, y = origin
+    draw.text((x0, y), f"links out ({len(links)}): red dead, orange out of service",
+              fill=_INK, font=font)  # fmt: skip
+    for link in links:
+        y += _TEXT_H
+        colour = _LINK_MARK if link.is_dead else _LINK_OUT_MARK
+        draw.text((x0 + 10, y), link_label(link), fill=colour, font=font)

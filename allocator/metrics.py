@@ -35,7 +35,7 @@ from protocol.events import BoardState
 
 __all__ = ["MAX_COMMAND_LABELS", "Metrics", "MetricsEndpoint"]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("allotment.metrics")
 
 MAX_COMMAND_LABELS: Final = 64
 """Distinct command label values kept; later unknown names are counted as `other`."""

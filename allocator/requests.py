@@ -170,6 +170,18 @@ class JobRequest:
         board = BoardXYZ(*values) if kind is RequestKind.SPECIFIC else None
         return cls(kind, n_boards=1, board=board, **common)  # type: ignore[arg-type]
 
+    def describe(self) -> str:
+        """What is asked for, in a few words for the log: "3 x 2 triads on spinn-1200"."""
+        if self.kind is RequestKind.TRIADS:
+            what = f"{self.width_triads} x {self.height_triads} triads"
+        elif self.kind is RequestKind.SPECIFIC:
+            assert self.board is not None
+            what = f"board ({self.board.x}, {self.board.y}, {self.board.z})"
+        else:
+            what = "1 board" if self.n_boards == 1 else f"{self.n_boards} boards"
+        where = f"machine {self.machine}" if self.machine else f"tags {','.join(sorted(self.tags))}"
+        return f"{what} on {where}"
+
     @property
     def is_single_board(self) -> bool:
         """Whether exactly one board is asked for (any board or a specific one)."""

@@ -15,25 +15,23 @@ Replies on one connection are written in request order (pipelining works); notif
 written between replies, after the commit that caused them and after the reply of the
 request that caused them.
 
-How a request runs (eager start). Each connection is a bare `asyncio.Protocol`: no task, no
-stream reader, no future per read. ``data_received`` queues the lines and schedules one
-callback, which takes the first step of each handler's coroutine at once; most requests (the
-reads) finish there and are answered with no task at all. A handler that suspends (it waits
-for a database commit) is handed, already started, to a task in the server's task group, so
-that shutdown cancels and awaits it; later lines of that connection wait in the queue until
-it is answered::
+How a request runs. Each connection is a bare `asyncio.Protocol`: no stream reader, no
+future per read. ``data_received`` queues the lines and schedules one callback, which binds
+each line and calls its handler. A handler returns its reply, or an awaitable of it when it
+must wait (a commit, or the durability of what it reads); most reads are answered at once,
+with no task at all. An awaitable runs in a task of the server's task group from its first
+step, so that every asyncio tool (``asyncio.timeout``, ``TaskGroup``) works in a handler and
+shutdown cancels and awaits it; later lines of that connection wait in the queue until it
+is answered::
 
-    data_received --> queue --call_soon--> first step of the handler --returned--> reply
+    data_received --> queue --call_soon--> bind, call the handler --reply--> write
                                                    |
-                                                   +--suspended--> task: wait, continue,
-                                                                   reply, next queued line
+                                                   +--awaitable--> task: await, reply,
+                                                                   next queued line
 
-This is what Python 3.12's ``asyncio.eager_task_factory`` does, except that the first step
-runs outside any task: a handler must not need ``asyncio.current_task()`` (as
-``asyncio.timeout`` and ``TaskGroup`` do) before it first suspends. The hop through
-``call_soon`` keeps notifications causal: the service announces a commit with ``call_soon``
-just before the reply of the request that made it, so the announcement goes out before any
-request that a client sends after reading that reply is handled.
+The hop through ``call_soon`` keeps notifications causal: the service announces a commit
+with ``call_soon`` just before the reply of the request that made it, so the announcement
+goes out before any request that a client sends after reading that reply is handled.
 
 Backpressure works both ways: while the client does not read its replies (more than 1 MiB
 unsent) no further request of that connection is handled, and while too many request bytes
@@ -46,16 +44,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import socket
 import time
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
-import protocol.admin  # noqa: F401 - registers the operator commands with the command table
 from allocator.errors import AllocatorError, StoreError
 from protocol import messages as m
 from protocol.codec import (
@@ -64,7 +62,7 @@ from protocol.codec import (
     encode_notification,
     encode_reply,
 )
-from protocol.commands import bind
+from protocol.commands import CommandSpec, bind, bind_spec
 from protocol.errors import CommandError, DecodeError
 from protocol.messages import JobsChanged, MachinesChanged
 
@@ -175,13 +173,23 @@ class Connection:
 _WATCH_COMMANDS = frozenset({"notify_job", "no_notify_job", "notify_machine", "no_notify_machine"})
 
 
-Handler = Callable[[Any, Connection], Awaitable[Any]]
+Handler = Callable[[Any, Connection], Any]
+"""``handler(arguments, connection)`` -> the reply, or an awaitable of it."""
+
+
+class RouteLike(Protocol):
+    """How a command is served (`allocator.service.Route`)."""
+
+    @property
+    def spec(self) -> CommandSpec: ...
+    @property
+    def handler(self) -> Handler: ...
 
 
 class Dispatcher(Protocol):
-    """The service side of the server: a handler per command name."""
+    """The service side of the server: the route of each command name."""
 
-    def handler_for(self, command: str) -> Handler | None: ...
+    def route(self, command: str) -> RouteLike | None: ...
 
 
 class Server:
@@ -322,37 +330,6 @@ class Server:
         log.error("internal error while handling %r from %s", command, conn.peer_host, exc_info=exc)
         message = f"internal error while handling {command!r}; see the server log"
         return encode_exception(message), "error"
-
-
-@types.coroutine
-def _resumed(coro: Coroutine[Any, Any, _T], yielded: Any) -> Generator[Any, Any, _T]:
-    """Go on with a coroutine whose first step already ran and yielded `yielded`.
-
-    What ``yield from coro`` would do had it taken that first step itself (PEP 380): what the
-    task sends or throws in goes on to the coroutine, so a cancellation reaches the handler
-    where it waits. A future passes through with its ``_asyncio_future_blocking`` flag set by
-    the coroutine's ``await``, which is what the task looks for.
-    """
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return cast(_T, stop.value)
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return cast(_T, stop.value)
-
-
-async def _awaited(awaitable: Awaitable[_T]) -> _T:
-    return await awaitable
 
 
 class _LineProtocol(asyncio.Protocol):
@@ -527,24 +504,23 @@ class _LineProtocol(asyncio.Protocol):
                     self._server._watchers.discard(conn)
                 value = None
             else:
-                handler = self._dispatcher.handler_for(command)
-                if handler is None:
+                route = self._dispatcher.route(command)
+                if route is None:
                     message = f"unknown command {command!r}"
                     command = "unknown"  # as the metrics label: names sent are unbounded
                     raise CommandError(message)
-                awaitable = handler(bind(command, args, kwargs), conn)
-                coro = (
-                    awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
-                )
-                try:
-                    yielded = coro.send(None)
-                except StopIteration as stop:
-                    value = stop.value
-                else:
+                value = route.handler(bind_spec(route.spec, args, kwargs), conn)
+                if inspect.isawaitable(value):
                     task_group = self._server._task_group
                     assert task_group is not None, "connections exist only inside serve()"
+                    try:
+                        task_group.create_task(self._finish(value, command, started))
+                    except RuntimeError:
+                        # The task group is shutting down: nobody will await the handler.
+                        if isinstance(value, types.CoroutineType):
+                            value.close()
+                        raise
                     self._is_busy = True
-                    task_group.create_task(self._finish(coro, yielded, command, started))
                     return
             reply = encode_reply(value)
             outcome = "ok"
@@ -554,12 +530,10 @@ class _LineProtocol(asyncio.Protocol):
             reply, outcome = self._server._error_reply(exc, command, conn)
         self._reply(reply, command, outcome, started)
 
-    async def _finish(
-        self, coro: Coroutine[Any, Any, Any], yielded: Any, command: str, started: float
-    ) -> None:
-        """Wait for a suspended handler, answer it, then go on with the queued lines."""
+    async def _finish(self, awaitable: Awaitable[Any], command: str, started: float) -> None:
+        """Wait for a handler's awaitable, answer it, then go on with the queued lines."""
         try:
-            value = await _resumed(coro, yielded)
+            value = await awaitable
             reply = encode_reply(value)
             outcome = "ok"
         except asyncio.CancelledError:

@@ -5,16 +5,28 @@ benchmark specification: builds the network with the reference construction (num
 ``default_rng(seed)``), maps it onto a virtual one-board allocation, runs 1000 ms at
 dt = 0.1 ms on the chip model's executor and prints one JSON line.
 
-Usage: ``python bench/brunel.py [--network brunel-exp|brunel-exp-small] [--seed S]``
+Usage: ``python bench/brunel.py [--network brunel-exp|brunel-exp-small] [--seed S] [--busy N]
+[--compare R]``
+
+``--busy N`` keeps N cores busy (N processes spinning) while the benchmark runs, as other runs
+and the server do beside a worker. ``--compare R`` runs the benchmark R times with numba's
+default thread count and R times with ``NUMBA_NUM_THREADS=1``, alternating (ABAB, BABA ...),
+each in a fresh process, prints every run's line and then a summary line comparing run_s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import resource
+import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,14 +113,83 @@ def cv_isi(steps: npt.NDArray[np.int64], neurons: npt.NDArray[np.int64], n: int)
     return float(np.mean(np.sqrt(var) / mu)) if ok.any() else float("nan")
 
 
+def _spin() -> None:  # pragma: no cover - runs in a child process
+    while True:
+        pass
+
+
+@contextmanager
+def busy_cores(n: int) -> Iterator[None]:
+    """Keep ``n`` cores busy with spinning processes while the block runs."""
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(n)]
+    for proc in spinners:
+        proc.start()
+    try:
+        yield
+    finally:
+        for proc in spinners:
+            proc.terminate()
+        for proc in spinners:
+            proc.join()
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Alternate fresh runs with the default thread count and with one thread; summarise."""
+    base = [sys.executable, __file__, "--network", args.network, "--seed", str(args.seed)]
+    env_one = dict(os.environ, NUMBA_NUM_THREADS="1")
+    env_default = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
+    runs: dict[str, list[float]] = {"default": [], "one_thread": []}
+    with busy_cores(args.busy):
+        for round_index in range(args.compare):
+            order = ["default", "one_thread"]
+            if round_index % 2:
+                order.reverse()
+            for name in order:
+                env = env_default if name == "default" else env_one
+                out = subprocess.run(base, env=env, capture_output=True, text=True, check=True)
+                line = json.loads(out.stdout.strip().splitlines()[-1])
+                line.update(config=name, busy=args.busy)
+                print(json.dumps(line), flush=True)
+                runs[name].append(float(line["run_s"]))
+    default, one = statistics.median(runs["default"]), statistics.median(runs["one_thread"])
+    print(
+        json.dumps(
+            {
+                "compare": args.network,
+                "busy": args.busy,
+                "rounds": args.compare,
+                "default_run_s": runs["default"],
+                "one_thread_run_s": runs["one_thread"],
+                "median_default_s": round(default, 3),
+                "median_one_thread_s": round(one, 3),
+                "default_over_one_thread": round(default / one, 3),
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
+            }
+        )
+    )
+
+
 def main() -> None:
     """Build, run and print the benchmark's JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", choices=sorted(NETWORKS), default="brunel-exp")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--busy", type=int, default=0, help="cores to keep busy meanwhile")
+    parser.add_argument("--compare", type=int, default=0, help="alternating rounds to run")
     args = parser.parse_args()
     if not 1 <= args.seed < 2**31:
         parser.error("seed must be in 1 .. 2**31 - 1")
+    if args.busy < 0 or args.compare < 0:
+        parser.error("--busy and --compare must be >= 0")
+    if args.compare:
+        compare(args)
+        return
+    with busy_cores(args.busy):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build and run the network once and print its JSON line."""
     sizes = NETWORKS[args.network]
     n = sizes.n_exc + sizes.n_inh
     nu_ext_hz = ETA * V_THRESH_MV / (J_MV * sizes.c_exc * TAU_M_MS) * 1000.0 * sizes.c_exc
@@ -196,6 +277,11 @@ def main() -> None:
                 "ext_rate_hz": nu_ext_hz,
                 "events_per_s": round(events / run_s) if run_s > 0 else None,
                 "threads": numba.get_num_threads(),
+                "seconds_per_step_by_threads": {
+                    str(k): round(v, 7) for k, v in executor.seconds_per_step.items()
+                },
+                "busy": args.busy,
+                "loadavg": [round(x, 2) for x in os.getloadavg()],
             }
         )
     )

@@ -12,14 +12,16 @@ packet sent in a step is handled in that step, so no spike is ever late.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
 import numpy.typing as npt
 
-from machine_models import delays, kernels, lif, sources
+from machine_models import delays, kernels, lif, sources, threads
 from machine_models.errors import ExecutionError, RegionError
 from machine_models.geometry import ChipXY
 from machine_models.image import AppId, CoreImage, CoreXYP, Image
@@ -124,6 +126,7 @@ class Executor:
         self.topology = topology
         self.router = Router(image.tables, topology)
         self.step = 0
+        self._thread_policy: threads.ThreadPolicy | None = None
         self._load()
         self._plan()
 
@@ -615,6 +618,48 @@ class Executor:
             shortest = min(shortest, int(self._de["dps"].min()))
         self._window = max(1, min(shortest, self._max_window_steps))
 
+    def adopt_state(self, previous: Executor) -> None:
+        """Continue where ``previous`` stopped, with this executor's parameters.
+
+        A run that changes parameters between two runs (a Poisson rate, a neuron's
+        offset current) loads a new image of the same network and takes over the state
+        the chips would keep: time, membrane potentials, synaptic currents, refractory
+        timers, ring buffers, spikes waiting in delay extensions, random generators
+        and counters. Parameters come from this executor's image.
+
+        Raises:
+            ExecutionError: the two images do not lay the network out the same way.
+        """
+        pairs: list[tuple[str, npt.NDArray[Any], npt.NDArray[Any]]] = [
+            ("ring buffers", self._ring, previous._ring),
+            ("saturation counters", self._sat, previous._sat),
+            ("packet counters", self._packets, previous._packets),
+            ("spike counters", self._spikes_sent, previous._spikes_sent),
+            ("poisson generators", self._po_state, previous._po_state),
+            ("poisson timers", self._po_rec["time_to_spike"], previous._po_rec["time_to_spike"]),
+            ("delay buffers", self._de_counter, previous._de_counter),
+            ("delay losses", self._de_lost, previous._de_lost),
+        ]
+        pairs += [
+            (f"neuron {name}", self._state[name], previous._state[name])
+            for name in ("v", "refract_timer", "isyn_exc", "isyn_inh")
+            if name in self._state or name in previous._state
+        ]
+        for what, mine, theirs in pairs:
+            if mine.shape != theirs.shape:
+                raise ExecutionError(
+                    f"cannot continue a run on another layout: {what} differ in size "
+                    f"({theirs.shape} vs {mine.shape})"
+                )
+        for _, mine, theirs in pairs:
+            mine[...] = theirs
+        self.step = previous.step
+        # spike arrays may have changed: each source resumes at its first spike not yet sent
+        for c in range(self._ssa["lo"].size):
+            lo, hi = int(self._ssa["lo"][c]), int(self._ssa["hi"][c])
+            offset = np.searchsorted(self._ssa_steps[lo:hi], self.step, side="left")
+            self._ssa_cursor[c] = lo + int(offset)
+
     @property
     def window_steps(self) -> int:
         """Steps the cores advance between two exchanges of packets."""
@@ -683,14 +728,19 @@ class Executor:
         fan = self._g_fan
         t = t0
         chunk = numba.set_parallel_chunksize(1)
-        threads = numba.get_num_threads()
-        if self._work_per_step * window < PARALLEL_MIN_WORK:
-            numba.set_num_threads(1)
+        n_threads = numba.get_num_threads()
+        policy = self._policy_for(n_threads)
         try:
             while t < t1:
-                t = kernels.run_windows(
+                use, n_windows = (
+                    policy.next_chunk() if policy is not None else (1, threads.CHUNK_WINDOWS)
+                )
+                numba.set_num_threads(use)
+                stop = min(t1, t + n_windows * window)
+                started = time.perf_counter()
+                reached = kernels.run_windows(
                     t,
-                    t1,
+                    stop,
                     window,
                     self._nvar,
                     self._src,
@@ -754,13 +804,16 @@ class Executor:
                     self._de_counter,
                     self._de_lost,
                 )
+                if policy is not None:
+                    policy.record(use, reached - t, time.perf_counter() - started)
+                t = reached
                 n = int(rec_count[0])
                 chunks_t.append(rec_t[:n].copy())
                 chunks_n.append(rec_n[:n].copy())
                 rec_count[0] = 0
         finally:
             numba.set_parallel_chunksize(chunk)
-            numba.set_num_threads(threads)
+            numba.set_num_threads(n_threads)
         self.step = t1
         return self._results(
             np.concatenate(chunks_t) if chunks_t else np.zeros(0, _I64),
@@ -771,6 +824,23 @@ class Executor:
             t0,
             t1,
         )
+
+    def _policy_for(self, n_threads: int) -> threads.ThreadPolicy | None:
+        """The thread policy of this executor's runs; None when one thread is the only choice.
+
+        A network with too little work per window runs on one thread: waking the others
+        twice a window would cost more than they save.
+        """
+        if n_threads <= 1 or self._work_per_step * self._window < PARALLEL_MIN_WORK:
+            return None
+        if self._thread_policy is None or self._thread_policy.n_threads != n_threads:
+            self._thread_policy = threads.ThreadPolicy(n_threads)
+        return self._thread_policy
+
+    @property
+    def seconds_per_step(self) -> dict[int, float]:
+        """What the thread policy measured: seconds per step by thread count (empty if none)."""
+        return {} if self._thread_policy is None else self._thread_policy.seconds_per_step
 
     def _results(
         self,

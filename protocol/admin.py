@@ -12,8 +12,9 @@ optional::
     -> {"return": {"audit_id": 12, "action": "admin_set_board_service",
                    "target": "spin5 board (3, 4, 1)", "reason": "fan failed", ...}}
 
-Importing this module registers the commands with `protocol.commands`; the server checks the
-token with `check_operator_token` before doing anything.
+`ADMIN_SPECS` lists the commands; a server routes them through its own command table.
+Importing this module also registers them with `protocol.commands`, for the clients'
+`get_spec`. The server checks the token with `check_operator_token` before doing anything.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from protocol.events import BoardState
 
 __all__ = [
     "ADMIN_COMMAND_NAMES",
+    "ADMIN_SPECS",
     "MAX_AUDIT_ENTRIES",
     "AdminDestroyJobArgs",
     "AdminDrainMachineArgs",
@@ -50,6 +52,7 @@ __all__ = [
     "AuditLogArgs",
     "BoardStatus",
     "JobOnMachine",
+    "LinkOut",
     "MachineState",
     "OperatorTokenError",
     "check_operator_token",
@@ -200,8 +203,23 @@ class JobOnMachine(_Frozen):
     state: int
 
 
+class LinkOut(_Frozen):
+    """A board link that carries nothing: dead in the configuration or out of service.
+
+    `link` is the direction number (0 E, 1 NE, 2 N, 3 W, 4 SW, 5 S); `reason` is the
+    operator's, for a link taken out of service.
+    """
+
+    x: int
+    y: int
+    z: int
+    link: int
+    is_dead: bool
+    reason: str | None = None
+
+
 class MachineState(_Frozen):
-    """Every board of one machine and the jobs on it.
+    """Every board of one machine, the jobs on it and the links that are out.
 
     `width` and `height` are in triads (3 boards each); `boards` lists every board slot of
     the grid, dead ones included.
@@ -213,6 +231,7 @@ class MachineState(_Frozen):
     is_draining: bool = False
     boards: tuple[BoardStatus, ...]
     jobs: tuple[JobOnMachine, ...] = ()
+    links_out: tuple[LinkOut, ...] = ()
 
 
 # --- registration ----------------------------------------------------------------------------
@@ -252,7 +271,7 @@ _BOARD = (
 )
 _IN_SERVICE = Param("in_service", check=check_bool)
 
-_ADMIN_SPECS: Final = (
+ADMIN_SPECS: Final = (
     CommandSpec(
         "admin_set_board_service",
         (_TOKEN, *_BOARD, _IN_SERVICE, _REASON, _OPERATOR),
@@ -304,8 +323,8 @@ _ADMIN_SPECS: Final = (
     ),
 )
 
-for _spec in _ADMIN_SPECS:
+for _spec in ADMIN_SPECS:
     register(_spec)
 
-ADMIN_COMMAND_NAMES: Final = frozenset(spec.name for spec in _ADMIN_SPECS)
+ADMIN_COMMAND_NAMES: Final = frozenset(spec.name for spec in ADMIN_SPECS)
 """The operator extension commands this module registers."""

@@ -76,12 +76,14 @@ M = TypeVar("M", bound=BaseModel)
 
 __all__ = [
     "ALLOTMENT_SERVER_NAME",
+    "ALLOTMENT_VERSION_SPEC",
     "EXTENSION_PROTOCOL_VERSION",
     "MAX_INT",
     "MAX_LIST_ITEMS",
     "MAX_STRING_CHARS",
     "REQUIRED",
     "V1_COMMAND_NAMES",
+    "V1_SPECS",
     "V1_VERSION",
     "Binder",
     "Check",
@@ -89,6 +91,7 @@ __all__ = [
     "Param",
     "allotment_version_reply",
     "bind",
+    "bind_spec",
     "check_bool",
     "check_float",
     "check_int",
@@ -505,7 +508,7 @@ def _job_command(name: str, model: type[BaseModel], reply_type: Any, summary: st
     return CommandSpec(name, (_JOB_ID,), model, reply_type, summary)
 
 
-_V1_SPECS: Final[tuple[CommandSpec, ...]] = (
+V1_SPECS: Final[tuple[CommandSpec, ...]] = (
     CommandSpec("version", (), VersionArgs, str, "the v1 version string"),
     CommandSpec(
         "create_job",
@@ -605,10 +608,10 @@ _V1_SPECS: Final[tuple[CommandSpec, ...]] = (
     ),
 )
 
-V1_COMMAND_NAMES: Final = frozenset(spec.name for spec in _V1_SPECS)
+V1_COMMAND_NAMES: Final = frozenset(spec.name for spec in V1_SPECS)
 """The 17 command names of the reference server (15 rows of its table: notify/no_notify pair up)."""
 
-_ALLOTMENT_VERSION_SPEC: Final = CommandSpec(
+ALLOTMENT_VERSION_SPEC: Final = CommandSpec(
     "allotment_version",
     (),
     AllotmentVersionArgs,
@@ -616,8 +619,8 @@ _ALLOTMENT_VERSION_SPEC: Final = CommandSpec(
     "the server's name, package version and extension protocol number",
 )
 
-_REGISTRY: dict[str, CommandSpec] = {spec.name: spec for spec in _V1_SPECS}
-_REGISTRY[_ALLOTMENT_VERSION_SPEC.name] = _ALLOTMENT_VERSION_SPEC
+_REGISTRY: dict[str, CommandSpec] = {spec.name: spec for spec in V1_SPECS}
+_REGISTRY[ALLOTMENT_VERSION_SPEC.name] = ALLOTMENT_VERSION_SPEC
 
 
 def register(spec: CommandSpec) -> CommandSpec:
@@ -670,7 +673,15 @@ def bind(command: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> BaseMo
         UnknownCommandError: no command has that name.
         CommandError: the arguments do not fit; the message reads like Python's.
     """
-    spec = get_spec(command)
+    return bind_spec(get_spec(command), args, kwargs)
+
+
+def bind_spec(spec: CommandSpec, args: Sequence[Any], kwargs: Mapping[str, Any]) -> BaseModel:
+    """`bind` for a command whose spec the caller holds (a server's own command table).
+
+    Raises:
+        CommandError: the arguments do not fit; the message reads like Python's.
+    """
     if spec.binder is not None:
         return spec.binder(spec, args, kwargs)
     return _make_model(spec, _bind_values(spec, args, kwargs))

@@ -6,7 +6,9 @@
 | machine_models   | stdlib, numpy, numba                                        |
 | allocator        | protocol, machine_models, its own third-party libraries;    |
 |                  | SQLAlchemy only inside allocator/store/                     |
-| toolchain        | protocol, machine_models, numpy                             |
+| toolchain        | protocol, machine_models, numpy; PyNN, neo, quantities and  |
+|                  | tqdm for the PyNN backend (toolchain/pynn/)                 |
+| allotment        | toolchain (the users' short import names)                   |
 | jobqueue         | protocol, toolchain, its web/HTTP and database stack        |
 |                  | (never allocator; allocator/cli.py may import jobqueue)     |
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"protocol", "machine_models", "allocator", "toolchain", "jobqueue"}
+OURS = {"protocol", "machine_models", "allocator", "toolchain", "allotment", "jobqueue"}
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 
 ALLOWED_THIRD_PARTY = {
@@ -38,7 +40,8 @@ ALLOWED_THIRD_PARTY = {
         "PIL",
         "uvloop",
     },
-    "toolchain": {"numpy", "numba", "pydantic"},
+    "toolchain": {"numpy", "numba", "pydantic", "pyNN", "neo", "quantities", "tqdm"},
+    "allotment": set(),
     "jobqueue": {"pydantic", "anyio", "fastapi", "starlette", "uvicorn", "sqlalchemy"},
 }
 ALLOWED_OURS = {
@@ -46,6 +49,7 @@ ALLOWED_OURS = {
     "machine_models": {"machine_models"},
     "allocator": {"allocator", "protocol", "machine_models"},
     "toolchain": {"toolchain", "protocol", "machine_models"},
+    "allotment": {"allotment", "toolchain"},
     "jobqueue": {"jobqueue", "protocol", "toolchain"},
 }
 # The CLI starts the batch service: the one edge from allocator to jobqueue.

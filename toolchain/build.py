@@ -254,19 +254,20 @@ def _core_image(
     if isinstance(cell, IFCurrExp):
         regions.update(_neuron_regions(vertex, cell, network, delays, syn, config, timestep_us))
     elif isinstance(cell, SpikeSourcePoisson):
-        seed_words = np.random.SeedSequence(
-            [network.seed, 2, pop.index, vertex.slice_index]
-        ).generate_state(4)
+        root = [network.seed, 2, pop.index] if pop.seed is None else [pop.seed, 2, 0]
+        seed_words = np.random.SeedSequence([*root, vertex.slice_index]).generate_state(4)
         seed = kiss_seed(
             (int(seed_words[0]), int(seed_words[1]), int(seed_words[2]), int(seed_words[3]))
         )
         regions[REGION_DATA] = encode_poisson_params(
             PoissonParams(
                 vertex.n_atoms,
-                cell.rate,
+                _of_core(cell.rate, vertex),
                 seed,
-                cell.start,
-                None if cell.duration >= 1e9 else cell.duration,
+                _of_core(cell.start, vertex),
+                None
+                if np.all(np.asarray(cell.duration) >= 1e9)
+                else _of_core(cell.duration, vertex),
             ),
             timestep_us,
         )
@@ -279,6 +280,13 @@ def _core_image(
             np.concatenate(neurons) if neurons else np.zeros(0, np.int64),
         )
     return CoreImage(chip, where.p, _APPS[vertex.kind], regions)
+
+
+def _of_core(value: float | npt.NDArray[np.float64], vertex: Vertex) -> npt.ArrayLike:
+    """A parameter's value on one core: the population's scalar, or the core's slice."""
+    if np.ndim(value) == 0:
+        return value
+    return np.asarray(value)[vertex.lo : vertex.hi]
 
 
 def _neuron_regions(
@@ -298,15 +306,15 @@ def _neuron_regions(
     params = LifParams(
         n_neurons=n,
         v_init=v_init,
-        v_rest=cell.v_rest,
-        cm=cell.cm,
-        tau_m=cell.tau_m,
-        i_offset=cell.i_offset,
-        v_reset=cell.v_reset,
-        v_thresh=cell.v_thresh,
-        tau_refrac=cell.tau_refrac,
-        tau_syn_e=cell.tau_syn_E,
-        tau_syn_i=cell.tau_syn_I,
+        v_rest=_of_core(cell.v_rest, vertex),
+        cm=_of_core(cell.cm, vertex),
+        tau_m=_of_core(cell.tau_m, vertex),
+        i_offset=_of_core(cell.i_offset, vertex),
+        v_reset=_of_core(cell.v_reset, vertex),
+        v_thresh=_of_core(cell.v_thresh, vertex),
+        tau_refrac=_of_core(cell.tau_refrac, vertex),
+        tau_syn_e=_of_core(cell.tau_syn_E, vertex),
+        tau_syn_i=_of_core(cell.tau_syn_I, vertex),
     )
     core_syn = syn.cores[vertex]
     synapse = SynapseParams(

@@ -57,25 +57,27 @@ whatever ``v_rest`` is)."""
 class IFCurrExp:
     """Leaky integrate-and-fire neuron with exponential current synapses (PyNN defaults)."""
 
-    tau_m: float = 20.0
-    cm: float = 1.0
-    v_rest: float = -65.0
-    v_reset: float = -65.0
-    v_thresh: float = -50.0
-    tau_refrac: float = 0.1
-    tau_syn_E: float = 5.0
-    tau_syn_I: float = 5.0
-    i_offset: float = 0.0
+    tau_m: float | FloatArray = 20.0
+    cm: float | FloatArray = 1.0
+    v_rest: float | FloatArray = -65.0
+    v_reset: float | FloatArray = -65.0
+    v_thresh: float | FloatArray = -50.0
+    tau_refrac: float | FloatArray = 0.1
+    tau_syn_E: float | FloatArray = 5.0
+    tau_syn_I: float | FloatArray = 5.0
+    i_offset: float | FloatArray = 0.0
 
     name = "IF_curr_exp"
 
     def __post_init__(self) -> None:
+        # each parameter is one value for the population or one per neuron
         for key in ("tau_m", "cm", "tau_syn_E", "tau_syn_I"):
-            value = getattr(self, key)
-            if not value > 0.0:
-                raise NetworkError(f"IF_curr_exp {key} must be positive, got {value}")
-        if self.tau_refrac < 0.0:
-            raise NetworkError(f"IF_curr_exp tau_refrac must be >= 0, got {self.tau_refrac}")
+            value = np.asarray(getattr(self, key), dtype=np.float64)
+            if not (value > 0.0).all():
+                raise NetworkError(f"IF_curr_exp {key} must be positive, got {value.min()}")
+        refrac = np.asarray(self.tau_refrac, dtype=np.float64)
+        if (refrac < 0.0).any():
+            raise NetworkError(f"IF_curr_exp tau_refrac must be >= 0, got {refrac.min()}")
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,19 @@ class SpikeSourcePoisson:
         rate: mean rate in Hz.
         start: time of the first possible spike in ms.
         duration: length of the active window in ms.
+
+    Each is one value for the population or one per neuron.
     """
 
-    rate: float = 1.0
-    start: float = 0.0
-    duration: float = 1e10
+    rate: float | FloatArray = 1.0
+    start: float | FloatArray = 0.0
+    duration: float | FloatArray = 1e10
 
     name = "SpikeSourcePoisson"
 
     def __post_init__(self) -> None:
-        if self.rate < 0.0 or self.start < 0.0 or self.duration < 0.0:
+        values = [np.asarray(v, dtype=np.float64) for v in (self.rate, self.start, self.duration)]
+        if any((v < 0.0).any() for v in values):
             raise NetworkError(
                 f"SpikeSourcePoisson rate, start and duration must be >= 0, got "
                 f"{self.rate}, {self.start}, {self.duration}"
@@ -147,6 +152,8 @@ class Population:
         initial_v: initial membrane potential per neuron (mV), IF_curr_exp only.
         recorded: variable -> sorted neuron indices recorded.
         sampling_interval_ms: interval between samples of v and gsyn.
+        seed: seed of this population's own random draws (Poisson spikes); the
+            network's seed and the population's index when None.
     """
 
     size: int
@@ -156,6 +163,7 @@ class Population:
     initial_v: FloatArray | None = None
     recorded: dict[str, IndexArray] = field(default_factory=dict)
     sampling_interval_ms: float | None = None
+    seed: int | None = None
 
     def initialize(self, v: float | Sequence[float] | FloatArray) -> None:
         """Set the initial membrane potential (one value, or one per neuron)."""
@@ -452,14 +460,16 @@ class Network:
         self.populations: list[Population] = []
         self.projections: list[Projection] = []
 
-    def population(self, size: int, cell: CellType, label: str | None = None) -> Population:
+    def population(
+        self, size: int, cell: CellType, label: str | None = None, *, seed: int | None = None
+    ) -> Population:
         """Add a population of ``size`` neurons and return it."""
         if size < 1:
             raise NetworkError(f"population size must be >= 1, got {size}")
         name = label if label is not None else f"population{len(self.populations)}"
         if any(p.label == name for p in self.populations):
             raise NetworkError(f"population label {name!r} is already used")
-        pop = Population(size=size, cell=cell, label=name, index=len(self.populations))
+        pop = Population(size=size, cell=cell, label=name, index=len(self.populations), seed=seed)
         self.populations.append(pop)
         return pop
 

@@ -85,6 +85,9 @@ class MappingConfig:
             are scaled from statistics (7.4.1 assumes it of every source, Poisson or not).
         ring_buffer_sigma: standard deviations above the mean summed weight to allow for.
         compress_tables: whether to compress routing tables that exceed the router.
+        weight_shifts: (population index, synapse type) -> shift to use instead of
+            computing them; a run that continues after a parameter change keeps the
+            shifts its ring buffers were filled with.
     """
 
     max_atoms_per_core: Mapping[str, int] = field(
@@ -96,6 +99,7 @@ class MappingConfig:
     spikes_per_second: float = 30.0
     ring_buffer_sigma: float = 5.0
     compress_tables: bool = True
+    weight_shifts: Mapping[tuple[int, int], int] | None = None
 
     def atoms_per_core(self, population: Population) -> int:
         """Neurons per core for this population (at most its size)."""

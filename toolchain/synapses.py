@@ -95,7 +95,11 @@ def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, in
       weight.
 
     The shift is then ceil(log2 W), one more when W is a power of two, at least 0.
+    ``config.weight_shifts``, when given, is used as it is (a run continued after a
+    parameter change keeps the shifts its ring buffers were filled with).
     """
+    if config.weight_shifts is not None:
+        return dict(config.weight_shifts)
     dt_s = network.dt_ms / 1000.0
     mean: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
     var: dict[tuple[int, int], npt.NDArray[np.float64]] = {}

@@ -1,25 +1,25 @@
-"""The spalloc v1 commands: job creation, keepalive, state, power, destroy, lookups."""
+"""The spalloc v1 commands: job creation, keepalive, state, power, destroy, lookups.
+
+A family of handlers over `ServiceState`: each translates a bound request into calls of the
+state's methods and shapes the reply as the reference server does (the reply models in
+`protocol.messages` describe them; the tests hold every reply against its model).
+
+A handler returns its reply, or an awaitable of it when it must wait (for a commit, or for
+the changes of the job it reads to be durable); the server runs an awaitable in a task of
+its own, so every asyncio tool works inside. The reads return at once when nothing they
+depend on is pending, which is most of the time.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable
 from typing import Any
 
-from allocator import jobs as jobs_
 from allocator.jobs import JobRecord, JobState
-from allocator.locate import (
-    JobPlace,
-    Location,
-    job_connections,
-    locate_board,
-    locate_chip,
-    locate_job_chip,
-)
+from allocator.locate import Location, job_connections, locate_board, locate_chip, locate_job_chip
 from allocator.requests import JobRequest
-from allocator.service.core import Live, ServiceCore
-from allocator.store import (
-    SetNextJobId,
-)
+from allocator.service.state import ServiceState
 from machine_models.geometry import BoardCFB, BoardXYZ, ChipXY
 from protocol import messages as m
 from protocol.commands import V1_VERSION, allotment_version_reply
@@ -53,20 +53,60 @@ def _request(
     )
 
 
-class V1Commands(ServiceCore):
-    """The v1 command handlers, answered from the shared state."""
+_UNKNOWN_STATE = {
+    "state": int(JobState.UNKNOWN),
+    "power": None,
+    "keepalive": None,
+    "reason": None,
+    "start_time": None,
+    "keepalivehost": None,
+}
+_NO_MACHINE_INFO = {
+    "width": None,
+    "height": None,
+    "connections": None,
+    "machine_name": None,
+    "boards": None,
+}
 
-    # --- v1 commands ------------------------------------------------------------------
 
-    async def _version_cmd(self, args: m.VersionArgs, conn: Any) -> str:
+def _host(conn: Any) -> str | None:
+    host: str | None = getattr(conn, "peer_host", None)
+    return host
+
+
+class V1Commands:
+    """The v1 command handlers, answered through the state's methods."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self._state = state
+
+    def handlers(self) -> dict[str, Any]:
+        """Command name -> handler, for the command table."""
+        return {
+            "version": self.version,
+            "allotment_version": self.allotment_version,
+            "create_job": self.create_job,
+            "job_keepalive": self.job_keepalive,
+            "get_job_state": self.get_job_state,
+            "get_job_machine_info": self.get_job_machine_info,
+            "power_on_job_boards": self.power_on_job_boards,
+            "power_off_job_boards": self.power_off_job_boards,
+            "destroy_job": self.destroy_job,
+            "list_jobs": self.list_jobs,
+            "list_machines": self.list_machines,
+            "get_board_position": self.get_board_position,
+            "get_board_at_position": self.get_board_at_position,
+            "where_is": self.where_is,
+        }
+
+    def version(self, args: m.VersionArgs, conn: Any) -> str:
         return V1_VERSION
 
-    async def _allotment_version(
-        self, args: m.AllotmentVersionArgs, conn: Any
-    ) -> m.AllotmentVersionReply:
+    def allotment_version(self, args: m.AllotmentVersionArgs, conn: Any) -> m.AllotmentVersionReply:
         return allotment_version_reply()
 
-    async def create_job(self, args: m.CreateJobArgs, conn: Any) -> int:
+    def create_job(self, args: m.CreateJobArgs, conn: Any) -> Awaitable[int]:
         """Queue (or allocate at once) a job; a request that can never fit is destroyed."""
         request = _request(
             args.args,
@@ -77,122 +117,82 @@ class V1Commands(ServiceCore):
             args.max_dead_links,
             args.require_torus,
         )
-        now = self._clock.now()
-        job_id = self._next_job_id
-        self._next_job_id += 1
-        self._store.stage(SetNextJobId(self._next_job_id))
-        record = JobRecord(
-            job_id=job_id,
+        return self._state.create_job(
+            request,
             owner=args.owner,
-            created_at=now,
             keepalive_s=args.keepalive_s,
             args=tuple(args.args),
             kwargs=args.listed_kwargs(),
-            keepalivehost=getattr(conn, "peer_host", None),
+            host=_host(conn),
         )
-        candidates = self._candidates(request)
-        changed = [job_id]
-        machines: set[str] = set()
-        if not candidates:
-            self._retire(jobs_.cancel(record, now, jobs_.REASON_NO_SUITABLE_MACHINES))
-        else:
-            job = Live(record, request, candidates, now, now)
-            self._live[job_id] = job
-            self._queue[job_id] = job
-            self._put(job, record)
-            machines = self._schedule(changed)
-        await self._commit(changed, machines)
-        return job_id
 
-    async def job_keepalive(self, args: m.JobKeepaliveArgs, conn: Any) -> None:
-        job = self._live.get(args.job_id) if args.job_id is not None else None
-        if job is not None:
-            self._touch(job, conn)
-        await self._durable(args.job_id)
+    def job_keepalive(self, args: m.JobKeepaliveArgs, conn: Any) -> Awaitable[None] | None:
+        self._state.touch(args.job_id, _host(conn))
+        if self._state.is_durable(args.job_id):
+            return None
+        return self._state.durable(args.job_id)
 
-    async def get_job_state(self, args: m.GetJobStateArgs, conn: Any) -> dict[str, Any]:
-        job = self._live.get(args.job_id) if args.job_id is not None else None
-        if job is not None:
-            self._touch(job, conn)
-            await self._durable(args.job_id)
-            r = job.record
+    def get_job_state(self, args: m.GetJobStateArgs, conn: Any) -> Any:
+        record = self._state.touch(args.job_id, _host(conn))
+        if self._state.is_durable(args.job_id):
+            return self._job_state(args.job_id, record)
+        return self._job_state_when_durable(args.job_id)
+
+    async def _job_state_when_durable(self, job_id: int | None) -> dict[str, Any]:
+        await self._state.durable(job_id)
+        return self._job_state(job_id, self._state.live_job(job_id))
+
+    def _job_state(self, job_id: int | None, record: JobRecord | None) -> dict[str, Any]:
+        if record is not None:
             return {
-                "state": int(r.state),
-                "power": r.power,
-                "keepalive": r.keepalive_s,
+                "state": int(record.state),
+                "power": record.power,
+                "keepalive": record.keepalive_s,
                 "reason": None,
-                "start_time": r.created_at,
-                "keepalivehost": r.keepalivehost,
+                "start_time": record.created_at,
+                "keepalivehost": record.keepalivehost,
             }
-        await self._durable(args.job_id)
-        retired = self._retired.get(args.job_id) if args.job_id is not None else None
+        retired = self._state.job_record(job_id)
+        if retired is None:
+            return dict(_UNKNOWN_STATE)
+        return {**_UNKNOWN_STATE, "state": int(JobState.DESTROYED), "reason": retired.reason}
+
+    def get_job_machine_info(self, args: m.GetJobMachineInfoArgs, conn: Any) -> Any:
+        self._state.touch(args.job_id, _host(conn))
+        if self._state.is_durable(args.job_id):
+            return self._machine_info(args.job_id)
+        return self._machine_info_when_durable(args.job_id)
+
+    async def _machine_info_when_durable(self, job_id: int | None) -> dict[str, Any]:
+        await self._state.durable(job_id)
+        return self._machine_info(job_id)
+
+    def _machine_info(self, job_id: int | None) -> dict[str, Any]:
+        record = self._state.live_job(job_id)
+        if record is None or not record.is_allocated:
+            return dict(_NO_MACHINE_INFO)
+        assert record.machine_name is not None
+        machine = self._state.machine(record.machine_name)
+        assert machine is not None
         return {
-            "state": int(JobState.DESTROYED if retired is not None else JobState.UNKNOWN),
-            "power": None,
-            "keepalive": None,
-            "reason": retired.reason if retired is not None else None,
-            "start_time": None,
-            "keepalivehost": None,
+            "width": record.width_chips,
+            "height": record.height_chips,
+            "connections": job_connections(machine, record.boards),
+            "machine_name": record.machine_name,
+            "boards": [list(b) for b in record.boards],
         }
 
-    async def get_job_machine_info(
-        self, args: m.GetJobMachineInfoArgs, conn: Any
-    ) -> dict[str, Any]:
-        job = self._live.get(args.job_id) if args.job_id is not None else None
-        if job is not None:
-            self._touch(job, conn)
-        await self._durable(args.job_id)
-        if job is None or not job.record.is_allocated:
-            return {
-                "width": None,
-                "height": None,
-                "connections": None,
-                "machine_name": None,
-                "boards": None,
-            }
-        r = job.record
-        assert r.machine_name is not None
-        machine = self._machines[r.machine_name]
-        return {
-            "width": r.width_chips,
-            "height": r.height_chips,
-            "connections": job_connections(machine, r.boards),
-            "machine_name": r.machine_name,
-            "boards": [list(b) for b in r.boards],
-        }
+    def power_on_job_boards(self, args: m.PowerOnJobBoardsArgs, conn: Any) -> Awaitable[None]:
+        return self._state.set_power(args.job_id, True, _host(conn))
 
-    async def _set_power(self, job_id: int | None, is_on: bool, conn: Any) -> None:
-        job = self._live.get(job_id) if job_id is not None else None
-        changed: list[int] = []
-        if job is not None:
-            self._touch(job, conn)
-            if job.record.is_allocated:
-                self._put(job, jobs_.set_power(job.record, is_on))
-                self._start_power(job, is_on)
-                changed.append(job.record.job_id)
-        await self._commit(changed, ())
-
-    async def power_on_job_boards(self, args: m.PowerOnJobBoardsArgs, conn: Any) -> None:
-        await self._set_power(args.job_id, True, conn)
-
-    async def power_off_job_boards(self, args: m.PowerOffJobBoardsArgs, conn: Any) -> None:
-        await self._set_power(args.job_id, False, conn)
+    def power_off_job_boards(self, args: m.PowerOffJobBoardsArgs, conn: Any) -> Awaitable[None]:
+        return self._state.set_power(args.job_id, False, _host(conn))
 
     async def destroy_job(self, args: m.DestroyJobArgs, conn: Any) -> None:
-        await self.destroy(args.job_id, args.reason)
-
-    async def destroy(self, job_id: int | None, reason: str | None) -> bool:
-        """Destroy a live job (no-op for an unknown or destroyed one); True if it was live."""
-        job = self._live.get(job_id) if job_id is not None else None
-        changed: list[int] = []
-        machines: set[str] = set()
-        if job is not None:
-            self._end(job, jobs_.destroy(job.record, self._clock.now(), reason), changed, machines)
-        await self._commit(changed, machines)
-        return job is not None
+        await self._state.destroy(args.job_id, args.reason)
 
     async def list_jobs(self, args: m.ListJobsArgs, conn: Any) -> list[dict[str, Any]]:
-        await self._store.flush()
+        await self._state.flush()
         return [
             {
                 "job_id": r.job_id,
@@ -207,10 +207,11 @@ class V1Commands(ServiceCore):
                 "boards": [list(b) for b in r.boards] if r.is_allocated else None,
                 "keepalivehost": r.keepalivehost or "",
             }
-            for r in (job.record for job in self._live.values())
+            for r in self._state.live_jobs()
         ]
 
-    async def list_machines(self, args: m.ListMachinesArgs, conn: Any) -> list[dict[str, Any]]:
+    def list_machines(self, args: m.ListMachinesArgs, conn: Any) -> list[dict[str, Any]]:
+        state = self._state
         return [
             {
                 "name": mc.name,
@@ -218,69 +219,55 @@ class V1Commands(ServiceCore):
                 "width": mc.width_triads,
                 "height": mc.height_triads,
                 "dead_boards": [
-                    list(b) for b in sorted({*mc.dead_boards, *self.out_of_service_boards(mc.name)})
+                    list(b)
+                    for b in sorted({*mc.dead_boards, *state.out_of_service_boards(mc.name)})
                 ],
                 "dead_links": [
                     [*b, int(link)]
-                    for b, link in sorted({*mc.dead_links, *self.out_of_service_links(mc.name)})
+                    for b, link in sorted({*mc.dead_links, *state.out_of_service_links(mc.name)})
                 ],
             }
-            for mc in self._machines.values()
+            for mc in state.machines.values()
         ]
 
-    async def get_board_position(self, args: m.GetBoardPositionArgs, conn: Any) -> list[int] | None:
-        machine = self._machines.get(args.machine_name)
+    def get_board_position(self, args: m.GetBoardPositionArgs, conn: Any) -> list[int] | None:
+        machine = self._state.machine(args.machine_name)
         if machine is None:
             return None
         cfb = machine.physical(BoardXYZ(args.x, args.y, args.z))
         return None if cfb is None else list(cfb)
 
-    async def get_board_at_position(
-        self, args: m.GetBoardAtPositionArgs, conn: Any
-    ) -> list[int] | None:
-
-        machine = self._machines.get(args.machine_name)
+    def get_board_at_position(self, args: m.GetBoardAtPositionArgs, conn: Any) -> list[int] | None:
+        machine = self._state.machine(args.machine_name)
         if machine is None:
             return None
         xyz = machine.logical(BoardCFB(args.cabinet, args.frame, args.board))
         return None if xyz is None else list(xyz)
 
-    def _job_of_board(self, machine_name: str, board: BoardXYZ) -> JobPlace | None:
-        job_id = self._board_owner.get((machine_name, board))
-        job = self._live.get(job_id) if job_id is not None else None
-        if job is None or not job.record.is_allocated:
-            return None
-        return job.place()
-
     async def where_is(self, args: m.WhereIsArgs, conn: Any) -> dict[str, Any] | None:
-        await self._store.flush()
+        state = self._state
+        await state.flush()
         location: Location | None = None
         if isinstance(args, m.WhereIsJobChipArgs):
-            job = self._live.get(args.job_id) if args.job_id is not None else None
-            if job is not None and job.record.is_allocated:
-                place = job.place()
+            place = state.job_place(args.job_id)
+            if place is not None:
+                machine = state.machine(place.machine_name)
+                assert machine is not None
                 location = locate_job_chip(
-                    self._machines[place.machine_name],
-                    place,
-                    ChipXY(args.chip_x, args.chip_y),
-                    self._job_of_board,
+                    machine, place, ChipXY(args.chip_x, args.chip_y), state.job_on_board
                 )
         else:
-            machine = self._machines.get(args.machine)
-            if machine is None:
+            found = state.machine(args.machine)
+            if found is None:
                 return None
             if isinstance(args, m.WhereIsBoardArgs):
-                location = locate_board(
-                    machine, BoardXYZ(args.x, args.y, args.z), self._job_of_board
-                )
+                board = BoardXYZ(args.x, args.y, args.z)
+                location = locate_board(found, board, state.job_on_board)
             elif isinstance(args, m.WhereIsPhysicalArgs):
-                from machine_models.geometry import BoardCFB
-
-                board = machine.logical(BoardCFB(args.cabinet, args.frame, args.board))
-                if board is not None:
-                    location = locate_board(machine, board, self._job_of_board)
+                logical = found.logical(BoardCFB(args.cabinet, args.frame, args.board))
+                if logical is not None:
+                    location = locate_board(found, logical, state.job_on_board)
             else:
-                location = locate_chip(
-                    machine, ChipXY(args.chip_x, args.chip_y), self._job_of_board
-                )
+                chip = ChipXY(args.chip_x, args.chip_y)
+                location = locate_chip(found, chip, state.job_on_board)
         return None if location is None else location.to_wire()

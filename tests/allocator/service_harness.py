@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,7 +13,7 @@ from allocator.clock import FakeClock
 from allocator.config import ServerConfig
 from allocator.service import Service
 from allocator.store import Store
-from protocol.commands import bind
+from protocol.commands import bind_spec
 
 
 @contextlib.asynccontextmanager
@@ -55,13 +56,16 @@ async def running_service(
 
 async def call(service: Service, conn: Any, command: str, *args: Any, **kwargs: Any) -> Any:
     """Answer one command as the server would, with positional and keyword arguments."""
-    handler = service.handler_for(command)
-    assert handler is not None, command
-    return await handler(bind(command, list(args), kwargs), conn)
+    route = service.route(command)
+    assert route is not None, command
+    result = route.handler(bind_spec(route.spec, list(args), kwargs), conn)
+    if inspect.isawaitable(result):
+        # In a task of its own, as the server runs it.
+        return await asyncio.ensure_future(result)
+    return result
 
 
-async def settle(clock: FakeClock) -> None:
-    """Let timers and background commits run; commits wait on the database thread."""
-    for _ in range(20):
-        await clock.settle()
-        await asyncio.sleep(0.005)
+async def settle(service: Service, clock: FakeClock) -> None:
+    """Let woken timers run, then wait until every change they made is committed."""
+    await clock.settle()
+    await service.state.settled()

@@ -19,7 +19,7 @@ from allocator.config import ServerConfig, parse_config
 from allocator.service import AdminTargetError, Service
 from allocator.store import Store
 from machine_models.geometry import BoardXYZ
-from protocol.admin import AuditEntry, MachineState, OperatorTokenError
+from protocol.admin import AuditEntry, LinkOut, MachineState, OperatorTokenError
 from protocol.events import BoardState
 from tests.allocator.service_harness import call, running_service, settle
 
@@ -51,7 +51,7 @@ class Harness:
         return await call(self.service, FakeConnection(), command, *args, **kwargs)
 
     async def settle(self) -> None:
-        await settle(self.clock)
+        await settle(self.service, self.clock)
 
     async def board_state(self, x: int, y: int, z: int) -> BoardState:
         state: MachineState = await self.call("admin_machine_state", "small")
@@ -169,10 +169,12 @@ async def test_a_link_out_of_service_is_shown_on_the_map_and_to_clients(db_url: 
         state: MachineState = await h.call("admin_machine_state", "small")
         board = next(b for b in state.boards if (b.x, b.y, b.z) == (1, 0, 2))
         assert board.n_dead_links == 1
+        assert state.links_out == (LinkOut(x=1, y=0, z=2, link=2, is_dead=False, reason="cable"),)
     async with running(db_url) as h:
         state = await h.call("admin_machine_state", "small")
         board = next(b for b in state.boards if (b.x, b.y, b.z) == (1, 0, 2))
         assert board.n_dead_links == 1
+        assert [(link.link, link.reason) for link in state.links_out] == [(2, "cable")]
 
 
 async def test_a_link_out_of_service_affects_allocation_until_back(db_url: str) -> None:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from allocator.config import default_config
 from allocator.mapview import JOB_KEYS, job_keys, render_png, render_text
-from protocol.admin import BoardStatus, JobOnMachine, MachineState
+from protocol.admin import BoardStatus, JobOnMachine, LinkOut, MachineState
 from protocol.events import BoardState
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -109,3 +109,45 @@ def test_png_without_physical_locations() -> None:
     assert image.format == "PNG"
     text = render_text(MachineState(name="m", width=1, height=1, boards=boards), is_colour=False)
     assert "(no physical locations known)" in text
+
+
+def _with_extras() -> MachineState:
+    """The snapshot plus a board cooling down for a retired job, a job with no board on the
+    map, and two links out."""
+    state = _snapshot()
+    boards = tuple(
+        b.model_copy(update={"job_id": 11}) if (b.x, b.y, b.z) == (2, 0, 0) else b
+        for b in state.boards
+    )
+    jobs = (*state.jobs, JobOnMachine(job_id=13, owner="carol", n_boards=0, state=1))
+    links = (
+        LinkOut(x=0, y=0, z=1, link=0, is_dead=True),
+        LinkOut(x=3, y=2, z=2, link=1, is_dead=False, reason="flaky cable"),
+    )
+    return state.model_copy(update={"boards": boards, "jobs": jobs, "links_out": links})
+
+
+def test_legend_lists_only_jobs_with_boards_drawn_on_the_map() -> None:
+    state = _with_extras()
+    assert list(job_keys(state)) == [7, 9]
+    text = render_text(state, is_colour=False)
+    assert "job 11" not in text  # its board is drawn "~", cooling down
+    assert "job 13" not in text  # nothing of it on the map
+    assert "  B  job 9  owner bob, 1 boards" in text.splitlines()
+
+
+def test_links_out_are_listed_and_drawn() -> None:
+    state = _with_extras()
+    lines = render_text(state, is_colour=False).splitlines()
+    at = lines.index("links out (2):")
+    assert lines[at + 1 : at + 3] == [
+        "  (0, 0, 1) E dead",
+        "  (3, 2, 2) NE out of service: flaky cable",
+    ]
+    assert "links out" not in render_text(_snapshot(), is_colour=False)
+    image = Image.open(io.BytesIO(render_png(state))).convert("RGB")
+    colours = {rgb for _, rgb in image.getcolors(maxcolors=1 << 16) or []}
+    assert (230, 0, 0) in colours  # the dead link's tick
+    assert (255, 140, 0) in colours  # the out-of-service link's tick
+    plain = Image.open(io.BytesIO(render_png(_snapshot()))).convert("RGB")
+    assert (230, 0, 0) not in {rgb for _, rgb in plain.getcolors(maxcolors=1 << 16) or []}

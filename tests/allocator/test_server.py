@@ -13,14 +13,16 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
 
 from allocator.errors import AllocatorError
 from allocator.server import Connection, Handler, Server, _LineProtocol
+from allocator.service import Route
 from protocol.codec import encode_reply
+from protocol.commands import get_spec
 from protocol.messages import GetJobStateArgs
 
 Scenario = Callable[[], Coroutine[Any, Any, None]]
@@ -51,16 +53,16 @@ class FakeService:
         self.handlers: dict[str, Handler] = {}
         self.started: list[str] = []
 
-    def handler_for(self, command: str) -> Handler | None:
+    def route(self, command: str) -> Route | None:
         handler = self.handlers.get(command)
         if handler is None:
             return None
 
-        def recording(arguments: Any, conn: Connection) -> Awaitable[Any]:
+        def recording(arguments: Any, conn: Connection) -> Any:
             self.started.append(command)
             return handler(arguments, conn)
 
-        return recording
+        return Route(get_spec(command), recording, "test")
 
 
 class FakeMetrics:
@@ -86,7 +88,7 @@ class FakeMetrics:
         pass
 
 
-async def _version(arguments: Any, conn: Connection) -> str:
+def _version(arguments: Any, conn: Connection) -> str:
     return "1.2.3"
 
 
@@ -198,25 +200,38 @@ def test_a_read_waits_for_the_commit_of_the_request_before_it(
     run(scenario)
 
 
-def test_reads_are_answered_without_a_task(run: Callable[[Scenario], None]) -> None:
-    # The eager start: a handler that does not suspend runs straight from the protocol's
-    # callback; one that suspends goes on in a task of the server's task group.
+def test_reads_are_answered_without_a_task_and_awaitables_run_in_one(
+    run: Callable[[Scenario], None],
+) -> None:
+    # A handler that returns its reply is answered straight from the protocol's callback;
+    # one that returns an awaitable has it run in a task of the server's task group from
+    # its first step, so the ordinary asyncio tools work in it (asyncio.timeout needs the
+    # task it would cancel).
     async def scenario() -> None:
         service = FakeService()
         tasks: list[asyncio.Task[Any] | None] = []
 
-        async def state(arguments: GetJobStateArgs, conn: Connection) -> None:
+        def state(arguments: GetJobStateArgs, conn: Connection) -> Any:
             tasks.append(asyncio.current_task())
-            if arguments.job_id == 2:
+            return arguments.job_id if arguments.job_id != 2 else waiting(arguments.job_id)
+
+        async def waiting(job_id: int) -> int:
+            tasks.append(asyncio.current_task())
+            async with asyncio.timeout(5):
                 await asyncio.sleep(0)
-                tasks.append(asyncio.current_task())
+            tasks.append(asyncio.current_task())
+            return job_id
 
         service.handlers["get_job_state"] = state
         async with serving(service) as port, connected(port) as (reader, writer):
             writer.write(_line("get_job_state", 1) + _line("get_job_state", 2))
-            assert [await _reply(reader), await _reply(reader)] == [{"return": None}] * 2
+            assert [await _reply(reader), await _reply(reader)] == [
+                {"return": 1},
+                {"return": 2},
+            ]
         assert tasks[:2] == [None, None]
         assert isinstance(tasks[2], asyncio.Task)
+        assert tasks[3] is tasks[2]
 
     run(scenario)
 
@@ -460,6 +475,7 @@ async def test_reading_pauses_while_too_many_requests_wait() -> None:
     assert not transport.is_reading
     protocol.resume_writing()
     assert len(transport.written) == 20_000
+    assert set(transport.written) == {b'{"return": "1.2.3"}\n'}
     assert transport.is_reading
     protocol.eof_received()
     await asyncio.sleep(0)

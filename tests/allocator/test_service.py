@@ -7,6 +7,7 @@ Time comes from a `FakeClock`; the store is a real SQLite file (and PostgreSQL w
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,7 @@ class Harness:
         await self.settle()
 
     async def settle(self) -> None:
-        await settle(self.clock)
+        await settle(self.service, self.clock)
 
 
 def _config(**overrides: Any) -> ServerConfig:
@@ -410,3 +411,27 @@ async def test_every_background_change_is_committed_and_announced(db_url: str) -
         assert [jobs for jobs, _ in h.changes] == [(second,)]
     async with running(_config(), db_url, clock) as h:
         assert [(await h.state(j))["state"] for j in (first, second)] == [3, 3]
+
+
+async def test_job_activity_is_logged_at_info_one_line_each(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="allotment")
+    clock = FakeClock()
+    async with running(_config(), db_url, clock) as h:
+        kept = await h.call("create_job", 1, 1, owner="alice", keepalive=None)
+        lapsed = await h.call("create_job", owner="bob", machine="other", keepalive=1.0)
+        await h.advance(5.0)  # bob's job expires at 2 s, alice's is powered on at 5 s
+        await h.call("destroy_job", kept, "finished")
+    lines = [r.getMessage() for r in caplog.records if r.name == "allotment.jobs"]
+    assert lines == [
+        f"job {kept} created by alice from 10.0.0.7: 1 x 1 triads on tags default",
+        f"job {kept} allocated 3 boards on small from (0, 0, 0) after 0.0 s queued",
+        f"job {lapsed} created by bob from 10.0.0.7: 1 board on machine other",
+        f"job {lapsed} allocated 1 board on other from (0, 0, 0) after 0.0 s queued",
+        f"job {lapsed} expired: no keepalive for 1 s",
+        f"job {lapsed} destroyed: Job timed out.",
+        f"job {kept} powered on",
+        f"job {kept} destroyed: finished",
+    ]
+    assert {r.levelno for r in caplog.records if r.name == "allotment.jobs"} == {logging.INFO}

@@ -1,12 +1,12 @@
 """Poisson sources against a step-by-step reference of sPyNNaker 7.4.1's spike_source_poisson.c.
 
-The reference is written from the C on Python integers: the KISS generator, Knuth's method
-for fast sources (a product of u0.32 uniforms from 0xFFFFFFFF), von Neumann's exponential
-variate for slow ones (time kept in ticks x 1000), all slow sources drawing their first
-interval at load. A core mixing both regimes must send the reference's counts step for step,
-and end with the reference's generator state. The parameter quantisation (lambda in s16.15,
-exp(-lambda) from expk, whole-tick ISIs, rounded start ticks, the cut-offs as the core reads
-them) is pinned separately.
+The reference (``reference.PoissonCore``) is written from the C on Python integers: the KISS
+generator, Knuth's method for fast sources (a product of u0.32 uniforms from 0xFFFFFFFF), von
+Neumann's exponential variate for slow ones (time kept in ticks x 1000), all slow sources
+drawing their first interval at load. A core mixing both regimes must send the reference's
+counts step for step, and end with the reference's generator state. The parameter
+quantisation (lambda in s16.15, exp(-lambda) from expk, whole-tick ISIs, rounded start ticks,
+the cut-offs as the core reads them) is pinned separately.
 """
 
 from __future__ import annotations
@@ -17,79 +17,16 @@ import pytest
 from machine_models import Executor, Image, Topology, sources
 from machine_models.geometry import ChipXY
 from tests.machine_models.networks import POISSON_BASE, poisson_core
+from tests.machine_models.reference import Kiss, PoissonCore
 
 BOARD = Topology.single_board()
-M32 = 0xFFFFFFFF
-
-
-class Kiss:
-    """7.4.1's ``rng()``: an LCG, a xorshift and a multiply-with-carry, output x + y + z."""
-
-    def __init__(self, seed: tuple[int, int, int, int]) -> None:
-        self.x, self.y, self.z, self.c = seed
-
-    def __call__(self) -> int:
-        self.x = (314527869 * self.x + 1234567) & M32
-        self.y ^= (self.y << 5) & M32
-        self.y ^= self.y >> 7
-        self.y ^= (self.y << 22) & M32
-        t = 4294584393 * self.z + self.c
-        self.c, self.z = t >> 32, t & M32
-        return (self.x + self.y + self.z) & M32
-
-    def state(self) -> list[int]:
-        return [self.x, self.y, self.z, self.c]
-
-
-def n_steps_until_next(rng: Kiss) -> int:
-    """The exponential variate as s16.15 bits."""
-    whole = 0
-    while True:
-        u = rng()
-        u0 = u
-        while True:
-            ustar = rng()
-            if u < ustar:
-                return (whole << 15) + (u0 >> 17)
-            u = rng()
-            if u >= ustar:
-                break
-        whole += 1
-
-
-def time_to_spike(rng: Kiss, isi: int) -> int:
-    scaled = n_steps_until_next(rng) * 1000
-    return (((scaled >> 15) + ((scaled >> 14) & 1)) * isi) & M32
 
 
 def reference(records: np.ndarray, seed: tuple[int, int, int, int], n_steps: int):  # type: ignore[no-untyped-def]
     """Per step, the spikes the core sends; and the generator's final state."""
-    rng = Kiss(seed)
-    tts = [time_to_spike(rng, int(r["isi_ticks"])) if r["regime"] == 0 else 0 for r in records]
-    per_step = []
-    for t in range(n_steps):
-        total = 0
-        for i, r in enumerate(records):
-            if not int(r["start_step"]) <= t < int(r["end_step"]):
-                continue
-            if r["regime"] == sources.REGIME_FAST:
-                limit = int(r["exp_minus_lambda"])
-                if limit == 0:
-                    continue
-                p, k = M32, 0
-                while True:
-                    k += 1
-                    p = (p * rng()) >> 32
-                    if p <= limit:
-                        break
-                total += k - 1
-            elif r["regime"] == sources.REGIME_SLOW and int(r["isi_ticks"]) != 0:
-                while tts[i] < 1000:
-                    total += 1
-                    tts[i] = (tts[i] + time_to_spike(rng, int(r["isi_ticks"]))) & M32
-                tts[i] -= 1000
-        per_step.append(total)
-    return per_step, rng.state()
+    core = PoissonCore(records, Kiss(seed))
+    per_step = [sum(k for _, k in core.step(t)) for t in range(n_steps)]
+    return per_step, core.rng.state()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,9 @@
-"""The service's state and job lifecycle: restore, commits, scheduling, power and timers.
+"""The one owner of the service's mutable state, changed only through its own methods.
+
+Jobs, the queue, board occupancy, power, operator state (boards and links out of service,
+drained machines, the audit log) and the timers live here; the command families (v1,
+operator, views, reload, dispatch) are separate objects that call the public methods of
+`ServiceState` and never touch its attributes.
 
 Every request runs synchronously against the in-memory state (the event loop makes that
 atomic), stages the durable changes it made, and returns only after they are committed::
@@ -20,7 +25,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,29 +42,38 @@ from allocator.packing import Allocation, MachineAllocator
 from allocator.power import BmpKey, PowerModel, PowerRequest
 from allocator.requests import JobRequest
 from allocator.scheduler import QueuedJob, Scheduler
-from allocator.store import BoardStatus as StoredBoardStatus
 from allocator.store import (
+    AppendAudit,
     ClaimBoards,
     ForgetJobs,
     LinkStatus,
+    MachineStatus,
+    PutBoardStatus,
     PutJob,
+    PutLinkStatus,
+    PutMachineStatus,
     ReleaseBoards,
+    SetNextJobId,
     Store,
     StoredState,
 )
+from allocator.store import AuditEntry as StoredAudit
+from allocator.store import BoardStatus as StoredBoardStatus
 from machine_models.geometry import BoardXYZ, Link
 from protocol import admin as a
 
-__all__ = ["Handler", "Listener", "ServiceCore", "ServiceObserver"]
+__all__ = ["AdminTargetError", "JobListener", "Listener", "ServiceObserver", "ServiceState"]
 
 log = logging.getLogger("allotment.service")
+job_log = logging.getLogger("allotment.jobs")
+"""Job activity at INFO, one line each: created, allocated, powered, destroyed, expired."""
 
 _FORGET_BATCH = 64
 """Retired jobs past the limit are deleted from the database this many at a time."""
 
 
 Listener = Callable[[tuple[int, ...], tuple[str, ...]], None]
-Handler = Callable[[Any, Any], Awaitable[Any]]
+"""Called with (job ids, machine names) after each commit that changed them."""
 PowerFrames = tuple[tuple[BmpKey, tuple[BoardXYZ, ...]], ...]
 """An allocation's boards grouped by the board controller (BMP) of their frame."""
 
@@ -105,8 +119,31 @@ class Live:
         )
 
 
-class ServiceCore:
-    """The mutable state of the service and the job lifecycle the command handlers share.
+class AdminTargetError(AllocatorError):
+    """An operator command named a machine, board or job that is not there; nothing changed.
+
+    The operator should check the name (`allotment ps`, `allotment map`).
+    """
+
+    def __init__(self, target: str, problem: str = "does not exist") -> None:
+        super().__init__(f"{target} {problem}")
+        self.target = target
+
+
+class JobListener(Protocol):
+    """Told of what happens to jobs' boards, as the change is made (before its commit).
+
+    For a family that keeps something per job (dispatch: images loaded, runs going): a
+    job destroyed, or its boards switched off or on (which resets them), loses it.
+    Exceptions are logged and do not stop the change.
+    """
+
+    def job_destroyed(self, record: JobRecord) -> None: ...
+    def boards_powered(self, job_id: int, is_on: bool) -> None: ...
+
+
+class ServiceState:
+    """The mutable state of the service and the job lifecycle, behind methods.
 
     Args:
         config: the validated configuration (machines in priority order and settings).
@@ -148,14 +185,15 @@ class ServiceCore:
         self._queue: dict[int, Live] = {}
         self._retired: OrderedDict[int, JobRecord] = OrderedDict()
         self._next_job_id = 1
-        self._board_owner: dict[tuple[str, BoardXYZ], int] = {}
         # (free_at, machine, job_id): boards of destroyed jobs cooling down after power-off
         self._cooling: list[tuple[float, str, int]] = []
         self._listeners: list[Listener] = []
+        self._job_listeners: list[JobListener] = []
         self._pending_jobs: set[int] = set()
         self._pending_machines: set[str] = set()
         # Set when changes made outside a request wait for the committer task.
         self._has_background_changes = asyncio.Event()
+        self._is_committing = False  # the committer task is in a commit
         # job id -> store watermark of the job's latest staged change: a read about one
         # job waits only for that job's own changes to be durable.
         self._marks: dict[int, int] = {}
@@ -163,11 +201,13 @@ class ServiceCore:
         self._power: PowerModel | None = None
         # destroyed jobs whose boards are being powered off: job id -> machine name
         self._powering_off: dict[int, str] = {}
-        self._handlers = self._command_handlers()
 
-    def _command_handlers(self) -> dict[str, Handler]:
-        """The commands served and their handlers; the facade fills it in."""
-        return {}
+    def __repr__(self) -> str:
+        return (
+            f"<ServiceState machines={list(self._machines)} live={len(self._live)}"
+            f" queued={len(self._queue)} retired={len(self._retired)}"
+            f" next_job_id={self._next_job_id}>"
+        )
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
         """Restore the stored state, then run timers and board controllers until cancelled.
@@ -251,8 +291,6 @@ class ServiceCore:
             if record.is_allocated:
                 assert record.machine_name is not None
                 self._allocators[record.machine_name].restore(record.job_id, record.boards)
-                for board in record.boards:
-                    self._board_owner[(record.machine_name, board)] = record.job_id
                 job.frames = self._power_frames(record)
                 if record.state is JobState.POWER:
                     # The controller's work was lost with the old process: do it again.
@@ -309,12 +347,15 @@ class ServiceCore:
             await self._store.flush_to(self._marks.get(job_id, 0))
 
     def _retire(self, record: JobRecord, *, stage: bool = True) -> None:
-        self._live.pop(record.job_id, None)
+        was_live = self._live.pop(record.job_id, None) is not None
         self._queue.pop(record.job_id, None)
         self._retired[record.job_id] = record
         if stage:
+            job_log.info("job %d destroyed: %s", record.job_id, record.reason or "no reason given")
             self._store.stage(PutJob(record))
             self._marks[record.job_id] = self._store.mark
+        if was_live:
+            self._tell_job_listeners("job_destroyed", record)
         limit = self._config.server.max_retired_jobs
         while len(self._retired) > limit:
             old_id, _ = self._retired.popitem(last=False)
@@ -380,10 +421,22 @@ class ServiceCore:
         self._put(job, record)
         del self._queue[record.job_id]
         job.frames = self._power_frames(record)
-        for board in record.boards:
-            self._board_owner[(allocation.machine_name, board)] = record.job_id
+        waited_s = max(0.0, self._clock.now() - job.queued_at)
         if self._observer is not None:
-            self._observer.queue_wait(max(0.0, self._clock.now() - job.queued_at))
+            self._observer.queue_wait(waited_s)
+        if job_log.isEnabledFor(logging.INFO):
+            first = record.boards[0]
+            job_log.info(
+                "job %d allocated %d board%s on %s from (%d, %d, %d) after %.1f s queued",
+                record.job_id,
+                len(record.boards),
+                "" if len(record.boards) == 1 else "s",
+                allocation.machine_name,
+                first.x,
+                first.y,
+                first.z,
+                waited_s,
+            )
         self._start_power(job, True)
 
     # --- power ------------------------------------------------------------------------
@@ -426,6 +479,7 @@ class ServiceCore:
         if job is None or job.record.state is not JobState.POWER:
             return
         self._put(job, jobs_.power_done(job.record))
+        job_log.info("job %d powered %s", job_id, "on" if job.record.power else "off")
         self._background_commit([job_id], ())
 
     def _power_off_then_cool(self, job: Live) -> None:
@@ -460,7 +514,11 @@ class ServiceCore:
             self._has_background_changes.clear()
             jobs, self._pending_jobs = self._pending_jobs, set()
             machines, self._pending_machines = self._pending_machines, set()
-            await self._commit(sorted(jobs), sorted(machines))
+            self._is_committing = True
+            try:
+                await self._commit(sorted(jobs), sorted(machines))
+            finally:
+                self._is_committing = False
 
     # --- timers -----------------------------------------------------------------------
 
@@ -483,6 +541,9 @@ class ServiceCore:
         changed: list[int] = []
         machines: set[str] = set()
         for job in expired:
+            job_log.info(
+                "job %d expired: no keepalive for %g s", job.record.job_id, job.record.keepalive_s
+            )
             self._end(job, jobs_.expire(job.record, now), changed, machines)
             if self._observer is not None:
                 self._observer.keepalive_expired()
@@ -498,9 +559,6 @@ class ServiceCore:
             if allocator is None:
                 continue
             boards = allocator.free(job_id)
-            for board in boards:
-                if self._board_owner.get((machine_name, board)) == job_id:
-                    del self._board_owner[(machine_name, board)]
             self._store.stage(ReleaseBoards(machine_name, tuple(sorted(boards))))
             machines.add(machine_name)
         if machines:
@@ -516,15 +574,6 @@ class ServiceCore:
         if was_allocated and record.machine_name is not None:
             machines.add(record.machine_name)
             self._power_off_then_cool(job)
-
-    # --- helpers for job commands -----------------------------------------------------
-
-    def _touch(self, job: Live, conn: Any) -> None:
-        job.last_touch = self._clock.now()
-        host = getattr(conn, "peer_host", None)
-        record = jobs_.touch(job.record, host)
-        if record is not job.record:
-            self._put(job, record)
 
     def _apply_out_of_service(self, machine_name: str) -> None:
         allocator = self._allocators.get(machine_name)
@@ -555,3 +604,406 @@ class ServiceCore:
             for (name, board), status in self._board_status.items()
             if name == machine_name and not status.in_service
         )
+
+    # --- listeners --------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(job_ids, machine_names)`` after each commit that changed them."""
+        self._listeners.append(listener)
+
+    def add_job_listener(self, listener: JobListener) -> None:
+        """Tell ``listener`` of jobs destroyed and boards switched (see `JobListener`)."""
+        self._job_listeners.append(listener)
+
+    def _tell_job_listeners(self, event: str, *args: Any) -> None:
+        for listener in self._job_listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:
+                log.exception("a job listener failed on %s", event)
+
+    # --- reading: jobs ------------------------------------------------------------------
+
+    def job_record(self, job_id: int | None) -> JobRecord | None:
+        """The record of a live or remembered (retired) job, or None."""
+        if job_id is None:
+            return None
+        job = self._live.get(job_id)
+        return job.record if job is not None else self._retired.get(job_id)
+
+    def live_job(self, job_id: int | None) -> JobRecord | None:
+        """The record of a live job (queued, powering or ready), or None."""
+        job = self._live.get(job_id) if job_id is not None else None
+        return job.record if job is not None else None
+
+    def job_owner(self, job_id: int | None) -> str | None:
+        """Who created a live or remembered job, or None."""
+        record = self.job_record(job_id)
+        return record.owner if record is not None else None
+
+    def job_place(self, job_id: int | None) -> JobPlace | None:
+        """Where a live allocated job's boards are (machine, boards, chip size), or None."""
+        job = self._live.get(job_id) if job_id is not None else None
+        if job is None or not job.record.is_allocated:
+            return None
+        return job.place()
+
+    def live_jobs(self) -> list[JobRecord]:
+        """Every live job's record, oldest first."""
+        return [job.record for job in self._live.values()]
+
+    def job_on_board(self, machine_name: str, board: BoardXYZ) -> JobPlace | None:
+        """The live allocated job holding a board, or None (a board cooling down: None)."""
+        allocator = self._allocators.get(machine_name)
+        return self.job_place(allocator.holder(board)) if allocator is not None else None
+
+    def job_counts(self) -> dict[str, int]:
+        """Live jobs by state name (`queued`, `power`, `ready`)."""
+        counts: dict[str, int] = {}
+        for job in self._live.values():
+            name = job.record.state.name.lower()
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    # --- reading: machines and boards -----------------------------------------------------
+
+    @property
+    def machines(self) -> dict[str, Machine]:
+        """The configured machines by name, in priority order (a copy)."""
+        return dict(self._machines)
+
+    def machine(self, name: str) -> Machine | None:
+        return self._machines.get(name)
+
+    def is_draining(self, machine_name: str) -> bool:
+        """Whether an operator drained the machine (it allocates nothing new)."""
+        return machine_name in self._draining
+
+    def board_holders(self, machine_name: str) -> Mapping[BoardXYZ, int]:
+        """Every held board of a machine and the job (live or cooling down) holding it.
+
+        A live view of the one record of board ownership: do not keep it across changes.
+        """
+        return self._allocators[machine_name].holders
+
+    def is_job_ready(self, job_id: int) -> bool | None:
+        """For a job holding boards: True if live and ready, False if live and powering,
+        None if retired (its boards power off or cool down)."""
+        job = self._live.get(job_id)
+        return None if job is None else job.record.state is JobState.READY
+
+    def is_powering_off(self, job_id: int) -> bool:
+        """Whether a retired job's boards are still being powered off."""
+        return job_id in self._powering_off
+
+    def board_service(self, machine_name: str) -> dict[BoardXYZ, StoredBoardStatus]:
+        """The operator's status of each board of a machine whose status was ever set."""
+        return {
+            board: status
+            for (name, board), status in self._board_status.items()
+            if name == machine_name
+        }
+
+    def link_service(self, machine_name: str) -> dict[tuple[BoardXYZ, Link], LinkStatus]:
+        """The operator's status of each link of a machine whose status was ever set."""
+        return {
+            (board, link): status
+            for (name, board, link), status in self._link_status.items()
+            if name == machine_name
+        }
+
+    # --- v1 changes ---------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        request: JobRequest,
+        *,
+        owner: str,
+        keepalive_s: float | None,
+        args: tuple[int, ...],
+        kwargs: Mapping[str, Any],
+        host: str | None,
+    ) -> int:
+        """Queue (or allocate at once) a job; a request that can never fit is destroyed.
+
+        Returns the job id once the job is durable.
+        """
+        now = self._clock.now()
+        job_id = self._next_job_id
+        self._next_job_id += 1
+        self._store.stage(SetNextJobId(self._next_job_id))
+        record = JobRecord(
+            job_id=job_id,
+            owner=owner,
+            created_at=now,
+            keepalive_s=keepalive_s,
+            args=args,
+            kwargs=kwargs,
+            keepalivehost=host,
+        )
+        candidates = self._candidates(request)
+        if job_log.isEnabledFor(logging.INFO):
+            job_log.info(
+                "job %d created by %s from %s: %s",
+                job_id,
+                owner,
+                host or "?",
+                request.describe(),
+            )
+        changed = [job_id]
+        machines: set[str] = set()
+        if not candidates:
+            self._retire(jobs_.cancel(record, now, jobs_.REASON_NO_SUITABLE_MACHINES))
+        else:
+            job = Live(record, request, candidates, now, now)
+            self._live[job_id] = job
+            self._queue[job_id] = job
+            self._put(job, record)
+            machines = self._schedule(changed)
+        await self._commit(changed, machines)
+        return job_id
+
+    def touch(self, job_id: int | None, host: str | None) -> JobRecord | None:
+        """A client showed a live job is wanted: reset its keepalive; return its record."""
+        job = self._live.get(job_id) if job_id is not None else None
+        if job is None:
+            return None
+        job.last_touch = self._clock.now()
+        record = jobs_.touch(job.record, host)
+        if record is not job.record:
+            self._put(job, record)
+        return job.record
+
+    def is_durable(self, job_id: int | None) -> bool:
+        """Whether every change of the job is committed (a read may answer at once)."""
+        return job_id is None or self._store.is_durable(self._marks.get(job_id, 0))
+
+    async def durable(self, job_id: int | None) -> None:
+        """Wait until the latest change of one job is committed (at once if it is)."""
+        if job_id is not None:
+            await self._store.flush_to(self._marks.get(job_id, 0))
+
+    async def flush(self) -> None:
+        """Wait until every change made so far is committed."""
+        await self._store.flush()
+
+    async def set_power(self, job_id: int | None, is_on: bool, host: str | None) -> None:
+        """Switch a live allocated job's boards on (which resets them) or off."""
+        job = self._live.get(job_id) if job_id is not None else None
+        changed: list[int] = []
+        if job is not None:
+            self.touch(job_id, host)
+            if job.record.is_allocated:
+                self._put(job, jobs_.set_power(job.record, is_on))
+                self._start_power(job, is_on)
+                changed.append(job.record.job_id)
+                self._tell_job_listeners("boards_powered", job.record.job_id, is_on)
+        await self._commit(changed, ())
+
+    async def destroy(
+        self, job_id: int | None, reason: str | None, *, reschedule: bool = False
+    ) -> bool:
+        """Destroy a live job (no-op for an unknown or destroyed one); True if it was live.
+
+        Its boards come free only once powered off and cooled down (which schedules);
+        `reschedule` runs a scheduling pass at once too (a reservation may have gone).
+        """
+        job = self._live.get(job_id) if job_id is not None else None
+        changed: list[int] = []
+        machines: set[str] = set()
+        if job is not None:
+            self._end(job, jobs_.destroy(job.record, self._clock.now(), reason), changed, machines)
+            if reschedule:
+                machines |= self._schedule(changed)
+        await self._commit(changed, machines)
+        return job is not None
+
+    # --- operator changes ---------------------------------------------------------------
+
+    def require_machine(self, name: str) -> Machine:
+        """The machine of that name.
+
+        Raises:
+            AdminTargetError: there is none.
+        """
+        machine = self._machines.get(name)
+        if machine is None:
+            raise AdminTargetError(f"machine {name!r}")
+        return machine
+
+    def require_board(self, machine: Machine, x: int, y: int, z: int) -> BoardXYZ:
+        """A board of the machine.
+
+        Raises:
+            AdminTargetError: the machine has no such board.
+        """
+        board = BoardXYZ(x, y, z)
+        if not machine.is_inside(board):
+            raise AdminTargetError(f"board ({x}, {y}, {z}) of machine {machine.name!r}")
+        return board
+
+    def record_audit(
+        self,
+        *,
+        action: str,
+        target: str,
+        operator: str | None,
+        peer: str,
+        reason: str,
+        detail: Mapping[str, Any],
+    ) -> a.AuditEntry:
+        """Stage an audit entry for an operator action (committed with its effect)."""
+        entry = a.AuditEntry(
+            audit_id=self._next_audit_id,
+            timestamp_s=self._wall_clock(),
+            operator=operator,
+            peer=peer,
+            action=action,
+            target=target,
+            reason=reason,
+        )
+        self._next_audit_id += 1
+        self._audit.append(entry)
+        self._store.stage(
+            AppendAudit(
+                StoredAudit(
+                    at=entry.timestamp_s,
+                    who=operator or peer,
+                    action=action,
+                    target=target,
+                    reason=reason,
+                    detail={"operator": operator, "peer": peer, **detail},
+                    audit_id=entry.audit_id,
+                )
+            )
+        )
+        if self._observer is not None:
+            self._observer.admin_action(action)
+        log.info("operator %s from %s: %s %s: %s", operator, peer, action, target, reason)
+        return entry
+
+    def audit_entries(self, limit: int) -> list[a.AuditEntry]:
+        """The newest audit entries, newest first."""
+        newest = list(self._audit)[-limit:]
+        newest.reverse()
+        return newest
+
+    def set_board_service(
+        self, machine: Machine, board: BoardXYZ, in_service: bool, reason: str, by: str
+    ) -> None:
+        """Take a board out of service or put it back (commit with `commit_machine`)."""
+        status = StoredBoardStatus(machine.name, board, in_service, reason, self._wall_clock(), by)
+        self._board_status[(machine.name, board)] = status
+        self._store.stage(PutBoardStatus(status))
+        self._apply_out_of_service(machine.name)
+
+    def set_link_service(
+        self, machine: Machine, board: BoardXYZ, link: Link, in_service: bool, reason: str, by: str
+    ) -> None:
+        """Take a board link out of service or put it back (commit with `commit_machine`)."""
+        status = LinkStatus(machine.name, board, link, in_service, reason, self._wall_clock(), by)
+        self._link_status[(machine.name, board, link)] = status
+        self._store.stage(PutLinkStatus(status))
+        self._apply_out_of_service(machine.name)
+
+    def set_draining(self, machine: Machine, is_draining: bool, reason: str, by: str) -> None:
+        """Drain a machine (it allocates nothing new) or undrain it."""
+        if is_draining:
+            self._draining.add(machine.name)
+        else:
+            self._draining.discard(machine.name)
+        self._store.stage(
+            PutMachineStatus(
+                MachineStatus(machine.name, is_draining, reason, self._wall_clock(), by)
+            )
+        )
+
+    async def commit_machine(self, machine_name: str, *, may_allocate: bool) -> None:
+        """Commit a change to a machine; one that frees capacity may allocate queued jobs."""
+        changed: list[int] = []
+        machines = {machine_name}
+        if may_allocate:
+            machines |= self._schedule(changed)
+        await self._commit(changed, machines)
+
+    # --- reconfiguration ------------------------------------------------------------------
+
+    def remove_machine(self, name: str, changed: list[int]) -> None:
+        """Forget a machine's jobs and boards (removed, or its hardware changed).
+
+        Its allocated jobs are destroyed with "Machine removed."; boards powering off or
+        cooling down are released at once.
+        """
+        now = self._clock.now()
+        for job in [j for j in self._live.values() if j.record.machine_name == name]:
+            record = jobs_.cancel(job.record, now, jobs_.REASON_MACHINE_REMOVED)
+            self._end(job, record, changed, set())
+        for job_id, machine_name in list(self._powering_off.items()):
+            if machine_name == name:
+                del self._powering_off[job_id]
+        self._cooling = [c for c in self._cooling if c[1] != name]
+        heapq.heapify(self._cooling)
+        machine = self._machines.get(name)
+        if machine is not None:
+            self._store.stage(ReleaseBoards(name, tuple(sorted(machine.live_boards))))
+
+    def install_config(self, config: ServerConfig, kept: Iterable[str]) -> None:
+        """Use a new configuration; the machines named in `kept` keep their allocations."""
+        kept = set(kept)
+        old_allocators = self._allocators
+        allocators: dict[str, MachineAllocator] = {}
+        for machine in config.machines:
+            allocator = MachineAllocator(machine)
+            if machine.name in kept:
+                previous = old_allocators[machine.name]
+                for job_id in self._holders(machine.name):
+                    held = previous.allocation(job_id)
+                    if held is not None:
+                        allocator.restore(job_id, held.boards, held.rectangle)
+            allocators[machine.name] = allocator
+        self._config = config
+        self._machines = {mc.name: mc for mc in config.machines}
+        self._allocators = allocators
+        for name in self._machines:
+            self._apply_out_of_service(name)
+        self._scheduler = Scheduler(self._allocators, config.server.starvation_s)
+
+    def requeue(self, changed: list[int]) -> set[str]:
+        """Match every queued job against the machines again; allocate what fits now.
+
+        A job that can no longer fit anywhere is cancelled as it would be at creation.
+        Returns the machines that changed.
+        """
+        now = self._clock.now()
+        for job in list(self._queue.values()):
+            if job.request is not None:
+                job.candidates = self._candidates(job.request)
+                if not job.candidates:
+                    record = jobs_.cancel(job.record, now, jobs_.REASON_NO_SUITABLE_MACHINES)
+                    self._end(job, record, changed, set())
+        return self._schedule(changed)
+
+    def commit_in_background(self, job_ids: Iterable[int], machines: Iterable[str]) -> None:
+        """Commit and announce changes made outside a request (see `_background_commit`)."""
+        self._background_commit(job_ids, machines)
+
+    def _holders(self, machine_name: str) -> list[int]:
+        """Every job holding boards of a machine: allocated, powering off or cooling down."""
+        live = [
+            j.record.job_id for j in self._live.values() if j.record.machine_name == machine_name
+        ]
+        off = [job_id for job_id, name in self._powering_off.items() if name == machine_name]
+        cooling = [job_id for _, name, job_id in self._cooling if name == machine_name]
+        return live + off + cooling
+
+    # --- test sync point ----------------------------------------------------------------
+
+    async def settled(self) -> None:
+        """Return once nothing is left to commit: background changes and staged ones.
+
+        The explicit sync point for tests (after moving a `FakeClock`), instead of sleeping.
+        """
+        while self._has_background_changes.is_set() or self._is_committing or self._store.n_pending:
+            await self._store.flush()
+            await asyncio.sleep(0)  # the committer takes its turn
+        await asyncio.sleep(0)  # the announcement of the last commit (call_soon) runs

@@ -1,0 +1,1 @@
+"""allotment's short import names for users: ``import allotment.pynn as sim``."""

@@ -1,0 +1,385 @@
+"""A slow, obvious, step-by-step executor: the oracle the fast one is held against.
+
+It reads every core's regions with the applications' own decoders and then, each step, does
+what the chip does in the plainest way: every core computes its step (one neuron, one source
+at a time, on Python integers), then every packet of the step goes through the routers
+(``Router.trace`` per packet) and is handled by each core it reaches, spike by spike, synapse
+by synapse. No flattening, no windows, no threads, no precomputed fan-out.
+
+Delivery order (it decides which addition saturates a ring-buffer slot first): the packets of
+a step in the order of their senders (spike arrays, Poisson sources, delay extensions, neuron
+cores; image order within each kind), each sender's packets in neuron order.
+
+The faster Poisson regime (lambda >= 20 per step) uses float64 functions that this module
+does not repeat: an image with such a source is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from machine_models import delays, lif, sources
+from machine_models.executor import Results
+from machine_models.geometry import ChipXY
+from machine_models.image import AppId, CoreImage, CoreXYP, Image
+from machine_models.regions import (
+    REGION_DATA,
+    REGION_KEYS,
+    REGION_POP_TABLE,
+    REGION_RECORDING,
+    REGION_SYNAPSE_PARAMS,
+    REGION_SYNAPTIC_MATRIX,
+    decode_keys,
+)
+from machine_models.router import COUNTER_NAMES, Router
+from machine_models.topology import Topology
+
+M32 = 0xFFFFFFFF
+SEND_ORDER = (
+    AppId.SPIKE_SOURCE_ARRAY,
+    AppId.SPIKE_SOURCE_POISSON,
+    AppId.DELAY_EXTENSION,
+    AppId.IF_CURR_EXP,
+)
+
+
+class Kiss:
+    """7.4.1's ``rng()``: an LCG, a xorshift and a multiply-with-carry, output x + y + z."""
+
+    def __init__(self, seed: tuple[int, int, int, int]) -> None:
+        self.x, self.y, self.z, self.c = seed
+
+    def __call__(self) -> int:
+        self.x = (314527869 * self.x + 1234567) & M32
+        self.y ^= (self.y << 5) & M32
+        self.y ^= self.y >> 7
+        self.y ^= (self.y << 22) & M32
+        t = 4294584393 * self.z + self.c
+        self.c, self.z = t >> 32, t & M32
+        return (self.x + self.y + self.z) & M32
+
+    def state(self) -> list[int]:
+        """The four words of the generator."""
+        return [self.x, self.y, self.z, self.c]
+
+
+def exponential_variate(rng: Kiss) -> int:
+    """von Neumann's exponential variate, as s16.15 bits (``n_steps_until_next``)."""
+    whole = 0
+    while True:
+        u = rng()
+        u0 = u
+        while True:
+            ustar = rng()
+            if u < ustar:
+                return (whole << 15) + (u0 >> 17)
+            u = rng()
+            if u >= ustar:
+                break
+        whole += 1
+
+
+def time_to_spike(rng: Kiss, isi: int) -> int:
+    """round(E x 1000) x isi (mod 2**32): a slow source's next interval in ticks x 1000."""
+    scaled = exponential_variate(rng) * 1000
+    return (((scaled >> 15) + ((scaled >> 14) & 1)) * isi) & M32
+
+
+def fast_count(rng: Kiss, exp_minus_lambda: int) -> int:
+    """Knuth's method as the core does it: u0.32 products from 0xFFFFFFFF."""
+    if exp_minus_lambda == 0:
+        return 0
+    p, draws = M32, 0
+    while True:
+        draws += 1
+        p = (p * rng()) >> 32
+        if p <= exp_minus_lambda:
+            return draws - 1
+
+
+@dataclass
+class PoissonCore:
+    """A SpikeSourcePoisson core: its sources and generator."""
+
+    records: npt.NDArray[np.void]
+    rng: Kiss
+    time_to_spike: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for r in self.records:
+            if r["regime"] == sources.REGIME_FASTER:
+                raise NotImplementedError("the reference has no faster Poisson regime")
+        self.time_to_spike = [
+            time_to_spike(self.rng, int(r["isi_ticks"]))
+            if r["regime"] == sources.REGIME_SLOW
+            else 0
+            for r in self.records
+        ]
+
+    def step(self, t: int) -> list[tuple[int, int]]:
+        """(neuron, count) of every packet of step t."""
+        out = []
+        for i, r in enumerate(self.records):
+            if not int(r["start_step"]) <= t < int(r["end_step"]):
+                continue
+            k = 0
+            if r["regime"] == sources.REGIME_FAST:
+                k = fast_count(self.rng, int(r["exp_minus_lambda"]))
+            elif int(r["isi_ticks"]) != 0:
+                while self.time_to_spike[i] < 1000:
+                    k += 1
+                    more = time_to_spike(self.rng, int(r["isi_ticks"]))
+                    self.time_to_spike[i] = (self.time_to_spike[i] + more) & M32
+                self.time_to_spike[i] -= 1000
+            if k:
+                out.append((i, k))
+        return out
+
+
+@dataclass
+class NeuronCore:
+    """An IF_curr_exp core: neurons, ring buffers, synaptic rows, recordings."""
+
+    neurons: list[dict[str, int]]
+    synapse: lif.SynapseParams
+    table: lif.PopTable
+    matrix: npt.NDArray[np.uint32]
+    recording: lif.RecordingParams
+    ring: dict[int, int] = field(default_factory=dict)
+    saturations: int = 0
+    spikes: list[tuple[int, int]] = field(default_factory=list)
+    samples: dict[str, list[list[float]]] = field(
+        default_factory=lambda: {"v": [], "gsyn_exc": [], "gsyn_inh": []}
+    )
+
+    def slot(self, step: int, syn_type: int, neuron: int) -> int:
+        """The ring-buffer slot a synapse of this type and target feeds at ``step``."""
+        sp = self.synapse
+        delay_slot = step % sp.n_delay_slots
+        return (delay_slot << (sp.index_bits + sp.type_bits)) | (syn_type << sp.index_bits) | neuron
+
+    def add(self, t: int, word: int) -> None:
+        """One spike through one fixed synapse word, sent in step t."""
+        sp = self.synapse
+        shift = sp.index_bits + sp.type_bits
+        delay = (word >> shift) & ((1 << (16 - shift)) - 1)
+        delay = delay or sp.n_delay_slots  # a stored 0 is the largest delay
+        syn_type = (word >> sp.index_bits) & ((1 << sp.type_bits) - 1)
+        neuron = word & ((1 << sp.index_bits) - 1)
+        slot = self.slot(t + delay, syn_type, neuron)
+        total = self.ring.get(slot, 0) + (word >> 16)
+        if total > 0xFFFF:
+            total = 0xFFFF
+            self.saturations += 1
+        self.ring[slot] = total
+
+    def rows(self, key: int) -> list[list[int]] | None:
+        """The fixed words of every row a key selects; None when no entry matches."""
+        for entry in self.table.entries:
+            if key & entry.mask != entry.key:
+                continue
+            core = (key >> entry.mask_shift) & entry.core_mask
+            local = key & ~(entry.mask | (entry.core_mask << entry.mask_shift)) & M32
+            neuron = (local >> entry.n_colour_bits) + core * entry.n_neurons
+            rows = []
+            for offset, row_length in self.table.addresses[entry.start : entry.start + entry.count]:
+                if offset < 0:
+                    continue
+                first = offset // 4 + neuron * (row_length + 3)
+                if first + 3 > self.matrix.size:
+                    continue
+                n_fixed = int(self.matrix[first + 1])
+                rows.append([int(w) for w in self.matrix[first + 3 : first + 3 + n_fixed]])
+            return rows
+        return None
+
+    def step(self, t: int) -> list[tuple[int, int]]:
+        """Transfer, record, update every neuron; (neuron, 1) of every spike."""
+        rec = self.recording
+        for n, nrn in enumerate(self.neurons):
+            for syn_type, name, shift, init in (
+                (0, "isyn_exc", self.synapse.shift_exc, "exc_init"),
+                (1, "isyn_inh", self.synapse.shift_inh, "inh_init"),
+            ):
+                value = self.ring.pop(self.slot(t, syn_type, n), 0)
+                nrn[name] += ((value << shift) * nrn[init]) >> 32
+        for key, interval, name in (
+            ("v", rec.v_interval_steps, "v"),
+            ("gsyn_exc", rec.gsyn_exc_interval_steps, "isyn_exc"),
+            ("gsyn_inh", rec.gsyn_inh_interval_steps, "isyn_inh"),
+        ):
+            if interval and t % interval == 0:
+                self.samples[key].append([nrn[name] / 32768.0 for nrn in self.neurons])
+        fired = []
+        for n, nrn in enumerate(self.neurons):
+            if nrn["refract_timer"] <= 0:
+                current = nrn["isyn_exc"] - nrn["isyn_inh"] + nrn["i_offset"]
+                alpha = ((current * nrn["r_membrane"]) >> 15) + nrn["v_rest"]
+                nrn["v"] = alpha - ((nrn["exp_tc"] * (alpha - nrn["v"])) >> 15)
+            else:
+                nrn["refract_timer"] -= 1
+            if nrn["v"] >= nrn["v_thresh"]:
+                nrn["v"] = nrn["v_reset"]
+                nrn["refract_timer"] = nrn["t_refract"]
+                fired.append((n, 1))
+                if rec.record_spikes:
+                    self.spikes.append((t, n))
+            nrn["isyn_exc"] = (nrn["isyn_exc"] * nrn["exc_decay"]) >> 32
+            nrn["isyn_inh"] = (nrn["isyn_inh"] * nrn["inh_decay"]) >> 32
+        return fired
+
+
+@dataclass
+class DelayCore:
+    """A delay extension: a counter per (step received, neuron)."""
+
+    params: delays.DelayParams
+    counters: dict[tuple[int, int], int] = field(default_factory=dict)
+    lost: int = 0
+
+    def receive(self, t: int, key: int, count: int) -> bool:
+        """Count a packet; False when its key is not the source's."""
+        p = self.params
+        if key & p.in_mask != p.in_key:
+            return False
+        neuron = (key & ~p.in_mask & M32) >> p.in_colour_bits
+        if neuron >= p.n_neurons:
+            return False
+        total = self.counters.get((t, neuron), 0) + count
+        if total > 255:
+            self.lost += total - 255
+            total = 255
+        self.counters[(t, neuron)] = total
+        return True
+
+    def step(self, t: int) -> list[tuple[int, int]]:
+        """(stage x n + neuron, count) of every counter due at every stage."""
+        p = self.params
+        out = []
+        for d in range(p.n_stages):
+            for n in range(p.n_neurons):
+                count = self.counters.get((t - (d + 1) * p.delay_per_stage, n), 0)
+                if count:
+                    out.append((d * p.n_neurons + n, count))
+        return out
+
+
+def run_reference(image: Image, topology: Topology, n_steps: int) -> Results:
+    """Run ``image`` for ``n_steps`` the slow way and return what the fast executor returns."""
+    router = Router(image.tables, topology)
+    cores: dict[CoreXYP, object] = {}
+    keys: dict[CoreXYP, tuple[list[int], int]] = {}
+    arrays: dict[CoreXYP, list[tuple[int, int]]] = {}
+    for core in image.cores:
+        cores[core.xyp] = _load(core, arrays)
+        keys[core.xyp] = _keys_of(core)
+    order = [c.xyp for kind in SEND_ORDER for c in image.cores if c.app == kind]
+    chips = sorted({c.chip for c in image.cores} | set(image.tables) | set(topology.chips()))
+    router_counts = {chip: dict.fromkeys(COUNTER_NAMES, 0) for chip in chips}
+    prov = {
+        xyp: {
+            "packets_sent": 0,
+            "spikes_sent": 0,
+            "packets_received": 0,
+            "invalid_master_pop_hits": 0,
+        }
+        for xyp in cores
+    }
+    for t in range(n_steps):
+        sent: list[tuple[CoreXYP, int, int]] = []
+        for xyp in order:
+            state = cores[xyp]
+            if isinstance(state, list):  # a spike array's (step, neuron) list
+                packets = [(n, 1) for step, n in state if step == t]
+            else:
+                packets = state.step(t)  # type: ignore[attr-defined]
+            base_keys, colour_bits = keys[xyp]
+            colour = t & ((1 << colour_bits) - 1)
+            for neuron, count in packets:
+                if base_keys:
+                    sent.append((xyp, base_keys[neuron] | colour, count))
+        for xyp, key, count in sent:
+            prov[xyp]["packets_sent"] += 1
+            prov[xyp]["spikes_sent"] += count
+            trace = router.trace(key, ChipXY(xyp.x, xyp.y))
+            for (chip, counter), n in trace.counters.items():
+                router_counts[chip][COUNTER_NAMES[counter]] += n
+            for target in trace.deliveries:
+                state = cores.get(target)
+                if state is None:
+                    continue
+                prov[target]["packets_received"] += 1
+                if isinstance(state, NeuronCore):
+                    rows = state.rows(key)
+                    if rows is None:
+                        prov[target]["invalid_master_pop_hits"] += count
+                        continue
+                    for _ in range(count):
+                        for row in rows:
+                            for word in row:
+                                state.add(t, word)
+                elif isinstance(state, DelayCore) and not state.receive(t, key, count):
+                    prov[target]["invalid_master_pop_hits"] += count
+    return _results(image, cores, prov, router_counts)
+
+
+def _load(core: CoreImage, arrays: dict[CoreXYP, list[tuple[int, int]]]) -> object:
+    if core.app == AppId.IF_CURR_EXP:
+        records = lif.decode_neuron_params(core.regions[REGION_DATA])
+        neurons = [{name: int(r[name]) for name in lif.NEURON_DTYPE.names or ()} for r in records]
+        return NeuronCore(
+            neurons,
+            lif.decode_synapse_params(core.regions[REGION_SYNAPSE_PARAMS]),
+            lif.decode_pop_table(core.regions[REGION_POP_TABLE]),
+            np.frombuffer(core.regions[REGION_SYNAPTIC_MATRIX], "<u4"),
+            lif.decode_recording(core.regions[REGION_RECORDING]),
+        )
+    if core.app == AppId.SPIKE_SOURCE_ARRAY:
+        steps, neurons = sources.decode_spike_array(core.regions[REGION_DATA])
+        arrays[core.xyp] = list(zip(steps.tolist(), neurons.tolist(), strict=True))
+        return arrays[core.xyp]
+    if core.app == AppId.SPIKE_SOURCE_POISSON:
+        seed, records = sources.decode_poisson_params(core.regions[REGION_DATA])
+        return PoissonCore(records, Kiss(seed))
+    return DelayCore(delays.decode_delay_params(core.regions[REGION_DATA]))
+
+
+def _keys_of(core: CoreImage) -> tuple[list[int], int]:
+    if core.app == AppId.DELAY_EXTENSION:
+        p = delays.decode_delay_params(core.regions[REGION_DATA])
+        n_keys = p.n_stages * p.n_neurons
+        return [p.out_key_base + (i << p.out_colour_bits) for i in range(n_keys)], p.out_colour_bits
+    base, colour_bits, has_key = decode_keys(core.regions[REGION_KEYS])
+    return ([int(k) for k in base] if has_key else []), colour_bits
+
+
+def _results(
+    image: Image,
+    cores: dict[CoreXYP, object],
+    prov: dict[CoreXYP, dict[str, int]],
+    router_counts: dict[ChipXY, dict[str, int]],
+) -> Results:
+    spikes: dict[CoreXYP, npt.NDArray[np.int64]] = {}
+    recorded: dict[str, dict[CoreXYP, npt.NDArray[np.float64]]] = {
+        "v": {},
+        "gsyn_exc": {},
+        "gsyn_inh": {},
+    }
+    for core in image.cores:
+        state = cores[core.xyp]
+        if isinstance(state, NeuronCore):
+            if state.recording.record_spikes:
+                spikes[core.xyp] = np.array(state.spikes, dtype=np.int64).reshape(-1, 2)
+            for name, samples in state.samples.items():
+                if samples:
+                    recorded[name][core.xyp] = np.array(samples, dtype=np.float64)
+            prov[core.xyp]["ring_buffer_saturations"] = state.saturations
+            prov[core.xyp]["late_spikes"] = 0
+        if isinstance(state, DelayCore):
+            prov[core.xyp]["spikes_lost_to_saturation"] = state.lost
+    return Results(
+        spikes, recorded["v"], recorded["gsyn_exc"], recorded["gsyn_inh"], prov, router_counts
+    )

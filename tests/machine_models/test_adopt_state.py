@@ -1,0 +1,40 @@
+"""Executor.adopt_state: a run continued on a fresh executor equals one unbroken run."""
+
+from __future__ import annotations
+
+import pytest
+
+from machine_models import Executor, Topology
+from machine_models.errors import ExecutionError
+from tests.machine_models.networks import digest, recurrent_network
+from tests.machine_models.test_delays import delayed_image
+
+BOARD = Topology.single_board()
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        recurrent_network(),
+        delayed_image([24, 40, 56, 9, 12], [(2, 0), (5, 0), (6, 0), (30, 0)] + [(40, 0)] * 30),
+    ],
+    ids=["recurrent", "delay-extensions"],
+)
+def test_a_run_handed_over_midway_ends_as_the_unbroken_run(image: object) -> None:
+    whole = Executor(image, BOARD)  # type: ignore[arg-type]
+    whole.run(37)
+    expected = digest(whole.run(263))
+    first = Executor(image, BOARD)  # type: ignore[arg-type]
+    first.run(37)
+    second = Executor(image, BOARD)  # type: ignore[arg-type]
+    second.adopt_state(first)
+    assert second.step == 37
+    assert digest(second.run(263)) == expected
+
+
+def test_a_different_layout_cannot_be_adopted() -> None:
+    small = Executor(recurrent_network(n_per_core=50), BOARD)
+    small.run(5)
+    big = Executor(recurrent_network(n_per_core=100), BOARD)
+    with pytest.raises(ExecutionError, match="differ in size"):
+        big.adopt_state(small)

@@ -1,0 +1,53 @@
+"""spynnaker.cfg and setup(): where a script runs, read the way sPyNNaker reads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolchain.pynn.config import read_settings
+from toolchain.pynn.errors import NotSupportedError
+
+
+def _write(path: Path, body: str) -> None:
+    path.write_text("[Machine]\n" + body)
+
+
+def test_no_file_and_no_arguments_run_virtually(tmp_path: Path) -> None:
+    settings = read_settings({}, cwd=tmp_path, home=tmp_path)
+    assert settings.is_virtual
+    assert settings.sources == ()
+
+
+def test_the_working_directory_wins_over_home_and_setup_over_both(tmp_path: Path) -> None:
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    _write(home / ".spynnaker.cfg", "spalloc_server = far.example\nspalloc_user = me\n")
+    _write(cwd / "spynnaker.cfg", "spalloc_server = near.example\nspalloc_port = 22999\n")
+    settings = read_settings({}, cwd=cwd, home=home)
+    assert (settings.spalloc_server, settings.spalloc_port, settings.spalloc_user) == (
+        "near.example",
+        22999,
+        "me",
+    )
+    assert not settings.is_virtual
+    assert read_settings({"spalloc_server": "arg.example"}, cwd=cwd, home=home).spalloc_server == (
+        "arg.example"
+    )
+    assert read_settings({"virtual_board": True}, cwd=cwd, home=home).is_virtual
+
+
+def test_virtual_board_in_the_file_keeps_the_run_in_process(tmp_path: Path) -> None:
+    _write(tmp_path / "spynnaker.cfg", "spalloc_server = x\nvirtual_board = True\n")
+    assert read_settings({}, cwd=tmp_path, home=tmp_path / "nohome").is_virtual
+
+
+def test_a_bad_value_names_the_key_and_the_file(tmp_path: Path) -> None:
+    _write(tmp_path / "spynnaker.cfg", "spalloc_port = lots\n")
+    with pytest.raises(NotSupportedError, match=r"spalloc_port = 'lots' in .*spynnaker.cfg"):
+        read_settings({}, cwd=tmp_path, home=tmp_path)
+    _write(tmp_path / "spynnaker.cfg", "virtual_board = maybe\n")
+    with pytest.raises(NotSupportedError, match="virtual_board"):
+        read_settings({}, cwd=tmp_path, home=tmp_path)

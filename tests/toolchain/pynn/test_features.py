@@ -1,0 +1,273 @@
+"""The PyNN API pieces sPyNNaker scripts use, and the hardware facts that show through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from pyNN import errors as pynn_errors
+
+from toolchain.errors import ResourceError
+from toolchain.pynn.errors import NotSupportedError
+
+
+def _cells(sim: ModuleType, n: int, label: str = "cells", **params: float) -> object:
+    return sim.Population(n, sim.IF_curr_exp(**params), label=label)
+
+
+def test_name_says_what_ran_and_the_state_queries_answer(sim: ModuleType) -> None:
+    assert sim.setup(timestep=0.5, min_delay="auto", n_boards_required=1, time_scale_factor=10) == 0
+    assert "virtual" in sim.name()
+    assert "allotment" in sim.name()
+    assert sim.get_time_step() == 0.5
+    assert sim.get_min_delay() == 0.5
+    assert sim.num_processes() == 1
+    assert sim.rank() == 0
+    _cells(sim, 10)
+    machine = sim.get_machine()
+    assert machine.width_chips == 8
+    assert machine.height_chips == 8
+
+
+def test_unsupported_features_raise_naming_the_feature_and_what_is_supported(
+    sim: ModuleType,
+) -> None:
+    sim.setup(timestep=1.0)
+    with pytest.raises(NotSupportedError, match=r"IF_cond_exp.*IF_curr_exp"):
+        sim.IF_cond_exp()
+    with pytest.raises(NotSupportedError, match=r"STDPMechanism.*StaticSynapse"):
+        sim.STDPMechanism()
+    with pytest.raises(NotSupportedError, match="DCSource"):
+        sim.DCSource(amplitude=1.0)
+    with pytest.raises(NotSupportedError, match=r"'spikes_per_second'.*seed"):
+        sim.Population(1, sim.IF_curr_exp(), additional_parameters={"spikes_per_second": 5})
+    drive = sim.Population(2, sim.SpikeSourcePoisson(rate=5.0), label="drive")
+    with pytest.raises(NotSupportedError, match="spikes of a SpikeSourcePoisson"):
+        drive.record("spikes")
+    cells = _cells(sim, 2)
+    with pytest.raises(NotSupportedError, match="excitatory receptor"):
+        sim.Projection(
+            drive,
+            cells,
+            sim.AllToAllConnector(),
+            sim.StaticSynapse(weight=-1.0),
+            receptor_type="excitatory",
+        )
+
+
+def test_one_to_one_between_one_neuron_populations_works_on_this_numpy(
+    sim: ModuleType,
+) -> None:
+    # PyNN 0.13's own one-to-one path fails here on numpy >= 2.1
+    sim.setup(timestep=1.0)
+    src = sim.Population(1, sim.SpikeSourceArray(spike_times=[2.0]), label="src")
+    cell = _cells(sim, 1)
+    proj = sim.Projection(
+        src,
+        cell,
+        sim.OneToOneConnector(),
+        sim.StaticSynapse(weight=sim.RandomDistribution("uniform", (1, 2)), delay=2.0),
+    )
+    assert len(proj) == 1
+    ((i, j, w, d),) = proj.get(["weight", "delay"], format="list")
+    assert (i, j, d) == (0, 0, 2.0)
+    assert 1.0 <= w <= 2.0
+
+
+@pytest.mark.parametrize(
+    ("connector", "expected"),
+    [
+        ("OneToOneConnector()", 20),
+        ("AllToAllConnector(allow_self_connections=False)", 20 * 19),
+        ("FixedProbabilityConnector(0.5, rng=sim.NumpyRNG(3))", None),
+        ("FixedNumberPreConnector(4, rng=sim.NumpyRNG(3))", 80),
+        ("FixedNumberPostConnector(3, rng=sim.NumpyRNG(3))", 60),
+        ("FixedTotalNumberConnector(33, rng=sim.NumpyRNG(3))", 33),
+        ("FromListConnector([(0, 1), (5, 2), (5, 3)])", 3),
+        ("ArrayConnector(np.eye(20, dtype=bool))", 20),
+        ("DistanceDependentProbabilityConnector('d < 2.5', rng=sim.NumpyRNG(3))", None),
+    ],
+)
+def test_every_connector_builds_and_runs(
+    sim: ModuleType, connector: str, expected: int | None
+) -> None:
+    sim.setup(timestep=1.0)
+    cells = _cells(sim, 20, i_offset=1.0)
+    proj = sim.Projection(
+        cells,
+        cells,
+        eval(connector, {**vars(sim), "sim": sim, "np": np}),
+        sim.StaticSynapse(weight=0.5, delay=3.0),
+    )
+    if expected is not None:
+        assert len(proj) == expected
+    else:
+        assert 0 < len(proj) < 400
+    if "Distance" in connector:
+        pre, post = np.array(proj.get("weight", format="list"))[:, :2].T
+        assert np.all(np.abs(pre - post) < 2.5)  # a line with 1 unit between neurons
+    cells.record("spikes")
+    sim.run(50.0)
+    assert sum(len(s) for s in cells.get_data().segments[0].spiketrains) > 0
+
+
+def test_from_file_connector_and_projection_save_round_trip(sim: ModuleType, workdir: Path) -> None:
+    sim.setup(timestep=1.0)
+    a, b = _cells(sim, 5, "a"), _cells(sim, 5, "b")
+    weights = np.linspace(0.1, 0.5, 5)
+    first = sim.Projection(
+        a, b, sim.OneToOneConnector(), sim.StaticSynapse(weight=weights, delay=[1, 2, 3, 4, 5])
+    )
+    first.save(["weight", "delay"], str(workdir / "conns.txt"), format="list")
+    second = sim.Projection(b, a, sim.FromFileConnector(str(workdir / "conns.txt")))
+    assert len(second) == 5
+    got = sorted(second.get(["weight", "delay"], format="list"))
+    np.testing.assert_allclose([g[2] for g in got], weights)
+    assert [g[3] for g in got] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    w_array = first.get("weight", format="array")
+    assert w_array.shape == (5, 5)
+    assert np.isnan(w_array[0, 1])
+
+
+def test_weights_read_back_after_a_run_are_the_ring_buffers_quantised_ones(
+    sim: ModuleType,
+) -> None:
+    sim.setup(timestep=1.0)
+    src = sim.Population(3, sim.SpikeSourceArray(spike_times=[1.0]), label="src")
+    cell = _cells(sim, 3)
+    asked = [0.1234567, 1.0, 3.3333333]
+    proj = sim.Projection(src, cell, sim.OneToOneConnector(), sim.StaticSynapse(weight=asked))
+    np.testing.assert_array_equal(proj.get("weight", format="array").diagonal(), asked)
+    sim.run(10.0)
+    stored = proj.get("weight", format="array").diagonal()
+    assert not np.array_equal(stored, asked)
+    # one delay for all synapses: the bound is the worst case, in-degree 1 x 3.33 nA, so
+    # the shift is ceil(log2 3.33) = 2 and a weight is a multiple of 2 ** (2 - 15) nA
+    step = 2.0**-13
+    np.testing.assert_allclose(stored, np.round(np.array(asked) / step) * step)
+
+
+def test_positive_and_negative_inhibitory_weights_inhibit(sim: ModuleType) -> None:
+    sim.setup(timestep=1.0)
+    src = sim.Population(1, sim.SpikeSourceArray(spike_times=[5.0]), label="src")
+    cells = _cells(sim, 2)
+    sim.Projection(
+        src,
+        cells[0:1],
+        sim.OneToOneConnector(),
+        sim.StaticSynapse(weight=2.0),
+        receptor_type="inhibitory",
+    )
+    sim.Projection(src, cells[1:2], sim.OneToOneConnector(), sim.StaticSynapse(weight=-2.0))
+    cells.record(["v", "gsyn_inh"])
+    sim.run(20.0)
+    seg = cells.get_data().segments[0]
+    v = seg.filter(name="v")[0].magnitude
+    assert v[:, 0].min() < -66.0
+    np.testing.assert_allclose(v[:, 0], v[:, 1])
+    gsyn = seg.filter(name="gsyn_inh")[0]
+    assert str(gsyn.units.dimensionality) == "nA"
+    assert gsyn.magnitude[:, 0].max() > 1.0
+
+
+def test_sampling_interval_initialize_and_views(sim: ModuleType) -> None:
+    sim.setup(timestep=0.1)
+    cells = _cells(sim, 10, v_rest=-65.0, tau_m=10.0)
+    cells.initialize(v=np.linspace(-70.0, -60.0, 10))
+    cells[5:].initialize(v=-50.5)
+    cells[::2].record("v", sampling_interval=1.0)
+    sim.run(20.0)
+    v = cells.get_data().segments[0].filter(name="v")[0]
+    assert v.shape == (20, 5)
+    assert float(v.sampling_period) == pytest.approx(1.0)
+    np.testing.assert_allclose(v.magnitude[0], [-70.0, -67.777, -65.555, -50.5, -50.5], atol=1e-3)
+    assert list(v.array_annotations["channel_index"]) == [0, 2, 4, 6, 8]
+    assert cells.get("tau_m") == 10.0
+    cells[0:2].set(tau_m=np.array([5.0, 6.0]))
+    np.testing.assert_array_equal(cells.get("tau_m")[:3], [5.0, 6.0, 10.0])
+
+
+def test_population_seed_makes_poisson_spikes_repeatable(sim: ModuleType) -> None:
+    def counts(seed: int) -> list[int]:
+        sim.setup(timestep=1.0)
+        cells = _cells(sim, 30)
+        drive = sim.Population(30, sim.SpikeSourcePoisson(rate=40.0), label="drive", seed=seed)
+        sim.Projection(drive, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=20.0))
+        cells.record("spikes")
+        sim.run(500.0)
+        return [len(s) for s in cells.get_data().segments[0].spiketrains]
+
+    assert counts(7) == counts(7)
+    assert counts(7) != counts(8)
+
+
+def test_delays_are_whole_steps_and_past_the_extensions_reach_the_error_names_them(
+    sim: ModuleType,
+) -> None:
+    # 256 neurons per core leave 32 delay slots on a core; extensions add up to 8 x 32
+    sim.setup(timestep=1.0)
+    src = sim.Population(256, sim.SpikeSourceArray(spike_times=[0.0]), label="src")
+    cells = _cells(sim, 256)
+    proj = sim.Projection(
+        src, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=1.0, delay=2.6)
+    )
+    assert proj.get("delay", format="list")[0][2] == 3.0
+    far = sim.Projection(
+        src, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=1.0, delay=250.0)
+    )
+    assert len(far) == 256
+    sim.run(1.0)
+    synapses = (next(Path("reports").iterdir()) / "synapses.rpt").read_text()
+    assert "delay extension of src: 7 stages of 32 steps" in synapses
+    sim.setup(timestep=1.0, max_delay=1000.0)
+    src = sim.Population(256, sim.SpikeSourceArray(spike_times=[0.0]), label="src")
+    cells = _cells(sim, 256, label="far_target")
+    sim.Projection(src, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=1.0, delay=400))
+    with pytest.raises(ResourceError, match=r"400 steps.*'far_target'"):
+        sim.run(1.0)
+    with pytest.raises(NotSupportedError, match="max_delay"):
+        sim.Projection(
+            src, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=1.0, delay=2000)
+        )
+
+
+def test_neurons_per_core_and_dtcm_limits_show_through(sim: ModuleType) -> None:
+    sim.setup(timestep=1.0)
+    sim.set_number_of_neurons_per_core(sim.IF_curr_exp, 50)
+    cells = _cells(sim, 120, label="wide")
+    sim.run(1.0)
+    placements = next(Path("reports").iterdir()) / "placements.rpt"
+    assert placements.read_text().count("wide IF_curr_exp") == 3
+    sim.setup(timestep=1.0)
+    sim.set_number_of_neurons_per_core(sim.IF_curr_exp, 1000)
+    _cells(sim, 1000, label="crowded")
+    with pytest.raises(ResourceError, match=r"'crowded'.*dtcm"):
+        sim.run(1.0)
+    assert cells is not None
+
+
+def test_adding_a_population_after_a_run_needs_a_reset(sim: ModuleType) -> None:
+    from toolchain.pynn.errors import RunError
+
+    sim.setup(timestep=1.0)
+    _cells(sim, 2)
+    sim.run(10.0)
+    _cells(sim, 2, label="late")
+    with pytest.raises(RunError, match="reset"):
+        sim.run(10.0)
+    sim.reset()
+    sim.run(10.0)
+    assert sim.get_current_time() == 10.0
+
+
+def test_get_data_writes_files_through_neo(sim: ModuleType, workdir: Path) -> None:
+    sim.setup(timestep=1.0)
+    cells = _cells(sim, 3, i_offset=2.0)
+    cells.record(["spikes", "v"])
+    sim.run(30.0)
+    cells.write_data(str(workdir / "cells.pkl"))
+    assert (workdir / "cells.pkl").stat().st_size > 0
+    assert cells.mean_spike_count() > 0
+    assert isinstance(pynn_errors.NonExistentParameterError, type)

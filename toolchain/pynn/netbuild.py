@@ -1,0 +1,187 @@
+"""From PyNN's objects to the toolchain's network description.
+
+Each PyNN population becomes one toolchain population (its native parameters as scalars
+or one value per neuron); each projection becomes one ``FromArrays`` projection per pair
+of populations it joins (a projection between views or assemblies touches several). The
+:class:`Built` record keeps which synapses went where, so that the weights the machine
+stores can be handed back to the projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from machine_models.lif import weights_to_u16
+from toolchain.network import (
+    CellType,
+    FromArrays,
+    IFCurrExp,
+    Network,
+    Population,
+    Projection,
+    Receptor,
+    SpikeSourceArray,
+    SpikeSourcePoisson,
+    StaticSynapse,
+)
+from toolchain.pynn import standardmodels
+from toolchain.pynn.errors import NotSupportedError
+from toolchain.splitting import MappingConfig
+
+__all__ = ["Built", "build_network", "quantised_weights"]
+
+DEFAULT_ATOMS_PER_CORE = MappingProxyType(
+    {"IF_curr_exp": 256, "SpikeSourcePoisson": 500, "SpikeSourceArray": 256}
+)
+RECORDABLE = ("spikes", "v", "gsyn_exc", "gsyn_inh")
+
+
+@dataclass(frozen=True)
+class Part:
+    """The synapses of one PyNN projection between one pair of populations."""
+
+    projection: Projection
+    selection: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Built:
+    """A toolchain network built from the PyNN objects, and what maps to what.
+
+    Attributes:
+        network: the description to map.
+        config: the mapping settings (neurons per core).
+        populations: (PyNN population, toolchain population) in creation order.
+        parts: per PyNN projection, its toolchain projections.
+    """
+
+    network: Network
+    config: MappingConfig
+    populations: Sequence[tuple[Any, Population]]
+    parts: Sequence[tuple[Any, Sequence[Part]]]
+
+
+def _value(value: Any) -> float | npt.NDArray[np.float64]:
+    array = np.asarray(value, dtype=np.float64)
+    return float(array) if array.ndim == 0 else array
+
+
+def _cell(pop: Any) -> CellType:
+    params = pop._parameters
+    celltype = pop.celltype
+    if isinstance(celltype, standardmodels.IF_curr_exp):
+        for variable in ("isyn_exc", "isyn_inh"):
+            if np.any(pop.initial_value_array(variable) != 0.0):
+                raise NotSupportedError(
+                    f"initial value of {variable}", "initial synaptic currents of 0"
+                )
+        return IFCurrExp(**{name: _value(params[name]) for name in IFCurrExp.__dataclass_fields__})
+    if isinstance(celltype, standardmodels.SpikeSourcePoisson):
+        return SpikeSourcePoisson(
+            rate=_value(params["rate"]),
+            start=_value(params["start"]),
+            duration=_value(params["duration"]),
+        )
+    if isinstance(celltype, standardmodels.SpikeSourceArray):
+        times = params["spike_times"]
+        if isinstance(times, np.ndarray):
+            trains = tuple(tuple(float(t) for t in seq.value) for seq in times.reshape(-1))
+            return SpikeSourceArray(trains)
+        return SpikeSourceArray(tuple(float(t) for t in times.value))
+    raise NotSupportedError(
+        f"cell type {celltype.__class__.__name__}", standardmodels.SUPPORTED_CELLS
+    )
+
+
+def _locate(
+    cells: Any, firsts: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(population number, index within it) of each cell of a population, view or assembly."""
+    ids = np.asarray(cells.all_cells, dtype=np.int64).reshape(-1)
+    which = np.searchsorted(firsts, ids, side="right") - 1
+    return which, ids - firsts[which]
+
+
+def build_network(
+    populations: Sequence[Any],
+    projections: Sequence[Any],
+    dt_ms: float,
+    neurons_per_core: dict[str, int],
+    weight_shifts: dict[tuple[int, int], int] | None = None,
+) -> Built:
+    """Describe the PyNN network for the toolchain.
+
+    Raises:
+        NotSupportedError: a cell, initial value or connection the chip model lacks.
+        NetworkError: the toolchain rejects the description.
+    """
+    network = Network(dt_ms=dt_ms, seed=1)
+    pairs: list[tuple[Any, Population]] = []
+    used: set[str] = set()
+    for number, pop in enumerate(populations):
+        label = pop.label if pop.label not in used else f"{pop.label}#{number}"
+        used.add(label)
+        tpop = network.population(pop.size, _cell(pop), label, seed=pop.seed)
+        if isinstance(tpop.cell, IFCurrExp):
+            tpop.initialize(pop.initial_value_array("v"))
+        recorder = pop.recorder
+        for name in RECORDABLE:
+            ids = recorder.recorded_indices(name)
+            if ids.size:
+                tpop.record(name, ids, recorder.sampling_interval)
+        pairs.append((pop, tpop))
+    firsts = np.array([int(pop.first_id) for pop in populations], dtype=np.int64)
+    parts: list[tuple[Any, list[Part]]] = []
+    for proj in projections:
+        pre, post, weight, delay = proj.arrays()
+        pre_pop, pre_index = _locate(proj.pre, firsts)
+        post_pop, post_index = _locate(proj.post, firsts)
+        src_pop, src = pre_pop[pre], pre_index[pre]
+        dst_pop, dst = post_pop[post], post_index[post]
+        receptor: Receptor = "inhibitory" if proj.receptor_type == "inhibitory" else "excitatory"
+        signed = -np.abs(weight) if receptor == "inhibitory" else weight
+        own: list[Part] = []
+        group = src_pop * len(populations) + dst_pop
+        for key in np.unique(group):
+            selection = np.flatnonzero(group == key)
+            tpre = pairs[int(key) // len(populations)][1]
+            tpost = pairs[int(key) % len(populations)][1]
+            whole = selection.size == pre.size
+            tproj = network.project(
+                tpre,
+                tpost,
+                FromArrays(src[selection], dst[selection]),
+                StaticSynapse(
+                    signed if whole else signed[selection],
+                    delay if whole else delay[selection],
+                ),
+                receptor,
+                f"{proj.label}#{len(parts)}.{len(own)}",
+            )
+            own.append(Part(tproj, selection))
+        parts.append((proj, own))
+    config = MappingConfig(
+        max_atoms_per_core=MappingProxyType({**DEFAULT_ATOMS_PER_CORE, **neurons_per_core}),
+        weight_shifts=weight_shifts,
+    )
+    return Built(network, config, pairs, parts)
+
+
+def quantised_weights(
+    proj: Any, parts: Sequence[Part], shifts: dict[tuple[int, int], int] | Any
+) -> npt.NDArray[np.float64]:
+    """The weights of a PyNN projection as the machine stores them (16 bits, shifted)."""
+    _, _, weight, _ = proj.arrays()
+    stored = np.array(weight, dtype=np.float64, copy=True)
+    for part in parts:
+        synapse_type = 0 if part.projection.receptor_type == "excitatory" else 1
+        shift = shifts[(part.projection.post.index, synapse_type)]
+        magnitude = weights_to_u16(weight[part.selection], shift) * 2.0 ** (shift - 15)
+        stored[part.selection] = np.sign(weight[part.selection]) * magnitude
+    return stored

@@ -1,0 +1,161 @@
+"""The cell and synapse types this backend runs, and the PyNN types it refuses by name.
+
+Native parameters are PyNN's own (same names, same units): the toolchain describes
+networks in PyNN's units, so the translations are the identity. A type the chip model
+does not offer is still importable (a script fails where it uses it, not at import) and
+raises :class:`~toolchain.pynn.errors.NotSupportedError` naming what is supported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pyNN.standardmodels import build_translations, cells, electrodes, receptors, synapses
+
+from toolchain.pynn import simulator
+from toolchain.pynn.errors import NotSupportedError
+
+__all__ = [
+    "SUPPORTED_CELLS",
+    "SUPPORTED_SYNAPSES",
+    "IF_curr_exp",
+    "SpikeSourceArray",
+    "SpikeSourcePoisson",
+    "StaticSynapse",
+]
+
+SUPPORTED_CELLS = "IF_curr_exp, SpikeSourceArray, SpikeSourcePoisson"
+SUPPORTED_SYNAPSES = "StaticSynapse"
+
+
+def _identity(*names: str) -> Any:
+    return build_translations(*((name, name) for name in names))
+
+
+class IF_curr_exp(cells.IF_curr_exp):  # type: ignore[misc]
+    __doc__ = cells.IF_curr_exp.__doc__
+    translations = _identity(*cells.IF_curr_exp.default_parameters)
+    # sPyNNaker records the synaptic input currents of current-based cells as gsyn
+    recordable: ClassVar[list[str]] = ["spikes", "v", "gsyn_exc", "gsyn_inh"]
+    units: ClassVar[dict[str, str]] = {
+        **cells.IF_curr_exp.units,
+        "gsyn_exc": "nA",
+        "gsyn_inh": "nA",
+    }
+
+
+class SpikeSourceArray(cells.SpikeSourceArray):  # type: ignore[misc]
+    __doc__ = cells.SpikeSourceArray.__doc__
+    translations = _identity("spike_times")
+
+
+class SpikeSourcePoisson(cells.SpikeSourcePoisson):  # type: ignore[misc]
+    """Poisson spike source; ``seed`` (sPyNNaker's argument) seeds its spikes."""
+
+    translations = _identity("rate", "start", "duration")
+
+    def __init__(self, seed: int | None = None, **parameters: Any) -> None:
+        super().__init__(**parameters)
+        self.seed = seed
+
+
+def _check_weights(weights: Any, projection: Any) -> None:
+    # as on sPyNNaker, an inhibitory weight may be given as a magnitude (positive)
+    values = np.asarray(weights, dtype=np.float64)
+    if projection.receptor_type == "excitatory" and (values < 0).any():
+        raise NotSupportedError(
+            f"negative weight {float(values.min())} on an excitatory receptor",
+            "weights >= 0 for excitatory and either sign for receptor_type='inhibitory'",
+        )
+
+
+def _check_delays(delays: Any, projection: Any) -> None:
+    state = projection._simulator.state
+    values = np.asarray(delays, dtype=np.float64)
+    if values.size and values.min() < state.dt * (1 - 1e-9):
+        raise NotSupportedError(
+            f"delay {float(values.min())} ms, below the time step",
+            f"delays of at least one time step ({state.dt} ms)",
+        )
+    if values.size and state.max_delay != "auto" and values.max() > state.max_delay:
+        raise NotSupportedError(
+            f"delay {float(values.max())} ms above setup()'s max_delay",
+            f"delays up to max_delay ({state.max_delay} ms)",
+        )
+
+
+class StaticSynapse(synapses.StaticSynapse):  # type: ignore[misc]
+    __doc__ = synapses.StaticSynapse.__doc__
+    translations = _identity("weight", "delay")
+    parameter_checks: ClassVar[dict[str, Any]] = {
+        "weight": _check_weights,
+        "delay": _check_delays,
+    }
+
+    def _get_minimum_delay(self) -> float:
+        # a synapse without a delay gets the shortest one (one time step by default)
+        return float(simulator.state.min_delay)
+
+
+def _unsupported(base: type, supported: str) -> type:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise NotSupportedError(base.__name__, supported)
+
+    return type(base.__name__, (base,), {"__init__": __init__, "__doc__": base.__doc__})
+
+
+_UNSUPPORTED_CELLS = (
+    "IF_curr_alpha",
+    "IF_curr_delta",
+    "IF_cond_exp",
+    "IF_cond_alpha",
+    "IF_cond_exp_gsfa_grr",
+    "IF_facets_hardware1",
+    "HH_cond_exp",
+    "EIF_cond_alpha_isfa_ista",
+    "EIF_cond_exp_isfa_ista",
+    "Izhikevich",
+    "GIF_cond_exp",
+    "SpikeSourcePoissonRefractory",
+    "SpikeSourceGamma",
+    "SpikeSourceInhGamma",
+    "PointNeuron",
+    "AdExp",
+    "LIF",
+)
+_UNSUPPORTED_SYNAPSES = (
+    "TsodyksMarkramSynapse",
+    "StochasticTsodyksMarkramSynapse",
+    "SimpleStochasticSynapse",
+    "MultiQuantalSynapse",
+    "STDPMechanism",
+    "ElectricalSynapse",
+    "SpikePairRule",
+    "Vogels2011Rule",
+    "AdditiveWeightDependence",
+    "MultiplicativeWeightDependence",
+    "AdditivePotentiationMultiplicativeDepression",
+    "GutigWeightDependence",
+)
+_UNSUPPORTED_RECEPTORS = (
+    "CondExpPostSynapticResponse",
+    "CondAlphaPostSynapticResponse",
+    "CondBetaPostSynapticResponse",
+    "CurrExpPostSynapticResponse",
+)
+_UNSUPPORTED_ELECTRODES = ("DCSource", "ACSource", "StepCurrentSource", "NoisyCurrentSource")
+
+UNSUPPORTED: dict[str, type] = {}
+for _name in _UNSUPPORTED_CELLS:
+    UNSUPPORTED[_name] = _unsupported(getattr(cells, _name), SUPPORTED_CELLS)
+for _name in _UNSUPPORTED_SYNAPSES:
+    UNSUPPORTED[_name] = _unsupported(getattr(synapses, _name), SUPPORTED_SYNAPSES)
+for _name in _UNSUPPORTED_RECEPTORS:
+    UNSUPPORTED[_name] = _unsupported(
+        getattr(receptors, _name), "the excitatory and inhibitory receptors of IF_curr_exp"
+    )
+for _name in _UNSUPPORTED_ELECTRODES:
+    UNSUPPORTED[_name] = _unsupported(
+        getattr(electrodes, _name), "no current sources (use i_offset or spike sources)"
+    )
