@@ -125,7 +125,7 @@ def batch_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         command = [
             sys.executable, "-m", "jobqueue", "serve", "--port", "0", "--db", url,
             "--jobs-dir", str(tmp_path / "jobs"), "--runners", str(runners), "--virtual",
-            *extra,
+            "--no-warmup", *extra,
         ]  # fmt: skip
         service = Service(command, tmp_path, url, _BATCH_READY)
         started.append(service)
@@ -145,8 +145,10 @@ def full_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
     config = write_server_config(tmp_path)  # no power delays, boards free at once
 
-    def start(*extra: str) -> Service:
+    def start(*extra: str, is_warming_up: bool = False) -> Service:
         url = f"sqlite:///{tmp_path / 'allotment.db'}"
+        if not is_warming_up:
+            extra = (*extra, "--no-warmup")
         command = [
             sys.executable, "-m", "allocator.cli", "serve", "--port", "0", "--batch-port", "0",
             "--config", str(config), "--db", url, "--jobs-dir", str(tmp_path / "jobs"), *extra,
