@@ -55,3 +55,20 @@ def test_the_seeds_simple_example_runs_on_boards_of_the_allocation_server(
         pytest.skip("the PyNN backend runs virtually only so far (its server mode is to come)")
     _check_outputs(client, job, tmp_path)
     assert job["resource_usage"]["value"] > 0
+
+
+def test_spynnakers_import_names_mean_allotments_backend_inside_a_job(alice: Any) -> None:
+    _require_backend()
+    _, client = alice()
+    script = (
+        "import allotment.pynn\n"
+        "import pyNN.spiNNaker as a\n"
+        "import spynnaker8 as b\n"
+        "import spynnaker.pyNN as c\n"
+        "print('same', all(m.setup is allotment.pynn.setup for m in (a, b, c)))\n"
+        "print('population', b.Population is allotment.pynn.Population)\n"
+    )
+    job = run_job(client, script)
+    assert job["status"] == "finished", job["log"]
+    assert "same True" in job["log"]
+    assert "population True" in job["log"]
