@@ -26,6 +26,7 @@ from pathlib import Path
 
 from allocator.clock import SystemClock
 from allocator.config import ServerConfig, default_config, load_config
+from allocator.dispatch.attach import attach as attach_dispatch
 from allocator.errors import AllocatorError, ConfigError, StoreError
 from allocator.events import EventPublisher
 from allocator.metrics import Metrics
@@ -33,6 +34,7 @@ from allocator.reporting import Reporter
 from allocator.server import Server
 from allocator.service import Service, known_commands
 from allocator.store import Database, DatabaseUnavailableError, Store
+from protocol.dispatch import DISPATCH_COMMAND_NAMES
 
 __all__ = ["EXIT_DATABASE_UNAVAILABLE", "StartupError", "serve"]
 
@@ -87,7 +89,7 @@ async def serve(
         config = _load(config_path)
     except ConfigError as error:
         raise StartupError(str(error)) from error
-    metrics = Metrics(commands=known_commands())
+    metrics = Metrics(commands=known_commands() | DISPATCH_COMMAND_NAMES)
     server = Server(
         None,
         max_line_bytes=config.server.max_line_bytes,
@@ -180,6 +182,9 @@ async def _run(
     service.add_listener(server.broadcast)
     reporter = Reporter(service, metrics=metrics, publisher=publisher)
     service.add_listener(reporter.on_change)
+    dispatch = attach_dispatch(
+        service, config.dispatch, registry=metrics.registry, publisher=publisher
+    )
 
     def reload() -> None:
         if config_path is None:
@@ -233,6 +238,7 @@ async def _run(
                 service_task.result()  # raises what stopped it
                 return 1
             reporter.start()
+            dispatch_task = tg.create_task(dispatch.run(), name="dispatch")
             _settle_garbage_collector()
             publisher_task = None
             if publisher is not None:
@@ -241,6 +247,7 @@ async def _run(
             await stop.wait()
             log.info("stopping")
             server_task.cancel()
+            dispatch_task.cancel()
             service_task.cancel()
             if publisher_task is not None:
                 publisher_task.cancel()

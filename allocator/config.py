@@ -33,6 +33,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from allocator.dispatch.settings import DispatchSettings
 from allocator.errors import ConfigError
 from allocator.machine import (
     FrameCF,
@@ -145,6 +146,7 @@ class _FileModel(BaseModel):
     power: PowerSettings = PowerSettings()
     metrics: MetricsSettings = MetricsSettings()
     mqtt: MqttSettings = MqttSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     machines: tuple[MachineSettings, ...] = ()
 
 
@@ -156,6 +158,7 @@ class ServerConfig(BaseModel):
     power: PowerSettings = PowerSettings()
     metrics: MetricsSettings = MetricsSettings()
     mqtt: MqttSettings = MqttSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     machines: tuple[Machine, ...] = ()
 
     def machine(self, name: str) -> Machine | None:
@@ -327,6 +330,7 @@ def parse_config(data: dict[str, Any], base_dir: Path | None = None) -> ServerCo
         power=model.power,
         metrics=model.metrics,
         mqtt=model.mqtt,
+        dispatch=model.dispatch,
         machines=tuple(machines),
     )
 

@@ -37,9 +37,11 @@ from protocol.events import (
     JobEvent,
     MachineEvent,
     MachineSummary,
+    RunEvent,
     board_topic,
     job_topic,
     machine_topic,
+    run_topic,
     summary_topic,
 )
 
@@ -169,6 +171,11 @@ class EventPublisher:
     def publish_job(self, event: JobEvent) -> None:
         """Queue a job state change."""
         topic = job_topic(self.topic_prefix, event.machine, event.job_id)
+        self._enqueue(_Message(topic, event.model_dump_json().encode(), is_retained=False))
+
+    def publish_run(self, event: RunEvent) -> None:
+        """Queue a run event of the dispatch extension."""
+        topic = run_topic(self.topic_prefix, event.machine, event.job_id)
         self._enqueue(_Message(topic, event.model_dump_json().encode(), is_retained=False))
 
     def publish_board(self, event: BoardEvent) -> None:

@@ -33,6 +33,12 @@ The hop through ``call_soon`` keeps notifications causal: the service announces 
 with ``call_soon`` just before the reply of the request that made it, so the announcement
 goes out before any request that a client sends after reading that reply is handled.
 
+A command may take raw bytes after its line (the dispatch extension's image upload): its
+handler answers a go-ahead itself and hands a `BodySink` to `Connection.take_body`; the
+bytes that follow on the connection go to the sink, not to the line splitter, until it has
+taken what it asked for. A handler may also return a `protocol.codec.ReplyWithBody`, whose
+raw bytes are written right after its reply line.
+
 Backpressure works both ways: while the client does not read its replies (more than 1 MiB
 unsent) no further request of that connection is handled, and while too many request bytes
 wait unanswered the server stops reading from that connection. A client that half-closes
@@ -66,7 +72,7 @@ from protocol.commands import CommandSpec, bind, bind_spec
 from protocol.errors import CommandError, DecodeError
 from protocol.messages import JobsChanged, MachinesChanged
 
-__all__ = ["Connection", "Dispatcher", "Server"]
+__all__ = ["BodySink", "Connection", "Dispatcher", "Server"]
 
 log = logging.getLogger("allotment.server")
 
@@ -91,6 +97,30 @@ class Metrics(Protocol):
     def notification_sent(self, kind: str) -> None: ...
 
 
+class BodySink(Protocol):
+    """Where the raw bytes after a request line go (see `Connection.take_body`)."""
+
+    def feed(self, data: bytes) -> int:
+        """Take bytes of the body; return how many were taken (all of them until the end)."""
+        ...
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether the whole body has been taken."""
+        ...
+
+    def lost(self) -> None:
+        """The connection ended before the whole body came."""
+        ...
+
+
+class BodyOrderError(CommandError):
+    """Raw bytes came before the server's go-ahead; the connection is closed."""
+
+    def __init__(self) -> None:
+        super().__init__("raw bytes were sent before the server's go-ahead; closing the connection")
+
+
 @dataclass(eq=False)
 class Connection:
     """One client connection and what it watches.
@@ -107,6 +137,21 @@ class Connection:
     watch_all_machines: bool = False
     watched_machines: set[str] = field(default_factory=set)
     is_closed: bool = False
+    body_sink: BodySink | None = field(default=None, repr=False)
+    _has_pending_input: Callable[[], bool] = field(default=lambda: False, repr=False)
+
+    def take_body(self, sink: BodySink) -> None:
+        """Send the bytes that follow on this connection to `sink` until it is complete.
+
+        Call it from a handler that has just written its go-ahead; a client must wait for
+        the go-ahead before it sends the body.
+
+        Raises:
+            BodyOrderError: bytes arrived before the go-ahead (the stream is not framed).
+        """
+        if self._has_pending_input():
+            raise BodyOrderError
+        self.body_sink = sink
 
     @property
     def is_watching(self) -> bool:
@@ -373,7 +418,11 @@ class _LineProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = t.get_extra_info("peername")
-        self._conn = conn = Connection(peer_host=str(peer[0]) if peer else "", transport=t)
+        self._conn = conn = Connection(
+            peer_host=str(peer[0]) if peer else "",
+            transport=t,
+            _has_pending_input=self._has_pending_input,
+        )
         if not self._server._opened(conn, self):
             self._is_input_done = True
             conn.is_closed = True
@@ -386,6 +435,15 @@ class _LineProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._is_input_done:
             return
+        sink = self._conn.body_sink
+        if sink is not None:
+            taken = sink.feed(data)
+            if not sink.is_complete:
+                return
+            self._conn.body_sink = None
+            data = data[taken:]
+            if not data:
+                return
         if self._partial:
             data = self._partial + data
         lines = data.split(b"\n")
@@ -413,7 +471,11 @@ class _LineProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # Answer what was sent before the end (a client may half-close and then read);
-        # a half line is dropped. True keeps the transport open for the replies.
+        # a half line is dropped. True keeps the transport open for the replies. A body
+        # cut short can never complete.
+        sink, self._conn.body_sink = self._conn.body_sink, None
+        if sink is not None:
+            sink.lost()
         self._is_eof = True
         self._partial = b""
         self._schedule_run()
@@ -422,6 +484,9 @@ class _LineProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # A suspended handler goes on to the end (its changes are committed); its reply
         # is dropped.
+        sink, self._conn.body_sink = self._conn.body_sink, None
+        if sink is not None:
+            sink.lost()
         self._is_input_done = True
         self._pending.clear()
         self._pending_bytes = 0
@@ -436,8 +501,15 @@ class _LineProtocol(asyncio.Protocol):
 
     # --- requests -----------------------------------------------------------------------
 
+    def _has_pending_input(self) -> bool:
+        """Whether bytes wait that came after the line being answered."""
+        return bool(self._pending or self._partial)
+
     def close(self) -> None:
         """Close the connection: queued lines are dropped, written replies still go out."""
+        sink, self._conn.body_sink = self._conn.body_sink, None
+        if sink is not None:
+            sink.lost()
         self._is_input_done = True
         self._pending.clear()
         self._pending_bytes = 0

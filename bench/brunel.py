@@ -42,6 +42,7 @@ from toolchain import (
     IFCurrExp,
     Network,
     OneToOne,
+    Population,
     SpikeSourcePoisson,
     StaticSynapse,
     map_network,
@@ -188,16 +189,15 @@ def main() -> None:
         run(args)
 
 
-def run(args: argparse.Namespace) -> None:
-    """Build and run the network once and print its JSON line."""
-    sizes = NETWORKS[args.network]
+def brunel_network(
+    sizes: Sizes, seed: int
+) -> tuple[Network, Population, Population, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The benchmark network: (network, neurons, drive, E sources, I sources)."""
     n = sizes.n_exc + sizes.n_inh
     nu_ext_hz = ETA * V_THRESH_MV / (J_MV * sizes.c_exc * TAU_M_MS) * 1000.0 * sizes.c_exc
-
-    start = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     v0, e_pre, e_post, i_pre, i_post = reference_connectivity(sizes, rng)
-    net = Network(dt_ms=DT_MS, seed=args.seed)
+    net = Network(dt_ms=DT_MS, seed=seed)
     cell = IFCurrExp(
         tau_m=TAU_M_MS,
         cm=0.25,
@@ -230,6 +230,17 @@ def run(args: argparse.Namespace) -> None:
         "inh",
     )
     net.project(drive, neurons, OneToOne(), StaticSynapse(W_E_NA, DELAY_MS), "excitatory", "ext")
+    return net, neurons, drive, e_pre, i_pre
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build and run the network once and print its JSON line."""
+    sizes = NETWORKS[args.network]
+    n = sizes.n_exc + sizes.n_inh
+    nu_ext_hz = ETA * V_THRESH_MV / (J_MV * sizes.c_exc * TAU_M_MS) * 1000.0 * sizes.c_exc
+
+    start = time.perf_counter()
+    net, neurons, drive, e_pre, i_pre = brunel_network(sizes, args.seed)
     mapped = map_network(net, virtual_allocation(1))
     executor = Executor(mapped.image, mapped.topology)
     build_s = time.perf_counter() - start

@@ -214,7 +214,9 @@ async def run_load(
 
 
 @contextlib.contextmanager
-def own_server(db_url: str | None) -> Iterator[tuple[str, int, int]]:
+def own_server(
+    db_url: str | None, config_text: str = SERVER_TOML
+) -> Iterator[tuple[str, int, int]]:
     """Start a server subprocess on a temporary SQLite file (or `db_url`) and stop it after.
 
     Yields the host and port it listens on and its process id.
@@ -222,7 +224,7 @@ def own_server(db_url: str | None) -> Iterator[tuple[str, int, int]]:
     with tempfile.TemporaryDirectory(prefix="allotment-bench-") as tmp:
         directory = Path(tmp)
         shutil.copy(BOARD_LOCATIONS_CSV, directory / BOARD_LOCATIONS_CSV.name)
-        (directory / "allotment.toml").write_text(SERVER_TOML)
+        (directory / "allotment.toml").write_text(config_text)
         url = db_url or f"sqlite:///{directory / 'allotment.db'}"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(

@@ -19,6 +19,7 @@ __all__ = [
     "NoSuchCoreError",
     "OverlappingKeysError",
     "RegionError",
+    "ResultsFormatError",
     "RouterTableFullError",
     "SdramExceededError",
     "TopologyError",
@@ -125,3 +126,10 @@ class OverlappingKeysError(ImageError):
 
 class ExecutionError(MachineModelError):
     """A run was asked for something the loaded job cannot do (for example a negative length)."""
+
+
+class ResultsFormatError(MachineModelError):
+    """The bytes are not a results file of a supported version (bad magic, index or length)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"malformed results: {what}")

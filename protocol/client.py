@@ -24,17 +24,19 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self, cast
+from typing import Any, Final, Self, TypeGuard, cast
 
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 from pydantic import TypeAdapter
 
+from protocol import dispatch as d
 from protocol.codec import decode_server_message, encode_request
 from protocol.commands import get_spec
 from protocol.errors import (
@@ -67,6 +69,9 @@ DEFAULT_PORT: Final = 22244
 _MAX_REPLY_BYTES: Final = 64 * 1024 * 1024
 _MAX_QUEUED_NOTIFICATIONS: Final = 65536
 _UNSET: Final[Any] = object()
+_BODY_CHUNK_BYTES: Final = 1 << 20
+_UPLOAD_BYTES_PER_S: Final = 10e6
+"""The slowest upload the default time limit of `load_image` allows for."""
 
 _adapters: dict[str, TypeAdapter[Any]] = {}
 
@@ -81,10 +86,12 @@ def _adapter(command: str) -> TypeAdapter[Any]:
 
 @dataclass(slots=True)
 class _Slot:
-    """Where the reply to one sent request lands."""
+    """Where the reply to one sent request lands (and the raw bytes after it, if any)."""
 
     command: str
     message: ReturnReply | ExceptionReply | None = None
+    has_body: bool = False
+    body: bytes = b""
 
 
 class AllotmentClient:
@@ -113,7 +120,9 @@ class AllotmentClient:
         self._send_lock = anyio.Lock()
         self._read_lock = anyio.Lock()
         self._pending: deque[_Slot] = deque()
-        self._notifications: deque[Notification] = deque(maxlen=_MAX_QUEUED_NOTIFICATIONS)
+        self._notifications: deque[Notification | d.RunProgress] = deque(
+            maxlen=_MAX_QUEUED_NOTIFICATIONS
+        )
         self._broken: str | None = None
         self._is_closed = False
         self.n_notifications_dropped = 0
@@ -192,7 +201,7 @@ class AllotmentClient:
         if not line.strip():
             return
         try:
-            message: ServerMessage = decode_server_message(line)
+            message: ServerMessage | d.RunProgress = decode_server_message(line)
         except DecodeError as e:
             self._fail(str(e))
             raise
@@ -200,39 +209,66 @@ class AllotmentClient:
             if not self._pending:
                 self._fail("reply without a request")
                 raise BadReplyError("reply without a request")
-            self._pending.popleft().message = message
+            slot = self._pending.popleft()
+            slot.message = message
+            if slot.has_body and isinstance(message, ReturnReply):
+                slot.body = await self._read_body(message.value)
         else:
             if len(self._notifications) == self._notifications.maxlen:
                 self.n_notifications_dropped += 1
             self._notifications.append(message)
 
-    async def _exchange(self, command: str, line: bytes, timeout_s: float | None) -> Any:
-        slot = _Slot(command)
+    async def _read_body(self, header: Any) -> bytes:
+        """Read the raw bytes that follow a reply line; call with the read lock held."""
+        n_bytes = header.get("n_bytes") if isinstance(header, dict) else None
+        if type(n_bytes) is not int or not 0 <= n_bytes <= _MAX_REPLY_BYTES:
+            raise self._fail(f"reply header announces no valid body length: {header!r:.80}")
+        try:
+            return await self._reader.receive_exactly(n_bytes)
+        except (anyio.IncompleteRead, anyio.EndOfStream):
+            raise self._fail("server closed the connection in the middle of a reply") from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as e:
+            raise self._fail(f"receive failed: {e!r}") from None
+
+    async def _send(self, command: str, data: bytes | memoryview) -> None:
+        """Send bytes; call with the send lock held. A partial send breaks the connection."""
+        is_sent = False
+        try:
+            # A memoryview goes out as it is (both backends take any bytes-like object).
+            await self._stream.send(cast(bytes, data))
+            is_sent = True
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as e:
+            raise self._fail(f"send failed: {e!r}") from None
+        finally:
+            if not is_sent:
+                # Partly written or not at all: the stream can no longer be trusted.
+                self._fail(f"{command!r} was interrupted while being sent")
+
+    async def _wait(self, slot: _Slot) -> ReturnReply | ExceptionReply:
+        while slot.message is None:
+            async with self._read_lock:
+                if slot.message is None:
+                    await self._read_one()
+        return slot.message
+
+    async def _exchange(
+        self, command: str, line: bytes, timeout_s: float | None, *, has_body: bool = False
+    ) -> Any:
+        slot = _Slot(command, has_body=has_body)
         try:
             with anyio.fail_after(timeout_s):
                 async with self._send_lock:
                     if self._broken is not None:
                         raise ConnectionLostError(self._broken)
                     self._pending.append(slot)
-                    is_sent = False
-                    try:
-                        await self._stream.send(line)
-                        is_sent = True
-                    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as e:
-                        raise self._fail(f"send failed: {e!r}") from None
-                    finally:
-                        if not is_sent:
-                            # Partly written or not at all: the stream can no longer be trusted.
-                            self._fail(f"{command!r} was interrupted while being sent")
-                while slot.message is None:
-                    async with self._read_lock:
-                        if slot.message is None:
-                            await self._read_one()
+                    await self._send(command, line)
+                message = await self._wait(slot)
         except TimeoutError:
             raise ProtocolTimeoutError(command, timeout_s or 0.0) from None
-        message = slot.message
         if isinstance(message, ExceptionReply):
             raise ServerError(message.exception)
+        if has_body:
+            return message.value, slot.body
         return message.value
 
     # --- generic calls and notifications ------------------------------------------------------
@@ -263,7 +299,9 @@ class AllotmentClient:
         except ValueError as e:
             raise BadReplyError(f"reply to {command!r} does not match its model: {e}") from None
 
-    async def receive_notification(self, timeout_s: float | None = None) -> Notification:
+    async def receive_notification(
+        self, timeout_s: float | None = None
+    ) -> Notification | d.RunProgress:
         """Return the next notification, waiting for one if none is queued.
 
         Args:
@@ -286,7 +324,7 @@ class AllotmentClient:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Notification:
+    async def __anext__(self) -> Notification | d.RunProgress:
         if self._is_closed:
             raise StopAsyncIteration
         return await self.receive_notification()
@@ -440,3 +478,178 @@ class AllotmentClient:
     async def allotment_version(self) -> AllotmentVersionReply:
         """The server's name, package version and extension protocol number."""
         return cast(AllotmentVersionReply, await self._typed("allotment_version"))
+
+    # --- dispatch extension -------------------------------------------------------------------
+
+    async def load_image(
+        self,
+        job_id: int,
+        data: bytes | bytearray | memoryview,
+        *,
+        owner: str | None = None,
+        token: str | None = None,
+        timeout_s: float | None = _UNSET,
+    ) -> d.ImageLoaded:
+        """Upload an image onto a job's boards; the server validates it before accepting it.
+
+        The header line goes first; the bytes follow, in chunks, only once the server has
+        accepted the header (so a refused upload costs nothing).
+
+        Args:
+            job_id: a job in state ready with its boards powered on.
+            data: the encoded image (`machine_models.Image.encode`).
+            owner: the job's owner: needed on the first load of a job.
+            token: the token an earlier load answered: needed on every later one.
+            timeout_s: limit for the whole upload (default: the client's limit plus a second
+                per 10 MB).
+
+        Returns:
+            What was stored, with the token every later dispatch command needs.
+
+        Raises:
+            ServerError: the server refused the header or the image (the message says why).
+        """
+        view = memoryview(data).cast("B")
+        limit = self._timeout_s if timeout_s is _UNSET else timeout_s
+        if timeout_s is _UNSET and limit is not None:
+            limit += len(view) / _UPLOAD_BYTES_PER_S
+        kwargs: dict[str, Any] = {
+            "n_bytes": len(view),
+            "sha256": hashlib.sha256(view).hexdigest(),
+        }
+        if owner is not None:
+            kwargs["owner"] = owner
+        if token is not None:
+            kwargs["token"] = token
+        header = encode_request("load_image", [job_id], kwargs)
+        go_ahead = _Slot("load_image")
+        done = _Slot("load_image")
+        try:
+            with anyio.fail_after(limit):
+                async with self._send_lock:
+                    if self._broken is not None:
+                        raise ConnectionLostError(self._broken)
+                    self._pending.append(go_ahead)
+                    await self._send("load_image", header)
+                    reply = await self._wait(go_ahead)
+                    if isinstance(reply, ExceptionReply):
+                        raise ServerError(reply.exception)
+                    self._pending.append(done)
+                    for start in range(0, len(view), _BODY_CHUNK_BYTES):
+                        await self._send("load_image", view[start : start + _BODY_CHUNK_BYTES])
+                result = await self._wait(done)
+        except TimeoutError:
+            self._fail("load_image timed out in the middle of an upload")
+            raise ProtocolTimeoutError("load_image", limit or 0.0) from None
+        if isinstance(result, ExceptionReply):
+            raise ServerError(result.exception)
+        try:
+            return d.ImageLoaded.model_validate(result.value)
+        except ValueError as e:
+            raise BadReplyError(f"reply to 'load_image' does not match its model: {e}") from None
+
+    async def start_run(
+        self, job_id: int, token: str, n_steps: int, *, fresh: bool = False, notify: bool = True
+    ) -> d.RunStatus:
+        """Queue a run of `n_steps` timesteps of the job's image.
+
+        Args:
+            job_id: the job.
+            token: the token `load_image` answered.
+            n_steps: timesteps to run.
+            fresh: start from the loaded image rather than from where the last run ended.
+            notify: send `run_progress` notifications on this connection.
+        """
+        return cast(
+            d.RunStatus,
+            await self._typed("start_run", job_id, token, n_steps, fresh=fresh, notify=notify),
+        )
+
+    async def run_status(self, job_id: int, token: str) -> d.RunStatus:
+        """The job's latest run: its state, progress and queue position."""
+        return cast(d.RunStatus, await self._typed("run_status", job_id, token))
+
+    async def stop_run(self, job_id: int, token: str, reason: str | None = None) -> d.RunStatus:
+        """Stop the job's run at once (its state and results stay as before the run)."""
+        return cast(d.RunStatus, await self._typed("stop_run", job_id, token, reason=reason))
+
+    async def wait_for_run(
+        self,
+        job_id: int,
+        token: str,
+        *,
+        progress: Callable[[d.RunStatus], None] | None = None,
+        timeout_s: float | None = None,
+    ) -> d.RunStatus:
+        """Wait until the job's latest run ends, on its notifications; return its last status.
+
+        The run must have been started with ``notify=True`` on this connection. Other
+        notifications read meanwhile stay queued for `receive_notification`.
+
+        Raises:
+            ProtocolTimeoutError: the run did not end in time.
+        """
+        status = await self.run_status(job_id, token)
+        run_id = status.run_id
+        kept: list[Notification | d.RunProgress] = []
+        try:
+            with anyio.fail_after(timeout_s):
+                while status.state is not None and not status.state.is_over:
+                    while not any(_is_progress_of(n, job_id) for n in self._notifications):
+                        async with self._read_lock:
+                            await self._read_one()
+                    notification = self._notifications.popleft()
+                    if not _is_progress_of(notification, job_id):
+                        kept.append(notification)
+                    elif notification.run_progress.run_id == run_id:
+                        status = notification.run_progress
+                        if progress is not None:
+                            progress(status)
+        except TimeoutError:
+            raise ProtocolTimeoutError("wait_for_run", timeout_s or 0.0) from None
+        finally:
+            self._notifications.extendleft(reversed(kept))
+        return status
+
+    async def fetch_results(self, job_id: int, token: str, part: str = d.PART_ALL) -> bytes:
+        """One part of the job's results (default: the whole results file), in ranges.
+
+        Decode it with `machine_models.results_file`. A later run that replaces the results
+        while they are being fetched makes the fetch start again.
+
+        Raises:
+            ServerError: no results yet, or no such part.
+            BadReplyError: a range did not match its checksum.
+        """
+        while True:
+            pieces: list[bytes] = []
+            offset = 0
+            snapshot: str | None = None
+            while True:
+                value, body = await self._exchange(
+                    "fetch_results",
+                    encode_request(
+                        "fetch_results", [job_id, token], {"part": part, "offset": offset}
+                    ),
+                    self._timeout_s,
+                    has_body=True,
+                )
+                try:
+                    chunk = d.ResultsChunk.model_validate(value)
+                except ValueError as e:
+                    raise BadReplyError(f"reply to 'fetch_results' does not match: {e}") from None
+                if hashlib.sha256(body).hexdigest() != chunk.sha256:
+                    raise BadReplyError(f"results range at {offset} does not match its sha256")
+                if snapshot is not None and chunk.snapshot != snapshot:
+                    break
+                snapshot = chunk.snapshot
+                pieces.append(body)
+                offset += chunk.n_bytes
+                if offset >= chunk.total_bytes or not chunk.n_bytes:
+                    return b"".join(pieces)
+
+
+def _is_progress_of(
+    notification: Notification | d.RunProgress, job_id: int
+) -> TypeGuard[d.RunProgress]:
+    return isinstance(notification, d.RunProgress) and notification.run_progress.job_id == job_id

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from pydantic import BaseModel
 
+from protocol.dispatch import RunProgress
 from protocol.errors import (
     BadArgsError,
     BadCommandError,
@@ -35,6 +37,7 @@ from protocol.messages import (
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "ReplyWithBody",
     "decode_request",
     "decode_request_parts",
     "decode_server_message",
@@ -155,14 +158,29 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyWithBody:
+    """A reply whose line is followed by raw bytes (`fetch_results`, see `protocol.dispatch`).
+
+    Attributes:
+        value: the `return` value; its header tells the client how many bytes follow.
+        body: the raw bytes written right after the line.
+    """
+
+    value: Any
+    body: bytes
+
+
 def encode_reply(value: Any) -> bytes:
-    """Encode `{"return": value}` plus newline.
+    """Encode `{"return": value}` plus newline (and the raw body of a `ReplyWithBody`).
 
     Args:
-        value: plain JSON data, a reply model, or a list of reply models.
+        value: plain JSON data, a reply model, a list of reply models, or a `ReplyWithBody`.
     """
     if value is None:
         return _NULL_REPLY  # keepalives, destroys, watches: skip the encoder (a microsecond)
+    if type(value) is ReplyWithBody:
+        return encode_reply(value.value) + value.body
     return b'{"return": ' + _encode(to_jsonable(value)).encode() + b"}\n"
 
 
@@ -171,8 +189,10 @@ def encode_exception(message: str) -> bytes:
     return b'{"exception": ' + _encode(message).encode() + b"}\n"
 
 
-def encode_notification(notification: Notification) -> bytes:
-    """Encode a `jobs_changed` or `machines_changed` notification plus newline."""
+def encode_notification(notification: Notification | RunProgress) -> bytes:
+    """Encode a `jobs_changed`, `machines_changed` or `run_progress` notification plus newline."""
+    if isinstance(notification, RunProgress):
+        return _encode(to_jsonable(notification)).encode() + b"\n"
     if isinstance(notification, JobsChanged):
         return b'{"jobs_changed": ' + _encode(list(notification.jobs_changed)).encode() + b"}\n"
     return b'{"machines_changed": ' + _encode(list(notification.machines_changed)).encode() + b"}\n"
@@ -192,14 +212,14 @@ def encode_request(
     return _encode(obj).encode() + b"\n"
 
 
-def decode_server_message(line: bytes) -> ServerMessage:
+def decode_server_message(line: bytes) -> ServerMessage | RunProgress:
     """Decode one line from the server (client side).
 
     Args:
         line: the bytes of one line, trailing newline optional.
 
     Returns:
-        A `ReturnReply`, an `ExceptionReply`, or a notification.
+        A `ReturnReply`, an `ExceptionReply`, or a notification (`run_progress` included).
 
     Raises:
         InvalidJSONError: not UTF-8 or not JSON.
@@ -217,6 +237,8 @@ def decode_server_message(line: bytes) -> ServerMessage:
             return JobsChanged.model_validate(obj)
         if "machines_changed" in obj:
             return MachinesChanged.model_validate(obj)
+        if "run_progress" in obj:
+            return RunProgress.model_validate(obj)
     except ValueError as e:
         raise BadReplyError(f"malformed notification {sorted(obj)}: {e}") from None
     raise BadReplyError(f"object with keys {sorted(obj)[:8]}")

@@ -7,6 +7,7 @@ The tree, for a prefix `allotment` and a machine `spin5`::
     allotment/spin5/summary          MachineSummary, retained: the present state
     allotment/spin5/machine          MachineEvent: added, changed, removed, drained
     allotment/spin5/jobs/17          JobEvent: every state change of job 17
+    allotment/spin5/jobs/17/run      RunEvent: job 17's runs (queued, progress, ended)
     allotment/spin5/boards/3/4/1     BoardEvent, retained: board (3, 4, 1)
     allotment/_queued/jobs/18        JobEvent of a job with no machine yet
 
@@ -30,9 +31,11 @@ __all__ = [
     "MachineChange",
     "MachineEvent",
     "MachineSummary",
+    "RunEvent",
     "board_topic",
     "job_topic",
     "machine_topic",
+    "run_topic",
     "summary_topic",
     "topic_segment",
 ]
@@ -86,6 +89,22 @@ class JobEvent(_Payload):
     machine: str | None = None
     power: bool | None = None
     n_boards: int = Field(default=0, ge=0)
+    reason: str | None = None
+
+
+class RunEvent(_Payload):
+    """A job's run was queued, started, moved on, or ended (dispatch extension).
+
+    `state` is one of `queued`, `running`, `done`, `failed`, `stopped`.
+    """
+
+    kind: Literal["run"] = "run"
+    job_id: int
+    machine: str | None = None
+    run_id: int = Field(ge=1)
+    state: str
+    steps_done: int = Field(default=0, ge=0)
+    steps_total: int = Field(default=0, ge=0)
     reason: str | None = None
 
 
@@ -159,3 +178,8 @@ def job_topic(prefix: str, machine: str | None, job_id: int) -> str:
 def board_topic(prefix: str, machine: str, x: int, y: int, z: int) -> str:
     """Return the retained topic of board (x, y, z) of `machine`."""
     return f"{prefix}/{topic_segment(machine)}/boards/{x}/{y}/{z}"
+
+
+def run_topic(prefix: str, machine: str | None, job_id: int) -> str:
+    """Return the topic of job `job_id`'s run events."""
+    return f"{job_topic(prefix, machine, job_id)}/run"

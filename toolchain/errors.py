@@ -11,6 +11,8 @@ __all__ = [
     "KeySpaceError",
     "NetworkError",
     "PlacementError",
+    "RemoteError",
+    "RemoteRunError",
     "ResourceError",
     "RoutingError",
     "RoutingTableFullError",
@@ -69,3 +71,15 @@ class RoutingTableFullError(RoutingError):
         self.chip = chip
         self.n_entries = n_entries
         self.capacity = capacity
+
+
+class RemoteError(ToolchainError):
+    """The allocation server could not be reached, refused a request, or the job is gone.
+
+    The message names the server and what failed; the boards may be gone (open a new
+    `RemoteMachine`).
+    """
+
+
+class RemoteRunError(RemoteError):
+    """A run on the server did not finish: it failed or was stopped; the message says why."""

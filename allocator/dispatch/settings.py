@@ -1,0 +1,37 @@
+"""The ``[dispatch]`` table of the server configuration: workers, limits, storage, dead chips.
+
+A file may say::
+
+    [dispatch]
+    directory = "/var/lib/allotment/dispatch"   # images, states and results, one folder per job
+    workers = 2                                 # worker processes running images
+    max_image_bytes = 268435456                 # per job
+    run_memory_bytes = 4294967296               # a worker above this fails its run
+    run_wall_s = 3600.0                         # a run longer than this fails
+    results_grace_s = 3600.0                    # results kept this long after the job ends
+    dead_chips = [["spinn-1200", 13, 4]]        # machine, chip x, chip y (machine coordinates)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DispatchSettings"]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class DispatchSettings(BaseModel):
+    """The ``[dispatch]`` table."""
+
+    model_config = _FROZEN
+    directory: str = "allotment-dispatch"
+    workers: Annotated[int, Field(ge=1, le=256)] = 2
+    max_image_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
+    run_memory_bytes: Annotated[int, Field(ge=64 * 1024 * 1024)] = 4 * 1024 * 1024 * 1024
+    run_wall_s: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 3600.0
+    results_grace_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 3600.0
+    upload_idle_s: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 30.0
+    dead_chips: tuple[tuple[str, int, int], ...] = ()

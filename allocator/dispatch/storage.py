@@ -1,0 +1,133 @@
+"""Dispatch's files: one folder per job holding its image, its record, its states and results.
+
+::
+
+    <directory>/job-7/
+        record.json             JobFolderRecord: token digest, image, runs (rewritten atomically)
+        image.bin               the validated image (only ever renamed into place)
+        upload-<hex>.tmp        an upload in progress (removed unless it becomes image.bin)
+        snap-3/results.bin      what runs 1..3 recorded (written by the worker of run 3)
+        snap-3/state.pickle     the executor after run 3, for a continuation
+
+A record names the snapshot that is current; older ones are removed once a newer one is
+recorded. Every function here blocks: the command family calls them through its file
+thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from allocator.dispatch.topology import TopologySpec
+from protocol.dispatch import RunState
+
+__all__ = [
+    "ImageInfo",
+    "JobFolderRecord",
+    "RunRecord",
+    "job_folder",
+    "read_records",
+    "remove_folder",
+    "write_record",
+]
+
+_RECORD: Final = "record.json"
+_PREFIX: Final = "job-"
+IMAGE_FILE: Final = "image.bin"
+RESULTS_FILE: Final = "results.bin"
+STATE_FILE: Final = "state.pickle"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ImageInfo(_Frozen):
+    """The job's validated image."""
+
+    sha256: str
+    n_bytes: int
+    n_cores: int
+    n_chips: int
+    timestep_us: int
+
+
+class RunRecord(_Frozen):
+    """One run as recorded (progress is not recorded, only where a run ended)."""
+
+    run_id: int
+    n_steps: int
+    is_fresh: bool
+    first_step: int
+    state: RunState
+    steps_done: int = 0
+    reason: str | None = None
+
+
+class JobFolderRecord(_Frozen):
+    """What `record.json` holds."""
+
+    job_id: int
+    token_sha256: str
+    image: ImageInfo | None = None
+    topology: TopologySpec | None = None
+    runs: tuple[RunRecord, ...] = ()
+    snapshot: str | None = None
+    state_step: int = 0
+    is_state_saved: bool = False
+    ended_at: float | None = None
+
+
+def job_folder(directory: Path, job_id: int) -> Path:
+    """The folder of one job."""
+    return directory / f"{_PREFIX}{job_id}"
+
+
+def write_record(directory: Path, record: JobFolderRecord) -> None:
+    """Write a job's record atomically (temporary file, fsync, rename)."""
+    folder = job_folder(directory, record.job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f"{_RECORD}.tmp"
+    with temporary.open("wb") as out:
+        out.write(record.model_dump_json().encode())
+        out.flush()
+        os.fsync(out.fileno())
+    temporary.replace(folder / _RECORD)
+
+
+def read_records(directory: Path) -> tuple[list[JobFolderRecord], list[Path]]:
+    """Every job folder's record, and the folders without a readable one.
+
+    Leftover temporary files (uploads, half-written records and snapshots) are removed.
+    """
+    records: list[JobFolderRecord] = []
+    unreadable: list[Path] = []
+    if not directory.is_dir():
+        return records, unreadable
+    for folder in sorted(directory.iterdir()):
+        if not folder.is_dir() or not folder.name.startswith(_PREFIX):
+            continue
+        for leftover in folder.glob("*.tmp"):
+            remove_folder(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        try:
+            records.append(JobFolderRecord.model_validate_json((folder / _RECORD).read_bytes()))
+        except (OSError, ValidationError):
+            unreadable.append(folder)
+    return records, unreadable
+
+
+def remove_folder(path: Path) -> None:
+    """Remove a folder and everything in it (nothing if it is not there)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_old_snapshots(folder: Path, keep: str | None) -> None:
+    """Remove every snapshot of a job but `keep`."""
+    for snapshot in folder.glob("snap-*"):
+        if snapshot.name != keep:
+            remove_folder(snapshot)

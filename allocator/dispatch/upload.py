@@ -1,0 +1,199 @@
+"""Receives an image's raw bytes into a temporary file, hashing as they come, off the event loop.
+
+The connection hands each chunk it reads to `ImageUpload.feed` (on the event loop, which
+only collects them); batches of about a megabyte go to a thread of the upload's own that
+hashes and writes them, so the loop never hashes or touches the disk::
+
+    socket --data_received--> feed(): collect --1 MiB--> thread: sha256.update, file.write
+              ^                                              |
+              +-- pause_reading above 16 MiB in flight, resume below 4 MiB
+
+The image is never held whole in memory. `finished` resolves with the hex digest once every
+byte is written and synced, or raises `UploadError` if the connection was lost or the upload
+was aborted; the temporary file is then removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, Final
+
+from allocator.dispatch.errors import UploadError
+
+__all__ = ["ImageUpload"]
+
+_BATCH_BYTES: Final = 1 << 20
+_PAUSE_BYTES: Final = 16 << 20
+_RESUME_BYTES: Final = 4 << 20
+
+
+class ImageUpload:
+    """One upload of `n_bytes` bytes into `path` (a body sink for `Connection.take_body`).
+
+    Args:
+        path: the temporary file to write (created; removed again on failure).
+        n_bytes: exactly how many bytes the body has.
+        transport: the connection's transport, paused while the disk falls behind.
+        clock: monotonic seconds, for the idle time.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        n_bytes: int,
+        transport: Any,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.n_bytes = n_bytes
+        self._transport = transport
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        # One thread per upload: its batches are hashed and written strictly in order.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dispatch-upload")
+        self._hash = hashlib.sha256()
+        self._file: IO[bytes] | None = None
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._n_received = 0
+        self._in_flight_bytes = 0
+        self._is_paused = False
+        self._is_aborted = False
+        self._last_data_at = clock()
+        self.finished: asyncio.Future[str] = self._loop.create_future()
+        self._writes: list[asyncio.Future[None]] = []
+        if n_bytes == 0:
+            self._submit_last()
+
+    def __repr__(self) -> str:
+        return (
+            f"<ImageUpload {self._n_received}/{self.n_bytes} bytes"
+            f" in_flight={self._in_flight_bytes}>"
+        )
+
+    # --- the body sink (called by the connection, on the event loop) --------------------
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether every byte of the body has been taken."""
+        return self._n_received >= self.n_bytes
+
+    def feed(self, data: bytes) -> int:
+        """Take the bytes of `data` that belong to the body; return how many."""
+        if self._is_aborted:
+            # Aborted: swallow the rest of the declared body so the stream stays framed.
+            taken = min(len(data), self.n_bytes - self._n_received)
+            self._n_received += taken
+            return taken
+        taken = min(len(data), self.n_bytes - self._n_received)
+        self._last_data_at = self._clock()
+        if taken:
+            self._batch.append(data if taken == len(data) else data[:taken])
+            self._batch_bytes += taken
+            self._n_received += taken
+        if self.is_complete:
+            self._submit_last()
+        elif self._batch_bytes >= _BATCH_BYTES:
+            self._submit()
+        return taken
+
+    def lost(self) -> None:
+        """The connection ended before the whole body came."""
+        if not self.is_complete:
+            self.abort(f"the connection was lost after {self._n_received} of {self.n_bytes} bytes")
+
+    # --- the rest -----------------------------------------------------------------------
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds since bytes last arrived."""
+        return self._clock() - self._last_data_at
+
+    @property
+    def n_received(self) -> int:
+        """Bytes of the body received so far."""
+        return self._n_received
+
+    def abort(self, reason: str) -> None:
+        """Give up: `finished` raises `UploadError(reason)` and the file is removed."""
+        if self._is_aborted:
+            return
+        self._is_aborted = True
+        if not self.finished.done():
+            self.finished.set_exception(UploadError(reason))
+            self.finished.exception()  # retrieved here: a lost connection may await nothing
+        self._resume()
+        self._batch.clear()
+        self._thread.submit(self._discard)
+        self._thread.shutdown(wait=False)
+
+    def _submit(self) -> None:
+        batch, self._batch = self._batch, []
+        size, self._batch_bytes = self._batch_bytes, 0
+        self._in_flight_bytes += size
+        future = self._loop.run_in_executor(self._thread, self._write, batch)
+        future.add_done_callback(lambda f: self._written(f, size))
+        self._writes.append(future)
+        if self._in_flight_bytes > _PAUSE_BYTES and not self._is_paused:
+            self._is_paused = True
+            self._transport.pause_reading()
+
+    def _submit_last(self) -> None:
+        self._submit()
+        future = self._loop.run_in_executor(self._thread, self._close)
+        future.add_done_callback(self._closed)
+
+    def _written(self, future: asyncio.Future[None], size: int) -> None:
+        self._in_flight_bytes -= size
+        if self._is_aborted:
+            return
+        if future.cancelled() or future.exception() is not None:
+            error = future.exception() if not future.cancelled() else None
+            self.abort(f"the image could not be stored: {error}")
+            return
+        if self._is_paused and self._in_flight_bytes < _RESUME_BYTES:
+            self._resume()
+
+    def _closed(self, future: asyncio.Future[str]) -> None:
+        if self._is_aborted:
+            return
+        error = future.exception()
+        if error is not None:
+            self.abort(f"the image could not be stored: {error}")
+            return
+        self.finished.set_result(future.result())
+        self._thread.shutdown(wait=False)
+
+    def _resume(self) -> None:
+        if self._is_paused:
+            self._is_paused = False
+            self._transport.resume_reading()
+
+    # --- in the upload's thread ---------------------------------------------------------
+
+    def _write(self, batch: list[bytes]) -> None:
+        if self._file is None:
+            self._file = self.path.open("wb")
+        for chunk in batch:
+            self._hash.update(chunk)
+            self._file.write(chunk)
+
+    def _close(self) -> str:
+        if self._file is None:
+            self._file = self.path.open("wb")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._hash.hexdigest()
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,165 @@
+"""A worker process: runs jobs' images on the chip model, one run at a time, for the server.
+
+The server starts ``python -m allocator.dispatch.worker`` and talks to it over its standard
+streams, one JSON line each way (`RunOrder` in, `WorkerMessage` out)::
+
+    worker: {"kind": "ready"}
+    server: {"run_id": 3, "job_id": 7, "folder": ..., "n_steps": 10000, ...}
+    worker: {"kind": "started", "first_step": 200}
+    worker: {"kind": "progress", "steps_done": 100}  ... (about four a second)
+    worker: {"kind": "done", "steps_done": 10000}      results written: the run is over
+    worker: {"kind": "saved"}                          the executor's state is on disk too
+    (or)    {"kind": "failed", "reason": "core (0, 0, 3): region 2 is missing"}
+
+The run goes in chunks so that progress can be reported; consecutive runs of the executor
+give the same results as one long run, so the chunks change nothing. A continuation starts
+from the state the previous run pickled; a fresh run decodes the image again. The state is
+saved after "done", so the job runner can fetch its results while the worker still writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Final, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE
+from allocator.dispatch.topology import TopologySpec
+from machine_models.errors import MachineModelError
+from machine_models.executor import Executor, Results
+from machine_models.image import Image
+from machine_models.results_file import decode_results, encode_results, join_results
+
+__all__ = ["RunOrder", "WorkerMessage", "main"]
+
+log = logging.getLogger("allotment.dispatch.worker")
+
+_CHUNK_S: Final = 0.25
+"""Wall time a chunk of steps aims at: progress about four times a second."""
+_FIRST_CHUNK_STEPS: Final = 20
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunOrder(_Frozen):
+    """What the server asks a worker to run."""
+
+    run_id: int
+    job_id: int
+    folder: str
+    topology: TopologySpec
+    n_steps: int
+    is_fresh: bool
+    previous_snapshot: str | None
+    snapshot: str
+
+
+class WorkerMessage(_Frozen):
+    """What a worker tells the server."""
+
+    kind: Literal["ready", "started", "progress", "done", "saved", "failed"]
+    steps_done: int = 0
+    first_step: int = 0
+    reason: str | None = None
+
+
+class _RunFailed(Exception):
+    """The run cannot go on; the message is for the job runner."""
+
+
+def _send(out: IO[bytes], message: WorkerMessage) -> None:
+    out.write(message.model_dump_json().encode() + b"\n")
+    out.flush()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    temporary.replace(path)
+
+
+def _load(order: RunOrder) -> tuple[Executor, Results | None]:
+    """The executor to run, and the results recorded before it (for a continuation)."""
+    folder = Path(order.folder)
+    if not order.is_fresh and order.previous_snapshot is not None:
+        previous = folder / order.previous_snapshot
+        try:
+            with (previous / STATE_FILE).open("rb") as f:
+                # Our own worker wrote this file into the server's own folder.
+                executor = pickle.load(f)
+            earlier, _ = decode_results((previous / RESULTS_FILE).read_bytes())
+        except FileNotFoundError:
+            raise _RunFailed(
+                f"the state of job {order.job_id} after its last run was lost; start afresh"
+            ) from None
+        if not isinstance(executor, Executor):
+            raise _RunFailed(f"the saved state of job {order.job_id} is not an executor")
+        return executor, earlier
+    image = Image.decode((folder / IMAGE_FILE).read_bytes())
+    return Executor(image, order.topology.build()), None
+
+
+def _run(order: RunOrder, out: IO[bytes]) -> None:
+    executor, earlier = _load(order)
+    first_step = executor.step
+    _send(out, WorkerMessage(kind="started", first_step=first_step))
+    parts = [] if earlier is None else [earlier]
+    done = 0
+    chunk = min(order.n_steps, _FIRST_CHUNK_STEPS)
+    while done < order.n_steps:
+        started = time.perf_counter()
+        parts.append(executor.run(chunk))
+        done += chunk
+        _send(out, WorkerMessage(kind="progress", steps_done=done))
+        elapsed = max(time.perf_counter() - started, 1e-6)
+        chunk = max(1, min(order.n_steps - done, 4 * chunk, int(chunk * _CHUNK_S / elapsed)))
+    results = join_results(parts)
+    snapshot = Path(order.folder) / order.snapshot
+    snapshot.mkdir(parents=True, exist_ok=True)
+    _write_atomically(
+        snapshot / RESULTS_FILE,
+        encode_results(results, first_step=0, last_step=executor.step),
+    )
+    _send(out, WorkerMessage(kind="done", steps_done=done, first_step=first_step))
+    _write_atomically(snapshot / STATE_FILE, pickle.dumps(executor, protocol=5))
+    _send(out, WorkerMessage(kind="saved", steps_done=done, first_step=first_step))
+
+
+def main() -> int:
+    """Serve run orders from standard input until it closes."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    out = sys.stdout.buffer
+    _send(out, WorkerMessage(kind="ready"))
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        order = RunOrder.model_validate_json(line)
+        try:
+            _run(order, out)
+        except (_RunFailed, MachineModelError, OSError) as error:
+            _send(out, WorkerMessage(kind="failed", reason=str(error)))
+        except Exception as error:
+            traceback.print_exc(file=sys.stderr)
+            _send(
+                out,
+                WorkerMessage(
+                    kind="failed", reason=f"internal error in the worker: {type(error).__name__}"
+                ),
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
