@@ -81,6 +81,11 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="run the batch service alone, its jobs using the allocation server at --port",
     )
+    batch.add_argument(
+        "--batch-virtual",
+        action="store_true",
+        help="batch jobs' PyNN scripts run virtually, in the job's process (no boards)",
+    )
     batch_cli.add_runner_options(batch)
     serve.add_argument(
         "--log-level",
@@ -172,6 +177,8 @@ def _batch_arguments(args: argparse.Namespace, spalloc_port: int) -> list[str]:
         *("--job-timeout-h", str(args.job_timeout_h)),
         *("--job-memory-mb", str(args.job_memory_mb)),
         *("--job-output-mb", str(args.job_output_mb)),
+        *(["--virtual"] if args.batch_virtual else []),
+        *(["--no-warmup"] if args.no_warmup else []),
     ]
 
 
@@ -180,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.batch_only:
         from jobqueue.service import serve as serve_batch
 
-        config = batch_cli.runner_config(args, args.host, args.port)
+        config = batch_cli.runner_config(args, None if args.batch_virtual else args.host, args.port)
         return serve_batch(host=args.host, port=args.batch_port, db_url=args.db, runner=config)
     from allocator.app import StartupError, serve
 
