@@ -168,6 +168,10 @@ class _Region:
     wraps_y: bool
 
 
+_MAX_CACHED_REGIONS = 4096
+"""Regions whose periphery `MachineAllocator` remembers (then it starts afresh)."""
+
+
 class MachineAllocator:
     """Which boards of one machine are held, and by which job; pure and synchronous."""
 
@@ -191,6 +195,11 @@ class MachineAllocator:
         )
         # The links leaving each single board that was ever allocated alone (fixed per board).
         self._board_periphery: dict[BoardXYZ, frozenset[tuple[BoardXYZ, Link]]] = {}
+        # board -> the board across each of its six links (in `Link` order), built lazily
+        self._neighbours: dict[BoardXYZ, tuple[BoardXYZ, ...]] = {}
+        # the boards of a region -> the links leaving it: regions recur (the lowest free
+        # rectangle of a shape is usually the same few), and they cost 6 steps a board
+        self._region_periphery: dict[frozenset[BoardXYZ], frozenset[tuple[BoardXYZ, Link]]] = {}
         self._out_of_service: frozenset[BoardXYZ] = frozenset()
         # Links an operator took out, in both directions, like `Machine.dead_links`.
         self._links_out: frozenset[tuple[BoardXYZ, Link]] = frozenset()
@@ -391,9 +400,9 @@ class MachineAllocator:
         table = np.zeros((n_w + 1, n_h + 1), dtype=np.int32)
         table[1:, 1:] = blocked.astype(np.int32).cumsum(0).cumsum(1)
         counts = table[w:, h:] - table[:-w, h:] - table[w:, :-h] + table[:-w, :-h]
-        xs, ys = np.nonzero(counts == 0)
-        order = np.lexsort((xs, ys))
-        return [(int(xs[i]), int(ys[i])) for i in order]
+        # Row by row of the transposed grid: y first, then x, the order corners are tried in.
+        ys, xs = np.nonzero((counts == 0).T)
+        return list(zip(xs.tolist(), ys.tolist(), strict=True))
 
     def allocate(
         self, request: JobRequest, job_id: int, avoid: frozenset[TriadXY] = frozenset()
@@ -453,12 +462,29 @@ class MachineAllocator:
 
     def _periphery(self, boards: frozenset[BoardXYZ]) -> frozenset[tuple[BoardXYZ, Link]]:
         """The links that leave a set of boards."""
-        return frozenset(
+        cached = self._region_periphery.get(boards)
+        if cached is not None:
+            return cached
+        links = tuple(Link)
+        periphery = frozenset(
             (board, link)
             for board in boards
-            for link in Link
-            if board_neighbour(board, link, self._w, self._h).board not in boards
+            for link, neighbour in zip(links, self._neighbours_of(board), strict=True)
+            if neighbour not in boards
         )
+        if len(self._region_periphery) >= _MAX_CACHED_REGIONS:
+            self._region_periphery.clear()
+        self._region_periphery[boards] = periphery
+        return periphery
+
+    def _neighbours_of(self, board: BoardXYZ) -> tuple[BoardXYZ, ...]:
+        """The board across each link of `board`, in `Link` order."""
+        neighbours = self._neighbours.get(board)
+        if neighbours is None:
+            neighbours = self._neighbours[board] = tuple(
+                board_neighbour(board, link, self._w, self._h).board for link in Link
+            )
+        return neighbours
 
     def _spare_in(self, triad: TriadXY) -> BoardXYZ | None:
         """The first board of a triad that is live, in service and held by no job."""

@@ -91,26 +91,21 @@ class JobRequest:
         max_dead_links: int | None = None,
         require_torus: bool | None = None,
     ) -> JobRequest:
-        """Build a request from create_job's positional args and keyword values.
+        """Build a request from create_job's dimensions (0 to 3 integers) and options.
+
+        The wire rules of create_job (how many positional arguments, a fourth one meaning
+        ``max_dead_boards``, ``machine`` and ``tags`` together) are the protocol's
+        (`protocol.commands`, which binds a request before it gets here); this checks what
+        the request means.
 
         Raises:
-            RequestError: Too many positional args, non-integer or negative sizes, sizes
-                beyond `MAX_REQUEST_BOARDS`, both ``machine`` and ``tags``,
-                ``require_torus`` with a single board, or a bad ``min_ratio`` or limit.
+            RequestError: More than 3 dimensions, non-integer or negative sizes, sizes
+                beyond `MAX_REQUEST_BOARDS`, ``require_torus`` with a single board, or a
+                bad ``min_ratio`` or limit.
         """
         args = list(args)
-        if len(args) > 4:
-            raise RequestError(f"create_job takes at most 4 positional arguments, got {len(args)}")
-        if len(args) == 4:
-            fourth = args.pop()
-            if fourth is not None:
-                if max_dead_boards is not None:
-                    raise RequestError(
-                        "max_dead_boards given both as 4th positional argument and keyword"
-                    )
-                max_dead_boards = _int_arg(fourth, "max_dead_boards")
-        if machine is not None and tags is not None:
-            raise RequestError("Only one of machine and tags may be specified for a job.")
+        if len(args) > 3:
+            raise RequestError(f"a request has at most 3 dimensions, got {len(args)}")
         if machine is not None and not isinstance(machine, str):
             raise RequestError(f"machine must be a string, not {machine!r}")
         tag_set = frozenset({"default"}) if tags is None else frozenset(tags)

@@ -57,6 +57,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+from mix_load import DEFAULT_MIX, parse_mix, run_mix
 from server_load import SERVER_TOML, own_server, run_load, run_on_uvloop
 
 from allocator.config import parse_config
@@ -288,7 +289,7 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 async def load_reference(
-    python: str, directory: Path, n_clients: int, seconds: float
+    python: str, directory: Path, n_clients: int, seconds: float, mix: str | None = None
 ) -> dict[str, Any]:
     """Start the original server with its BMPs faked, run the clients, stop it.
 
@@ -331,7 +332,13 @@ async def load_reference(
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_drain(process.stderr, tail))
                 try:
-                    figures = await run_load(HOST, port, n_clients, seconds, process.pid)
+                    if mix is None:
+                        figures = await run_load(HOST, port, n_clients, seconds, process.pid)
+                    else:
+                        # In processes of their own, from a thread: this loop answers the BMPs.
+                        figures = await asyncio.to_thread(
+                            run_mix, HOST, port, n_clients, seconds, process.pid, mix
+                        )
                 finally:
                     await _stop(process)
         finally:
@@ -342,18 +349,23 @@ async def load_reference(
     return figures
 
 
-def measure_reference(python: str, version: str, n_clients: int, seconds: float) -> dict[str, Any]:
+def measure_reference(
+    python: str, version: str, n_clients: int, seconds: float, mix: str | None = None
+) -> dict[str, Any]:
     """One run against a fresh original server; `server_load.py`'s figures plus its name."""
     with tempfile.TemporaryDirectory(prefix="spalloc-server-bench-") as tmp:
-        figures = run_on_uvloop(load_reference(python, Path(tmp), n_clients, seconds))
+        figures = run_on_uvloop(load_reference(python, Path(tmp), n_clients, seconds, mix))
     figures["server"] = f"spalloc_server {version} (original)"
     return figures
 
 
-def measure_allotment(n_clients: int, seconds: float) -> dict[str, Any]:
+def measure_allotment(n_clients: int, seconds: float, mix: str | None = None) -> dict[str, Any]:
     """One run against a fresh allotment server, started as `server_load.py` starts it."""
     with own_server(None) as (host, port, pid):
-        figures = run_on_uvloop(run_load(host, port, n_clients, seconds, pid))
+        if mix is None:
+            figures = run_on_uvloop(run_load(host, port, n_clients, seconds, pid))
+        else:
+            figures = run_mix(host, port, n_clients, seconds, pid, mix)
     figures["server"] = "allotment, own subprocess, sqlite"
     return figures
 
@@ -363,14 +375,16 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     return round(statistics.median(values), 1) if values else None
 
 
-def compare(python: str, version: str, n_runs: int, n_clients: int, seconds: float) -> None:
+def compare(
+    python: str, version: str, n_runs: int, n_clients: int, seconds: float, mix: str | None = None
+) -> None:
     """Alternate runs of the original and of allotment; print each, then the medians."""
     original: list[dict[str, Any]] = []
     allotment: list[dict[str, Any]] = []
     for _ in range(n_runs):
-        original.append(measure_reference(python, version, n_clients, seconds))
+        original.append(measure_reference(python, version, n_clients, seconds, mix))
         print(json.dumps(original[-1]), flush=True)
-        allotment.append(measure_allotment(n_clients, seconds))
+        allotment.append(measure_allotment(n_clients, seconds, mix))
         print(json.dumps(allotment[-1]), flush=True)
     original_rps = _median(original, "requests_per_s")
     allotment_rps = _median(allotment, "requests_per_s")
@@ -378,6 +392,7 @@ def compare(python: str, version: str, n_runs: int, n_clients: int, seconds: flo
     allotment_cpu = _median(allotment, "server_cpu_us_per_request")
     summary = {
         "benchmark": "server_load_compare",
+        "mix": mix,
         "runs": n_runs,
         "clients": n_clients,
         "seconds": seconds,
@@ -415,7 +430,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="alternate N runs of the original and N of allotment, then print the medians",
     )
+    parser.add_argument(
+        "--mix",
+        nargs="?",
+        const=DEFAULT_MIX,
+        default=None,
+        metavar="SIZES",
+        help=f"the mixed-size load of mix_load.py (default mix {DEFAULT_MIX})",
+    )
     args = parser.parse_args(argv)
+    if args.mix is not None:
+        parse_mix(args.mix)
     if not sys.platform.startswith("linux"):
         raise SystemExit(
             f"reference_server.py runs on Linux only (the fake BMPs listen on 127.N.F.0, "
@@ -425,10 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--compare needs at least 1 run")
     version = reference_version(args.reference_python)
     if args.compare is None:
-        figures = measure_reference(args.reference_python, version, args.clients, args.seconds)
+        figures = measure_reference(
+            args.reference_python, version, args.clients, args.seconds, args.mix
+        )
         print(json.dumps(figures))
     else:
-        compare(args.reference_python, version, args.compare, args.clients, args.seconds)
+        compare(args.reference_python, version, args.compare, args.clients, args.seconds, args.mix)
     return 0
 
 

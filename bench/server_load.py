@@ -15,6 +15,11 @@ power delays, and stops it at the end. The clients always run in this process, a
 server.
 
     python bench/server_load.py --clients 32 --seconds 20
+
+`--mix` runs the mixed-size load of `mix_load.py` instead (one process per client, on the
+real spalloc `ProtocolClient`; the default mix, or ``--mix 1:40,3:20,2x1:15,12:15,3x3:10``).
+
+    python bench/server_load.py --mix --seconds 20
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from collections import defaultdict
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, cast
+
+from mix_load import DEFAULT_MIX, parse_mix, run_mix
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOARD_LOCATIONS_CSV = REPO_ROOT / "allocator" / "data" / "spinn1m-ethernet-chips.csv"
@@ -290,6 +297,15 @@ def run_on_uvloop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
         return runner.run(main)
 
 
+def _load(
+    host: str, port: int, n_clients: int, seconds: float, pid: int | None, mix: str | None
+) -> dict[str, Any]:
+    """The single-board load of this script, or the mixed load of `mix_load.py`."""
+    if mix is not None:
+        return run_mix(host, port, n_clients, seconds, pid, mix)
+    return run_on_uvloop(run_load(host, port, n_clients, seconds, pid))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the load, print one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -298,13 +314,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help="database URL for the server this script starts")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--mix",
+        nargs="?",
+        const=DEFAULT_MIX,
+        default=None,
+        metavar="SIZES",
+        help=f"mixed job sizes on the spalloc client, one process each (default mix {DEFAULT_MIX})",
+    )
     args = parser.parse_args(argv)
+    if args.mix is not None:
+        parse_mix(args.mix)  # a bad mix fails before any server starts
     if args.host:
-        figures = run_on_uvloop(run_load(args.host, args.port, args.clients, args.seconds))
+        figures = _load(args.host, args.port, args.clients, args.seconds, None, args.mix)
         figures["server"] = "external"
     else:
         with own_server(args.db) as (host, port, pid):
-            figures = run_on_uvloop(run_load(host, port, args.clients, args.seconds, pid))
+            figures = _load(host, port, args.clients, args.seconds, pid, args.mix)
         figures["server"] = "own subprocess, " + (
             "sqlite" if not args.db else args.db.split(":")[0]
         )

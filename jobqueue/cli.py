@@ -61,6 +61,11 @@ def add_runner_options(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--job-output-mb", type=int, default=1024, help="limit on what one job writes"
     )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="do not compile the PyNN backend's kernels at start (each job then compiles them)",
+    )
 
 
 def runner_config(
@@ -79,6 +84,7 @@ def runner_config(
         output_bytes=args.job_output_mb * 1024 * 1024,
         spalloc_host=spalloc_host,
         spalloc_port=spalloc_port,
+        is_warming_up=not args.no_warmup,
     )
 
 

@@ -49,6 +49,9 @@ __all__ = ["Runner", "RunnerConfig"]
 log = logging.getLogger("allotment.batch")
 
 _SKIPPED_DIRS = {"reports", "application_generated_data_files", "__pycache__"}
+_WARM = ".warm"
+_WARM_UP_WAIT_S = 180.0
+_JOB_NUMBA_CACHE = ".numba-cache"
 _MAX_LOG_CHARS = 10_000_000
 
 
@@ -70,6 +73,8 @@ class RunnerConfig:
         heartbeat_s: how often a running job's log and heartbeat are written.
         stale_s: a job whose runner has been silent this long is ended as error.
         poll_s: how often to look for work submitted through another process.
+        is_warming_up: compile the PyNN backend's kernels once at start into a cache each
+            job gets a copy of (`jobqueue.warmup`).
     """
 
     jobs_dir: Path
@@ -84,6 +89,7 @@ class RunnerConfig:
     heartbeat_s: float = 0.5
     stale_s: float = 15.0
     poll_s: float = 1.0
+    is_warming_up: bool = True
     python: str = field(default=sys.executable)
 
 
@@ -123,6 +129,16 @@ class Runner:
         self._running_lock = threading.Lock()
         self._usage = UsageMonitor(config.spalloc_host, config.spalloc_port)
         self._shims = shims.install(config.jobs_dir.parent / f".{config.jobs_dir.name}-shims")
+        self._numba_cache = config.jobs_dir.parent / f".{config.jobs_dir.name}-numba"
+        self._warmed = threading.Event()
+        # what the job's Python needs, in case it lies under the sandbox's private /tmp
+        self._visible = [
+            self._shims,
+            Path(sys.prefix),
+            Path(sys.base_prefix),
+            *(Path(p) for p in sys.path if p and Path(p).is_dir()),
+            Path(config.python).resolve().parent,
+        ]
 
     def __repr__(self) -> str:
         return f"<Runner {self.runner_id}, {len(self._running)}/{self.config.n_slots} running>"
@@ -131,6 +147,11 @@ class Runner:
         """Start the dispatcher and heartbeat threads."""
         self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._usage.start()
+        if self.config.is_warming_up and not (self._numba_cache / _WARM).exists():
+            thread = threading.Thread(target=self._warm_up, name="batch-warmup", daemon=True)
+            thread.start()
+        else:
+            self._warmed.set()
         for target, name in ((self._dispatch, "batch-dispatch"), (self._beat, "batch-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -148,9 +169,49 @@ class Runner:
             thread.join(timeout=10)
         self._usage.stop()
 
+    def _warm_up(self) -> None:
+        """Fill the kernel cache (trusted code of ours, outside any job); mark it when done."""
+        try:
+            self._fill_cache()
+        finally:
+            self._warmed.set()
+
+    def _fill_cache(self) -> None:
+        scratch = self._numba_cache.with_name(self._numba_cache.name + ".new")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        env = {
+            **os.environ,
+            "NUMBA_CACHE_DIR": str(scratch),
+            "MPLBACKEND": "Agg",
+            "PYTHONUNBUFFERED": "1",
+        }
+        try:
+            subprocess.run(
+                [self.config.python, "-m", "jobqueue.warmup"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=True,
+                timeout=900,
+            )
+        except (subprocess.SubprocessError, OSError) as error:
+            log.warning("warming up the PyNN backend's kernels failed: %s", error)
+            return
+        (scratch / _WARM).touch()
+        shutil.rmtree(self._numba_cache, ignore_errors=True)
+        scratch.rename(self._numba_cache)
+        log.info("the PyNN backend's kernels are compiled into %s", self._numba_cache)
+
     # dispatching ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
+        # Jobs wait for the warm-up (once per jobs directory): compiling the kernels in the
+        # first jobs too would only share the same cores among more compilers.
+        deadline = time.monotonic() + _WARM_UP_WAIT_S
+        while not self._warmed.wait(0.2) and not self._stop.is_set():
+            if time.monotonic() > deadline:
+                break
         while not self._stop.is_set():
             if not self._slots.acquire(timeout=self.config.poll_s):
                 continue
@@ -255,6 +316,8 @@ class Runner:
         except SourceError as error:
             return "error", str(error), []
         self._write_cfg(prepared.cwd, owner)
+        if (self._numba_cache / _WARM).exists():
+            shutil.copytree(self._numba_cache, workdir / _JOB_NUMBA_CACHE)
         before = _files(workdir)
         config = job["hardware_config"] or {}
         try:
@@ -279,6 +342,7 @@ class Runner:
             cwd=prepared.cwd,
             jobs_root=self.config.jobs_dir,
             hidden_files=hidden,
+            visible=self._visible,
         )
         limits = Limits(
             cpu_s=self.config.cpu_s,
@@ -317,6 +381,7 @@ class Runner:
         reader.start()
         started = time.monotonic()
         written = -1
+        beaten = started
         reason: str | None = None
         while True:
             try:
@@ -330,9 +395,11 @@ class Runner:
                 reason = f"the job ran past its time limit of {timeout_s / 3600:g} hours"
             elif _size(run.workdir) > self.config.output_bytes:
                 reason = f"the job wrote more than its limit of {self.config.output_bytes} bytes"
-            else:
+            elif run.n_chars != written or time.monotonic() - beaten > self.config.stale_s / 5:
+                # the log when it grew, else a bare heartbeat now and then
                 text = run.text() if run.n_chars != written else None
                 written = run.n_chars
+                beaten = time.monotonic()
                 status = self.store.heartbeat(run.job["id"], self.runner_id, log=text)
                 if status not in ("validated", "running"):
                     reason = f"the job was {status} while it ran"
@@ -369,6 +436,7 @@ class Runner:
             "MPLBACKEND": "Agg",
             "MPLCONFIGDIR": str(cwd / ".matplotlib"),
             "NMPI_JOB_ID": str(job["id"]),
+            "NUMBA_CACHE_DIR": str(self.config.jobs_dir / str(job["id"]) / _JOB_NUMBA_CACHE),
         }
         for key, value in (job["hardware_config"] or {}).items():
             if isinstance(key, str) and key.isidentifier():
@@ -430,7 +498,7 @@ def _collect_outputs(workdir: Path, before: set[str]) -> list[OutputFile]:
                     archive.write(path, path.relative_to(workdir).as_posix())
     found = []
     for relative in sorted(_files(workdir) - before):
-        if _skipped(relative) or relative.startswith(".matplotlib/"):
+        if _skipped(relative) or relative.startswith((".matplotlib/", f"{_JOB_NUMBA_CACHE}/")):
             continue
         found.append(_describe(workdir, relative))
     return found

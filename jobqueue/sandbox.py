@@ -64,6 +64,7 @@ def sandboxed_command(
     cwd: Path,
     jobs_root: Path,
     hidden_files: Sequence[str],
+    visible: Sequence[Path] = (),
 ) -> tuple[list[str], list[int]]:
     """The bwrap command line that runs `argv` in `cwd`, isolated as described above.
 
@@ -73,6 +74,8 @@ def sandboxed_command(
         cwd: where `argv` starts (the job's directory or a folder in it).
         jobs_root: the directory holding every job's directory (hidden inside).
         hidden_files: files to make unreadable (the database and its companions).
+        visible: directories the job needs that may lie under /tmp (the Python environment,
+            the shims), bound back read-only over the private /tmp.
 
     Returns:
         The command and the file descriptors it names (bwrap reads each once): pass them
@@ -84,6 +87,11 @@ def sandboxed_command(
         "--dev", "/dev",
         "--proc", "/proc",
         "--tmpfs", "/tmp",
+    ]  # fmt: skip
+    for directory in dict.fromkeys(visible):
+        if directory.is_relative_to("/tmp") and directory.exists():
+            command += ["--ro-bind", str(directory), str(directory)]
+    command += [
         "--tmpfs", str(jobs_root),
         "--bind", str(workdir), str(workdir),
     ]  # fmt: skip

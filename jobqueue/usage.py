@@ -106,3 +106,6 @@ class UsageMonitor:
                 elapsed = self._interval_s if last is None else now - last
                 self._board_seconds[entry.owner] += len(entry.boards) * elapsed
                 self._last_seen[entry.job_id] = now
+            live = {entry.job_id for entry in entries}
+            for job_id in [j for j in self._last_seen if j not in live]:
+                del self._last_seen[job_id]

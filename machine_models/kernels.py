@@ -13,9 +13,11 @@ per Poisson core. Compiled with ``cache=True`` so later processes skip compilati
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple, TypeAlias
 
 import numba
 import numpy as np
+import numpy.typing as npt
 
 M32 = 0xFFFFFFFF
 REGIME_SLOW, REGIME_FAST, REGIME_FASTER = 0, 1, 2
@@ -136,6 +138,7 @@ def pack_rows(syn, starts, lengths, out):  # type: ignore[no-untyped-def]  # pra
 
 
 # Columns of the per-core parameter tables the executor builds (int64, one row per core).
+# Columns of the per-core parameter tables the executor builds (int64, one row per core).
 LIF_NB, LIF_NN, LIF_IB, LIF_TB, LIF_DB, LIF_IT, LIF_SHE, LIF_SHI, LIF_RB, LIF_RM = range(10)
 LIF_EMIT, LIF_REC, LIF_VIV, LIF_GEIV, LIF_GIIV = range(10, 15)
 LIF_VOFF, LIF_VFIRST, LIF_GEOFF, LIF_GEFIRST, LIF_GIOFF, LIF_GIFIRST = range(15, 21)
@@ -148,11 +151,135 @@ SSA_HI = 0
 SSA_COLUMNS = 1
 # the emitting cores, in the order the chip's packets of one step are delivered
 SRC_KIND, SRC_INDEX, SRC_EMIT, SRC_SEG = range(4)
+SRC_COLUMNS = 4
+KIND_SSA, KIND_POISSON, KIND_DELAY, KIND_LIF = range(4)
 # how an emitting core reaches a group of receiving cores (else: the neuron core it reaches
 # directly, every key through one one-synapse row)
 REACH_NONE, REACH_ROWS = -2, -1
-SRC_COLUMNS = 4
-KIND_SSA, KIND_POISSON, KIND_DELAY, KIND_LIF = range(4)
+# what a fan-out entry feeds: a synaptic row of a neuron core, or a delay extension's counter
+FAN_ROW, FAN_DELAY = 0, 1
+
+Array: TypeAlias = npt.NDArray[Any]
+
+
+class Emitters(NamedTuple):
+    """The emitting cores and the packets they send within a window.
+
+    ``src`` has a row per emitting core (columns ``SRC_*``), in delivery order; ``a_ptr`` and
+    ``a_items`` group them for the threads (CSR). Packet j of core q in window step i sits at
+    ``i * stride + src[q, SRC_SEG] + j`` of ``em_j`` (neuron) and ``em_k`` (payload), with
+    ``em_n[i, q]`` packets. ``packets`` and ``spikes_sent`` count per (key, colour variant).
+    """
+
+    src: Array
+    a_ptr: Array
+    a_items: Array
+    em_n: Array
+    em_j: Array
+    em_k: Array
+    packets: Array
+    spikes_sent: Array
+
+
+class Fanout(NamedTuple):
+    """Where each (key, colour variant) goes, split by the group of receiving cores.
+
+    Entries ``g_ptr[group * n_rows + row] .. g_ptr[... + 1]`` feed, each, a synaptic row
+    (``kind`` FAN_ROW: neuron core ``core``, words ``syn[a : a + b]``) or a delay extension
+    (FAN_DELAY: core ``core``, neuron ``a``). ``reach[q, group]`` says how emitting core q
+    reaches a group (``REACH_*`` or the one neuron core it feeds directly); ``b_ptr`` and
+    ``b_items`` list the delay extensions of each group.
+    """
+
+    reach: Array
+    g_ptr: Array
+    kind: Array
+    core: Array
+    a: Array
+    b: Array
+    syn: Array
+    b_ptr: Array
+    b_items: Array
+
+
+class LifCores(NamedTuple):
+    """Every IF_curr_exp neuron of the job, one array per field of ``lif.NEURON_DTYPE``.
+
+    ``table`` has a row per core (columns ``LIF_*``); ``ring`` holds every core's ring
+    buffers; ``sat`` counts saturations per core; ``spk`` is scratch (fired this step).
+    """
+
+    table: Array
+    ring: Array
+    sat: Array
+    spk: Array
+    v: Array
+    v_rest: Array
+    r_membrane: Array
+    exp_tc: Array
+    i_offset: Array
+    v_reset: Array
+    v_thresh: Array
+    t_refract: Array
+    refract_timer: Array
+    isyn_exc: Array
+    isyn_inh: Array
+    exc_decay: Array
+    exc_init: Array
+    inh_decay: Array
+    inh_init: Array
+
+
+LIF_STATE_FIELDS = LifCores._fields[4:]
+"""The per-neuron fields, named as in ``lif.NEURON_DTYPE``."""
+
+
+class Recording(NamedTuple):
+    """What a run records: spikes (step, neuron; ``count[0]`` used) and sampled values."""
+
+    spike_t: Array
+    spike_n: Array
+    count: Array
+    v: Array
+    gsyn_exc: Array
+    gsyn_inh: Array
+
+
+class SourceArrays(NamedTuple):
+    """SpikeSourceArray cores: ``table`` (``SSA_*``), a cursor per core into the sorted
+    ``steps``/``neurons``, and the range of entries each core visited in each window step."""
+
+    table: Array
+    cursor: Array
+    lo: Array
+    hi: Array
+    steps: Array
+    neurons: Array
+
+
+class PoissonCores(NamedTuple):
+    """SpikeSourcePoisson cores: ``table`` (``PO_*``), a KISS state per core (4 words), and
+    one array per source field of ``sources.POISSON_DTYPE`` plus the slow sources' time to
+    spike (ticks x 1000)."""
+
+    table: Array
+    state: Array
+    start_step: Array
+    end_step: Array
+    regime: Array
+    exp_minus_lambda: Array
+    sqrt_lambda: Array
+    isi_ticks: Array
+    time_to_spike: Array
+
+
+class DelayCores(NamedTuple):
+    """Delay-extension cores: ``table`` (``DE_*``), 8-bit counters per (slot, neuron) of each
+    core, and the spikes each lost to saturated counters."""
+
+    table: Array
+    counter: Array
+    lost: Array
 
 
 @numba.njit(cache=True)
@@ -160,7 +287,7 @@ def min_row_delay(syn, kind, core, starts, lengths, lif_p):  # type: ignore[no-u
     """The shortest delay (in steps) of any synapse a fan-out entry reaches; 1 << 30 if none."""
     best = 1 << 30
     for j in range(kind.size):
-        if kind[j] != 0:
+        if kind[j] != FAN_ROW:
             continue
         c = core[j]
         shift = lif_p[c, LIF_IT]
@@ -173,43 +300,38 @@ def min_row_delay(syn, kind, core, starts, lengths, lif_p):  # type: ignore[no-u
 
 
 @numba.njit(cache=True, inline="always")
+def _add_payload(ring, sat, c, idx, weight, count):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    # k additions of one weight to one slot have a closed form: they all fit, or the first
+    # (0xFFFF - slot) // w fit and every later one saturates and is counted
+    current = np.int64(ring[idx])
+    total = current + count * weight
+    if total <= 0xFFFF:
+        ring[idx] = total
+    else:
+        fit = (0xFFFF - current) // weight
+        ring[idx] = 0xFFFF
+        sat[c] += count - fit
+
+
+@numba.njit(cache=True, inline="always")
 def _deliver(
-    lo, hi, count, t, d_kind, d_core, d_a, d_b, syn, ring, lif_p, sat, de_p, de_lost, de_counter
+    lo, hi, count, t, f_kind, f_core, f_a, f_b, syn, ring, lif_p, sat, de_p, de_counter, de_lost
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    # A packet with payload k is k spikes, each walking the row in turn (spec 3.2). For a
-    # one-synapse row the k additions to one slot have a closed form: they all fit, or the
-    # first (0xFFFF - slot) // w fit and every later one saturates and is counted.
+    # A packet with payload k is k spikes, each walking the row in turn (spec 3.2).
     for j in range(lo, hi):
-        c = d_core[j]
-        if d_kind[j] == 0:
+        c = f_core[j]
+        if f_kind[j] == FAN_ROW:
             base = lif_p[c, LIF_RB]
             mask = lif_p[c, LIF_RM]
             tshift = np.uint32((t << lif_p[c, LIF_IT]) & M32)
-            start = d_a[j]
-            length = d_b[j]
+            start = f_a[j]
+            length = f_b[j]
             if length == 1:
-                # also exact for a single spike (fit is then 0): one-to-one payloads of any
-                # count take this path without a branch on the count
+                # also exact for a single spike: one-to-one payloads of any count take this
+                # path without a branch on the count
                 word = syn[start]
                 idx = base + ((word + tshift) & mask)
-                weight = np.int64(word >> np.uint32(16))
-                current = np.int64(ring[idx])
-                total = current + count * weight
-                if total <= 0xFFFF:
-                    ring[idx] = total
-                else:
-                    fit = (0xFFFF - current) // weight
-                    ring[idx] = 0xFFFF
-                    sat[c] += count - fit
-            elif count == 1:
-                for k in range(start, start + length):
-                    word = syn[k]
-                    idx = base + ((word + tshift) & mask)
-                    total = np.int64(ring[idx]) + np.int64(word >> np.uint32(16))
-                    if total > 0xFFFF:
-                        total = 0xFFFF
-                        sat[c] += 1
-                    ring[idx] = total
+                _add_payload(ring, sat, c, idx, np.int64(word >> np.uint32(16)), count)
             else:
                 for _ in range(count):
                     for k in range(start, start + length):
@@ -222,7 +344,7 @@ def _deliver(
                         ring[idx] = total
         else:
             slot = t & (de_p[c, DE_SLOTS] - 1)
-            idx = de_p[c, DE_CB] + slot * de_p[c, DE_NN] + d_a[j]
+            idx = de_p[c, DE_CB] + slot * de_p[c, DE_NN] + f_a[j]
             total = np.int64(de_counter[idx]) + count
             if total > 255:
                 de_lost[c] += total - 255
@@ -235,28 +357,30 @@ def _deliver_packets(
     lo,
     hi,
     row,
+    t,
+    nvar,
+    var,
     em_j,
     em_k,
     g_ptr,
-    nvar,
-    var,
-    t,
-    d_kind,
-    d_core,
-    d_a,
-    d_b,
+    f_kind,
+    f_core,
+    f_a,
+    f_b,
     syn,
     ring,
     lif_p,
     sat,
     de_p,
-    de_lost,
     de_counter,
+    de_lost,
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Deliver one emitting core's packets ``lo:hi`` of a step, (neuron, payload) pairs, in order.
 
     ``row`` is the fan-out row of the core's first key. A function of its own, so that the
-    compiler keeps this loop's values in registers; it takes offsets, not views, because a
+    compiler keeps this loop's values in registers. It takes the arrays themselves, not the
+    named tuples: it runs once per emitting core, group and step, and there the tuples'
+    fields cost more to pass than the work (measured); it takes offsets, not views, because a
     view made on a thread updates its array's shared reference count.
     """
     for j in range(lo, hi):
@@ -266,22 +390,22 @@ def _deliver_packets(
             g_ptr[e + 1],
             em_k[j],
             t,
-            d_kind,
-            d_core,
-            d_a,
-            d_b,
+            f_kind,
+            f_core,
+            f_a,
+            f_b,
             syn,
             ring,
             lif_p,
             sat,
             de_p,
-            de_lost,
             de_counter,
+            de_lost,
         )
 
 
 @numba.njit(cache=True)
-def _deliver_direct(lo, hi, row, em_j, em_k, g_ptr, d_a, nvar, var, t, c, syn, ring, lif_p, sat):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _deliver_direct(lo, hi, row, t, nvar, var, c, em_j, em_k, g_ptr, f_a, syn, ring, lif_p, sat):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """:func:`_deliver_packets` for a core whose keys each reach neuron core c through one
     one-synapse row or none: the same additions in the same order, with the core's constants
     hoisted.
@@ -294,72 +418,37 @@ def _deliver_direct(lo, hi, row, em_j, em_k, g_ptr, d_a, nvar, var, t, c, syn, r
         entry = g_ptr[e]
         if g_ptr[e + 1] == entry:
             continue
-        word = syn[d_a[entry]]
+        word = syn[f_a[entry]]
         idx = base + ((word + tshift) & mask)
-        weight = np.int64(word >> np.uint32(16))
-        current = np.int64(ring[idx])
-        count = em_k[j]
-        total = current + count * weight
-        if total <= 0xFFFF:
-            ring[idx] = total
-        else:
-            fit = (0xFFFF - current) // weight
-            ring[idx] = 0xFFFF
-            sat[c] += count - fit
+        _add_payload(ring, sat, c, idx, np.int64(word >> np.uint32(16)), em_k[j])
 
 
 @numba.njit(cache=True)
-def _lif_step(
-    c,
-    t,
-    off,
-    lif_p,
-    ring,
-    v,
-    v_rest,
-    r_m,
-    exp_tc,
-    i_off,
-    v_reset,
-    v_thr,
-    t_ref,
-    ref,
-    ie,
-    ii,
-    ed,
-    ei,
-    idc,
-    iin,
-    v_buf,
-    ge_buf,
-    gi_buf,
-    spk,
-    em_j,
-    em_k,
-):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """One step of LIF core c: consume the step's ring-buffer slots, record, update.
 
     Writes the neurons that fired to ``em_j[off:]`` and returns how many did.
     """
-    nb = lif_p[c, LIF_NB]
-    nn = lif_p[c, LIF_NN]
+    p = lif.table
+    nb = p[c, LIF_NB]
+    nn = p[c, LIF_NN]
     hi = nb + nn
-    slot = (t & ((1 << lif_p[c, LIF_DB]) - 1)) << (lif_p[c, LIF_IB] + lif_p[c, LIF_TB])
-    base = lif_p[c, LIF_RB] + slot
-    tstep = 1 << lif_p[c, LIF_IB]
-    she = lif_p[c, LIF_SHE]
-    shi = lif_p[c, LIF_SHI]
+    slot = (t & ((1 << p[c, LIF_DB]) - 1)) << (p[c, LIF_IB] + p[c, LIF_TB])
+    base = p[c, LIF_RB] + slot
+    tstep = 1 << p[c, LIF_IB]
+    she = p[c, LIF_SHE]
+    shi = p[c, LIF_SHI]
     # Views indexed by the loop counter alone: no negative-index fix-up per access, so the
     # loops compile to SIMD code.
-    ring_e = ring[base : base + nn]
-    ring_i = ring[base + tstep : base + tstep + nn]
-    v_ = v[nb:hi]
-    ref_ = ref[nb:hi]
-    ie_ = ie[nb:hi]
-    ii_ = ii[nb:hi]
+    ring_e = lif.ring[base : base + nn]
+    ring_i = lif.ring[base + tstep : base + tstep + nn]
+    v_ = lif.v[nb:hi]
+    ref_ = lif.refract_timer[nb:hi]
+    ie_ = lif.isyn_exc[nb:hi]
+    ii_ = lif.isyn_inh[nb:hi]
     # an empty slot adds exactly zero, so every slot is consumed without a branch
-    ei_ = ei[nb:hi]
-    iin_ = iin[nb:hi]
+    ei_ = lif.exc_init[nb:hi]
+    iin_ = lif.inh_init[nb:hi]
     for n in range(nn):
         val = np.int64(ring_e[n])
         ring_e[n] = 0
@@ -367,29 +456,29 @@ def _lif_step(
         val = np.int64(ring_i[n])
         ring_i[n] = 0
         ii_[n] = ii_[n] + (((val << shi) * np.int64(iin_[n])) >> 32)
-    viv = lif_p[c, LIF_VIV]
+    viv = p[c, LIF_VIV]
     if viv > 0 and t % viv == 0:
-        row = lif_p[c, LIF_VOFF] + (t // viv - lif_p[c, LIF_VFIRST]) * nn
-        v_buf[row : row + nn] = v_
-    geiv = lif_p[c, LIF_GEIV]
+        row = p[c, LIF_VOFF] + (t // viv - p[c, LIF_VFIRST]) * nn
+        rec.v[row : row + nn] = v_
+    geiv = p[c, LIF_GEIV]
     if geiv > 0 and t % geiv == 0:
-        row = lif_p[c, LIF_GEOFF] + (t // geiv - lif_p[c, LIF_GEFIRST]) * nn
-        ge_buf[row : row + nn] = ie_
-    giiv = lif_p[c, LIF_GIIV]
+        row = p[c, LIF_GEOFF] + (t // geiv - p[c, LIF_GEFIRST]) * nn
+        rec.gsyn_exc[row : row + nn] = ie_
+    giiv = p[c, LIF_GIIV]
     if giiv > 0 and t % giiv == 0:
-        row = lif_p[c, LIF_GIOFF] + (t // giiv - lif_p[c, LIF_GIFIRST]) * nn
-        gi_buf[row : row + nn] = ii_
+        row = p[c, LIF_GIOFF] + (t // giiv - p[c, LIF_GIFIRST]) * nn
+        rec.gsyn_inh[row : row + nn] = ii_
     # the update of a refractory neuron is computed and discarded: no branch in the loop
-    i_off_ = i_off[nb:hi]
-    r_m_ = r_m[nb:hi]
-    v_rest_ = v_rest[nb:hi]
-    exp_tc_ = exp_tc[nb:hi]
-    v_thr_ = v_thr[nb:hi]
-    v_reset_ = v_reset[nb:hi]
-    t_ref_ = t_ref[nb:hi]
-    ed_ = ed[nb:hi]
-    idc_ = idc[nb:hi]
-    spk_ = spk[nb:hi]
+    i_off_ = lif.i_offset[nb:hi]
+    r_m_ = lif.r_membrane[nb:hi]
+    v_rest_ = lif.v_rest[nb:hi]
+    exp_tc_ = lif.exp_tc[nb:hi]
+    v_thr_ = lif.v_thresh[nb:hi]
+    v_reset_ = lif.v_reset[nb:hi]
+    t_ref_ = lif.t_refract[nb:hi]
+    ed_ = lif.exc_decay[nb:hi]
+    idc_ = lif.inh_decay[nb:hi]
+    spk_ = lif.spk[nb:hi]
     for n in range(nn):
         vm = np.int64(v_[n])
         r = np.int64(ref_[n])
@@ -470,69 +559,52 @@ def _fast_scan(s0, s1, s2, s3, uniform_limit, eml_, em_j_, em_k_, nvar, packets_
 
 
 @numba.njit(cache=True)
-def _poisson_fast_step(
-    c, off, po_p, po_state, po_eml, em_j, em_k, emit, nvar, var, packets, spikes_sent
-):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _poisson_fast_step(c, off, po, em_j, em_k, emit, nvar, var, packets, spikes_sent):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """A step of Poisson core c in which every source is active in the fast regime.
 
     Writes (neuron, payload) of every packet like :func:`_poisson_step`, and also counts them
     (packets and spikes per key, as the caller does for other cores) when the core has keys
     (``emit`` >= 0). Returns the number of packets.
     """
-    nb = po_p[c, PO_NB]
-    hi = nb + po_p[c, PO_NN]
+    nb = po.table[c, PO_NB]
+    hi = nb + po.table[c, PO_NN]
     e0 = max(emit, 0) * nvar + var
     scratch = emit < 0
     s0, s1, s2, s3, m = _fast_scan(
-        po_state[c, 0],
-        po_state[c, 1],
-        po_state[c, 2],
-        po_state[c, 3],
-        po_p[c, PO_LIMIT],
-        po_eml[nb:hi],
+        po.state[c, 0],
+        po.state[c, 1],
+        po.state[c, 2],
+        po.state[c, 3],
+        po.table[c, PO_LIMIT],
+        po.exp_minus_lambda[nb:hi],
         em_j[off:],
         em_k[off:],
         nvar,
         packets[e0:] if not scratch else np.zeros((hi - nb) * nvar, np.int64),
         spikes_sent[e0:] if not scratch else np.zeros((hi - nb) * nvar, np.int64),
     )
-    po_state[c, 0] = s0
-    po_state[c, 1] = s1
-    po_state[c, 2] = s2
-    po_state[c, 3] = s3
+    po.state[c, 0] = s0
+    po.state[c, 1] = s1
+    po.state[c, 2] = s2
+    po.state[c, 3] = s3
     return m
 
 
 @numba.njit(cache=True)
-def _poisson_step(
-    c,
-    t,
-    off,
-    po_p,
-    po_state,
-    po_start,
-    po_end,
-    po_regime,
-    po_eml,
-    po_sqrt,
-    po_isi,
-    po_tts,
-    em_j,
-    em_k,
-):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _poisson_step(c, t, off, po, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """One step of Poisson core c; writes (neuron, payload) of every packet, returns the count."""
     # the core's generator lives in registers for the whole step
-    s0 = po_state[c, 0]
-    s1 = po_state[c, 1]
-    s2 = po_state[c, 2]
-    s3 = po_state[c, 3]
-    nb = po_p[c, PO_NB]
-    nn = po_p[c, PO_NN]
+    s0 = po.state[c, 0]
+    s1 = po.state[c, 1]
+    s2 = po.state[c, 2]
+    s3 = po.state[c, 3]
+    nb = po.table[c, PO_NB]
+    nn = po.table[c, PO_NN]
     hi = nb + nn
-    start_ = po_start[nb:hi]
-    end_ = po_end[nb:hi]
-    regime_ = po_regime[nb:hi]
-    eml_ = po_eml[nb:hi]
+    start_ = po.start_step[nb:hi]
+    end_ = po.end_step[nb:hi]
+    regime_ = po.regime[nb:hi]
+    eml_ = po.exp_minus_lambda[nb:hi]
     m = 0
     for n in range(nn):
         if t < start_[n] or t >= end_[n]:
@@ -552,43 +624,43 @@ def _poisson_step(
                     k += 1
         elif regime == REGIME_SLOW:
             g = nb + n
-            isi = po_isi[g]
+            isi = po.isi_ticks[g]
             if isi != 0:
-                tts = po_tts[g]
+                tts = po.time_to_spike[g]
                 while tts < ISI_SCALE:
                     k += 1
                     s0, s1, s2, s3, more = _time_to_spike(s0, s1, s2, s3, isi)
                     tts = (tts + more) & M32
-                po_tts[g] = tts - ISI_SCALE
+                po.time_to_spike[g] = tts - ISI_SCALE
         elif regime == REGIME_FASTER:
             s0, s1, s2, s3, w = _kiss(s0, s1, s2, s3)
             u = (float(w) + 0.5) / 4294967296.0
-            x = _ndtri(u) / 2.0 + po_sqrt[nb + n] / 32768.0
+            x = _ndtri(u) / 2.0 + po.sqrt_lambda[nb + n] / 32768.0
             k = math.floor(x * x + 0.5)
         if k > 0:
             em_j[off + m] = n
             em_k[off + m] = k
             m += 1
-    po_state[c, 0] = s0
-    po_state[c, 1] = s1
-    po_state[c, 2] = s2
-    po_state[c, 3] = s3
+    po.state[c, 0] = s0
+    po.state[c, 1] = s1
+    po.state[c, 2] = s2
+    po.state[c, 3] = s3
     return m
 
 
 @numba.njit(cache=True)
-def _delay_step(c, t, off, de_p, de_counter, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _delay_step(c, t, off, de, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """One step of delay-extension core c: each stage resends every non-zero counter."""
-    nn = de_p[c, DE_NN]
-    dps = de_p[c, DE_DPS]
+    nn = de.table[c, DE_NN]
+    dps = de.table[c, DE_DPS]
     m = 0
-    for d in range(de_p[c, DE_STAGES]):
+    for d in range(de.table[c, DE_STAGES]):
         back = t - (d + 1) * dps
         if back < 0:
             continue
-        b = de_p[c, DE_CB] + (back & (de_p[c, DE_SLOTS] - 1)) * nn
+        b = de.table[c, DE_CB] + (back & (de.table[c, DE_SLOTS] - 1)) * nn
         for n in range(nn):
-            count = de_counter[b + n]
+            count = de.counter[b + n]
             if count != 0:
                 em_j[off + m] = d * nn + n
                 em_k[off + m] = count
@@ -597,78 +669,7 @@ def _delay_step(c, t, off, de_p, de_counter, em_j, em_k):  # type: ignore[no-unt
 
 
 @numba.njit(cache=True, parallel=True)
-def run_windows(
-    t0,
-    t1,
-    window,
-    nvar,
-    # emitting cores and their packets of a window
-    src,
-    a_ptr,
-    a_items,
-    em_n,
-    em_j,
-    em_k,
-    packets,
-    spikes_sent,
-    # fan-out per group of receiving cores
-    reach,
-    g_ptr,
-    d_kind,
-    d_core,
-    d_a,
-    d_b,
-    syn,
-    b_ptr,
-    b_items,
-    # LIF cores
-    lif_p,
-    sat,
-    ring,
-    spk,
-    v,
-    v_rest,
-    r_m,
-    exp_tc,
-    i_off,
-    v_reset,
-    v_thr,
-    t_ref,
-    ref,
-    ie,
-    ii,
-    ed,
-    ei,
-    idc,
-    iin,
-    rec_t,
-    rec_n,
-    rec_count,
-    v_buf,
-    ge_buf,
-    gi_buf,
-    # spike source arrays
-    ssa_p,
-    ssa_cursor,
-    ssa_lo,
-    ssa_hi,
-    ssa_steps,
-    ssa_neurons,
-    # poisson
-    po_p,
-    po_state,
-    po_start,
-    po_end,
-    po_regime,
-    po_eml,
-    po_sqrt,
-    po_isi,
-    po_tts,
-    # delay extensions
-    de_p,
-    de_counter,
-    de_lost,
-):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Advance every core from step t0 to t1, ``window`` steps at a time.
 
     No synapse or delay stage is shorter than ``window`` steps, so within a window the cores
@@ -677,12 +678,46 @@ def run_windows(
     packets, step by step in the order the sequential chip model sends them (phase B). Which
     thread runs which group changes nothing in the results. Returns the step reached (early
     when the spike record would overflow).
+
+    The named tuples' arrays are taken out here, before the parallel loops: their bodies use
+    plain arrays only.
     """
+    src, a_ptr, a_items, em_n, em_j, em_k = (
+        emit.src,
+        emit.a_ptr,
+        emit.a_items,
+        emit.em_n,
+        emit.em_j,
+        emit.em_k,
+    )
+    packets, spikes_sent = emit.packets, emit.spikes_sent
+    reach, g_ptr, f_kind, f_core, f_a, f_b, syn = (
+        fan.reach,
+        fan.g_ptr,
+        fan.kind,
+        fan.core,
+        fan.a,
+        fan.b,
+        fan.syn,
+    )
+    b_ptr, b_items = fan.b_ptr, fan.b_items
+    lif_p, ring, sat = lif.table, lif.ring, lif.sat
+    ssa_p, ssa_cursor, ssa_lo, ssa_hi, ssa_steps, ssa_neurons = (
+        ssa.table,
+        ssa.cursor,
+        ssa.lo,
+        ssa.hi,
+        ssa.steps,
+        ssa.neurons,
+    )
+    po_p = po.table
+    de_p, de_counter, de_lost = de.table, de.counter, de.lost
+    rec_t, rec_n, rec_count = rec.spike_t, rec.spike_n, rec.count
     n_groups = a_ptr.size - 1
     n_rows = packets.size
     n_src = src.shape[0]
     stride = em_j.size // window
-    n_lif_neurons = v.size
+    n_lif_neurons = lif.v.size
     t_start = t0
     while t_start < t1:
         n_win = min(window, t1 - t_start)
@@ -694,7 +729,7 @@ def run_windows(
                 q = a_items[a]
                 kind = src[q, SRC_KIND]
                 x = src[q, SRC_INDEX]
-                emit = src[q, SRC_EMIT]
+                first = src[q, SRC_EMIT]
                 for i in range(n_win):
                     t = t_start + i
                     var = t & (nvar - 1)
@@ -706,8 +741,8 @@ def run_windows(
                         hi = ssa_p[x, SSA_HI]
                         cur = ssa_cursor[x]
                         while cur < hi and ssa_steps[cur] <= t:
-                            if ssa_steps[cur] == t and emit >= 0:
-                                e = (emit + ssa_neurons[cur]) * nvar + var
+                            if ssa_steps[cur] == t and first >= 0:
+                                e = (first + ssa_neurons[cur]) * nvar + var
                                 packets[e] += 1
                                 spikes_sent[e] += 1
                             cur += 1
@@ -715,72 +750,19 @@ def run_windows(
                         ssa_hi[i, x] = cur
                     elif kind == KIND_POISSON and po_p[x, PO_FAST_FROM] <= t < po_p[x, PO_FAST_TO]:
                         m = _poisson_fast_step(
-                            x,
-                            off,
-                            po_p,
-                            po_state,
-                            po_eml,
-                            em_j,
-                            em_k,
-                            emit,
-                            nvar,
-                            var,
-                            packets,
-                            spikes_sent,
+                            x, off, po, em_j, em_k, first, nvar, var, packets, spikes_sent
                         )
                         counted = True
                     elif kind == KIND_POISSON:
-                        m = _poisson_step(
-                            x,
-                            t,
-                            off,
-                            po_p,
-                            po_state,
-                            po_start,
-                            po_end,
-                            po_regime,
-                            po_eml,
-                            po_sqrt,
-                            po_isi,
-                            po_tts,
-                            em_j,
-                            em_k,
-                        )
+                        m = _poisson_step(x, t, off, po, em_j, em_k)
                     elif kind == KIND_DELAY:
-                        m = _delay_step(x, t, off, de_p, de_counter, em_j, em_k)
+                        m = _delay_step(x, t, off, de, em_j, em_k)
                     else:
-                        m = _lif_step(
-                            x,
-                            t,
-                            off,
-                            lif_p,
-                            ring,
-                            v,
-                            v_rest,
-                            r_m,
-                            exp_tc,
-                            i_off,
-                            v_reset,
-                            v_thr,
-                            t_ref,
-                            ref,
-                            ie,
-                            ii,
-                            ed,
-                            ei,
-                            idc,
-                            iin,
-                            v_buf,
-                            ge_buf,
-                            gi_buf,
-                            spk,
-                            em_j,
-                            em_k,
-                        )
+                        m = _lif_step(x, t, off, lif, rec, em_j, em_k)
                     em_n[i, q] = m
-                    if emit >= 0 and not counted:
+                    if first >= 0 and not counted:
                         for j in range(off, off + m):
-                            e = (emit + em_j[j]) * nvar + var
+                            e = (first + em_j[j]) * nvar + var
                             packets[e] += 1
                             spikes_sent[e] += em_k[j]
         # the spike record, in (step, core, neuron) order
@@ -809,31 +791,31 @@ def run_windows(
                     for n in range(de_p[c, DE_NN]):
                         de_counter[cb + n] = 0
                 for q in range(n_src):
-                    emit = src[q, SRC_EMIT]
+                    first = src[q, SRC_EMIT]
                     how = reach[q, grp]
-                    if emit < 0 or how == REACH_NONE:
+                    if first < 0 or how == REACH_NONE:
                         continue
                     if src[q, SRC_KIND] == KIND_SSA:
                         x = src[q, SRC_INDEX]
                         for cur in range(ssa_lo[i, x], ssa_hi[i, x]):
                             if ssa_steps[cur] == t:
-                                e = (emit + ssa_neurons[cur]) * nvar + var
+                                e = row0 + (first + ssa_neurons[cur]) * nvar + var
                                 _deliver(
-                                    g_ptr[row0 + e],
-                                    g_ptr[row0 + e + 1],
+                                    g_ptr[e],
+                                    g_ptr[e + 1],
                                     1,
                                     t,
-                                    d_kind,
-                                    d_core,
-                                    d_a,
-                                    d_b,
+                                    f_kind,
+                                    f_core,
+                                    f_a,
+                                    f_b,
                                     syn,
                                     ring,
                                     lif_p,
                                     sat,
                                     de_p,
-                                    de_lost,
                                     de_counter,
+                                    de_lost,
                                 )
                         continue
                     off = i * stride + src[q, SRC_SEG]
@@ -841,15 +823,15 @@ def run_windows(
                         _deliver_direct(
                             off,
                             off + em_n[i, q],
-                            row0 + emit * nvar,
+                            row0 + first * nvar,
+                            t,
+                            nvar,
+                            var,
+                            how,
                             em_j,
                             em_k,
                             g_ptr,
-                            d_a,
-                            nvar,
-                            var,
-                            t,
-                            how,
+                            f_a,
                             syn,
                             ring,
                             lif_p,
@@ -859,24 +841,24 @@ def run_windows(
                     _deliver_packets(
                         off,
                         off + em_n[i, q],
-                        row0 + emit * nvar,
+                        row0 + first * nvar,
+                        t,
+                        nvar,
+                        var,
                         em_j,
                         em_k,
                         g_ptr,
-                        nvar,
-                        var,
-                        t,
-                        d_kind,
-                        d_core,
-                        d_a,
-                        d_b,
+                        f_kind,
+                        f_core,
+                        f_a,
+                        f_b,
                         syn,
                         ring,
                         lif_p,
                         sat,
                         de_p,
-                        de_lost,
                         de_counter,
+                        de_lost,
                     )
         t_start += n_win
     return t1

@@ -220,9 +220,13 @@ def ring_buffer_shift(max_summed_weight_na: float) -> int:
 
 
 def weights_to_u16(weights_na: npt.ArrayLike, shift: int) -> npt.NDArray[np.uint32]:
-    """Stored weights: round(|w| * 2**(15 - shift)), clipped to 16 bits."""
+    """Stored weights: round(|w| * 2**(15 - shift)) & 0xFFFF, wrapping as 7.4.1's host does.
+
+    The shift of :func:`ring_buffer_shift` keeps every weight below 2**16 steps; a weight
+    above that (a shift forced too small) wraps, as ``synapse_dynamics_static.py`` writes it.
+    """
     raw = np.rint(np.abs(np.asarray(weights_na, dtype=np.float64)) * 2.0 ** (15 - shift))
-    return np.clip(raw, 0, 0xFFFF).astype(np.uint32)
+    return (raw.astype(np.uint64) & np.uint64(0xFFFF)).astype(np.uint32)
 
 
 def synapse_words(

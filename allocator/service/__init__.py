@@ -45,6 +45,7 @@ from protocol.commands import (
     V1_SPECS,
     V1_VERSION,
     CommandSpec,
+    get_spec,
 )
 
 __all__ = [
@@ -138,6 +139,17 @@ class Service:
     ) -> None:
         """Serve an extension command family (see `CommandTable.add_family`)."""
         self.commands.add_family(family, specs, handlers)
+
+    def add_handler(self, command: str, handler: Handler) -> None:
+        """Serve one extension command registered with `protocol.commands.register`.
+
+        A family of one, named after the command; prefer `add_family` for several.
+
+        Raises:
+            UnknownCommandError: no spec of that name is registered.
+            CommandTableError: the command is already served.
+        """
+        self.commands.add_family(command, [get_spec(command)], {command: handler})
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(job_ids, machine_names)`` after each commit that changed them."""

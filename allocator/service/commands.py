@@ -74,11 +74,11 @@ class CommandTable:
         if taken:
             owners = sorted({self._routes[name].family for name in taken})
             raise CommandTableError(f"family {family!r}: {taken} already served by {owners}")
+        uncallable = sorted(name for name in names if not callable(handlers[name]))
+        if uncallable:
+            raise CommandTableError(f"family {family!r}: handler of {uncallable} is not callable")
         for spec in specs:
-            handler = handlers[spec.name]
-            if not callable(handler):
-                raise CommandTableError(f"handler of {spec.name!r} is not callable")
-            self._routes[spec.name] = Route(spec, handler, family)
+            self._routes[spec.name] = Route(spec, handlers[spec.name], family)
 
     def route(self, command: str) -> Route | None:
         """How a command is served, or None for a command nobody serves."""

@@ -78,6 +78,10 @@ PowerFrames = tuple[tuple[BmpKey, tuple[BoardXYZ, ...]], ...]
 """An allocation's boards grouped by the board controller (BMP) of their frame."""
 
 
+_MAX_CACHED_FRAMES = 4096
+"""Board sets whose grouping by frame `ServiceState` remembers (then it starts afresh)."""
+
+
 def _retire_order(record: JobRecord) -> tuple[float, int]:
     """When a retired job was destroyed (ties: by id), the order retirement evicts in."""
     return (record.destroyed_at or 0.0, record.job_id)
@@ -201,6 +205,7 @@ class ServiceState:
         self._power: PowerModel | None = None
         # destroyed jobs whose boards are being powered off: job id -> machine name
         self._powering_off: dict[int, str] = {}
+        self._frames_of: dict[tuple[str, tuple[BoardXYZ, ...]], PowerFrames] = {}
 
     def __repr__(self) -> str:
         return (
@@ -315,7 +320,8 @@ class ServiceState:
 
     def _request_of(self, record: JobRecord) -> JobRequest | None:
         try:
-            return JobRequest.from_args(record.args, **dict(record.kwargs))
+            # The arguments as sent: a fourth one is max_dead_boards, in kwargs already.
+            return JobRequest.from_args(record.args[:3], **dict(record.kwargs))
         except AllocatorError:
             return None
 
@@ -442,7 +448,20 @@ class ServiceState:
     # --- power ------------------------------------------------------------------------
 
     def _power_frames(self, record: JobRecord) -> PowerFrames:
-        """An allocated job's boards by the board controller of their frame, in frame order."""
+        """An allocated job's boards by the board controller of their frame, in frame order.
+
+        Remembered by boards: the same regions are allocated over and over.
+        """
+        assert record.machine_name is not None
+        key = (record.machine_name, record.boards)
+        frames = self._frames_of.get(key)
+        if frames is None:
+            if len(self._frames_of) >= _MAX_CACHED_FRAMES:
+                self._frames_of.clear()
+            frames = self._frames_of[key] = self._group_by_frame(record)
+        return frames
+
+    def _group_by_frame(self, record: JobRecord) -> PowerFrames:
         assert record.machine_name is not None
         machine = self._machines[record.machine_name]
         frames: dict[FrameCF, list[BoardXYZ]] = {}
@@ -963,6 +982,7 @@ class ServiceState:
             allocators[machine.name] = allocator
         self._config = config
         self._machines = {mc.name: mc for mc in config.machines}
+        self._frames_of.clear()  # a machine's frames may have moved
         self._allocators = allocators
         for name in self._machines:
             self._apply_out_of_service(name)

@@ -18,6 +18,7 @@ from typing import Any
 
 from allocator.jobs import JobRecord, JobState
 from allocator.locate import Location, job_connections, locate_board, locate_chip, locate_job_chip
+from allocator.machine import Machine
 from allocator.requests import JobRequest
 from allocator.service.state import ServiceState
 from machine_models.geometry import BoardCFB, BoardXYZ, ChipXY
@@ -53,6 +54,8 @@ def _request(
     )
 
 
+_MAX_CACHED_CONNECTIONS = 4096
+
 _UNKNOWN_STATE = {
     "state": int(JobState.UNKNOWN),
     "power": None,
@@ -80,6 +83,9 @@ class V1Commands:
 
     def __init__(self, state: ServiceState) -> None:
         self._state = state
+        # (machine, boards) -> the Ethernet chips of an allocation, as the reply lists them:
+        # the same regions recur, and a reply is encoded before anyone could change it
+        self._connections: dict[tuple[str, tuple[BoardXYZ, ...]], tuple[Machine, Any]] = {}
 
     def handlers(self) -> dict[str, Any]:
         """Command name -> handler, for the command table."""
@@ -109,7 +115,7 @@ class V1Commands:
     def create_job(self, args: m.CreateJobArgs, conn: Any) -> Awaitable[int]:
         """Queue (or allocate at once) a job; a request that can never fit is destroyed."""
         request = _request(
-            args.args,
+            args.dims,
             args.machine,
             args.tags,
             args.min_ratio,
@@ -174,10 +180,19 @@ class V1Commands:
         assert record.machine_name is not None
         machine = self._state.machine(record.machine_name)
         assert machine is not None
+        key = (record.machine_name, record.boards)
+        cached = self._connections.get(key)
+        if cached is not None and cached[0] is machine:  # not a machine since reloaded
+            connections = cached[1]
+        else:
+            if len(self._connections) >= _MAX_CACHED_CONNECTIONS:
+                self._connections.clear()
+            connections = job_connections(machine, record.boards)
+            self._connections[key] = (machine, connections)
         return {
             "width": record.width_chips,
             "height": record.height_chips,
-            "connections": job_connections(machine, record.boards),
+            "connections": connections,
             "machine_name": record.machine_name,
             "boards": [list(b) for b in record.boards],
         }

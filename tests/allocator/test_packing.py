@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -230,3 +231,18 @@ def test_invariants(ops: list[tuple[bool, JobRequest, int]], oos: set[BoardXYZ])
         allocator.free(job_id)
     assert not allocator.busy_triads().any()
     assert allocator.n_free_boards == len(machine.live_boards - oos)
+
+
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 3), st.integers(1, 3), st.data())
+def test_free_positions_equal_a_slow_scan_in_y_then_x_order(
+    n_w: int, n_h: int, w: int, h: int, data: st.DataObject
+) -> None:
+    cells = data.draw(st.lists(st.booleans(), min_size=n_w * n_h, max_size=n_w * n_h))
+    blocked = np.array(cells, dtype=bool).reshape(n_w, n_h)
+    slow = [
+        (x, y)
+        for y in range(n_h - h + 1)
+        for x in range(n_w - w + 1)
+        if not blocked[x : x + w, y : y + h].any()
+    ]
+    assert MachineAllocator._free_positions(blocked, w, h) == slow

@@ -435,3 +435,50 @@ async def test_job_activity_is_logged_at_info_one_line_each(
         f"job {kept} destroyed: finished",
     ]
     assert {r.levelno for r in caplog.records if r.name == "allotment.jobs"} == {logging.INFO}
+
+
+async def test_a_fourth_positional_argument_is_max_dead_boards_and_survives_a_restart(
+    db_url: str,
+) -> None:
+    # create_job(x, y, z, max_dead_boards): the protocol binds the fourth argument; the
+    # request was refused as "given both", and a restored job could never be placed.
+    clock = FakeClock()
+    async with running(_config(), db_url, clock) as h:
+        job_id = await h.call("create_job", 1, 0, 2, 0, owner="a")
+        info = await h.call("get_job_machine_info", job_id)
+        assert info["boards"] == [[1, 0, 2]]
+        holder = await h.call("create_job", 1, 0, 1, owner="b")
+        await h.call("destroy_job", holder, "make room later")
+        queued = await h.call("create_job", 1, 0, 2, 1, owner="c")
+        assert (await h.state(queued))["state"] == 1
+    async with running(_config(), db_url, clock) as h:
+        await h.call("destroy_job", job_id, "done")
+        await h.advance(20.0)  # powered on, off, cooled down: board (1, 0, 2) is free again
+        assert (await h.state(queued))["state"] in (2, 3)
+
+
+async def test_job_listeners_hear_of_destroyed_jobs_and_switched_boards(h: Harness) -> None:
+    heard: list[tuple[str, int, object]] = []
+
+    class Listener:
+        def job_destroyed(self, record: Any) -> None:
+            heard.append(("destroyed", record.job_id, record.reason))
+
+        def boards_powered(self, job_id: int, is_on: bool) -> None:
+            heard.append(("powered", job_id, is_on))
+
+    h.service.state.add_job_listener(Listener())
+    job_id = await h.call("create_job", owner="a", keepalive=2.0)
+    await h.call("power_off_job_boards", job_id)
+    await h.call("power_on_job_boards", job_id)
+    other = await h.call("create_job", owner="b", machine="other")
+    await h.call("destroy_job", other, "done")
+    await h.advance(10.0)  # job_id expires
+    assert heard == [
+        ("powered", job_id, False),
+        ("powered", job_id, True),
+        ("destroyed", other, "done"),
+        ("destroyed", job_id, "Job timed out."),
+    ]
+    assert h.service.state.job_owner(job_id) == "a"
+    assert h.service.state.job_place(other) is None

@@ -103,6 +103,7 @@ class ServerProcess:
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._drain: threading.Thread | None = None
+        self._restarts: list[ServerProcess] = []
 
     def __repr__(self) -> str:
         state = "not started" if self._proc is None else f"pid {self._proc.pid}"
@@ -119,8 +120,13 @@ class ServerProcess:
         return self._db_url
 
     def restarted(self) -> ServerProcess:
-        """A new server process on the same configuration and database, started."""
-        return ServerProcess(self._config_path, self._db_url, self._cwd).start()
+        """A new server process on the same configuration and database, started.
+
+        It is stopped with this one (`stop`), so a test's restarts never outlive it.
+        """
+        again = ServerProcess(self._config_path, self._db_url, self._cwd)
+        self._restarts.append(again)
+        return again.start()
 
     def wait_for_output(self, text: str, timeout_s: float = READY_TIMEOUT_S) -> str:
         """Wait until the server has written a line containing `text`; return that line.
@@ -222,8 +228,13 @@ class ServerProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Ask the server to stop with a signal and return its exit code."""
+        """Ask the server (and any restart of it still running) to stop with a signal and
+        return its exit code."""
         assert self._proc is not None
+        for again in self._restarts:
+            if again._proc is not None:
+                with contextlib.suppress(AssertionError):
+                    again.stop(sig)
         if self._proc.poll() is None:
             self._proc.send_signal(sig)
             try:

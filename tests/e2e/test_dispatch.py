@@ -138,12 +138,15 @@ async def _run(client: AllotmentClient, job_id: int, token: str, n: int, **kw: A
 
 
 async def _until_running(client: AllotmentClient, job_id: int, token: str) -> RunStatus:
-    """Start a very long run and wait for its first progress."""
+    """Start a very long run and wait for its first progress (or its end, if it came first:
+    on a loaded machine a short keepalive can expire before the worker has started)."""
     await client.start_run(job_id, token, LONG_RUN_STEPS)
     while True:
         notification = await client.receive_notification(timeout_s=WAIT_S)
         status = getattr(notification, "run_progress", None)
-        if status is not None and status.state is RunState.RUNNING and status.steps_done > 0:
+        if status is None:
+            continue
+        if status.state.is_over or (status.state is RunState.RUNNING and status.steps_done > 0):
             return status
 
 

@@ -125,7 +125,7 @@ def batch_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
         command = [
             sys.executable, "-m", "jobqueue", "serve", "--port", "0", "--db", url,
             "--jobs-dir", str(tmp_path / "jobs"), "--runners", str(runners), "--virtual",
-            *extra,
+            "--no-warmup", *extra,
         ]  # fmt: skip
         service = Service(command, tmp_path, url, _BATCH_READY)
         started.append(service)
@@ -145,8 +145,10 @@ def full_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     started: list[Service] = []
     config = write_server_config(tmp_path)  # no power delays, boards free at once
 
-    def start(*extra: str) -> Service:
+    def start(*extra: str, is_warming_up: bool = False) -> Service:
         url = f"sqlite:///{tmp_path / 'allotment.db'}"
+        if not is_warming_up:
+            extra = (*extra, "--no-warmup")
         command = [
             sys.executable, "-m", "allocator.cli", "serve", "--port", "0", "--batch-port", "0",
             "--config", str(config), "--db", url, "--jobs-dir", str(tmp_path / "jobs"), *extra,
@@ -179,3 +181,23 @@ def nmpi_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Se
         return client
 
     return make
+
+
+@pytest.fixture
+def alice(
+    batch_service: Callable[..., Service], nmpi_client: Callable[[Service, str], Any]
+) -> Callable[..., tuple[Service, Any]]:
+    """Start a batch service (options as `batch_service`) and a client of alice's on it."""
+
+    def start(*extra: str, **options: Any) -> tuple[Service, Any]:
+        service = batch_service(*extra, **options)
+        return service, nmpi_client(service, service.token())
+
+    return start
+
+
+def run_job(client: Any, source: str, **options: Any) -> Any:
+    """Submit `source` to my-collab on SpiNNaker and wait until it ends; the job."""
+    return client.submit_job(
+        source=source, platform="SpiNNaker", collab_id="my-collab", wait=True, **options
+    )

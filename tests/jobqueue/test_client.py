@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.jobqueue.conftest import run_job
+
 PLOT_SCRIPT = """\
 import os, sys
 import matplotlib
@@ -22,19 +24,9 @@ with open("reports/run_1/provenance.txt", "w") as f:
 """
 
 
-def test_an_inline_script_finishes_and_its_outputs_download(
-    batch_service: Any, nmpi_client: Any, tmp_path: Path
-) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
-    job = client.submit_job(
-        source=PLOT_SCRIPT,
-        platform="SpiNNaker",
-        collab_id="my-collab",
-        config={"colour": "red", "n": 3},
-        tags=["test", "simple"],
-        wait=True,
-    )
+def test_an_inline_script_finishes_and_its_outputs_download(alice: Any, tmp_path: Path) -> None:
+    _, client = alice()
+    job = run_job(client, PLOT_SCRIPT, config={"colour": "red", "n": 3}, tags=["test", "simple"])
     assert job["status"] == "finished", job["log"]
     assert "args ['spiNNaker'] colour red n 3" in job["log"]
     assert "backend agg" in job["log"].lower()
@@ -54,9 +46,8 @@ def test_an_inline_script_finishes_and_its_outputs_download(
         assert len(item["hash"]) == 40
 
 
-def test_every_field_of_a_job_is_present(batch_service: Any, nmpi_client: Any) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
+def test_every_field_of_a_job_is_present(alice: Any) -> None:
+    _, client = alice()
     uri = client.submit_job(source="print('hi')", platform="SpiNNaker", collab_id="my-collab")
     assert uri.startswith("/jobs/")
     job = client.get_job(uri)
@@ -70,51 +61,30 @@ def test_every_field_of_a_job_is_present(batch_service: Any, nmpi_client: Any) -
     assert job["resource_uri"] == uri
 
 
-def test_a_failing_script_ends_as_error_with_its_traceback(
-    batch_service: Any, nmpi_client: Any
-) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
-    job = client.submit_job(
-        source="import os\nprint('before')\n1 / 0\n",
-        platform="SpiNNaker",
-        collab_id="my-collab",
-        wait=True,
-    )
+def test_a_failing_script_ends_as_error_with_its_traceback(alice: Any) -> None:
+    _, client = alice()
+    job = run_job(client, "import os\nprint('before')\n1 / 0\n")
     assert job["status"] == "error"
     log = job["log"]
     assert log.index("before") < log.index("Traceback") < log.index("ZeroDivisionError")
     assert "Python exited with a non-zero code (1)" in log
 
 
-def test_a_script_that_loops_forever_ends_as_error_at_its_timeout(
-    batch_service: Any, nmpi_client: Any
-) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
-    job = client.submit_job(
-        source="import time\nprint('looping', flush=True)\nwhile True:\n    time.sleep(0.01)\n",
-        platform="SpiNNaker",
-        collab_id="my-collab",
+def test_a_script_that_loops_forever_ends_as_error_at_its_timeout(alice: Any) -> None:
+    _, client = alice()
+    job = run_job(
+        client,
+        "import time\nprint('looping', flush=True)\nwhile True:\n    time.sleep(0.01)\n",
         config={"timeout": 0.0005},  # hours: 1.8 s
-        wait=True,
     )
     assert job["status"] == "error"
     assert "looping" in job["log"]
     assert "ran past its time limit of 0.0005 hours" in job["log"]
 
 
-def test_a_job_cannot_read_another_jobs_files_or_the_database(
-    batch_service: Any, nmpi_client: Any
-) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
-    first = client.submit_job(
-        source="open('secret.txt', 'w').write('mine')\n",
-        platform="SpiNNaker",
-        collab_id="my-collab",
-        wait=True,
-    )
+def test_a_job_cannot_read_another_jobs_files_or_the_database(alice: Any) -> None:
+    service, client = alice()
+    first = run_job(client, "open('secret.txt', 'w').write('mine')\n")
     assert first["status"] == "finished"
     other = service.store.engine.url.database
     jobs_dir = Path(service.cwd) / "jobs"
@@ -128,7 +98,7 @@ for path in [{str(jobs_dir / str(first["id"]) / "secret.txt")!r}, {other!r}]:
         print("REFUSED", type(error).__name__, path)
 print("listing", sorted(os.listdir({str(jobs_dir)!r})))
 """
-    job = client.submit_job(source=spy, platform="SpiNNaker", collab_id="my-collab", wait=True)
+    job = run_job(client, spy)
     assert job["status"] == "finished", job["log"]
     assert "READ" not in job["log"]
     assert "REFUSED FileNotFoundError" in job["log"]  # the other job's file does not exist
@@ -159,9 +129,9 @@ def test_a_bad_token_gets_the_clients_errors(
 
 def test_another_collabs_jobs_are_invisible(batch_service: Any, nmpi_client: Any) -> None:
     service = batch_service()
-    alice = nmpi_client(service, service.token("alice", ("my-collab",)))
+    alices = nmpi_client(service, service.token("alice", ("my-collab",)))
     bob = nmpi_client(service, service.token("bob", ("bobs-collab",)))
-    uri = alice.submit_job(source="print(1)", platform="SpiNNaker", collab_id="my-collab")
+    uri = alices.submit_job(source="print(1)", platform="SpiNNaker", collab_id="my-collab")
     with pytest.raises(Exception, match="No such job"):
         bob.get_job(uri)
     with pytest.raises(Exception, match="Error 404: You do not have access to this collab"):
@@ -173,9 +143,8 @@ def test_another_collabs_jobs_are_invisible(batch_service: Any, nmpi_client: Any
     assert bob.get_job(own)["collab"] == "private-bob"
 
 
-def test_an_exhausted_quota_refuses_submission(batch_service: Any, nmpi_client: Any) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
+def test_an_exhausted_quota_refuses_submission(alice: Any) -> None:
+    service, client = alice()
     client.submit_job(source="print(1)", platform="SpiNNaker", collab_id="my-collab")
     quotas = client.quotas("my-collab")
     assert [(q["limit"], q["units"], q["platform"]) for q in quotas] == [
@@ -186,9 +155,8 @@ def test_an_exhausted_quota_refuses_submission(batch_service: Any, nmpi_client: 
         client.submit_job(source="print(1)", platform="SpiNNaker", collab_id="my-collab")
 
 
-def test_projects_comments_and_tags(batch_service: Any, nmpi_client: Any) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
+def test_projects_comments_and_tags(alice: Any) -> None:
+    _, client = alice()
     uri = client.create_resource_request("More time", "my-collab", "for a bigger network")
     assert uri.startswith("/projects/")
     assert client.get_resource_request(uri)["status"] == "in preparation"
@@ -196,9 +164,7 @@ def test_projects_comments_and_tags(batch_service: Any, nmpi_client: Any) -> Non
     project = client.get_resource_request(uri)
     assert (project["title"], project["status"]) == ("Much more time", "under review")
     assert [p["title"] for p in client.resource_requests("my-collab")] == ["Much more time"]
-    job = client.submit_job(
-        source="print(1)", platform="SpiNNaker", collab_id="my-collab", wait=True
-    )
+    job = run_job(client, "print(1)")
     comment = client.submit_comment(job["id"], "worked first time")
     assert comment["content"] == "worked first time"
     assert comment["resource_uri"] == f"/jobs/{job['id']}/comments/{comment['id']}"

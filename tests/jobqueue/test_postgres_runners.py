@@ -60,6 +60,7 @@ def test_three_runner_processes_share_the_queue_without_running_a_job_twice(
                     "--runners",
                     "2",
                     "--virtual",
+                    "--no-warmup",
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

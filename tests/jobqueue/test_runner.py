@@ -10,6 +10,8 @@ import psutil
 import pytest
 import requests
 
+from tests.jobqueue.conftest import run_job
+
 ALLOCATING_SCRIPT = """\
 import configparser, time
 from spalloc_client import Job
@@ -32,9 +34,8 @@ def _no_process_with(marker: str) -> bool:
     return True
 
 
-def test_nothing_the_script_started_outlives_the_job(batch_service: Any, nmpi_client: Any) -> None:
-    service = batch_service()
-    client = nmpi_client(service, service.token())
+def test_nothing_the_script_started_outlives_the_job(alice: Any) -> None:
+    _, client = alice()
     marker = f"marker-{uuid.uuid4().hex}"
     script = f"""\
 import subprocess, sys
@@ -42,7 +43,7 @@ subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "{marker
                  start_new_session=True)
 print("left a child behind")
 """
-    job = client.submit_job(source=script, platform="SpiNNaker", collab_id="my-collab", wait=True)
+    job = run_job(client, script)
     assert job["status"] == "finished", job["log"]
     deadline = time.monotonic() + 5
     while not _no_process_with(marker) and time.monotonic() < deadline:
@@ -74,11 +75,8 @@ def test_removing_a_running_job_stops_it(batch_service: Any, nmpi_client: Any) -
         client.get_job(uri)
 
 
-def test_jobs_beyond_the_runners_wait_in_order_with_their_position(
-    batch_service: Any, nmpi_client: Any
-) -> None:
-    service = batch_service(runners=1)
-    client = nmpi_client(service, service.token())
+def test_jobs_beyond_the_runners_wait_in_order_with_their_position(alice: Any) -> None:
+    service, client = alice(runners=1)
     uris = [
         client.submit_job(
             source=f"import time\ntime.sleep({1.5 if i == 0 else 0})\nprint('job {i}')\n",
@@ -100,9 +98,8 @@ def test_jobs_beyond_the_runners_wait_in_order_with_their_position(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_twenty_jobs_submitted_at_once_all_finish(batch_service: Any, nmpi_client: Any) -> None:
-    service = batch_service(runners=4)
-    client = nmpi_client(service, service.token())
+def test_twenty_jobs_submitted_at_once_all_finish(alice: Any) -> None:
+    service, client = alice(runners=4)
     uris = [
         client.submit_job(
             source=f"print('job', {i})\n", platform="SpiNNaker", collab_id="my-collab"
@@ -122,9 +119,7 @@ def test_usage_is_charged_from_the_allocation_servers_records(
 ) -> None:
     service = full_service()
     client = nmpi_client(service, service.token())
-    job = client.submit_job(
-        source=ALLOCATING_SCRIPT, platform="SpiNNaker", collab_id="my-collab", wait=True
-    )
+    job = run_job(client, ALLOCATING_SCRIPT)
     assert job["status"] == "finished", job["log"]
     assert f"owner alice nmpi-job-{job['id']}" in job["log"]
     used = job["resource_usage"]["value"]
@@ -134,12 +129,9 @@ def test_usage_is_charged_from_the_allocation_servers_records(
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_service_comes_back_with_every_job(batch_service: Any, nmpi_client: Any) -> None:
-    service = batch_service(runners=1)
-    client = nmpi_client(service, service.token())
-    done = client.submit_job(
-        source="print('done')", platform="SpiNNaker", collab_id="my-collab", wait=True
-    )
+def test_a_killed_service_comes_back_with_every_job(alice: Any, batch_service: Any) -> None:
+    service, client = alice(runners=1)
+    done = run_job(client, "print('done')")
     marker = f"marker-{uuid.uuid4().hex}"
     running = client.submit_job(
         source=f"import time\nprint('{marker}', flush=True)\ntime.sleep(600)\n",

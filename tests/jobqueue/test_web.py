@@ -107,7 +107,7 @@ def test_a_bad_token_and_a_bad_script_are_told_plainly(batch_service: Any, brows
     from selenium.webdriver.support.ui import WebDriverWait
 
     service = batch_service()
-    wait = WebDriverWait(browser, 30)
+    wait = WebDriverWait(browser, 60)
     browser.get(service.url + "/app/login")
     wait.until(ec.presence_of_element_located((By.ID, "token"))).send_keys("nonsense")
     browser.find_element(By.ID, "sign-in").click()
@@ -115,6 +115,7 @@ def test_a_bad_token_and_a_bad_script_are_told_plainly(batch_service: Any, brows
 
     browser.find_element(By.ID, "token").send_keys(service.token())
     browser.find_element(By.ID, "sign-in").click()
+    wait.until(ec.presence_of_element_located((By.ID, "jobs")))  # signed in: the job list
     browser.get(service.url + "/app/submit")
     wait.until(ec.presence_of_element_located((By.ID, "config"))).send_keys("{not json")
     browser.find_element(By.ID, "submit").click()

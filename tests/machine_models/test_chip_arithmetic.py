@@ -142,3 +142,9 @@ def test_refractory_steps_come_from_the_s1615_step() -> None:
         lif.encode_neuron_params(lif.LifParams(1, tau_refrac=2.0), 100)
     )[0]
     assert int(record["t_refract"]) == 20
+
+
+def test_stored_weights_round_and_wrap_like_the_host() -> None:
+    # round(|w| * 2**(15 - shift)); above 16 bits the host's "& 0xFFFF" wraps
+    assert lif.weights_to_u16([0.5, -0.5, 1.00002], 0).tolist() == [16384, 16384, 32769]
+    assert int(lif.weights_to_u16(70000 / 32768, 0)) == 70000 & 0xFFFF

@@ -101,3 +101,10 @@ def test_same_image_twice_gives_identical_results() -> None:
 def test_window_bound_below_one_is_refused() -> None:
     with pytest.raises(ExecutionError, match="max_window_steps must be at least 1, not 0"):
         Executor(recurrent_network(), BOARD, max_window_steps=0)
+
+
+def test_the_kernels_neuron_fields_are_the_regions() -> None:
+    # the neuron state travels to the kernels field by field, under the region's names
+    from machine_models import kernels, lif
+
+    assert lif.NEURON_DTYPE.names == kernels.LIF_STATE_FIELDS

@@ -46,7 +46,7 @@ def test_streams_match_the_reference_spike_for_spike(rates_hz: list[float]) -> N
     ex = Executor(Image(1000, (core,)), BOARD)
     sent = [ex.run(1).core_provenance[(0, 0, 2)]["spikes_sent"] for _ in range(300)]
     assert np.diff([0, *sent]).tolist() == expected
-    assert ex._po_state[0].tolist() == final_state
+    assert ex._po.state[0].tolist() == final_state
     assert sum(expected) > 100
 
 

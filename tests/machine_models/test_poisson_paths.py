@@ -50,17 +50,26 @@ def one_step(
     table[0, kernels.PO_NN] = nn
     table[0, kernels.PO_FAST_TO] = 1
     table[0, kernels.PO_LIMIT] = int(eml[0]) if shared else -1
-    state = np.array([seed], dtype=np.uint64)
     zeros = np.zeros(nn, _I64)
+    po = kernels.PoissonCores(
+        table,
+        np.array([seed], dtype=np.uint64),
+        zeros,
+        np.full(nn, 1 << 20, _I64),
+        np.full(nn, sources.REGIME_FAST, _I64),
+        eml,
+        zeros,
+        zeros,
+        zeros.copy(),
+    )
+    state = po.state
     em_j = np.zeros(nn, _I64)
     em_k = np.zeros(nn, _I64)
     if stream:
         # keys of the core from entry 1 on, two colours: counted at every second entry
         packets = np.zeros(2 * nn + 3, _I64)
         spikes = np.zeros(2 * nn + 3, _I64)
-        m = kernels._poisson_fast_step(
-            0, 0, table, state, eml, em_j, em_k, 1, 2, 1, packets, spikes
-        )
+        m = kernels._poisson_fast_step(0, 0, po, em_j, em_k, 1, 2, 1, packets, spikes)
         expect_packets = np.zeros(2 * nn + 3, _I64)
         expect_spikes = np.zeros(2 * nn + 3, _I64)
         expect_packets[3 + 2 * em_j[:m]] = 1
@@ -68,22 +77,7 @@ def one_step(
         assert packets.tolist() == expect_packets.tolist()
         assert spikes.tolist() == expect_spikes.tolist()
     else:
-        m = kernels._poisson_step(
-            0,
-            0,
-            0,
-            table,
-            state,
-            zeros,
-            np.full(nn, 1 << 20, _I64),
-            np.full(nn, sources.REGIME_FAST, _I64),
-            eml,
-            zeros,
-            zeros,
-            zeros.copy(),
-            em_j,
-            em_k,
-        )
+        m = kernels._poisson_step(0, 0, 0, po, em_j, em_k)
     return list(zip(em_j[:m].tolist(), em_k[:m].tolist(), strict=True)), state[0].tolist()
 
 

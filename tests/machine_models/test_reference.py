@@ -59,6 +59,8 @@ def mapped_network(seed: int) -> tuple[Image, Topology]:
     drive = net.population(300, SpikeSourcePoisson(rate=8000.0), "drive")
     slow = net.population(80, SpikeSourcePoisson(rate=40.0, start=3.0, duration=20.0), "slow")
     kicks = net.population(2, SpikeSourceArray(spike_times=((1.0, 2.0), (2.05,))), "kicks")
+    # a source nobody listens to has no key: like the chip, it sends nothing
+    net.population(20, SpikeSourcePoisson(rate=500.0), "idle")
     pre, post = rng.integers(0, 300, 3000), rng.integers(0, 300, 3000)
     delays = rng.uniform(0.1, 6.0, 3000)
     net.project(exc, exc, FromArrays(pre, post), StaticSynapse(0.08, delays), label="ee")
