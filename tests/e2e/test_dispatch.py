@@ -49,8 +49,9 @@ WAIT_S = 120.0
 LONG_RUN_STEPS = 10_000_000
 """A run that would take minutes: it is stopped long before it ends."""
 
+OPERATOR_TOKEN = "op-token"
 DISPATCH_TOML = (
-    SERVER_TOML
+    SERVER_TOML.replace("[server]\n", f'[server]\noperator_token = "{OPERATOR_TOKEN}"\n')
     + """
 [dispatch]
 workers = 2
@@ -284,6 +285,18 @@ async def test_destroy_stops_the_run_at_once_with_a_reason(server: ServerProcess
         status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
     assert status.state is RunState.STOPPED
     assert status.reason == f"job {job_id} was destroyed: the user gave up"
+
+
+async def test_an_operators_destroy_stops_the_run(server: ServerProcess) -> None:
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client)
+        await _until_running(client, job_id, token)
+        await client.call("admin_destroy_job", OPERATOR_TOKEN, job_id, "maintenance")
+        status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
+    assert status.state is RunState.STOPPED
+    assert status.reason is not None
+    assert status.reason.startswith(f"job {job_id} was destroyed: ")
+    assert "maintenance" in status.reason
 
 
 async def test_keepalive_expiry_stops_the_run(server: ServerProcess) -> None:
@@ -677,3 +690,40 @@ def test_a_lost_server_raises_a_toolchain_error_and_never_hangs(start_server: An
             machine.results()
     finally:
         machine.close()
+
+
+async def test_results_outlive_the_job_by_the_grace_time_only(
+    server: ServerProcess, start_server: Any
+) -> None:
+    # The module's server keeps nothing after a job ends (grace 0).
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client)
+        await _run(client, job_id, token, 20)
+        await client.destroy_job(job_id)
+        await _eventually_gone(_job_folder(server, job_id))
+        with pytest.raises(ServerError, match=f"job {job_id} has no image loaded"):
+            await client.fetch_results(job_id, token)
+    # With a grace time the results are still there after the destroy, the image is not.
+    kept: ServerProcess = await asyncio.to_thread(
+        start_server,
+        config_text=DISPATCH_TOML.replace("results_grace_s = 0.0", "results_grace_s = 600.0"),
+    )
+    async with await _client(kept) as client:
+        job_id, mapped, token = await _loaded_job(client)
+        await _run(client, job_id, token, 20)
+        await client.destroy_job(job_id)
+        await client.get_job_state(job_id)
+        remote, _ = _decode(await client.fetch_results(job_id, token))
+        with pytest.raises(ServerError, match=f"job {job_id} was destroyed"):
+            await client.start_run(job_id, token, 10)
+    _assert_same(remote, _in_process(mapped, 20)[0])
+    await _eventually_gone(_job_folder(kept, job_id) / "image.bin")
+    await asyncio.to_thread(kept.stop)
+
+
+async def _eventually_gone(path: Path) -> None:
+    for _ in range(200):
+        if not await asyncio.to_thread(path.exists):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} is still there")
