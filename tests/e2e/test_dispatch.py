@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 
-from machine_models import Executor
+from machine_models import Executor, Image
 from machine_models.executor import Results
 from machine_models.geometry import ChipXY, Link, chip_to_board
 from protocol.client import AllotmentClient
@@ -146,6 +146,12 @@ async def _until_running(client: AllotmentClient, job_id: int, token: str) -> Ru
         status = getattr(notification, "run_progress", None)
         if status is not None and status.state is RunState.RUNNING and status.steps_done > 0:
             return status
+
+
+async def _job_and_image(client: AllotmentClient, **kwargs: Any) -> tuple[int, Image]:
+    """A ready job and the standard network's image for it (not loaded)."""
+    info = await _ready_job(client, **kwargs)
+    return info["job_id"], map_network(_network(), allocation_from_machine_info(info)).image
 
 
 async def _loaded_job(client: AllotmentClient, **kwargs: Any) -> tuple[int, MappedNetwork, str]:
@@ -300,9 +306,21 @@ async def test_an_operators_destroy_stops_the_run(server: ServerProcess) -> None
 
 
 async def test_keepalive_expiry_stops_the_run(server: ServerProcess) -> None:
-    async with await _client(server) as client:
-        job_id, _mapped, token = await _loaded_job(client, keepalive_s=3.0)
+    async with await _client(server) as client, await _client(server) as keeper:
+        info = await _ready_job(client, keepalive_s=3.0)
+        job_id = info["job_id"]
+
+        async def keep_alive() -> None:
+            while True:
+                await keeper.job_keepalive(job_id)
+                await asyncio.sleep(0.5)
+
+        # Kept alive (however slow the machine) until the run goes, then left to expire.
+        keeping = asyncio.create_task(keep_alive())
+        mapped = map_network(_network(), allocation_from_machine_info(info))
+        token = (await client.load_image(job_id, mapped.image.encode(), owner="runner")).token
         await _until_running(client, job_id, token)
+        keeping.cancel()
         status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
     assert status.state is RunState.STOPPED
     assert status.reason == f"job {job_id} was destroyed: Job timed out."
@@ -345,9 +363,7 @@ async def test_image_for_chips_outside_the_allocation_is_refused_naming_the_chip
     server: ServerProcess,
 ) -> None:
     async with await _client(server) as client:
-        info = await _ready_job(client)
-        job_id = info["job_id"]
-        image = map_network(_network(), allocation_from_machine_info(info)).image
+        job_id, image = await _job_and_image(client)
         moved = dataclasses.replace(
             image, cores=(dataclasses.replace(image.cores[0], chip=ChipXY(9, 2)), *image.cores[1:])
         )
@@ -361,10 +377,8 @@ async def test_image_for_chips_outside_the_allocation_is_refused_naming_the_chip
 
 async def test_image_for_a_dead_chip_is_refused_naming_the_chip(server: ServerProcess) -> None:
     async with await _client(server) as client:
-        info = await _ready_job(client, machine="faulty")
-        job_id = info["job_id"]
         # The job runner does not know chip (0, 0) is dead: the toolchain places cores there.
-        image = map_network(_network(), allocation_from_machine_info(info)).image
+        job_id, image = await _job_and_image(client, machine="faulty")
         assert ChipXY(0, 0) in {core.chip for core in image.cores}
         with pytest.raises(ServerError, match=r"rejected: chip \(0, 0\) is dead"):
             await client.load_image(job_id, image.encode(), owner="runner")
@@ -386,9 +400,8 @@ def _leftovers(server: ServerProcess, job_id: int) -> list[str]:
 
 async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
     async with await _client(server) as client:
-        info = await _ready_job(client)
-    job_id = info["job_id"]
-    image = map_network(_network(), allocation_from_machine_info(info)).image.encode()
+        job_id, decoded = await _job_and_image(client)
+    image = decoded.encode()
     sha = hashlib.sha256(image).hexdigest()
 
     raw = RawClient(server.host, server.port)
@@ -430,6 +443,24 @@ async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
         await _eventually_empty(server, job_id)
         loaded = await client.load_image(job_id, image, owner="runner")
         assert loaded.sha256 == sha
+
+
+async def test_a_body_sent_before_the_go_ahead_closes_the_connection(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        job_id, decoded = await _job_and_image(client)
+    image = decoded.encode()
+    raw = RawClient(server.host, server.port)
+    try:
+        raw.send_line(_header(job_id, len(image), hashlib.sha256(image).hexdigest()) + image)
+        assert raw.read_reply() == {
+            "exception": "raw bytes were sent before the server's go-ahead; closing the connection"
+        }
+        assert raw.read_line() is None
+    finally:
+        raw.close()
+    await _eventually_empty(server, job_id)
 
 
 async def _eventually_empty(server: ServerProcess, job_id: int) -> None:
