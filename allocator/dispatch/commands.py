@@ -220,8 +220,16 @@ class DispatchCommands:
     # --- lifetime -----------------------------------------------------------------------
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Restore the job folders, then run the pool and the clean-up until cancelled."""
+        """Restore the job folders, then run the pool and the clean-up until cancelled.
+
+        Returns at once, having logged why, if the dispatch directory cannot be made.
+        """
         try:
+            try:
+                await self._in_thread(self._directory.mkdir, 0o700, True, True)
+            except OSError as error:
+                log.error("cannot start: dispatch directory %s: %s", self._directory, error)
+                return
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
                 await self._restore()

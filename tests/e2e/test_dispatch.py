@@ -758,3 +758,27 @@ async def _eventually_gone(path: Path) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{path} is still there")
+
+
+def test_an_unusable_dispatch_directory_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import REPO_ROOT, write_server_config
+
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    config = write_server_config(
+        tmp_path, DISPATCH_TOML.replace("[dispatch]\n", '[dispatch]\ndirectory = "blocker/sub"\n')
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "allocator.cli", "serve", "--port", "0", "--config", str(config),
+         "--db", f"sqlite:///{tmp_path / 'a.db'}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot start: dispatch directory blocker/sub" in result.stderr
+    assert "Traceback" not in result.stderr
