@@ -258,6 +258,12 @@ class DispatchCommands:
                     state=RunState.FAILED,
                     reason=f"the server restarted while run {last.run_id} was in flight",
                 )
+            if record.snapshot is not None and record.state_step > 0 and not record.is_state_saved:
+                # The worker renames a state into place only once it is whole: one that is
+                # there was saved, even if the record saying so did not reach the disk.
+                state = job_folder(self._directory, record.job_id) / record.snapshot / STATE_FILE
+                if await self._in_thread(state.exists):
+                    job.record = job.record.model_copy(update={"is_state_saved": True})
             service_record = self._jobs_of_service.job_record(record.job_id)
             job.machine = None if service_record is None else service_record.machine_name
             if service_record is None or not service_record.is_live:
@@ -411,6 +417,9 @@ class DispatchCommands:
                 }
             )
             await self._in_thread(path.replace, folder / IMAGE_FILE)
+            if job.record.snapshot is not None:
+                # The state there was of the image replaced: it must never be continued.
+                await self._in_thread(_remove_state, folder / job.record.snapshot)
             await self._save(job)
             log.info(
                 "image of job %d accepted: %d bytes received in %.3f s, validated in %.3f s,"
