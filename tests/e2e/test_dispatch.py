@@ -515,16 +515,19 @@ async def test_server_killed_during_a_run_then_restarted(start_server: Any) -> N
         await _until_running(client, job_id, token)
     first.kill()
     second = first.restarted()
-    async with await _client(second) as client:
-        status = await client.run_status(job_id, token)
-        assert status.state is RunState.FAILED
-        assert status.reason == "the server restarted while run 2 was in flight"
-        earlier, _ = _decode(await client.fetch_results(job_id, token))
-        _assert_same(earlier, _in_process(mapped, 80)[0])
-        # The image is still loaded and the state after run 1 is still there.
-        assert (await _run(client, job_id, token, 40)).state is RunState.DONE
-        continued, _ = _decode(await client.fetch_results(job_id, token))
-    _assert_same(continued, _in_process(mapped, 120)[0])
+    try:
+        async with await _client(second) as client:
+            status = await client.run_status(job_id, token)
+            assert status.state is RunState.FAILED
+            assert status.reason == "the server restarted while run 2 was in flight"
+            earlier, _ = _decode(await client.fetch_results(job_id, token))
+            _assert_same(earlier, _in_process(mapped, 80)[0])
+            # The image is still loaded and the state after run 1 is still there.
+            assert (await _run(client, job_id, token, 40)).state is RunState.DONE
+            continued, _ = _decode(await client.fetch_results(job_id, token))
+        _assert_same(continued, _in_process(mapped, 120)[0])
+    finally:
+        await asyncio.to_thread(second.stop)
 
 
 def test_a_run_that_fails_raises_with_the_servers_reason(server: ServerProcess) -> None:
