@@ -237,8 +237,17 @@ async def _run(
                 started.cancel()
                 service_task.result()  # raises what stopped it
                 return 1
+            dispatch_started = asyncio.Event()
+            dispatch_task = tg.create_task(
+                dispatch.run(on_started=dispatch_started.set), name="dispatch"
+            )
+            started = tg.create_task(dispatch_started.wait())
+            await asyncio.wait([dispatch_task, started], return_when=asyncio.FIRST_COMPLETED)
+            if dispatch_task.done():
+                service_task.cancel()
+                started.cancel()
+                return 1
             reporter.start()
-            dispatch_task = tg.create_task(dispatch.run(), name="dispatch")
             _settle_garbage_collector()
             publisher_task = None
             if publisher is not None:
