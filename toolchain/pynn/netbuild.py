@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pyNN import common
 
 from machine_models.lif import weights_to_u16
 from toolchain.network import (
@@ -47,7 +48,8 @@ class Part:
     """The synapses of one PyNN projection between one pair of populations."""
 
     projection: Projection
-    selection: npt.NDArray[np.int64]
+    selection: npt.NDArray[np.int64] | None
+    """The PyNN projection's synapses that went here; None for all of them."""
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,66 @@ def _cell(pop: Any) -> CellType:
 
 def _locate(
     cells: Any, firsts: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(population number, index within it) of each cell of a population, view or assembly."""
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64] | None]:
+    """(population number, index within it) of each cell of a population, view or assembly.
+
+    The index is None for a whole population (each cell is its own index).
+    """
+    if isinstance(cells, common.Population):
+        number = int(np.searchsorted(firsts, int(cells.first_id), side="right") - 1)
+        return np.full(cells.size, number, np.int64), None
     ids = np.asarray(cells.all_cells, dtype=np.int64).reshape(-1)
     which = np.searchsorted(firsts, ids, side="right") - 1
     return which, ids - firsts[which]
+
+
+def _index(
+    index: npt.NDArray[np.int64] | None, cells: npt.NDArray[np.int64], pick: Any
+) -> npt.NDArray[np.int64]:
+    picked = cells if isinstance(pick, slice) else cells[pick]
+    return picked if index is None else index[picked]
+
+
+def _side(
+    pop_of: npt.NDArray[np.int64], cells: npt.NDArray[np.int64]
+) -> list[tuple[int, npt.NDArray[np.bool_] | None]]:
+    """Per population on one side of a projection: the synapses touching it (None: all)."""
+    numbers = np.unique(pop_of)
+    if numbers.size == 1:
+        return [(int(numbers[0]), None)]
+    starts = np.flatnonzero(np.r_[True, pop_of[1:] != pop_of[:-1]])
+    if starts.size == numbers.size:  # each population one run of cells (an Assembly)
+        ends = np.r_[starts[1:], pop_of.size]
+        return [
+            (int(pop_of[lo]), (cells >= lo) & (cells < hi))
+            for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)
+        ]
+    of_synapse = pop_of[cells]
+    return [(int(n), of_synapse == n) for n in numbers.tolist()]
+
+
+def _groups(
+    pre_pop: npt.NDArray[np.int64],
+    post_pop: npt.NDArray[np.int64],
+    pre: npt.NDArray[np.int64],
+    post: npt.NDArray[np.int64],
+) -> list[tuple[int, int, npt.NDArray[np.int64] | None]]:
+    """(pre population, post population, synapses or None for all) of each pair joined."""
+    pairs: list[tuple[int, int, npt.NDArray[np.int64] | None]] = []
+    for a, from_a in _side(pre_pop, pre):
+        for b, to_b in _side(post_pop, post):
+            if from_a is None and to_b is None:
+                pairs.append((a, b, None))
+                continue
+            if from_a is None or to_b is None:
+                mask = from_a if to_b is None else to_b
+            else:
+                mask = from_a & to_b
+            assert mask is not None
+            selection = np.flatnonzero(mask)
+            if selection.size:
+                pairs.append((a, b, selection))
+    return pairs
 
 
 def build_network(
@@ -142,25 +199,20 @@ def build_network(
         pre, post, weight, delay = proj.arrays()
         pre_pop, pre_index = _locate(proj.pre, firsts)
         post_pop, post_index = _locate(proj.post, firsts)
-        src_pop, src = pre_pop[pre], pre_index[pre]
-        dst_pop, dst = post_pop[post], post_index[post]
         receptor: Receptor = "inhibitory" if proj.receptor_type == "inhibitory" else "excitatory"
-        signed = -np.abs(weight) if receptor == "inhibitory" else weight
+        is_one_weight = weight.strides == (0,) and weight.size > 0
+        sample = weight[:1] if is_one_weight else weight  # one weight stays one value
+        signed = -np.abs(sample) if receptor == "inhibitory" else sample
+        if is_one_weight:
+            signed = np.broadcast_to(signed, weight.shape)
         own: list[Part] = []
-        group = src_pop * len(populations) + dst_pop
-        for key in np.unique(group):
-            selection = np.flatnonzero(group == key)
-            tpre = pairs[int(key) // len(populations)][1]
-            tpost = pairs[int(key) % len(populations)][1]
-            whole = selection.size == pre.size
+        for a, b, selection in _groups(pre_pop, post_pop, pre, post):
+            pick = slice(None) if selection is None else selection
             tproj = network.project(
-                tpre,
-                tpost,
-                FromArrays(src[selection], dst[selection]),
-                StaticSynapse(
-                    signed if whole else signed[selection],
-                    delay if whole else delay[selection],
-                ),
+                pairs[a][1],
+                pairs[b][1],
+                FromArrays(_index(pre_index, pre, pick), _index(post_index, post, pick)),
+                StaticSynapse(signed[pick], delay[pick]),
                 receptor,
                 f"{proj.label}#{len(parts)}.{len(own)}",
             )
@@ -182,6 +234,7 @@ def quantised_weights(
     for part in parts:
         synapse_type = 0 if part.projection.receptor_type == "excitatory" else 1
         shift = shifts[(part.projection.post.index, synapse_type)]
-        magnitude = weights_to_u16(weight[part.selection], shift) * 2.0 ** (shift - 15)
-        stored[part.selection] = np.sign(weight[part.selection]) * magnitude
+        pick = slice(None) if part.selection is None else part.selection
+        magnitude = weights_to_u16(weight[pick], shift) * 2.0 ** (shift - 15)
+        stored[pick] = np.sign(weight[pick]) * magnitude
     return stored

@@ -182,7 +182,8 @@ class Population(_Parameters, common.Population):  # type: ignore[misc]
             current = self.initial_value_array(variable).copy()
             current[mask] = values.reshape(-1)
             self._initial[variable] = current
-        simulator.state.parameters_changed()
+        if any(p is self for p in simulator.state.populations):  # not while being made
+            simulator.state.initial_values_changed()
 
     def _get_view(self, selector: Any, label: str | None = None) -> PopulationView:
         return PopulationView(self, selector, label)

@@ -16,6 +16,7 @@ A one-to-one connection is built here directly: PyNN 0.13's own path crashes wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from copy import deepcopy
 from typing import Any
 
@@ -35,7 +36,16 @@ _ATTRIBUTES = ("presynaptic_index", "postsynaptic_index", "weight", "delay")
 
 
 def _joined(parts: list[npt.NDArray[Any]], dtype: type) -> npt.NDArray[Any]:
-    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+    """The parts as one array; one value everywhere stays one broadcast value (no memory)."""
+    if not parts:
+        return np.zeros(0, dtype)
+    total = sum(p.size for p in parts)
+    filled = [p for p in parts if p.size]
+    if filled and all(p.strides == (0,) for p in filled):
+        first = filled[0][0]
+        if all(p[0] == first for p in filled):
+            return np.broadcast_to(np.asarray(first, dtype), (total,))
+    return np.concatenate(parts, dtype=dtype)
 
 
 def _split_lists(synapse: Any) -> tuple[Any, dict[str, npt.NDArray[np.float64]]]:
@@ -99,6 +109,7 @@ class Projection(common.Projection):  # type: ignore[misc]
         self._weight_parts: list[npt.NDArray[np.float64]] = []
         self._delay_parts: list[npt.NDArray[np.float64]] = []
         self._quantised: npt.NDArray[np.float64] | None = None
+        self._quantise: Callable[[], npt.NDArray[np.float64]] | None = None
         if isinstance(connector, OneToOneConnector):
             self._connect_one_to_one(connector)
         else:
@@ -161,12 +172,14 @@ class Projection(common.Projection):  # type: ignore[misc]
     def _store(self, pre: Any, post: Any, weight: Any, delay: Any) -> None:
         n = len(pre)
         dt = self._simulator.state.dt
-        steps = np.rint(np.broadcast_to(np.asarray(delay, np.float64), (n,)) / dt)
+        steps = np.maximum(np.rint(np.asarray(delay, np.float64) / dt), 1.0)
         self._pre_parts.append(np.asarray(pre, np.int64))
         self._post_parts.append(np.asarray(post, np.int64))
+        # a scalar stays a broadcast view: 10 M synapses of one weight cost no memory
         self._weight_parts.append(np.broadcast_to(np.asarray(weight, np.float64), (n,)))
-        self._delay_parts.append(np.maximum(steps, 1.0) * dt)
+        self._delay_parts.append(np.broadcast_to(steps * dt, (n,)))
         self._quantised = None
+        self._quantise = None
 
     def arrays(
         self,
@@ -205,9 +218,10 @@ class Projection(common.Projection):  # type: ignore[misc]
             dt = self._simulator.state.dt
             self._delay_parts = [np.maximum(np.rint(values / dt), 1.0) * dt]
 
-    def set_quantised_weights(self, weights: npt.NDArray[np.float64]) -> None:
-        """Record the weights the machine stores (after mapping)."""
-        self._quantised = weights
+    def set_quantised_weights(self, weights: Callable[[], npt.NDArray[np.float64]] | None) -> None:
+        """Say how to compute the weights the machine stores (after mapping; on demand)."""
+        self._quantise = weights
+        self._quantised = None
 
     # --- PyNN's queries
     def __len__(self) -> int:
@@ -215,6 +229,8 @@ class Projection(common.Projection):  # type: ignore[misc]
 
     def _columns(self, names: Any) -> list[npt.NDArray[Any]]:
         pre, post, weight, delay = self.arrays()
+        if self._quantised is None and self._quantise is not None:
+            self._quantised = self._quantise()
         if self._quantised is not None:
             weight = self._quantised
         by_name = {

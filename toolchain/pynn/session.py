@@ -15,20 +15,21 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from machine_models.executor import Executor, Results
+from machine_models.executor import Results
 from machine_models.topology import Topology
-from toolchain.allocation import virtual_allocation
 from toolchain.build import MappedNetwork, map_network, spike_array_steps
 from toolchain.errors import PlacementError
 from toolchain.network import SpikeSourceArray
 from toolchain.pynn.config import MachineSettings, describe
 from toolchain.pynn.errors import NotSupportedError, RunError
+from toolchain.pynn.machines import Machine, ServerMachine, VirtualMachine
 from toolchain.pynn.netbuild import Built, build_network, quantised_weights
 from toolchain.pynn.reports import ReportFolder, worries
 
@@ -88,18 +89,20 @@ class Session:
         reports: ReportFolder,
         out: Callable[[str], None] | None = None,
     ) -> None:
-        if not settings.is_virtual:
-            raise NotSupportedError(
-                f"running on the server {settings.spalloc_server}",
-                "virtual mode (no spalloc_server, or virtual_board = True)",
-            )
         self._state = state
         self.settings = settings
         self.reports = reports
         self._out = out or (lambda line: print(line, file=sys.stdout))
+        self.machine: Machine = (
+            VirtualMachine()
+            if settings.is_virtual or settings.spalloc_server is None
+            else ServerMachine(
+                settings.spalloc_server, settings.spalloc_port, settings.spalloc_user
+            )
+        )
         self._built: Built | None = None
         self.mapped: MappedNetwork | None = None
-        self._executor: Executor | None = None
+        self._is_loaded = False
         self._last: Results | None = None
         self._is_structure_dirty = True
         self._is_parameters_dirty = False
@@ -114,12 +117,26 @@ class Session:
         """Parameters, initial values or recording changed."""
         self._is_parameters_dirty = True
 
+    def initial_values_changed(self) -> None:
+        """initialize() was called: allowed before the first run or after a reset."""
+        if self.machine.step > 0:
+            raise NotSupportedError(
+                "initialize() between runs without reset()",
+                "initialize() before the first run, or after reset()",
+            )
+        self._is_parameters_dirty = True
+
     def reset(self) -> None:
         """Back to t = 0: the next run loads the network afresh."""
-        self._executor = None
+        self.machine.restart()
 
     # --- mapping
-    def _map(self, weight_shifts: dict[tuple[int, int], int] | None = None) -> MappedNetwork:
+    def _map(
+        self,
+        weight_shifts: dict[tuple[int, int], int] | None = None,
+        topology: Topology | None = None,
+    ) -> MappedNetwork:
+        """Build and map the network: on ``topology``, or on a new allocation sized for it."""
         state = self._state
         with tqdm(
             total=3, desc="Mapping", unit="stage", delay=PROGRESS_DELAY_S, file=sys.stderr
@@ -132,22 +149,13 @@ class Session:
                 weight_shifts,
             )
             bar.update()
-            n_boards = boards_for(
-                _cores_needed(built),
-                self.settings.n_boards_required,
-                self.settings.n_chips_required,
-            )
-            while True:
-                try:
-                    mapped = map_network(built.network, virtual_allocation(n_boards), built.config)
-                    break
-                except PlacementError:
-                    if n_boards >= MAX_VIRTUAL_BOARDS:
-                        raise
-                    n_boards = min(MAX_VIRTUAL_BOARDS, 2 * n_boards)
+            if topology is not None:
+                mapped = map_network(built.network, topology, built.config)
+            else:
+                mapped = self._map_on_new_allocation(built)
             bar.update()
             for proj, parts in built.parts:
-                proj.set_quantised_weights(quantised_weights(proj, parts, mapped.shifts))
+                proj.set_quantised_weights(partial(quantised_weights, proj, parts, mapped.shifts))
             self.reports.write_mapping(mapped, describe(self.settings))
             bar.update()
         self._built = built
@@ -156,6 +164,20 @@ class Session:
         self._is_parameters_dirty = False
         return mapped
 
+    def _map_on_new_allocation(self, built: Built) -> MappedNetwork:
+        n_boards = boards_for(
+            _cores_needed(built),
+            self.settings.n_boards_required,
+            self.settings.n_chips_required,
+        )
+        while True:
+            try:
+                return map_network(built.network, self.machine.allocate(n_boards), built.config)
+            except PlacementError:
+                if n_boards >= MAX_VIRTUAL_BOARDS:
+                    raise
+                n_boards = min(MAX_VIRTUAL_BOARDS, 2 * n_boards)
+
     def topology(self) -> Topology:
         """The allocation the network is mapped on (mapping it if not yet)."""
         if self.mapped is None or self._is_structure_dirty:
@@ -163,49 +185,51 @@ class Session:
         assert self.mapped is not None
         return self.mapped.topology
 
-    def _ready(self) -> Executor:
-        is_running = self._executor is not None and self._executor.step > 0
+    def _ready(self) -> None:
+        machine = self.machine
+        is_running = machine.step > 0
         if self._is_structure_dirty:
             if is_running:
                 raise RunError(
                     "populations or projections were added after run(); call reset() "
                     "before running again"
                 )
-            self._map()
-            self._executor = None
+            mapped = self._map()
+            machine.load(mapped.image, mapped.topology, is_carrying_state=False)
+            self._is_loaded = True
         elif self._is_parameters_dirty:
-            previous = self._executor if is_running else None
             assert self.mapped is not None
-            shifts = dict(self.mapped.shifts) if previous is not None else None
-            self._map(weight_shifts=shifts)
-            if previous is not None:
-                fresh = Executor(self.mapped.image, self.mapped.topology)
-                fresh.adopt_state(previous)
-                self._executor = fresh
-            else:
-                self._executor = None
-        if self._executor is None:
+            shifts = dict(self.mapped.shifts) if is_running else None
+            mapped = self._map(weight_shifts=shifts, topology=self.mapped.topology)
+            machine.load(mapped.image, mapped.topology, is_carrying_state=is_running)
+            self._is_loaded = True
+        elif not self._is_loaded:  # mapped by get_machine(), not loaded yet
             assert self.mapped is not None
-            self._executor = Executor(self.mapped.image, self.mapped.topology)
-        return self._executor
+            machine.load(self.mapped.image, self.mapped.topology, is_carrying_state=False)
+            self._is_loaded = True
 
     # --- running
     def run(self, n_steps: int) -> None:
         """Advance the network by ``n_steps`` time steps and file what was recorded."""
-        executor = self._ready()
-        chunk = max(500, math.ceil(n_steps / 50))
+        self._ready()
+        chunk = self.machine.chunk_steps(n_steps)
         with tqdm(
             total=n_steps, desc="Running", unit="step", delay=PROGRESS_DELAY_S, file=sys.stderr
         ) as bar:
             done = 0
             while done < n_steps:
                 steps = min(chunk, n_steps - done)
-                t0 = executor.step
-                results = executor.run(steps)
-                self._file(results, t0, executor.step)
+                t0 = self.machine.step
+                start = done
+
+                def moved(steps_done: int, start: int = start) -> None:
+                    bar.update(start + steps_done - bar.n)
+
+                results = self.machine.run(steps, progress=moved)
+                self._file(results, t0, self.machine.step)
                 self._last = results
                 done += steps
-                bar.update(steps)
+                bar.update(done - bar.n)
         assert self.mapped is not None
         self.reports.write_provenance(self.mapped, results)
 
@@ -274,5 +298,5 @@ class Session:
                 )
                 for line in lines:
                     self._out(f"  {line}")
-        self._executor = None
+        self.machine.close()
         return lines

@@ -79,6 +79,11 @@ class State(common.control.BaseState):  # type: ignore[misc]
         if self.session is not None:
             self.session.structure_changed()
 
+    def initial_values_changed(self) -> None:
+        """An initial value changed: it applies from t = 0 (the next run after a reset)."""
+        if self.session is not None:
+            self.session.initial_values_changed()
+
     def parameters_changed(self) -> None:
         """A parameter or initial value changed: the next run loads new parameters."""
         if self.session is not None:

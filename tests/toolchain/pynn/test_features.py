@@ -189,6 +189,21 @@ def test_sampling_interval_initialize_and_views(sim: ModuleType) -> None:
     np.testing.assert_array_equal(cells.get("tau_m")[:3], [5.0, 6.0, 10.0])
 
 
+def test_initialize_between_runs_needs_a_reset_and_applies_after_it(sim: ModuleType) -> None:
+    sim.setup(timestep=1.0)
+    cells = _cells(sim, 2)
+    cells.record("v")
+    sim.run(5.0)
+    with pytest.raises(NotSupportedError, match=r"initialize\(\) between runs"):
+        cells.initialize(v=-55.0)
+    sim.reset()
+    cells.initialize(v=-55.0)
+    sim.run(5.0)
+    first, second = cells.get_data().segments
+    assert first.filter(name="v")[0].magnitude[0, 0] == pytest.approx(-65.0)
+    assert second.filter(name="v")[0].magnitude[0, 0] == pytest.approx(-55.0)
+
+
 def test_population_seed_makes_poisson_spikes_repeatable(sim: ModuleType) -> None:
     def counts(seed: int) -> list[int]:
         sim.setup(timestep=1.0)

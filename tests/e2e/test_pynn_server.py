@@ -1,0 +1,145 @@
+"""The PyNN backend in server mode against a real allotment server process.
+
+A script names the server in ``spynnaker.cfg`` as sPyNNaker users do; the backend asks for
+boards sized from the mapped network, runs through the dispatch commands and frees the job
+at ``end()``. Its spikes equal virtual mode's bit for bit. A lost server and a destroyed job
+raise a clear ``RemoteError``, never hang.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import numpy as np
+import pytest
+
+from protocol.client import AllotmentClient
+from tests.e2e.conftest import SERVER_TOML, ServerProcess, write_server_config
+from toolchain.errors import RemoteError
+
+DISPATCH_TOML = SERVER_TOML + "\n[dispatch]\nworkers = 1\nresults_grace_s = 0.0\n"
+
+
+def _start(where: Path) -> ServerProcess:
+    process = ServerProcess(
+        write_server_config(where, DISPATCH_TOML), f"sqlite:///{where / 'a.db'}", where
+    )
+    return process.start()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One dispatch server for the module's scripts."""
+    process = _start(tmp_path_factory.mktemp("pynn-server"))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def script_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _configure(where: Path, server: ServerProcess) -> None:
+    (where / "spynnaker.cfg").write_text(
+        f"[Machine]\nspalloc_server = {server.host}\nspalloc_port = {server.port}\n"
+        "spalloc_user = pynn-test\n"
+    )
+
+
+def _script(sim: ModuleType) -> tuple[list[list[float]], np.ndarray]:
+    """A script as sPyNNaker users write it: run, run again, read back."""
+    cells = sim.Population(30, sim.IF_curr_exp(), label="cells")
+    drive = sim.Population(30, sim.SpikeSourcePoisson(rate=80.0, seed=5), label="drive")
+    sim.Projection(drive, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=15.0))
+    cells.record(["spikes", "v"])
+    sim.run(300.0)
+    sim.run(200.0)
+    seg = cells.get_data().segments[0]
+    return [s.magnitude.tolist() for s in seg.spiketrains], seg.filter(name="v")[0].magnitude
+
+
+async def _job_state(server: ServerProcess, job_id: int) -> int:
+    client = await AllotmentClient.connect(server.host, server.port, timeout_s=30.0)
+    try:
+        return (await client.get_job_state(job_id)).state
+    finally:
+        await client.aclose()
+
+
+async def _destroy(server: ServerProcess, job_id: int) -> None:
+    client = await AllotmentClient.connect(server.host, server.port, timeout_s=30.0)
+    try:
+        await client.destroy_job(job_id, "operator says no")
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.timeout(240)
+def test_a_script_runs_on_the_server_as_in_virtual_mode_and_frees_its_job(
+    server: ServerProcess, script_dir: Path
+) -> None:
+    import allotment.pynn as sim
+    from toolchain.pynn import simulator
+
+    sim.setup(timestep=1.0)
+    virtual_spikes, virtual_v = _script(sim)
+    sim.end()
+
+    _configure(script_dir, server)
+    sim.setup(timestep=1.0)
+    assert f"server {server.host}:{server.port}" in sim.name()
+    spikes, v = _script(sim)
+    session = simulator.state.session
+    assert session is not None
+    job_id = session.machine.job_id  # type: ignore[attr-defined]
+    assert anyio.run(_job_state, server, job_id) == 3  # ready while the script runs
+    sim.end()
+    assert sum(len(s) for s in spikes) > 50
+    assert spikes == virtual_spikes
+    np.testing.assert_array_equal(v, virtual_v)
+    assert anyio.run(_job_state, server, job_id) == 4  # destroyed at end()
+
+
+@pytest.mark.timeout(240)
+def test_a_destroyed_job_is_a_clear_error(server: ServerProcess, script_dir: Path) -> None:
+    import allotment.pynn as sim
+    from toolchain.pynn import simulator
+
+    _configure(script_dir, server)
+    sim.setup(timestep=1.0)
+    cells = sim.Population(5, sim.IF_curr_exp(i_offset=2.0), label="cells")
+    cells.record("spikes")
+    sim.run(50.0)
+    session = simulator.state.session
+    assert session is not None
+    anyio.run(_destroy, server, session.machine.job_id)  # type: ignore[attr-defined]
+    with pytest.raises(RemoteError, match=str(server.port)):
+        sim.run(50.0)
+    sim.end()
+
+
+@pytest.mark.timeout(240)
+def test_a_lost_server_is_a_clear_error_not_a_hang(tmp_path: Path, script_dir: Path) -> None:
+    import allotment.pynn as sim
+
+    lonely = _start(tmp_path / "lonely")
+    try:
+        _configure(script_dir, lonely)
+        sim.setup(timestep=1.0)
+        cells = sim.Population(5, sim.IF_curr_exp(i_offset=2.0), label="cells")
+        cells.record("spikes")
+        sim.run(50.0)
+    finally:
+        lonely.stop(signal.SIGKILL)
+    with pytest.raises(RemoteError, match=str(lonely.port)):
+        sim.run(50.0)
+    sim.end()
