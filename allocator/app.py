@@ -102,11 +102,12 @@ async def serve(
         except OSError as error:
             raise StartupError(f"cannot listen on {_address(host, port)}: {_why(error)}") from error
         stack.push_async_callback(server.unbind)
-        if config.metrics.port:
-            address = _address(config.metrics.address, config.metrics.port)
+        metrics_port = config.metrics.bind_port
+        if metrics_port is not None:
+            address = _address(config.metrics.address, metrics_port)
             try:
                 await stack.enter_async_context(
-                    metrics.endpoint(config.metrics.address, config.metrics.port)
+                    metrics.endpoint(config.metrics.address, metrics_port)
                 )
             except OSError as error:
                 raise StartupError(f"metrics endpoint {address}: {_why(error)}") from error
