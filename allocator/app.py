@@ -102,11 +102,12 @@ async def serve(
         except OSError as error:
             raise StartupError(f"cannot listen on {_address(host, port)}: {_why(error)}") from error
         stack.push_async_callback(server.unbind)
-        if config.metrics.port:
-            address = _address(config.metrics.address, config.metrics.port)
+        metrics_port = config.metrics.bind_port
+        if metrics_port is not None:
+            address = _address(config.metrics.address, metrics_port)
             try:
                 await stack.enter_async_context(
-                    metrics.endpoint(config.metrics.address, config.metrics.port)
+                    metrics.endpoint(config.metrics.address, metrics_port)
                 )
             except OSError as error:
                 raise StartupError(f"metrics endpoint {address}: {_why(error)}") from error
@@ -237,8 +238,17 @@ async def _run(
                 started.cancel()
                 service_task.result()  # raises what stopped it
                 return 1
+            dispatch_started = asyncio.Event()
+            dispatch_task = tg.create_task(
+                dispatch.run(on_started=dispatch_started.set), name="dispatch"
+            )
+            started = tg.create_task(dispatch_started.wait())
+            await asyncio.wait([dispatch_task, started], return_when=asyncio.FIRST_COMPLETED)
+            if dispatch_task.done():
+                service_task.cancel()
+                started.cancel()
+                return 1
             reporter.start()
-            dispatch_task = tg.create_task(dispatch.run(), name="dispatch")
             _settle_garbage_collector()
             publisher_task = None
             if publisher is not None:

@@ -7,10 +7,10 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from allocator.logoutput import QueuedStreamHandler, ServerFormatter
 from jobqueue import cli as batch_cli
 
 __all__ = ["main"]
@@ -125,20 +125,6 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-class _LogFormatter(logging.Formatter):
-    """The server's log format; the date and time text is built once a second, not per line."""
-
-    _second = -1
-    _second_text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._second_text},{int(record.msecs):03d}"
-
-
 def _configure_logging(level: str) -> None:
     """Log to stderr, one line per record, without what the format does not show.
 
@@ -149,9 +135,16 @@ def _configure_logging(level: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Formatted and written by a thread of its own, in batches (allocator.logoutput).
+    handler = QueuedStreamHandler(sys.stderr)
+    handler.setFormatter(ServerFormatter())
     logging.basicConfig(level=getattr(logging, level), handlers=[handler])
+
+
+def _flush_logs() -> None:
+    """Write the queued log lines before a line printed outside logging."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
                 )
             )
     except StartupError as error:
+        _flush_logs()
         print(f"allotment: cannot start: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

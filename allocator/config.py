@@ -29,7 +29,7 @@ import tomllib
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -87,11 +87,23 @@ class PowerSettings(BaseModel):
 
 
 class MetricsSettings(BaseModel):
-    """The ``[metrics]`` table; port 0 disables the endpoint."""
+    """The ``[metrics]`` table; port 0 disables the endpoint, ``"any"`` binds a free port.
+
+    With ``"any"`` the log line ``metrics endpoint at http://ADDRESS:PORT/metrics``, written
+    before the ready line, names the port bound (for tests and for several servers on one
+    host).
+    """
 
     model_config = _FROZEN
     address: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 0
+    port: Annotated[int, Field(ge=0, le=65535)] | Literal["any"] = 0
+
+    @property
+    def bind_port(self) -> int | None:
+        """The port to bind (0: any free one), or None when the endpoint is disabled."""
+        if self.port == "any":
+            return 0
+        return self.port or None
 
 
 class MqttSettings(BaseModel):

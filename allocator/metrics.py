@@ -16,9 +16,12 @@ client sending random command names cannot grow the registry without bound.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Self
 
@@ -30,6 +33,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 from protocol.events import BoardState
 
@@ -75,6 +80,68 @@ _MAX_REQUEST_HEAD_BYTES: Final = 8192
 _REQUEST_READ_TIMEOUT_S: Final = 10.0
 
 
+_REQUESTS_HELP: Final = "Requests answered, by command and outcome."
+_REQUEST_DURATION_HELP: Final = (
+    "Time from reading a request to writing its reply, by command and outcome."
+)
+
+
+@dataclass(slots=True)
+class _Tally:
+    """The requests of one (command, outcome): a count per latency bucket (+Inf last)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BUCKETS_S) + 1))
+    sum_s: float = 0.0
+    created_s: float = field(default_factory=time.time)
+
+
+class _RequestStats:
+    """A collector of `allotment_requests_total` and `allotment_request_duration_seconds`.
+
+    Exposes exactly what a `Counter` and a `Histogram` with labels (command, outcome) fed
+    the same requests would, creation times included; the server adds to plain numbers
+    (`_Tally`) instead, without the lock and the bucket walk of a histogram's observe.
+    """
+
+    def __init__(self) -> None:
+        self._tallies: dict[tuple[str, str], _Tally] = {}
+
+    def __repr__(self) -> str:
+        return f"<_RequestStats series={len(self._tallies)}>"
+
+    def tally(self, command: str, outcome: str) -> _Tally:
+        """The tally of one (command, outcome), made on first use."""
+        found = self._tallies.get((command, outcome))
+        if found is None:
+            found = self._tallies[(command, outcome)] = _Tally()
+        return found
+
+    def collect(self) -> Iterator[Metric]:
+        requests = Metric("allotment_requests", _REQUESTS_HELP, "counter")
+        duration = Metric("allotment_request_duration_seconds", _REQUEST_DURATION_HELP, "histogram")
+        bounds = [*map(floatToGoString, _LATENCY_BUCKETS_S), "+Inf"]
+        for (command, outcome), tally in list(self._tallies.items()):
+            labels = {"command": command, "outcome": outcome}
+            n = sum(tally.counts)
+            requests.add_sample("allotment_requests_total", labels, float(n))
+            requests.add_sample("allotment_requests_created", labels, tally.created_s)
+            cumulative = 0
+            for bound, count in zip(bounds, tally.counts, strict=True):
+                cumulative += count
+                duration.add_sample(
+                    "allotment_request_duration_seconds_bucket",
+                    {**labels, "le": bound},
+                    float(cumulative),
+                )
+            duration.add_sample("allotment_request_duration_seconds_count", labels, float(n))
+            duration.add_sample("allotment_request_duration_seconds_sum", labels, tally.sum_s)
+            duration.add_sample(
+                "allotment_request_duration_seconds_created", labels, tally.created_s
+            )
+        yield requests
+        yield duration
+
+
 class Metrics:
     """The metrics of one server, in a registry of its own.
 
@@ -88,7 +155,7 @@ class Metrics:
         self._known_commands: set[str] | None = None if commands is None else set(commands)
         self._seen_commands: set[str] = set()
         self._job_states: set[str] = set()
-        self._request_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._request_tallies: dict[tuple[str, str], _Tally] = {}
         r = self.registry
         self._boards = Gauge(
             "allotment_boards", "Boards by machine and state.", ["machine", "state"], registry=r
@@ -101,19 +168,10 @@ class Metrics:
             buckets=_WAIT_BUCKETS_S,
             registry=r,
         )
-        self._requests = Counter(
-            "allotment_requests",
-            "Requests answered, by command and outcome.",
-            ["command", "outcome"],
-            registry=r,
-        )
-        self._request_latency = Histogram(
-            "allotment_request_duration_seconds",
-            "Time from reading a request to writing its reply, by command and outcome.",
-            ["command", "outcome"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=r,
-        )
+        # Counted in plain numbers as requests are answered, exposed as a counter and a
+        # histogram when collected (`_RequestStats`): a request costs no metric locks.
+        self._request_stats = _RequestStats()
+        r.register(self._request_stats)
         self._keepalive_expiries = Counter(
             "allotment_keepalive_expiries",
             "Jobs destroyed because their keepalive expired.",
@@ -197,18 +255,14 @@ class Metrics:
                 generically).
             seconds: time from reading the request to writing the reply.
         """
-        children = self._request_children.get((command, outcome))
-        if children is None:
-            # Looking label children up costs a lock and a tuple per call: keep them.
-            label = self._command_label(command)
-            children = (
-                self._requests.labels(label, outcome),
-                self._request_latency.labels(label, outcome),
-            )
-            if len(self._request_children) < 4 * MAX_COMMAND_LABELS:
-                self._request_children[(command, outcome)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        tally = self._request_tallies.get((command, outcome))
+        if tally is None:
+            tally = self._request_stats.tally(self._command_label(command), outcome)
+            if len(self._request_tallies) < 4 * MAX_COMMAND_LABELS:
+                self._request_tallies[(command, outcome)] = tally
+        # The bucket a duration falls in: the first bound it does not exceed (+Inf last).
+        tally.counts[bisect.bisect_left(_LATENCY_BUCKETS_S, seconds)] += 1
+        tally.sum_s += seconds
 
     def set_board_counts(self, machine: str, counts_by_state: Mapping[BoardState, int]) -> None:
         """Set how many boards of `machine` are in each state; missing states read zero."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,6 +170,36 @@ class _Region:
 
 
 _MAX_CACHED_REGIONS = 4096
+
+_MAX_MASK_WIDTH = 62
+"""The widest machine (in triads) whose rows `_free_positions` handles as integer bit masks."""
+_BIT_WEIGHTS = np.array([1 << x for x in range(_MAX_MASK_WIDTH)], dtype=np.int64)
+
+
+def _free_corners(rows: list[int], n_w: int, w: int, h: int) -> Iterator[tuple[int, int]]:
+    """The free w x h corners of a grid given as one bit mask per row (bit x: blocked).
+
+    Row by row: OR the h rows from y up, smear each blocked bit over the w - 1 places to
+    its left, and every clear bit left (up to x = n_w - w) starts a free rectangle::
+
+        blocked rows y, y+1:  ..#.....   ......#.    -> OR: ..#...#.
+        w = 2, smeared left:  .##..##.   free starts x = 0, 3, 4 (and 7 is past the end)
+    """
+    starts = (1 << (n_w - w + 1)) - 1
+    for y in range(len(rows) - h + 1):
+        used = 0
+        for row in rows[y : y + h]:
+            used |= row
+        run = used
+        for shift in range(1, w):
+            run |= used >> shift
+        free = ~run & starts
+        while free:
+            low = free & -free
+            yield low.bit_length() - 1, y
+            free ^= low
+
+
 """Regions whose periphery `MachineAllocator` remembers (then it starts afresh)."""
 
 
@@ -197,6 +228,7 @@ class MachineAllocator:
         self._board_periphery: dict[BoardXYZ, frozenset[tuple[BoardXYZ, Link]]] = {}
         # board -> the board across each of its six links (in `Link` order), built lazily
         self._neighbours: dict[BoardXYZ, tuple[BoardXYZ, ...]] = {}
+        self._rect_boards: dict[TriadRect, frozenset[BoardXYZ]] = {}
         # the boards of a region -> the links leaving it: regions recur (the lowest free
         # rectangle of a shape is usually the same few), and they cost 6 steps a board
         self._region_periphery: dict[frozenset[BoardXYZ], frozenset[tuple[BoardXYZ, Link]]] = {}
@@ -285,12 +317,20 @@ class MachineAllocator:
         fault_free = not self._faulty[rect.x : x_end, rect.y : y_end].any() and not (
             in_service_only and (self._out_of_service or self._links_out)
         )
-        boards: set[BoardXYZ]
+        boards: AbstractSet[BoardXYZ]
         if fault_free and rect.width < self._w and rect.height < self._h:
-            # No dead boards or links and no wrap-around: every board is reachable.
-            boards = {BoardXYZ(t.x, t.y, z) for t in rect.triads() for z in range(BOARDS_PER_TRIAD)}
+            # No dead boards or links and no wrap-around: every board is reachable, and
+            # the set is the same each time the rectangle is tried.
+            whole = self._rect_boards.get(rect)
+            if whole is None:
+                if len(self._rect_boards) >= _MAX_CACHED_REGIONS:
+                    self._rect_boards.clear()
+                whole = self._rect_boards[rect] = frozenset(
+                    BoardXYZ(t.x, t.y, z) for t in rect.triads() for z in range(BOARDS_PER_TRIAD)
+                )
+            boards = whole
         else:
-            boards = {root}
+            found = {root}
             todo = deque([root])
             while todo:
                 board = todo.popleft()
@@ -299,13 +339,14 @@ class MachineAllocator:
                         continue
                     nxt = board_neighbour(board, link, self._w, self._h).board
                     if (
-                        nxt not in boards
+                        nxt not in found
                         and rect.x <= nxt.x < x_end
                         and rect.y <= nxt.y < y_end
                         and self._usable(nxt, in_service_only=in_service_only)
                     ):
-                        boards.add(nxt)
+                        found.add(nxt)
                         todo.append(nxt)
+            boards = found
         if request.max_dead_boards is not None:
             expected = (
                 request.n_boards
@@ -392,17 +433,26 @@ class MachineAllocator:
         return blocked
 
     @staticmethod
-    def _free_positions(blocked: npt.NDArray[np.bool_], w: int, h: int) -> list[tuple[int, int]]:
-        """Bottom-left corners (x, y) of every w x h rectangle with no blocked triad."""
+    def _free_positions(
+        blocked: npt.NDArray[np.bool_], w: int, h: int
+    ) -> Iterator[tuple[int, int]]:
+        """Bottom-left corners (x, y) of every w x h rectangle with no blocked triad.
+
+        In y-then-x order, the order corners are tried in, and lazily: allocation stops at
+        the first that works, usually one of the first few.
+        """
         n_w, n_h = blocked.shape
         if w > n_w or h > n_h:
-            return []
-        table = np.zeros((n_w + 1, n_h + 1), dtype=np.int32)
-        table[1:, 1:] = blocked.astype(np.int32).cumsum(0).cumsum(1)
-        counts = table[w:, h:] - table[:-w, h:] - table[w:, :-h] + table[:-w, :-h]
-        # Row by row of the transposed grid: y first, then x, the order corners are tried in.
-        ys, xs = np.nonzero((counts == 0).T)
-        return list(zip(xs.tolist(), ys.tolist(), strict=True))
+            return iter(())
+        if n_w > _MAX_MASK_WIDTH:
+            table = np.zeros((n_w + 1, n_h + 1), dtype=np.int32)
+            table[1:, 1:] = blocked.astype(np.int32).cumsum(0).cumsum(1)
+            counts = table[w:, h:] - table[:-w, h:] - table[w:, :-h] + table[:-w, :-h]
+            ys, xs = np.nonzero((counts == 0).T)
+            return zip(xs.tolist(), ys.tolist(), strict=True)
+        # Row y of the grid as an integer whose bit x is set where triad (x, y) is blocked.
+        rows: list[int] = (blocked.T.astype(np.int64) @ _BIT_WEIGHTS[:n_w]).tolist()
+        return _free_corners(rows, n_w, w, h)
 
     def allocate(
         self, request: JobRequest, job_id: int, avoid: frozenset[TriadXY] = frozenset()

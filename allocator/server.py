@@ -138,7 +138,7 @@ class Connection:
     watched_machines: set[str] = field(default_factory=set)
     is_closed: bool = False
     body_sink: BodySink | None = field(default=None, repr=False)
-    _has_pending_input: Callable[[], bool] = field(default=lambda: False, repr=False)
+    _is_misframed: Callable[[], bool] = field(default=lambda: False, repr=False)
 
     def take_body(self, sink: BodySink) -> None:
         """Send the bytes that follow on this connection to `sink` until it is complete.
@@ -147,9 +147,10 @@ class Connection:
         the go-ahead before it sends the body.
 
         Raises:
-            BodyOrderError: bytes arrived before the go-ahead (the stream is not framed).
+            BodyOrderError: bytes arrived before the go-ahead (the stream is not framed);
+                the connection closes after the error reply.
         """
-        if self._has_pending_input():
+        if self._is_misframed():
             raise BodyOrderError
         self.body_sink = sink
 
@@ -421,7 +422,7 @@ class _LineProtocol(asyncio.Protocol):
         self._conn = conn = Connection(
             peer_host=str(peer[0]) if peer else "",
             transport=t,
-            _has_pending_input=self._has_pending_input,
+            _is_misframed=self._is_misframed,
         )
         if not self._server._opened(conn, self):
             self._is_input_done = True
@@ -501,9 +502,23 @@ class _LineProtocol(asyncio.Protocol):
 
     # --- requests -----------------------------------------------------------------------
 
-    def _has_pending_input(self) -> bool:
-        """Whether bytes wait that came after the line being answered."""
-        return bool(self._pending or self._partial)
+    def _is_misframed(self) -> bool:
+        """Whether bytes came after the line being answered, before its go-ahead.
+
+        If so they cannot be told apart from requests: they are dropped, nothing more is
+        read, and the connection closes once the reply to that line is written.
+        """
+        if not (self._pending or self._partial):
+            return False
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._partial = b""
+        self._is_input_done = True
+        self._is_eof = True
+        if not self._is_read_paused:
+            self._is_read_paused = True
+            self._transport.pause_reading()
+        return True
 
     def close(self) -> None:
         """Close the connection: queued lines are dropped, written replies still go out."""

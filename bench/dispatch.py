@@ -16,7 +16,8 @@ started it), ``run_s_server`` (the worker's run, from started to done), ``run_s_
 being load + queue + run + fetch), ``probe_p50_ms``, ``probe_p99_ms``, ``spikes_identical``,
 ``probe_idle_p50_ms`` and ``probe_idle_p99_ms`` (the same client while the server idles and
 this process runs the in-process run: the same load on the machine, nothing for the server
-to do), and the load average at the start and end.
+to do), ``probe_upload_p99_ms`` and ``probe_upload_max_ms`` (the requests sent while an image
+was being uploaded), and the load average at the start and end.
 
 Usage: ``python bench/dispatch.py [--network brunel-exp|brunel-exp-small] [--repeat 3]``
 """
@@ -66,8 +67,10 @@ async def _server_path(
 ) -> tuple[dict[str, float], Results, str]:
     """Load, run, fetch once; the phases' times, the results and the job's token."""
     start = time.perf_counter()
+    upload_from = time.time()
     loaded = await client.load_image(job_id, data, owner="bench", token=token)
     loaded_at = time.perf_counter()
+    upload_to = time.time()
     await client.start_run(job_id, loaded.token, n_steps, fresh=True)
     started_at = done_at = 0.0
     while not done_at:
@@ -90,6 +93,8 @@ async def _server_path(
         "run_s": done_at - (started_at or done_at),
         "fetch_s": end - done_at,
         "whole_s": end - start,
+        "upload_from": upload_from,
+        "upload_to": upload_to,
     }
     return phases, results, loaded.token
 
@@ -121,21 +126,23 @@ def _start_probe(host: str, port: int, job_id: int) -> subprocess.Popen[str]:
     return probe
 
 
-def _stop_probe(probe: subprocess.Popen[str]) -> list[float]:
+def _stop_probe(probe: subprocess.Popen[str]) -> list[tuple[float, float]]:
+    """The probe's (Unix time sent, latency in ms) of every request."""
     out, _ = probe.communicate("", timeout=TIMEOUT_S)
-    return [float(v) for v in json.loads(out)]
+    return [(float(t), float(ms)) for t, ms in json.loads(out)]
 
 
-async def _probe(host: str, port: int, job_id: int) -> list[float]:
-    """Ask for a job's state every few ms until standard input closes; latencies in ms."""
-    latencies: list[float] = []
+async def _probe(host: str, port: int, job_id: int) -> list[tuple[float, float]]:
+    """Ask for a job's state every few ms until standard input closes: (sent at, ms)."""
+    latencies: list[tuple[float, float]] = []
     loop = asyncio.get_running_loop()
     stop = loop.run_in_executor(None, sys.stdin.read)
     async with await AllotmentClient.connect(host, port, timeout_s=30.0) as client:
         while not stop.done():
+            sent_at = time.time()
             start = time.perf_counter()
             await client.get_job_state(job_id)
-            latencies.append((time.perf_counter() - start) * 1000.0)
+            latencies.append((sent_at, (time.perf_counter() - start) * 1000.0))
             if len(latencies) == 1:
                 print("probing", flush=True)
             await asyncio.sleep(PROBE_INTERVAL_S)
@@ -160,8 +167,8 @@ async def _bench(host: str, port: int, network: str, repeat: int) -> dict[str, A
         _in_process(mapped, 10)
         rounds: list[dict[str, float]] = []
         identical = True
-        probes: list[float] = []
-        idle_probes: list[float] = []
+        probes: list[tuple[float, float]] = []
+        idle_probes: list[tuple[float, float]] = []
         for _ in range(repeat):
             probe = _start_probe(host, port, job_id)
             phases, remote, token = await _server_path(client, job_id, data, n_steps, token)
@@ -172,6 +179,13 @@ async def _bench(host: str, port: int, network: str, repeat: int) -> dict[str, A
             identical = identical and _same_spikes(remote, local)
             rounds.append(phases)
         await client.destroy_job(job_id)
+
+    during_upload = [
+        ms for t, ms in probes if any(r["upload_from"] <= t <= r["upload_to"] for r in rounds)
+    ]
+
+    def p(samples: list[tuple[float, float]], fraction: float) -> float:
+        return round(_percentile([ms for _, ms in samples], fraction), 3)
 
     def median(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
@@ -187,14 +201,21 @@ async def _bench(host: str, port: int, network: str, repeat: int) -> dict[str, A
         "fetch_s": round(median("fetch_s"), 4),
         "whole_path_s": round(median("whole_s"), 3),
         "overhead_fraction": round((median("whole_s") - inprocess) / inprocess, 4),
-        "probe_p50_ms": round(_percentile(probes, 0.50), 3),
-        "probe_p99_ms": round(_percentile(probes, 0.99), 3),
+        "probe_p50_ms": p(probes, 0.50),
+        "probe_p99_ms": p(probes, 0.99),
         "probe_n": len(probes),
-        "probe_idle_p50_ms": round(_percentile(idle_probes, 0.50), 3),
-        "probe_idle_p99_ms": round(_percentile(idle_probes, 0.99), 3),
+        "probe_upload_p99_ms": round(_percentile(during_upload, 0.99), 3)
+        if during_upload
+        else None,
+        "probe_upload_max_ms": round(max(during_upload), 3) if during_upload else None,
+        "probe_upload_n": len(during_upload),
+        "probe_idle_p50_ms": p(idle_probes, 0.50),
+        "probe_idle_p99_ms": p(idle_probes, 0.99),
         "spikes_identical": identical,
         "repeat": repeat,
-        "rounds": [{k: round(v, 4) for k, v in r.items()} for r in rounds],
+        "rounds": [
+            {k: round(v, 4) for k, v in r.items() if not k.startswith("upload_")} for r in rounds
+        ],
         "loadavg_start": round(load_start, 2),
         "loadavg_end": round(os.getloadavg()[0], 2),
     }

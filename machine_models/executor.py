@@ -122,8 +122,9 @@ class Executor:
         self._cores: list[CoreImage] = list(self.image.cores)
         core_index = {c.xyp: i for i, c in enumerate(self._cores)}
         emitters = loading.Emitters()
+        shared = {cls: cls() for cls in set(loading.LOADERS.values())}
         self._loaders: dict[AppId, loading.Loader] = {
-            app: cls() for app, cls in loading.LOADERS.items()
+            app: shared[cls] for app, cls in loading.LOADERS.items()
         }
         for ci, core in enumerate(self._cores):
             loading.load_core(self._loaders[core.app], ci, core, emitters)

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 IMAGE_MAGIC = b"ALLOTIMG"
-IMAGE_VERSION = 2
+IMAGE_VERSION = 3
 N_LINKS = 6
 ROUTE_BITS = 24
 
@@ -54,6 +54,7 @@ class AppId(enum.IntEnum):
     SPIKE_SOURCE_ARRAY = 2
     SPIKE_SOURCE_POISSON = 3
     DELAY_EXTENSION = 4
+    IF_COND_EXP = 5
 
 
 class CoreXYP(NamedTuple):

@@ -138,11 +138,15 @@ def pack_rows(syn, starts, lengths, out):  # type: ignore[no-untyped-def]  # pra
 
 
 # Columns of the per-core parameter tables the executor builds (int64, one row per core).
-# Columns of the per-core parameter tables the executor builds (int64, one row per core).
 LIF_NB, LIF_NN, LIF_IB, LIF_TB, LIF_DB, LIF_IT, LIF_SHE, LIF_SHI, LIF_RB, LIF_RM = range(10)
 LIF_EMIT, LIF_REC, LIF_VIV, LIF_GEIV, LIF_GIIV = range(10, 15)
 LIF_VOFF, LIF_VFIRST, LIF_GEOFF, LIF_GEFIRST, LIF_GIOFF, LIF_GIFIRST = range(15, 21)
-LIF_COLUMNS = 21
+LIF_INPUT = 21
+LIF_COLUMNS = 22
+# a neuron core's input type (LIF_INPUT): synaptic input is a current (nA) or a conductance
+INPUT_CURRENT, INPUT_CONDUCTANCE = 0, 1
+COND_SHIFT = 10
+"""A conductance core's input is its synaptic value >> 10 (``lif.CONDUCTANCE_INPUT_SHIFT``)."""
 PO_NB, PO_NN, PO_FAST_FROM, PO_FAST_TO, PO_LIMIT = range(5)
 PO_COLUMNS = 5
 DE_NN, DE_STAGES, DE_DPS, DE_SLOTS, DE_CB = range(5)
@@ -203,7 +207,8 @@ class Fanout(NamedTuple):
 
 
 class LifCores(NamedTuple):
-    """Every IF_curr_exp neuron of the job, one array per field of ``lif.NEURON_DTYPE``.
+    """Every LIF neuron of the job, one array per field of ``lif.NEURON_DTYPE`` and of
+    ``lif.INPUT_DTYPE`` (zero on current-input cores).
 
     ``table`` has a row per core (columns ``LIF_*``); ``ring`` holds every core's ring
     buffers; ``sat`` counts saturations per core; ``spk`` is scratch (fired this step).
@@ -228,10 +233,14 @@ class LifCores(NamedTuple):
     exc_init: Array
     inh_decay: Array
     inh_init: Array
+    e_rev_e: Array
+    e_rev_i: Array
 
 
-LIF_STATE_FIELDS = LifCores._fields[4:]
+LIF_STATE_FIELDS = LifCores._fields[4:19]
 """The per-neuron fields, named as in ``lif.NEURON_DTYPE``."""
+LIF_INPUT_FIELDS = LifCores._fields[19:]
+"""The per-neuron input-type fields, named as in ``lif.INPUT_DTYPE``."""
 
 
 class Recording(NamedTuple):
@@ -424,6 +433,55 @@ def _deliver_direct(lo, hi, row, t, nvar, var, c, em_j, em_k, g_ptr, f_a, syn, r
 
 
 @numba.njit(cache=True)
+def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Update neurons ``nb:hi``: input current, closed-form LIF, threshold, synapse decay.
+
+    A conductance core (``is_cond``) turns its synaptic values into currents as 7.4.1's
+    ``input_type_conductance.h`` does, in s16.15 with truncating multiplies:
+    ``g = isyn >> 10``, ``I = g_e * (E_e - V) - (-g_i) * (E_i - V) + I_offset``.
+    """
+    # the update of a refractory neuron is computed and discarded: no branch in the loop
+    v_ = lif.v[nb:hi]
+    ref_ = lif.refract_timer[nb:hi]
+    ie_ = lif.isyn_exc[nb:hi]
+    ii_ = lif.isyn_inh[nb:hi]
+    i_off_ = lif.i_offset[nb:hi]
+    r_m_ = lif.r_membrane[nb:hi]
+    v_rest_ = lif.v_rest[nb:hi]
+    exp_tc_ = lif.exp_tc[nb:hi]
+    v_thr_ = lif.v_thresh[nb:hi]
+    v_reset_ = lif.v_reset[nb:hi]
+    t_ref_ = lif.t_refract[nb:hi]
+    ed_ = lif.exc_decay[nb:hi]
+    idc_ = lif.inh_decay[nb:hi]
+    spk_ = lif.spk[nb:hi]
+    ee_ = lif.e_rev_e[nb:hi]
+    ei_ = lif.e_rev_i[nb:hi]
+    for n in range(hi - nb):
+        vm = np.int64(v_[n])
+        r = np.int64(ref_[n])
+        if is_cond:
+            g_e = np.int64(ie_[n]) >> COND_SHIFT
+            g_i = np.int64(ii_[n]) >> COND_SHIFT
+            exc = _mul_accum(g_e, np.int64(ee_[n]) - vm)
+            inh = _mul_accum(-g_i, np.int64(ei_[n]) - vm)
+            current = exc - inh + np.int64(i_off_[n])
+        else:
+            current = np.int64(ie_[n]) - np.int64(ii_[n]) + np.int64(i_off_[n])
+        alpha = _mul_accum(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
+        free = alpha - _mul_accum(np.int64(exp_tc_[n]), alpha - vm)
+        active = r <= 0
+        vm = free if active else vm
+        r = r if active else r - 1
+        fired = vm >= v_thr_[n]
+        v_[n] = np.int64(v_reset_[n]) if fired else vm
+        ref_[n] = np.int64(t_ref_[n]) if fired else r
+        spk_[n] = fired
+        ie_[n] = (np.int64(ie_[n]) * np.int64(ed_[n])) >> 32
+        ii_[n] = (np.int64(ii_[n]) * np.int64(idc_[n])) >> 32
+
+
+@numba.njit(cache=True)
 def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """One step of LIF core c: consume the step's ring-buffer slots, record, update.
 
@@ -443,7 +501,6 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def] 
     ring_e = lif.ring[base : base + nn]
     ring_i = lif.ring[base + tstep : base + tstep + nn]
     v_ = lif.v[nb:hi]
-    ref_ = lif.refract_timer[nb:hi]
     ie_ = lif.isyn_exc[nb:hi]
     ii_ = lif.isyn_inh[nb:hi]
     # an empty slot adds exactly zero, so every slot is consumed without a branch
@@ -456,6 +513,7 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def] 
         val = np.int64(ring_i[n])
         ring_i[n] = 0
         ii_[n] = ii_[n] + (((val << shi) * np.int64(iin_[n])) >> 32)
+    is_cond = p[c, LIF_INPUT] == INPUT_CONDUCTANCE
     viv = p[c, LIF_VIV]
     if viv > 0 and t % viv == 0:
         row = p[c, LIF_VOFF] + (t // viv - p[c, LIF_VFIRST]) * nn
@@ -463,37 +521,22 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def] 
     geiv = p[c, LIF_GEIV]
     if geiv > 0 and t % geiv == 0:
         row = p[c, LIF_GEOFF] + (t // geiv - p[c, LIF_GEFIRST]) * nn
-        rec.gsyn_exc[row : row + nn] = ie_
+        if is_cond:
+            rec.gsyn_exc[row : row + nn] = ie_ >> COND_SHIFT
+        else:
+            rec.gsyn_exc[row : row + nn] = ie_
     giiv = p[c, LIF_GIIV]
     if giiv > 0 and t % giiv == 0:
         row = p[c, LIF_GIOFF] + (t // giiv - p[c, LIF_GIFIRST]) * nn
-        rec.gsyn_inh[row : row + nn] = ii_
-    # the update of a refractory neuron is computed and discarded: no branch in the loop
-    i_off_ = lif.i_offset[nb:hi]
-    r_m_ = lif.r_membrane[nb:hi]
-    v_rest_ = lif.v_rest[nb:hi]
-    exp_tc_ = lif.exp_tc[nb:hi]
-    v_thr_ = lif.v_thresh[nb:hi]
-    v_reset_ = lif.v_reset[nb:hi]
-    t_ref_ = lif.t_refract[nb:hi]
-    ed_ = lif.exc_decay[nb:hi]
-    idc_ = lif.inh_decay[nb:hi]
+        if is_cond:
+            rec.gsyn_inh[row : row + nn] = ii_ >> COND_SHIFT
+        else:
+            rec.gsyn_inh[row : row + nn] = ii_
+    if is_cond:
+        _lif_update(nb, hi, lif, True)
+    else:
+        _lif_update(nb, hi, lif, False)
     spk_ = lif.spk[nb:hi]
-    for n in range(nn):
-        vm = np.int64(v_[n])
-        r = np.int64(ref_[n])
-        current = np.int64(ie_[n]) - np.int64(ii_[n]) + np.int64(i_off_[n])
-        alpha = _mul_accum(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
-        free = alpha - _mul_accum(np.int64(exp_tc_[n]), alpha - vm)
-        active = r <= 0
-        vm = free if active else vm
-        r = r if active else r - 1
-        fired = vm >= v_thr_[n]
-        v_[n] = np.int64(v_reset_[n]) if fired else vm
-        ref_[n] = np.int64(t_ref_[n]) if fired else r
-        spk_[n] = fired
-        ie_[n] = (np.int64(ie_[n]) * np.int64(ed_[n])) >> 32
-        ii_[n] = (np.int64(ii_[n]) * np.int64(idc_[n])) >> 32
     m = 0
     for n in range(nn):
         if spk_[n]:

@@ -1,11 +1,15 @@
-"""The IF_curr_exp core application: its region layouts (encode/decode) and constants.
+"""The LIF neuron core applications: their region layouts (encode/decode) and constants.
 
-A neuron core holds up to 256 leaky integrate-and-fire neurons with exponential current
-synapses, as sPyNNaker runs them (spec §3). Regions (all little-endian u32 words):
+A neuron core holds up to 256 leaky integrate-and-fire neurons with exponential synapses, as
+sPyNNaker runs them (spec §3): IF_curr_exp (current input) and IF_cond_exp (conductance
+input, the same neuron and synapse shaping with an input type between them). Regions (all
+little-endian u32 words):
 
 * ``REGION_KEYS`` (1): see :mod:`machine_models.regions`.
 * ``REGION_DATA`` (2), neuron parameters: ``n_neurons`` then one 15-word record per neuron,
   fields in :data:`NEURON_DTYPE` order; REAL fields are s16.15, decays and init factors u0.32.
+* ``REGION_INPUT_TYPE`` (3), IF_cond_exp only: ``n_neurons`` then ``e_rev_E, e_rev_I``
+  (s16.15 mV) per neuron, fields in :data:`INPUT_DTYPE` order.
 * ``REGION_SYNAPSE_PARAMS`` (4): ``n_neurons, index_bits, type_bits, delay_bits, drop_late,
   shift_exc, shift_inh``. The ring buffer has ``2**(index+type+delay bits)`` u16 slots.
 * ``REGION_POP_TABLE`` (5): ``n_entries, n_addresses``, the 16-byte master population
@@ -31,6 +35,9 @@ from machine_models import fixedpoint as fx
 from machine_models.regions import to_s1615
 
 __all__ = [
+    "CONDUCTANCE_INPUT_SHIFT",
+    "CONDUCTANCE_WEIGHT_SCALE",
+    "INPUT_DTYPE",
     "INVALID_ADDRESS",
     "MAX_RING_BUFFER_BITS",
     "NEURON_DTYPE",
@@ -39,10 +46,12 @@ __all__ = [
     "PopTable",
     "RecordingParams",
     "SynapseParams",
+    "decode_input_params",
     "decode_neuron_params",
     "decode_pop_table",
     "decode_recording",
     "decode_synapse_params",
+    "encode_input_params",
     "encode_neuron_params",
     "encode_pop_table",
     "encode_recording",
@@ -78,6 +87,13 @@ NEURON_DTYPE = np.dtype(
     ]
 )
 """One neuron's record in the neuron-parameter region (60 bytes)."""
+
+INPUT_DTYPE = np.dtype([("e_rev_e", "<i4"), ("e_rev_i", "<i4")])
+"""One neuron's record in a conductance core's input-type region (8 bytes, s16.15 mV)."""
+CONDUCTANCE_WEIGHT_SCALE = 1024.0
+"""A conductance core's host scales weights (uS) by 1024 (7.4.1's global weight scale)..."""
+CONDUCTANCE_INPUT_SHIFT = 10
+"""...and the core shifts its synaptic input right by 10 bits, giving uS again."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +173,28 @@ def decode_neuron_params(data: bytes) -> npt.NDArray[np.void]:
     if len(data) != 4 + n * NEURON_DTYPE.itemsize:
         raise ValueError(f"neuron region of {len(data)} bytes does not hold {n} neurons")
     return np.frombuffer(data, dtype=NEURON_DTYPE, offset=4, count=n).copy()
+
+
+def encode_input_params(n_neurons: int, e_rev_e: npt.ArrayLike, e_rev_i: npt.ArrayLike) -> bytes:
+    """Encode a conductance core's input-type region: reversal potentials (mV) as s16.15."""
+    rec = np.zeros(n_neurons, dtype=INPUT_DTYPE)
+    rec["e_rev_e"] = to_s1615(_full(e_rev_e, n_neurons))
+    rec["e_rev_i"] = to_s1615(_full(e_rev_i, n_neurons))
+    return struct.pack("<I", n_neurons) + rec.tobytes()
+
+
+def decode_input_params(data: bytes, n_neurons: int) -> npt.NDArray[np.void]:
+    """Decode an input-type region into a structured array of :data:`INPUT_DTYPE`.
+
+    Raises:
+        ValueError: the region does not hold ``n_neurons`` neurons.
+    """
+    n = struct.unpack_from("<I", data, 0)[0] if len(data) >= 4 else -1
+    if n != n_neurons or len(data) != 4 + n * INPUT_DTYPE.itemsize:
+        raise ValueError(
+            f"input type region of {len(data)} bytes does not hold {n_neurons} neurons"
+        )
+    return np.frombuffer(data, dtype=INPUT_DTYPE, offset=4, count=n).copy()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ The executor walks the cores in image order and hands each to the loader of its 
 and appends the core to flat arrays shared by every core of that application::
 
     neuron cores     LifLoader        neurons of all cores in one array per field, ring buffers
+                                      (IF_curr_exp and IF_cond_exp cores share one loader)
     spike arrays     ArrayLoader      every (step, neuron) of all cores, sorted per core
     Poisson sources  PoissonLoader    sources of all cores, a KISS state per core
     delay extensions DelayLoader      counters of all cores
@@ -26,6 +27,7 @@ from machine_models.errors import RegionError
 from machine_models.image import AppId, CoreImage
 from machine_models.regions import (
     REGION_DATA,
+    REGION_INPUT_TYPE,
     REGION_KEYS,
     REGION_POP_TABLE,
     REGION_RECORDING,
@@ -87,7 +89,8 @@ class Emitters:
 
 
 class LifLoader:
-    """IF_curr_exp cores: neuron state, synapse settings, population tables, matrices."""
+    """LIF cores (current or conductance input): neuron state, synapse settings, population
+    tables, matrices."""
 
     kind = kernels.KIND_LIF
 
@@ -95,6 +98,7 @@ class LifLoader:
         self.cores: list[int] = []
         self.rows: list[list[int]] = []
         self.records: list[npt.NDArray[np.void]] = []
+        self.inputs: list[npt.NDArray[np.void]] = []
         self.pop_tables: dict[int, lif.PopTable] = {}
         self.matrices: list[npt.NDArray[np.uint32]] = []
         self.syn_base: dict[int, int] = {}
@@ -106,6 +110,12 @@ class LifLoader:
         records = lif.decode_neuron_params(region(core, REGION_DATA))
         sp = lif.decode_synapse_params(region(core, REGION_SYNAPSE_PARAMS))
         rec = lif.decode_recording(region(core, REGION_RECORDING))
+        is_cond = core.app == AppId.IF_COND_EXP
+        inputs = (
+            lif.decode_input_params(region(core, REGION_INPUT_TYPE), records.size)
+            if is_cond
+            else np.zeros(records.size, lif.INPUT_DTYPE)
+        )
         self.pop_tables[core_index] = lif.decode_pop_table(region(core, REGION_POP_TABLE))
         matrix = np.frombuffer(region(core, REGION_SYNAPTIC_MATRIX), "<u4").astype(np.uint32)
         row = [0] * kernels.LIF_COLUMNS
@@ -125,10 +135,12 @@ class LifLoader:
             (kernels.LIF_VIV, rec.v_interval_steps),
             (kernels.LIF_GEIV, rec.gsyn_exc_interval_steps),
             (kernels.LIF_GIIV, rec.gsyn_inh_interval_steps),
+            (kernels.LIF_INPUT, kernels.INPUT_CONDUCTANCE if is_cond else kernels.INPUT_CURRENT),
         ):
             row[column] = int(value)
         self.rows.append(row)
         self.records.append(records)
+        self.inputs.append(inputs)
         self.syn_base[core_index] = self._n_syn
         self.matrices.append(matrix)
         self._n_syn += matrix.size
@@ -145,6 +157,7 @@ class LifLoader:
     def finish(self) -> kernels.LifCores:
         """The neuron cores' arrays (the recording columns of the table are set per run)."""
         records = np.concatenate(self.records) if self.records else np.zeros(0, lif.NEURON_DTYPE)
+        inputs = np.concatenate(self.inputs) if self.inputs else np.zeros(0, lif.INPUT_DTYPE)
         table = np.array(self.rows, dtype=_I64).reshape(-1, kernels.LIF_COLUMNS)
         return kernels.LifCores(
             table,
@@ -152,6 +165,7 @@ class LifLoader:
             np.zeros(len(self.cores), _I64),
             np.zeros(records.size, np.uint8),
             *(np.ascontiguousarray(records[name]) for name in kernels.LIF_STATE_FIELDS),
+            *(np.ascontiguousarray(inputs[name]) for name in kernels.LIF_INPUT_FIELDS),
         )
 
 
@@ -321,11 +335,12 @@ class DelayLoader:
 Loader = LifLoader | ArrayLoader | PoissonLoader | DelayLoader
 LOADERS: dict[AppId, type[Loader]] = {
     AppId.IF_CURR_EXP: LifLoader,
+    AppId.IF_COND_EXP: LifLoader,
     AppId.SPIKE_SOURCE_ARRAY: ArrayLoader,
     AppId.SPIKE_SOURCE_POISSON: PoissonLoader,
     AppId.DELAY_EXTENSION: DelayLoader,
 }
-"""The loader of each application."""
+"""The loader of each application (one loader object serves every application it is named for)."""
 
 
 def load_core(loader: Loader, core_index: int, core: CoreImage, emitters: Emitters) -> int:

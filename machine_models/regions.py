@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 __all__ = [
     "REGION_DATA",
+    "REGION_INPUT_TYPE",
     "REGION_KEYS",
     "REGION_POP_TABLE",
     "REGION_RECORDING",
@@ -30,6 +31,8 @@ REGION_KEYS = 1
 """Keys region: ``n_neurons, n_colour_bits, has_key`` then one key per neuron (u32 each)."""
 REGION_DATA = 2
 """The application's own parameters (neuron params, spike times, Poisson params, delay params)."""
+REGION_INPUT_TYPE = 3
+"""A neuron core's input-type parameters (conductance cores: reversal potentials)."""
 REGION_SYNAPSE_PARAMS = 4
 REGION_POP_TABLE = 5
 REGION_SYNAPTIC_MATRIX = 6

@@ -40,6 +40,8 @@ SDRAM_USABLE_BYTES = 123_469_792
 DTCM_BYTES = 64 * 1024
 MAX_ROUTER_ENTRIES = 1023
 MONITOR_CORE = 0
+NEURON_APPS = frozenset({AppId.IF_CURR_EXP, AppId.IF_COND_EXP})
+"""The applications that run neurons (ring buffers, neuron state in DTCM)."""
 DTCM_OVERHEAD_BYTES = 2048
 """DTCM the application itself uses whatever the data (stack, queues, DMA buffers)."""
 
@@ -50,7 +52,7 @@ def dtcm_bytes(core: CoreImage) -> int:
     Raises:
         RegionError: the synapse parameters cannot be decoded.
     """
-    if core.app != AppId.IF_CURR_EXP:
+    if core.app not in NEURON_APPS:
         return 0
     try:
         sp = lif.decode_synapse_params(core.regions[REGION_SYNAPSE_PARAMS])
@@ -59,7 +61,10 @@ def dtcm_bytes(core: CoreImage) -> int:
             core.chip.x, core.chip.y, core.p, f"bad synapse parameters: {exc}"
         ) from None
     ring = 2 * (1 << sp.ring_buffer_bits)
-    state = lif.NEURON_DTYPE.itemsize * sp.n_neurons
+    per_neuron = lif.NEURON_DTYPE.itemsize
+    if core.app == AppId.IF_COND_EXP:
+        per_neuron += lif.INPUT_DTYPE.itemsize
+    state = per_neuron * sp.n_neurons
     return ring + state + DTCM_OVERHEAD_BYTES
 
 
@@ -104,7 +109,7 @@ def validate(image: Image, topology: Topology) -> None:
         need = dtcm_bytes(core)
         if need > DTCM_BYTES:
             raise DtcmExceededError(x, y, p, need, DTCM_BYTES)
-        if core.app == AppId.IF_CURR_EXP:
+        if core.app in NEURON_APPS:
             sp = lif.decode_synapse_params(core.regions[REGION_SYNAPSE_PARAMS])
             if sp.ring_buffer_bits > lif.MAX_RING_BUFFER_BITS:
                 raise DtcmExceededError(

@@ -583,14 +583,33 @@ class AllotmentClient:
     ) -> d.RunStatus:
         """Wait until the job's latest run ends, on its notifications; return its last status.
 
-        The run must have been started with ``notify=True`` on this connection. Other
-        notifications read meanwhile stay queued for `receive_notification`.
+        The run must have been started with ``notify=True`` on this connection. `progress`
+        gets every status of the run in order, its last one included. Other notifications
+        read meanwhile stay queued for `receive_notification`.
 
         Raises:
             ProtocolTimeoutError: the run did not end in time.
         """
         status = await self.run_status(job_id, token)
         run_id = status.run_id
+        reported: d.RunStatus | None = None
+
+        def report(update: d.RunStatus) -> None:
+            nonlocal reported
+            reported = update
+            if progress is not None:
+                progress(update)
+
+        # Notifications of this run already queued came before the status just read.
+        queued = [n for n in self._notifications if _is_progress_of(n, job_id)]
+        if queued:
+            self._notifications = deque(
+                (n for n in self._notifications if not _is_progress_of(n, job_id)),
+                maxlen=_MAX_QUEUED_NOTIFICATIONS,
+            )
+            for earlier in queued:
+                if earlier.run_progress.run_id == run_id:
+                    report(earlier.run_progress)
         kept: list[Notification | d.RunProgress] = []
         try:
             with anyio.fail_after(timeout_s):
@@ -603,12 +622,13 @@ class AllotmentClient:
                         kept.append(notification)
                     elif notification.run_progress.run_id == run_id:
                         status = notification.run_progress
-                        if progress is not None:
-                            progress(status)
+                        report(status)
         except TimeoutError:
             raise ProtocolTimeoutError("wait_for_run", timeout_s or 0.0) from None
         finally:
             self._notifications.extendleft(reversed(kept))
+        if reported != status:
+            report(status)  # the end is always reported, even of a run over before the call
         return status
 
     async def fetch_results(self, job_id: int, token: str, part: str = d.PART_ALL) -> bytes:

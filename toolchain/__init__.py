@@ -8,6 +8,10 @@ Typical use::
     net.project(drive, cells, OneToOne(), StaticSynapse(weight=0.5, delay=1.0))
     mapped = map_network(net, virtual_allocation(1))
     results = Executor(mapped.image, mapped.topology).run(1000)
+
+On an allotment server instead (``toolchain.remote``)::
+
+    mapped, results = run_on_server(net, 1000, host="localhost", port=22244, owner="me")
 """
 
 from toolchain.allocation import allocation_from_machine_info, virtual_allocation
@@ -17,6 +21,8 @@ from toolchain.errors import (
     KeySpaceError,
     NetworkError,
     PlacementError,
+    RemoteError,
+    RemoteRunError,
     ResourceError,
     RoutingError,
     RoutingTableFullError,
@@ -28,6 +34,7 @@ from toolchain.network import (
     FixedProbability,
     FromArrays,
     FromList,
+    IFCondExp,
     IFCurrExp,
     Network,
     OneToOne,
@@ -46,6 +53,7 @@ __all__ = [
     "FixedProbability",
     "FromArrays",
     "FromList",
+    "IFCondExp",
     "IFCurrExp",
     "KeySpaceError",
     "MappedNetwork",
@@ -56,6 +64,8 @@ __all__ = [
     "PlacementError",
     "Population",
     "Projection",
+    "RemoteError",
+    "RemoteRunError",
     "ResourceError",
     "RoutingError",
     "RoutingTableFullError",

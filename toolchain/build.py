@@ -25,6 +25,7 @@ from machine_models.lif import (
     LifParams,
     RecordingParams,
     SynapseParams,
+    encode_input_params,
     encode_neuron_params,
     encode_pop_table,
     encode_recording,
@@ -32,6 +33,7 @@ from machine_models.lif import (
 )
 from machine_models.regions import (
     REGION_DATA,
+    REGION_INPUT_TYPE,
     REGION_KEYS,
     REGION_POP_TABLE,
     REGION_RECORDING,
@@ -51,7 +53,8 @@ from toolchain.errors import NetworkError, ResourceError, RoutingTableFullError
 from toolchain.keys import KeySpace, allocate_keys
 from toolchain.network import (
     DEFAULT_V_INIT_MV,
-    IFCurrExp,
+    IFCondExp,
+    LifCell,
     Network,
     Population,
     SpikeSourcePoisson,
@@ -222,7 +225,7 @@ def _core_image(
         n_stages = delays.n_stages[pop.index]
         source = Vertex(
             VertexKind.NEURON
-            if isinstance(pop.cell, IFCurrExp)
+            if isinstance(pop.cell, LifCell)
             else VertexKind.POISSON
             if isinstance(pop.cell, SpikeSourcePoisson)
             else VertexKind.ARRAY,
@@ -251,8 +254,11 @@ def _core_image(
         )
     }
     cell = pop.cell
-    if isinstance(cell, IFCurrExp):
+    app = _APPS[vertex.kind]
+    if isinstance(cell, LifCell):
         regions.update(_neuron_regions(vertex, cell, network, delays, syn, config, timestep_us))
+        if isinstance(cell, IFCondExp):
+            app = AppId.IF_COND_EXP
     elif isinstance(cell, SpikeSourcePoisson):
         root = [network.seed, 2, pop.index] if pop.seed is None else [pop.seed, 2, 0]
         seed_words = np.random.SeedSequence([*root, vertex.slice_index]).generate_state(4)
@@ -279,7 +285,7 @@ def _core_image(
             np.concatenate(steps) if steps else np.zeros(0, np.int64),
             np.concatenate(neurons) if neurons else np.zeros(0, np.int64),
         )
-    return CoreImage(chip, where.p, _APPS[vertex.kind], regions)
+    return CoreImage(chip, where.p, app, regions)
 
 
 def _of_core(value: float | npt.NDArray[np.float64], vertex: Vertex) -> npt.ArrayLike:
@@ -291,7 +297,7 @@ def _of_core(value: float | npt.NDArray[np.float64], vertex: Vertex) -> npt.Arra
 
 def _neuron_regions(
     vertex: Vertex,
-    cell: IFCurrExp,
+    cell: LifCell,
     network: Network,
     delays: DelayPlan,
     syn: SynapseBuild,
@@ -337,10 +343,15 @@ def _neuron_regions(
         gsyn_exc_interval_steps=interval if recorded("gsyn_exc") else 0,
         gsyn_inh_interval_steps=interval if recorded("gsyn_inh") else 0,
     )
-    return {
+    regions = {
         REGION_DATA: encode_neuron_params(params, timestep_us),
         REGION_SYNAPSE_PARAMS: encode_synapse_params(synapse),
         REGION_POP_TABLE: encode_pop_table(core_syn.pop_table),
         REGION_SYNAPTIC_MATRIX: core_syn.matrix,
         REGION_RECORDING: encode_recording(recording),
     }
+    if isinstance(cell, IFCondExp):
+        regions[REGION_INPUT_TYPE] = encode_input_params(
+            n, _of_core(cell.e_rev_E, vertex), _of_core(cell.e_rev_I, vertex)
+        )
+    return regions

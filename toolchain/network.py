@@ -34,7 +34,9 @@ __all__ = [
     "FixedProbability",
     "FromArrays",
     "FromList",
+    "IFCondExp",
     "IFCurrExp",
+    "LifCell",
     "Network",
     "OneToOne",
     "Population",
@@ -54,8 +56,12 @@ whatever ``v_rest`` is)."""
 
 
 @dataclass(frozen=True)
-class IFCurrExp:
-    """Leaky integrate-and-fire neuron with exponential current synapses (PyNN defaults)."""
+class LifCell:
+    """What every leaky integrate-and-fire cell type shares (PyNN's names and defaults).
+
+    ``weight_scale`` is the factor 7.4.1's host applies to the weights of synapses onto the
+    cell before it stores them (1 for current input; conductance input differs).
+    """
 
     tau_m: float | FloatArray = 20.0
     cm: float | FloatArray = 1.0
@@ -67,17 +73,41 @@ class IFCurrExp:
     tau_syn_I: float | FloatArray = 5.0
     i_offset: float | FloatArray = 0.0
 
-    name = "IF_curr_exp"
+    name = "LIF"
+    weight_scale = 1.0
 
     def __post_init__(self) -> None:
         # each parameter is one value for the population or one per neuron
         for key in ("tau_m", "cm", "tau_syn_E", "tau_syn_I"):
             value = np.asarray(getattr(self, key), dtype=np.float64)
             if not (value > 0.0).all():
-                raise NetworkError(f"IF_curr_exp {key} must be positive, got {value.min()}")
+                raise NetworkError(f"{self.name} {key} must be positive, got {value.min()}")
         refrac = np.asarray(self.tau_refrac, dtype=np.float64)
         if (refrac < 0.0).any():
-            raise NetworkError(f"IF_curr_exp tau_refrac must be >= 0, got {refrac.min()}")
+            raise NetworkError(f"{self.name} tau_refrac must be >= 0, got {refrac.min()}")
+
+
+@dataclass(frozen=True)
+class IFCurrExp(LifCell):
+    """Leaky integrate-and-fire neuron with exponential current synapses (PyNN defaults)."""
+
+    name = "IF_curr_exp"
+
+
+@dataclass(frozen=True)
+class IFCondExp(LifCell):
+    """Leaky integrate-and-fire neuron with exponential conductance synapses.
+
+    Synaptic weights are conductances in uS; reversal potentials in mV (PyNN's and
+    sPyNNaker 7.4.1's defaults). The host stores weights x 1024 and the core shifts its
+    synaptic values right by 10 bits (7.4.1's ``input_type_conductance``).
+    """
+
+    e_rev_E: float | FloatArray = 0.0
+    e_rev_I: float | FloatArray = -70.0
+
+    name = "IF_cond_exp"
+    weight_scale = 1024.0
 
 
 @dataclass(frozen=True)
@@ -132,9 +162,10 @@ class SpikeSourcePoisson:
             )
 
 
-CellType: TypeAlias = IFCurrExp | SpikeSourceArray | SpikeSourcePoisson
+CellType: TypeAlias = IFCurrExp | IFCondExp | SpikeSourceArray | SpikeSourcePoisson
 RECORDABLE = {
     "IF_curr_exp": ("spikes", "v", "gsyn_exc", "gsyn_inh"),
+    "IF_cond_exp": ("spikes", "v", "gsyn_exc", "gsyn_inh"),
     "SpikeSourceArray": ("spikes",),
     "SpikeSourcePoisson": ("spikes",),
 }
@@ -149,7 +180,7 @@ class Population:
         cell: the cell type and its parameters.
         label: unique name within the network.
         index: position in the network.
-        initial_v: initial membrane potential per neuron (mV), IF_curr_exp only.
+        initial_v: initial membrane potential per neuron (mV), LIF cells only.
         recorded: variable -> sorted neuron indices recorded.
         sampling_interval_ms: interval between samples of v and gsyn.
         seed: seed of this population's own random draws (Poisson spikes); the
@@ -167,7 +198,7 @@ class Population:
 
     def initialize(self, v: float | Sequence[float] | FloatArray) -> None:
         """Set the initial membrane potential (one value, or one per neuron)."""
-        if not isinstance(self.cell, IFCurrExp):
+        if not isinstance(self.cell, LifCell):
             raise NetworkError(f"population {self.label!r} ({self.cell.name}) has no v")
         values = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.size,)).copy()
         self.initial_v = values
@@ -361,7 +392,7 @@ class Projection:
 
     Attributes:
         pre: source population.
-        post: target population (IF_curr_exp).
+        post: target population (a LIF cell type).
         connector: the connection rule.
         synapse: weights and delays.
         receptor_type: ``"excitatory"`` or ``"inhibitory"``.
@@ -424,7 +455,13 @@ class Projection:
             raise NetworkError(
                 f"projection {self.label!r} is excitatory but has weight {float(weight.min())} < 0"
             )
-        if n and self.receptor_type == "inhibitory" and weight.max() > 0.0:
+        is_conductance = isinstance(self.post.cell, IFCondExp)
+        if n and is_conductance and weight.min() < 0.0:
+            raise NetworkError(
+                f"projection {self.label!r} has weight {float(weight.min())} < 0 "
+                f"(conductance weights are >= 0 for both receptor types)"
+            )
+        if n and not is_conductance and self.receptor_type == "inhibitory" and weight.max() > 0.0:
             raise NetworkError(
                 f"projection {self.label!r} is inhibitory but has weight "
                 f"{float(weight.max())} > 0 (current-based inhibitory "
@@ -483,7 +520,7 @@ class Network:
         label: str | None = None,
     ) -> Projection:
         """Connect ``pre`` to ``post`` and return the projection."""
-        if not isinstance(post.cell, IFCurrExp):
+        if not isinstance(post.cell, LifCell):
             raise NetworkError(
                 f"projection target {post.label!r} is a {post.cell.name}, which has no synapses"
             )

@@ -25,7 +25,7 @@ from enum import Enum
 from types import MappingProxyType
 
 from toolchain.errors import ResourceError
-from toolchain.network import IFCurrExp, Network, Population
+from toolchain.network import IFCondExp, LifCell, Network, Population
 
 __all__ = [
     "DTCM_BYTES",
@@ -55,6 +55,9 @@ MAX_ROW_SYNAPSES = 256
 """The address list stores row length - 1 in 8 bits."""
 NEURON_STATE_BYTES = 96
 """DTCM per IF_curr_exp neuron: parameters, state, synaptic inputs, keys and recording."""
+INPUT_TYPE_BYTES = {IFCondExp.name: 8}
+"""DTCM per neuron for a cell type's input-type parameters (conductance: two reversal
+potentials); none for current input."""
 SYNAPSE_TYPE_BITS = 1
 DTCM_FIXED_BYTES = 4096
 """DTCM for the application's own stack, DMA buffers and spike queue."""
@@ -92,7 +95,12 @@ class MappingConfig:
 
     max_atoms_per_core: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType(
-            {"IF_curr_exp": 256, "SpikeSourcePoisson": 500, "SpikeSourceArray": 256}
+            {
+                "IF_curr_exp": 256,
+                "IF_cond_exp": 256,
+                "SpikeSourcePoisson": 500,
+                "SpikeSourceArray": 256,
+            }
         )
     )
     n_colour_bits: int = 4
@@ -142,6 +150,7 @@ class Vertex:
 
 _KINDS = {
     "IF_curr_exp": VertexKind.NEURON,
+    "IF_cond_exp": VertexKind.NEURON,
     "SpikeSourcePoisson": VertexKind.POISSON,
     "SpikeSourceArray": VertexKind.ARRAY,
 }
@@ -152,7 +161,7 @@ class DelayPlan:
     """Delay slots of each target population and the extension stages of each source.
 
     Attributes:
-        slots: delay slots (a power of 2) per IF_curr_exp population index.
+        slots: delay slots (a power of 2) per neuron (LIF) population index.
         stage_steps: steps per delay-extension stage per source population index.
         n_stages: number of extension stages per source population index (1..8 exclusive
             of the direct stage 0).
@@ -173,7 +182,7 @@ def plan_delays(network: Network, config: MappingConfig) -> DelayPlan:
     slots: dict[int, int] = {}
     longest: dict[int, int] = {}
     for pop in network.populations:
-        if isinstance(pop.cell, IFCurrExp):
+        if isinstance(pop.cell, LifCell):
             longest[pop.index] = 1
     for proj in network.projections:
         _, _, _, delay = proj.synapses(network.dt_ms)
@@ -224,10 +233,11 @@ def plan_delays(network: Network, config: MappingConfig) -> DelayPlan:
     return DelayPlan(slots=slots, stage_steps=stage_steps, n_stages=n_stages)
 
 
-def neuron_dtcm_bytes(n_atoms_stride: int, n_slots: int) -> int:
+def neuron_dtcm_bytes(n_atoms_stride: int, n_slots: int, cell_name: str = "IF_curr_exp") -> int:
     """DTCM a neuron core needs: ring buffers, neuron state and fixed overheads."""
     ring_entries = 1 << (ceil_log2(n_atoms_stride) + SYNAPSE_TYPE_BITS + ceil_log2(n_slots))
-    return 2 * ring_entries + NEURON_STATE_BYTES * n_atoms_stride + DTCM_FIXED_BYTES
+    per_neuron = NEURON_STATE_BYTES + INPUT_TYPE_BYTES.get(cell_name, 0)
+    return 2 * ring_entries + per_neuron * n_atoms_stride + DTCM_FIXED_BYTES
 
 
 def split_network(network: Network, config: MappingConfig, delays: DelayPlan) -> list[Vertex]:
@@ -241,7 +251,7 @@ def split_network(network: Network, config: MappingConfig, delays: DelayPlan) ->
         stride = config.atoms_per_core(pop)
         kind = _KINDS[pop.cell.name]
         if kind is VertexKind.NEURON:
-            needed = neuron_dtcm_bytes(stride, delays.slots[pop.index])
+            needed = neuron_dtcm_bytes(stride, delays.slots[pop.index], pop.cell.name)
             if needed > DTCM_BYTES:
                 raise ResourceError(
                     f"population {pop.label!r} with {stride} neurons per core needs {needed} "

@@ -39,7 +39,7 @@ from machine_models.lif import (
 )
 from toolchain.errors import ResourceError
 from toolchain.keys import KeySpace, Partition
-from toolchain.network import Network
+from toolchain.network import LifCell, Network, Population
 from toolchain.splitting import (
     MAX_ROW_SYNAPSES,
     SYNAPSE_TYPE_BITS,
@@ -82,6 +82,11 @@ class SynapseBuild:
     n_synapses: int
 
 
+def _weight_scale(post: Population) -> float:
+    """The factor 7.4.1's host applies to weights onto ``post`` (1024 for conductance input)."""
+    return post.cell.weight_scale if isinstance(post.cell, LifCell) else 1.0
+
+
 def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, int], int]:
     """The ring-buffer weight shift of every (target population, synapse type), as 7.4.1 picks it.
 
@@ -111,6 +116,7 @@ def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, in
         _, post, weight, delay = proj.synapses(network.dt_ms)
         if weight.size == 0:
             continue
+        weight = weight * _weight_scale(proj.post)
         syn_type = 0 if proj.receptor_type == "excitatory" else 1
         slot = (proj.post.index, syn_type)
         size = proj.post.size
@@ -182,7 +188,7 @@ def build_synapses(
             steps = steps - stage * stage_steps
         syn_type = 0 if proj.receptor_type == "excitatory" else 1
         index_bits = ceil_log2(post_stride)
-        w16 = weights_to_u16(weight, shifts[(proj.post.index, syn_type)])
+        w16 = weights_to_u16(weight * _weight_scale(proj.post), shifts[(proj.post.index, syn_type)])
         post_slice = (post // post_stride).astype(np.int32)
         word = synapse_words(
             w16,

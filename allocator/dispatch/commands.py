@@ -134,7 +134,8 @@ class _Job:
     status: RunStatus | None = None
     watchers: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     is_uploading: bool = False
-    is_saving_state: bool = False
+    saving: RunTicket | None = None
+    """The finished run whose state a worker is saving now, while it still counts."""
     machine: str | None = None
     progress_at: float = 0.0
     progress_steps: int = 0
@@ -219,8 +220,16 @@ class DispatchCommands:
     # --- lifetime -----------------------------------------------------------------------
 
     async def run(self, on_started: Callable[[], None] | None = None) -> None:
-        """Restore the job folders, then run the pool and the clean-up until cancelled."""
+        """Restore the job folders, then run the pool and the clean-up until cancelled.
+
+        Returns at once, having logged why, if the dispatch directory cannot be made.
+        """
         try:
+            try:
+                await self._in_thread(self._directory.mkdir, 0o700, True, True)
+            except OSError as error:
+                log.error("cannot start: dispatch directory %s: %s", self._directory, error)
+                return
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
                 await self._restore()
@@ -249,6 +258,12 @@ class DispatchCommands:
                     state=RunState.FAILED,
                     reason=f"the server restarted while run {last.run_id} was in flight",
                 )
+            if record.snapshot is not None and record.state_step > 0 and not record.is_state_saved:
+                # The worker renames a state into place only once it is whole: one that is
+                # there was saved, even if the record saying so did not reach the disk.
+                state = job_folder(self._directory, record.job_id) / record.snapshot / STATE_FILE
+                if await self._in_thread(state.exists):
+                    job.record = job.record.model_copy(update={"is_state_saved": True})
             service_record = self._jobs_of_service.job_record(record.job_id)
             job.machine = None if service_record is None else service_record.machine_name
             if service_record is None or not service_record.is_live:
@@ -313,6 +328,7 @@ class DispatchCommands:
 
     def _forget_image(self, job: _Job) -> None:
         """The boards lost what they held: no image, no state to continue from."""
+        job.saving = None  # a state still being saved is of the image that is gone
         job.record = job.record.model_copy(
             update={"image": None, "topology": None, "is_state_saved": False, "state_step": 0}
         )
@@ -361,16 +377,13 @@ class DispatchCommands:
             await self._in_thread(folder.mkdir, 0o700, True, True)
             upload = ImageUpload(path, args.n_bytes, conn.transport)
             self.pool.prepare()  # workers warm up while the bytes come
-            conn.transport.write(encode_reply(UploadReady(accepting_bytes=args.n_bytes)))
             if args.n_bytes:
                 try:
                     conn.take_body(upload)
-                except DispatchError:
-                    raise
                 except Exception:
                     upload.abort("raw bytes came before the go-ahead")
-                    conn.transport.close()
                     raise
+            conn.transport.write(encode_reply(UploadReady(accepting_bytes=args.n_bytes)))
             began = time.perf_counter()
             digest = await self._received(upload, conn)
             received = time.perf_counter()
@@ -393,6 +406,7 @@ class DispatchCommands:
                 token = args.token or ""
             job.machine = record.machine_name
             # The first run after a load starts from the image: no state to continue from.
+            job.saving = None
             job.record = job.record.model_copy(
                 update={
                     "image": info,
@@ -403,6 +417,9 @@ class DispatchCommands:
                 }
             )
             await self._in_thread(path.replace, folder / IMAGE_FILE)
+            if job.record.snapshot is not None:
+                # The state there was of the image replaced: it must never be continued.
+                await self._in_thread(_remove_state, folder / job.record.snapshot)
             await self._save(job)
             log.info(
                 "image of job %d accepted: %d bytes received in %.3f s, validated in %.3f s,"
@@ -414,6 +431,7 @@ class DispatchCommands:
                 time.perf_counter() - validated,
             )
         except BaseException:
+            self._uploading.discard(job_id)  # before the file goes: a sync point for tests
             self._file_thread.submit(path.unlink, True)
             raise
         finally:
@@ -465,7 +483,7 @@ class DispatchCommands:
         is_continued = (
             not args.is_fresh
             and job.record.snapshot is not None
-            and (job.record.is_state_saved or job.is_saving_state)
+            and (job.record.is_state_saved or job.saving is not None)
         )
         if not args.is_fresh and not is_continued and job.record.state_step > 0:
             raise NoImageError(
@@ -588,7 +606,7 @@ class DispatchCommands:
             return
         job.ticket = None
         ticket.over.set()
-        job.is_saving_state = True
+        job.saving = ticket
         previous = job.record.snapshot
         job.record = job.record.model_copy(
             update={
@@ -616,8 +634,10 @@ class DispatchCommands:
         job = self._jobs.get(ticket.job_id)
         if job is None:
             return
-        job.is_saving_state = False
-        if job.record.snapshot == ticket.order.snapshot and job.record.image is not None:
+        is_current = job.saving is ticket
+        if is_current:
+            job.saving = None
+        if is_current and job.record.snapshot == ticket.order.snapshot:
             job.record = job.record.model_copy(update={"is_state_saved": is_saved})
             self._background(self._save(job))
         else:

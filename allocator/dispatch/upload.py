@@ -10,7 +10,7 @@ hashes and writes them, so the loop never hashes or touches the disk::
 
 The image is never held whole in memory. `finished` resolves with the hex digest once every
 byte is written and synced, or raises `UploadError` if the connection was lost or the upload
-was aborted; the temporary file is then removed.
+was aborted; its owner then removes the temporary file.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class ImageUpload:
     """One upload of `n_bytes` bytes into `path` (a body sink for `Connection.take_body`).
 
     Args:
-        path: the temporary file to write (created; removed again on failure).
+        path: the temporary file to write (created here; removing it is the owner's part).
         n_bytes: exactly how many bytes the body has.
         transport: the connection's transport, paused while the disk falls behind.
         clock: monotonic seconds, for the idle time.
@@ -122,7 +122,7 @@ class ImageUpload:
         return self._n_received
 
     def abort(self, reason: str) -> None:
-        """Give up: `finished` raises `UploadError(reason)` and the file is removed."""
+        """Give up: `finished` raises `UploadError(reason)`; the file is closed."""
         if self._is_aborted:
             return
         self._is_aborted = True
@@ -196,4 +196,3 @@ class ImageUpload:
     def _discard(self) -> None:
         if self._file is not None:
             self._file.close()
-        self.path.unlink(missing_ok=True)

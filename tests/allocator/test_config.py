@@ -131,3 +131,17 @@ def test_bad_files(tmp_path: Path, text: str, fact: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(("port", "bind_port"), [("0", None), ("9464", 9464), ('"any"', 0)])
+def test_metrics_port_zero_disables_and_any_binds_a_free_port(
+    tmp_path: Path, port: str, bind_port: int | None
+) -> None:
+    config = load_config(_write(tmp_path, SMALL + f"\n[metrics]\nport = {port}\n"))
+    assert config.metrics.bind_port == bind_port
+
+
+@pytest.mark.parametrize("port", ['"free"', "70000", "-1"])
+def test_a_metrics_port_neither_a_port_nor_any_is_refused(tmp_path: Path, port: str) -> None:
+    with pytest.raises(ConfigError, match=r"metrics\.port"):
+        load_config(_write(tmp_path, SMALL + f"\n[metrics]\nport = {port}\n"))

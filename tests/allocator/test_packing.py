@@ -245,4 +245,4 @@ def test_free_positions_equal_a_slow_scan_in_y_then_x_order(
         for x in range(n_w - w + 1)
         if not blocked[x : x + w, y : y + h].any()
     ]
-    assert MachineAllocator._free_positions(blocked, w, h) == slow
+    assert list(MachineAllocator._free_positions(blocked, w, h)) == slow

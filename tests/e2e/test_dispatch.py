@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import pytest
 
-from machine_models import Executor
+from machine_models import Executor, Image
 from machine_models.executor import Results
 from machine_models.geometry import ChipXY, Link, chip_to_board
 from protocol.client import AllotmentClient
@@ -49,8 +49,9 @@ WAIT_S = 120.0
 LONG_RUN_STEPS = 10_000_000
 """A run that would take minutes: it is stopped long before it ends."""
 
+OPERATOR_TOKEN = "op-token"
 DISPATCH_TOML = (
-    SERVER_TOML
+    SERVER_TOML.replace("[server]\n", f'[server]\noperator_token = "{OPERATOR_TOKEN}"\n')
     + """
 [dispatch]
 workers = 2
@@ -148,6 +149,12 @@ async def _until_running(client: AllotmentClient, job_id: int, token: str) -> Ru
             continue
         if status.state.is_over or (status.state is RunState.RUNNING and status.steps_done > 0):
             return status
+
+
+async def _job_and_image(client: AllotmentClient, **kwargs: Any) -> tuple[int, Image]:
+    """A ready job and the standard network's image for it (not loaded)."""
+    info = await _ready_job(client, **kwargs)
+    return info["job_id"], map_network(_network(), allocation_from_machine_info(info)).image
 
 
 async def _loaded_job(client: AllotmentClient, **kwargs: Any) -> tuple[int, MappedNetwork, str]:
@@ -289,10 +296,34 @@ async def test_destroy_stops_the_run_at_once_with_a_reason(server: ServerProcess
     assert status.reason == f"job {job_id} was destroyed: the user gave up"
 
 
-async def test_keepalive_expiry_stops_the_run(server: ServerProcess) -> None:
+async def test_an_operators_destroy_stops_the_run(server: ServerProcess) -> None:
     async with await _client(server) as client:
-        job_id, _mapped, token = await _loaded_job(client, keepalive_s=3.0)
+        job_id, _mapped, token = await _loaded_job(client)
         await _until_running(client, job_id, token)
+        await client.call("admin_destroy_job", OPERATOR_TOKEN, job_id, "maintenance")
+        status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
+    assert status.state is RunState.STOPPED
+    assert status.reason is not None
+    assert status.reason.startswith(f"job {job_id} was destroyed: ")
+    assert "maintenance" in status.reason
+
+
+async def test_keepalive_expiry_stops_the_run(server: ServerProcess) -> None:
+    async with await _client(server) as client, await _client(server) as keeper:
+        info = await _ready_job(client, keepalive_s=3.0)
+        job_id = info["job_id"]
+
+        async def keep_alive() -> None:
+            while True:
+                await keeper.job_keepalive(job_id)
+                await asyncio.sleep(0.5)
+
+        # Kept alive (however slow the machine) until the run goes, then left to expire.
+        keeping = asyncio.create_task(keep_alive())
+        mapped = map_network(_network(), allocation_from_machine_info(info))
+        token = (await client.load_image(job_id, mapped.image.encode(), owner="runner")).token
+        await _until_running(client, job_id, token)
+        keeping.cancel()
         status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
     assert status.state is RunState.STOPPED
     assert status.reason == f"job {job_id} was destroyed: Job timed out."
@@ -335,9 +366,7 @@ async def test_image_for_chips_outside_the_allocation_is_refused_naming_the_chip
     server: ServerProcess,
 ) -> None:
     async with await _client(server) as client:
-        info = await _ready_job(client)
-        job_id = info["job_id"]
-        image = map_network(_network(), allocation_from_machine_info(info)).image
+        job_id, image = await _job_and_image(client)
         moved = dataclasses.replace(
             image, cores=(dataclasses.replace(image.cores[0], chip=ChipXY(9, 2)), *image.cores[1:])
         )
@@ -351,10 +380,8 @@ async def test_image_for_chips_outside_the_allocation_is_refused_naming_the_chip
 
 async def test_image_for_a_dead_chip_is_refused_naming_the_chip(server: ServerProcess) -> None:
     async with await _client(server) as client:
-        info = await _ready_job(client, machine="faulty")
-        job_id = info["job_id"]
         # The job runner does not know chip (0, 0) is dead: the toolchain places cores there.
-        image = map_network(_network(), allocation_from_machine_info(info)).image
+        job_id, image = await _job_and_image(client, machine="faulty")
         assert ChipXY(0, 0) in {core.chip for core in image.cores}
         with pytest.raises(ServerError, match=r"rejected: chip \(0, 0\) is dead"):
             await client.load_image(job_id, image.encode(), owner="runner")
@@ -376,9 +403,8 @@ def _leftovers(server: ServerProcess, job_id: int) -> list[str]:
 
 async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
     async with await _client(server) as client:
-        info = await _ready_job(client)
-    job_id = info["job_id"]
-    image = map_network(_network(), allocation_from_machine_info(info)).image.encode()
+        job_id, decoded = await _job_and_image(client)
+    image = decoded.encode()
     sha = hashlib.sha256(image).hexdigest()
 
     raw = RawClient(server.host, server.port)
@@ -420,6 +446,24 @@ async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
         await _eventually_empty(server, job_id)
         loaded = await client.load_image(job_id, image, owner="runner")
         assert loaded.sha256 == sha
+
+
+async def test_a_body_sent_before_the_go_ahead_closes_the_connection(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        job_id, decoded = await _job_and_image(client)
+    image = decoded.encode()
+    raw = RawClient(server.host, server.port)
+    try:
+        raw.send_line(_header(job_id, len(image), hashlib.sha256(image).hexdigest()) + image)
+        assert raw.read_reply() == {
+            "exception": "raw bytes were sent before the server's go-ahead; closing the connection"
+        }
+        assert raw.read_line() is None
+    finally:
+        raw.close()
+    await _eventually_empty(server, job_id)
 
 
 async def _eventually_empty(server: ServerProcess, job_id: int) -> None:
@@ -474,16 +518,19 @@ async def test_server_killed_during_a_run_then_restarted(start_server: Any) -> N
         await _until_running(client, job_id, token)
     first.kill()
     second = first.restarted()
-    async with await _client(second) as client:
-        status = await client.run_status(job_id, token)
-        assert status.state is RunState.FAILED
-        assert status.reason == "the server restarted while run 2 was in flight"
-        earlier, _ = _decode(await client.fetch_results(job_id, token))
-        _assert_same(earlier, _in_process(mapped, 80)[0])
-        # The image is still loaded and the state after run 1 is still there.
-        assert (await _run(client, job_id, token, 40)).state is RunState.DONE
-        continued, _ = _decode(await client.fetch_results(job_id, token))
-    _assert_same(continued, _in_process(mapped, 120)[0])
+    try:
+        async with await _client(second) as client:
+            status = await client.run_status(job_id, token)
+            assert status.state is RunState.FAILED
+            assert status.reason == "the server restarted while run 2 was in flight"
+            earlier, _ = _decode(await client.fetch_results(job_id, token))
+            _assert_same(earlier, _in_process(mapped, 80)[0])
+            # The image is still loaded and the state after run 1 is still there.
+            assert (await _run(client, job_id, token, 40)).state is RunState.DONE
+            continued, _ = _decode(await client.fetch_results(job_id, token))
+        _assert_same(continued, _in_process(mapped, 120)[0])
+    finally:
+        await asyncio.to_thread(second.stop)
 
 
 def test_a_run_that_fails_raises_with_the_servers_reason(server: ServerProcess) -> None:
@@ -680,3 +727,64 @@ def test_a_lost_server_raises_a_toolchain_error_and_never_hangs(start_server: An
             machine.results()
     finally:
         machine.close()
+
+
+async def test_results_outlive_the_job_by_the_grace_time_only(
+    server: ServerProcess, start_server: Any
+) -> None:
+    # The module's server keeps nothing after a job ends (grace 0).
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client)
+        await _run(client, job_id, token, 20)
+        await client.destroy_job(job_id)
+        await _eventually_gone(_job_folder(server, job_id))
+        with pytest.raises(ServerError, match=f"job {job_id} has no image loaded"):
+            await client.fetch_results(job_id, token)
+    # With a grace time the results are still there after the destroy, the image is not.
+    kept: ServerProcess = await asyncio.to_thread(
+        start_server,
+        config_text=DISPATCH_TOML.replace("results_grace_s = 0.0", "results_grace_s = 600.0"),
+    )
+    async with await _client(kept) as client:
+        job_id, mapped, token = await _loaded_job(client)
+        await _run(client, job_id, token, 20)
+        await client.destroy_job(job_id)
+        await client.get_job_state(job_id)
+        remote, _ = _decode(await client.fetch_results(job_id, token))
+        with pytest.raises(ServerError, match=f"job {job_id} was destroyed"):
+            await client.start_run(job_id, token, 10)
+    _assert_same(remote, _in_process(mapped, 20)[0])
+    await _eventually_gone(_job_folder(kept, job_id) / "image.bin")
+    await asyncio.to_thread(kept.stop)
+
+
+async def _eventually_gone(path: Path) -> None:
+    for _ in range(200):
+        if not await asyncio.to_thread(path.exists):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} is still there")
+
+
+def test_an_unusable_dispatch_directory_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import REPO_ROOT, write_server_config
+
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    config = write_server_config(
+        tmp_path, DISPATCH_TOML.replace("[dispatch]\n", '[dispatch]\ndirectory = "blocker/sub"\n')
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "allocator.cli", "serve", "--port", "0", "--config", str(config),
+         "--db", f"sqlite:///{tmp_path / 'a.db'}"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot start: dispatch directory blocker/sub" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -25,6 +26,7 @@ from allocator.cli import main
 from tests.e2e.conftest import SERVER_TOML, RawClient, ServerProcess
 
 TOKEN = "op-token-1"
+METRICS_AT = re.compile(r"metrics endpoint at http://127\.0\.0\.1:(\d+)/metrics")
 WAIT_S = 20.0
 
 
@@ -35,12 +37,20 @@ def _free_port() -> int:
         return port
 
 
-def _config(metrics_port: int, mqtt: str = "") -> str:
+def _config(mqtt: str = "") -> str:
+    """The server's configuration; its metrics endpoint on any free port."""
     text = (
         SERVER_TOML.replace("[server]\n", f'[server]\noperator_token = "{TOKEN}"\n')
-        + f'\n[metrics]\naddress = "127.0.0.1"\nport = {metrics_port}\n'
+        + '\n[metrics]\naddress = "127.0.0.1"\nport = "any"\n'
     )
     return text + mqtt
+
+
+def metrics_port(server: ServerProcess) -> int:
+    """The port the server's metrics endpoint bound, from the line it logs before ready."""
+    found = METRICS_AT.search(server.stderr_text)
+    assert found is not None, f"no metrics endpoint line; stderr:\n{server.stderr_text}"
+    return int(found.group(1))
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -69,8 +79,8 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 @pytest.fixture
 def ops_server(start_server: Callable[..., ServerProcess]) -> tuple[ServerProcess, int]:
-    port = _free_port()
-    return start_server(config_text=_config(port)), port
+    server = start_server(config_text=_config())
+    return server, metrics_port(server)
 
 
 @pytest.fixture
@@ -228,7 +238,7 @@ async def test_mqtt_events_for_jobs_boards_and_a_retained_summary(
     prefix = f"allotment-test-{uuid.uuid4().hex[:8]}"
     mqtt = f'\n[mqtt]\nurl = "mqtt://{mqtt_broker.host}:{mqtt_broker.port}"\n'
     mqtt += f'topic_prefix = "{prefix}"\n'
-    server = await asyncio.to_thread(start_server, config_text=_config(_free_port(), mqtt))
+    server = await asyncio.to_thread(start_server, config_text=_config(mqtt))
     machine = "spinn-1200"
 
     def has_summary(seen: list[tuple[str, Any]]) -> bool:
@@ -287,9 +297,9 @@ def test_a_broker_that_is_down_never_holds_up_allocation_and_drops_are_counted(
     start_server: Callable[..., ServerProcess],
 ) -> None:
     dead_port = _free_port()  # nothing listens there
-    metrics_port = _free_port()
     mqtt = f'\n[mqtt]\nurl = "mqtt://127.0.0.1:{dead_port}"\nqueue_size = 5\n'
-    server = start_server(config_text=_config(metrics_port, mqtt))
+    server = start_server(config_text=_config(mqtt))
+    port = metrics_port(server)
     raw = RawClient(server.host, server.port)
     try:
         for _ in range(10):
@@ -299,10 +309,8 @@ def test_a_broker_that_is_down_never_holds_up_allocation_and_drops_are_counted(
     finally:
         raw.close()
     wait_for(
-        lambda: (
-            sample(metrics_port, "allotment_mqtt_events_dropped_total", reason="queue_full") > 0
-        ),
+        lambda: sample(port, "allotment_mqtt_events_dropped_total", reason="queue_full") > 0,
         "dropped events",
     )
-    assert sample(metrics_port, "allotment_mqtt_connected") == 0
-    assert sample(metrics_port, "allotment_mqtt_queue_length") <= 5
+    assert sample(port, "allotment_mqtt_connected") == 0
+    assert sample(port, "allotment_mqtt_queue_length") <= 5

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,6 @@ import pytest
 from tests.jobqueue.conftest import run_job
 
 SEED = Path(__file__).resolve().parents[2] / "bench" / "seed_simple_example.py"
-
-
-def _require_backend() -> None:
-    if importlib.util.find_spec("toolchain.pynn") is None:
-        pytest.skip("allotment's PyNN backend (toolchain.pynn) is not in this tree yet")
 
 
 def _check_outputs(client: Any, job: dict[str, Any], tmp_path: Path) -> None:
@@ -34,7 +28,6 @@ def _check_outputs(client: Any, job: dict[str, Any], tmp_path: Path) -> None:
 def test_the_seeds_simple_example_runs_virtually_with_its_figure_and_reports(
     full_service: Any, nmpi_client: Any, tmp_path: Path
 ) -> None:
-    _require_backend()
     service = full_service("--batch-virtual", is_warming_up=True)
     client = nmpi_client(service, service.token())
     job = run_job(client, SEED.read_text())
@@ -47,18 +40,14 @@ def test_the_seeds_simple_example_runs_virtually_with_its_figure_and_reports(
 def test_the_seeds_simple_example_runs_on_boards_of_the_allocation_server(
     full_service: Any, nmpi_client: Any, tmp_path: Path
 ) -> None:
-    _require_backend()
     service = full_service()
     client = nmpi_client(service, service.token())
     job = run_job(client, SEED.read_text())
-    if "running on the server 127.0.0.1 is not supported" in (job["log"] or ""):
-        pytest.skip("the PyNN backend runs virtually only so far (its server mode is to come)")
     _check_outputs(client, job, tmp_path)
     assert job["resource_usage"]["value"] > 0
 
 
 def test_spynnakers_import_names_mean_allotments_backend_inside_a_job(alice: Any) -> None:
-    _require_backend()
     _, client = alice()
     script = (
         "import allotment.pynn\n"

@@ -27,6 +27,7 @@ from machine_models.geometry import ChipXY
 from machine_models.image import AppId, CoreImage, CoreXYP, Image
 from machine_models.regions import (
     REGION_DATA,
+    REGION_INPUT_TYPE,
     REGION_KEYS,
     REGION_POP_TABLE,
     REGION_RECORDING,
@@ -39,11 +40,12 @@ from machine_models.topology import Topology
 
 M32 = 0xFFFFFFFF
 SEND_ORDER = (
-    AppId.SPIKE_SOURCE_ARRAY,
-    AppId.SPIKE_SOURCE_POISSON,
-    AppId.DELAY_EXTENSION,
-    AppId.IF_CURR_EXP,
+    (AppId.SPIKE_SOURCE_ARRAY,),
+    (AppId.SPIKE_SOURCE_POISSON,),
+    (AppId.DELAY_EXTENSION,),
+    (AppId.IF_CURR_EXP, AppId.IF_COND_EXP),
 )
+"""Cores send in this order of applications (neuron cores of both inputs in image order)."""
 
 
 class Kiss:
@@ -141,13 +143,15 @@ class PoissonCore:
 
 @dataclass
 class NeuronCore:
-    """An IF_curr_exp core: neurons, ring buffers, synaptic rows, recordings."""
+    """A LIF core (IF_curr_exp, or IF_cond_exp when ``is_cond``): neurons, ring buffers,
+    synaptic rows, recordings."""
 
     neurons: list[dict[str, int]]
     synapse: lif.SynapseParams
     table: lif.PopTable
     matrix: npt.NDArray[np.uint32]
     recording: lif.RecordingParams
+    is_cond: bool = False
     ring: dict[int, int] = field(default_factory=dict)
     saturations: int = 0
     spikes: list[tuple[int, int]] = field(default_factory=list)
@@ -206,17 +210,26 @@ class NeuronCore:
             ):
                 value = self.ring.pop(self.slot(t, syn_type, n), 0)
                 nrn[name] += ((value << shift) * nrn[init]) >> 32
-        for key, interval, name in (
-            ("v", rec.v_interval_steps, "v"),
-            ("gsyn_exc", rec.gsyn_exc_interval_steps, "isyn_exc"),
-            ("gsyn_inh", rec.gsyn_inh_interval_steps, "isyn_inh"),
+        # a conductance core's input is its synaptic value >> 10, in uS (recorded so too)
+        g_shift = 10 if self.is_cond else 0
+        for key, interval, name, shift in (
+            ("v", rec.v_interval_steps, "v", 0),
+            ("gsyn_exc", rec.gsyn_exc_interval_steps, "isyn_exc", g_shift),
+            ("gsyn_inh", rec.gsyn_inh_interval_steps, "isyn_inh", g_shift),
         ):
             if interval and t % interval == 0:
-                self.samples[key].append([nrn[name] / 32768.0 for nrn in self.neurons])
+                self.samples[key].append([(nrn[name] >> shift) / 32768.0 for nrn in self.neurons])
         fired = []
         for n, nrn in enumerate(self.neurons):
             if nrn["refract_timer"] <= 0:
-                current = nrn["isyn_exc"] - nrn["isyn_inh"] + nrn["i_offset"]
+                if self.is_cond:
+                    g_e = nrn["isyn_exc"] >> 10
+                    g_i = nrn["isyn_inh"] >> 10
+                    exc = (g_e * (nrn["e_rev_e"] - nrn["v"])) >> 15
+                    inh = (-g_i * (nrn["e_rev_i"] - nrn["v"])) >> 15
+                    current = exc - inh + nrn["i_offset"]
+                else:
+                    current = nrn["isyn_exc"] - nrn["isyn_inh"] + nrn["i_offset"]
                 alpha = ((current * nrn["r_membrane"]) >> 15) + nrn["v_rest"]
                 nrn["v"] = alpha - ((nrn["exp_tc"] * (alpha - nrn["v"])) >> 15)
             else:
@@ -276,7 +289,7 @@ def run_reference(image: Image, topology: Topology, n_steps: int) -> Results:
     for core in image.cores:
         cores[core.xyp] = _load(core, arrays)
         keys[core.xyp] = _keys_of(core)
-    order = [c.xyp for kind in SEND_ORDER for c in image.cores if c.app == kind]
+    order = [c.xyp for apps in SEND_ORDER for c in image.cores if c.app in apps]
     chips = sorted({c.chip for c in image.cores} | set(image.tables) | set(topology.chips()))
     router_counts = {chip: dict.fromkeys(COUNTER_NAMES, 0) for chip in chips}
     prov = {
@@ -327,15 +340,22 @@ def run_reference(image: Image, topology: Topology, n_steps: int) -> Results:
 
 
 def _load(core: CoreImage, arrays: dict[CoreXYP, list[tuple[int, int]]]) -> object:
-    if core.app == AppId.IF_CURR_EXP:
+    if core.app in (AppId.IF_CURR_EXP, AppId.IF_COND_EXP):
         records = lif.decode_neuron_params(core.regions[REGION_DATA])
         neurons = [{name: int(r[name]) for name in lif.NEURON_DTYPE.names or ()} for r in records]
+        is_cond = core.app == AppId.IF_COND_EXP
+        if is_cond:
+            inputs = lif.decode_input_params(core.regions[REGION_INPUT_TYPE], len(neurons))
+            for nrn, r in zip(neurons, inputs, strict=True):
+                nrn["e_rev_e"] = int(r["e_rev_e"])
+                nrn["e_rev_i"] = int(r["e_rev_i"])
         return NeuronCore(
             neurons,
             lif.decode_synapse_params(core.regions[REGION_SYNAPSE_PARAMS]),
             lif.decode_pop_table(core.regions[REGION_POP_TABLE]),
             np.frombuffer(core.regions[REGION_SYNAPTIC_MATRIX], "<u4"),
             lif.decode_recording(core.regions[REGION_RECORDING]),
+            is_cond,
         )
     if core.app == AppId.SPIKE_SOURCE_ARRAY:
         steps, neurons = sources.decode_spike_array(core.regions[REGION_DATA])
