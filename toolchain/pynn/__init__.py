@@ -64,6 +64,7 @@ from toolchain.pynn.procedural import connect, create, record, record_gsyn, reco
 from toolchain.pynn.projections import Projection
 from toolchain.pynn.standardmodels import (
     UNSUPPORTED,
+    IF_cond_exp,
     IF_curr_exp,
     SpikeSourceArray,
     SpikeSourcePoisson,
@@ -85,6 +86,7 @@ __all__ = [
     "FixedTotalNumberConnector",
     "FromFileConnector",
     "FromListConnector",
+    "IF_cond_exp",
     "IF_curr_exp",
     "IndexBasedProbabilityConnector",
     "NotSupportedError",
@@ -128,4 +130,4 @@ __all__ = [
 
 def list_standard_models() -> list[str]:
     """The standard cell types this backend runs."""
-    return ["IF_curr_exp", "SpikeSourceArray", "SpikeSourcePoisson"]
+    return ["IF_curr_exp", "IF_cond_exp", "SpikeSourceArray", "SpikeSourcePoisson"]

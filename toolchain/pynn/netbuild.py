@@ -9,6 +9,7 @@ stores can be handed back to the projection.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,7 +23,9 @@ from machine_models.lif import weights_to_u16
 from toolchain.network import (
     CellType,
     FromArrays,
+    IFCondExp,
     IFCurrExp,
+    LifCell,
     Network,
     Population,
     Projection,
@@ -38,7 +41,7 @@ from toolchain.splitting import MappingConfig
 __all__ = ["Built", "build_network", "quantised_weights"]
 
 DEFAULT_ATOMS_PER_CORE = MappingProxyType(
-    {"IF_curr_exp": 256, "SpikeSourcePoisson": 500, "SpikeSourceArray": 256}
+    {"IF_curr_exp": 256, "IF_cond_exp": 256, "SpikeSourcePoisson": 500, "SpikeSourceArray": 256}
 )
 RECORDABLE = ("spikes", "v", "gsyn_exc", "gsyn_inh")
 
@@ -77,13 +80,21 @@ def _value(value: Any) -> float | npt.NDArray[np.float64]:
 def _cell(pop: Any) -> CellType:
     params = pop._parameters
     celltype = pop.celltype
-    if isinstance(celltype, standardmodels.IF_curr_exp):
-        for variable in ("isyn_exc", "isyn_inh"):
-            if np.any(pop.initial_value_array(variable) != 0.0):
-                raise NotSupportedError(
-                    f"initial value of {variable}", "initial synaptic currents of 0"
-                )
-        return IFCurrExp(**{name: _value(params[name]) for name in IFCurrExp.__dataclass_fields__})
+    lif: dict[type, type[IFCurrExp] | type[IFCondExp]] = {
+        standardmodels.IF_curr_exp: IFCurrExp,
+        standardmodels.IF_cond_exp: IFCondExp,
+    }
+    for pynn_type, toolchain_type in lif.items():
+        if isinstance(celltype, pynn_type):
+            for variable in ("isyn_exc", "isyn_inh", "gsyn_exc", "gsyn_inh"):
+                if variable in pop.celltype.default_initial_values and np.any(
+                    pop.initial_value_array(variable) != 0.0
+                ):
+                    raise NotSupportedError(
+                        f"initial value of {variable}", "initial synaptic inputs of 0"
+                    )
+            fields = dataclasses.fields(toolchain_type)
+            return toolchain_type(**{f.name: _value(params[f.name]) for f in fields})
     if isinstance(celltype, standardmodels.SpikeSourcePoisson):
         return SpikeSourcePoisson(
             rate=_value(params["rate"]),
@@ -185,7 +196,7 @@ def build_network(
         label = pop.label if pop.label not in used else f"{pop.label}#{number}"
         used.add(label)
         tpop = network.population(pop.size, _cell(pop), label, seed=pop.seed)
-        if isinstance(tpop.cell, IFCurrExp):
+        if isinstance(tpop.cell, LifCell):
             tpop.initialize(pop.initial_value_array("v"))
         recorder = pop.recorder
         for name in RECORDABLE:
@@ -202,7 +213,9 @@ def build_network(
         receptor: Receptor = "inhibitory" if proj.receptor_type == "inhibitory" else "excitatory"
         is_one_weight = weight.strides == (0,) and weight.size > 0
         sample = weight[:1] if is_one_weight else weight  # one weight stays one value
-        signed = -np.abs(sample) if receptor == "inhibitory" else sample
+        # current-based inhibitory weights are negative in the toolchain; conductances >= 0
+        is_negative = receptor == "inhibitory" and not proj.post.conductance_based
+        signed = -np.abs(sample) if is_negative else sample
         if is_one_weight:
             signed = np.broadcast_to(signed, weight.shape)
         own: list[Part] = []

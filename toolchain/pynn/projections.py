@@ -270,6 +270,14 @@ class Projection(common.Projection):  # type: ignore[misc]
             result.append(values)
         return result
 
+    @property
+    def connections(self) -> Any:
+        """PyNN's per-connection objects: not kept here (10 M synapses are flat arrays)."""
+        raise NotSupportedError(
+            "Projection.connections (one object per connection)",
+            "Projection.get(...) and save(...), which answer from the arrays",
+        )
+
     def set(self, **attributes: Any) -> None:
         raise NotSupportedError(
             "Projection.set() (changing synapses after creation)",

@@ -35,7 +35,7 @@ class Recorder(recording.Recorder):  # type: ignore[misc]
         if variable.name == "spikes" and isinstance(self.population.celltype, SpikeSourcePoisson):
             raise NotSupportedError(
                 "recording the spikes of a SpikeSourcePoisson",
-                "recording spikes of IF_curr_exp and SpikeSourceArray populations "
+                "recording spikes of IF_curr_exp, IF_cond_exp and SpikeSourceArray populations "
                 "(record the neurons it drives instead)",
             )
         if sampling_interval is not None:

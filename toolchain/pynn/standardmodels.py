@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+from pyNN import errors
 from pyNN.standardmodels import build_translations, cells, electrodes, receptors, synapses
 
 from toolchain.pynn import simulator
@@ -19,13 +20,14 @@ from toolchain.pynn.errors import NotSupportedError
 __all__ = [
     "SUPPORTED_CELLS",
     "SUPPORTED_SYNAPSES",
+    "IF_cond_exp",
     "IF_curr_exp",
     "SpikeSourceArray",
     "SpikeSourcePoisson",
     "StaticSynapse",
 ]
 
-SUPPORTED_CELLS = "IF_curr_exp, SpikeSourceArray, SpikeSourcePoisson"
+SUPPORTED_CELLS = "IF_curr_exp, IF_cond_exp, SpikeSourceArray, SpikeSourcePoisson"
 SUPPORTED_SYNAPSES = "StaticSynapse"
 
 
@@ -43,6 +45,11 @@ class IF_curr_exp(cells.IF_curr_exp):  # type: ignore[misc]
         "gsyn_exc": "nA",
         "gsyn_inh": "nA",
     }
+
+
+class IF_cond_exp(cells.IF_cond_exp):  # type: ignore[misc]
+    __doc__ = cells.IF_cond_exp.__doc__
+    translations = _identity(*cells.IF_cond_exp.default_parameters)
 
 
 class SpikeSourceArray(cells.SpikeSourceArray):  # type: ignore[misc]
@@ -63,6 +70,10 @@ class SpikeSourcePoisson(cells.SpikeSourcePoisson):  # type: ignore[misc]
 def _check_weights(weights: Any, projection: Any) -> None:
     # as on sPyNNaker, an inhibitory weight may be given as a magnitude (positive)
     values = np.asarray(weights, dtype=np.float64)
+    if projection.post.conductance_based and (values < 0).any():
+        raise errors.ConnectionError(
+            "Weights must be positive for conductance-based and/or excitatory synapses"
+        )
     if projection.receptor_type == "excitatory" and (values < 0).any():
         raise NotSupportedError(
             f"negative weight {float(values.min())} on an excitatory receptor",
@@ -108,7 +119,6 @@ def _unsupported(base: type, supported: str) -> type:
 _UNSUPPORTED_CELLS = (
     "IF_curr_alpha",
     "IF_curr_delta",
-    "IF_cond_exp",
     "IF_cond_alpha",
     "IF_cond_exp_gsfa_grr",
     "IF_facets_hardware1",

@@ -35,8 +35,8 @@ def test_unsupported_features_raise_naming_the_feature_and_what_is_supported(
     sim: ModuleType,
 ) -> None:
     sim.setup(timestep=1.0)
-    with pytest.raises(NotSupportedError, match=r"IF_cond_exp.*IF_curr_exp"):
-        sim.IF_cond_exp()
+    with pytest.raises(NotSupportedError, match=r"IF_curr_alpha.*IF_curr_exp, IF_cond_exp"):
+        sim.IF_curr_alpha()
     with pytest.raises(NotSupportedError, match=r"STDPMechanism.*StaticSynapse"):
         sim.STDPMechanism()
     with pytest.raises(NotSupportedError, match="DCSource"):
@@ -170,6 +170,35 @@ def test_positive_and_negative_inhibitory_weights_inhibit(sim: ModuleType) -> No
     gsyn = seg.filter(name="gsyn_inh")[0]
     assert str(gsyn.units.dimensionality) == "nA"
     assert gsyn.magnitude[:, 0].max() > 1.0
+
+
+def test_if_cond_exp_runs_with_conductance_weights(sim: ModuleType) -> None:
+    sim.setup(timestep=0.1)
+    src = sim.Population(1, sim.SpikeSourceArray(spike_times=[2.0, 2.5, 3.0]), label="src")
+    cells = sim.Population(2, sim.IF_cond_exp(), label="cond")
+    sim.Projection(src, cells[0:1], sim.OneToOneConnector(), sim.StaticSynapse(weight=0.05))
+    sim.Projection(
+        src,
+        cells[1:2],
+        sim.OneToOneConnector(),
+        sim.StaticSynapse(weight=0.05),
+        receptor_type="inhibitory",
+    )
+    cells.record(["v", "gsyn_exc"])
+    sim.run(20.0)
+    seg = cells.get_data().segments[0]
+    v = seg.filter(name="v")[0].magnitude
+    assert v[:, 0].max() > -64.0  # excitation depolarises towards e_rev_E = 0 mV
+    assert v[:, 1].min() < -65.5  # inhibition hyperpolarises towards e_rev_I = -70 mV
+    assert str(seg.filter(name="gsyn_exc")[0].units.dimensionality) == "uS"
+    with pytest.raises(pynn_errors.ConnectionError, match="positive for conductance"):
+        sim.Projection(
+            src,
+            cells,
+            sim.AllToAllConnector(),
+            sim.StaticSynapse(weight=-0.1),
+            receptor_type="inhibitory",
+        )
 
 
 def test_sampling_interval_initialize_and_views(sim: ModuleType) -> None:

@@ -49,6 +49,18 @@ MODULES = (
 )
 PASSING = {
     "test__simulation_control::test_reset",
+    "test__simulation_control::test_run_until",
+    "test_connectors::test_all_to_all_static_no_self",
+    "test_connectors::test_fixed_number_post_no_replacement",
+    "test_connectors::test_fixed_number_post_with_replacement",
+    "test_connectors::test_fixed_number_pre_no_replacement",
+    "test_connectors::test_fixed_number_pre_with_replacement",
+    "test_connectors::test_issue309",
+    "test_connectors::test_issue622",
+    "test_procedural_api::test_ticket195",
+    "test_recording::test_mix_procedural_and_oo",
+    "test_scenario1::test_scenario1",
+    "test_ticket166::test_ticket166",
     "test__simulation_control::test_reset_with_clear",
     "test__simulation_control::test_reset_with_spikes",
     "test__simulation_control::test_setup",
@@ -57,11 +69,20 @@ PASSING = {
     "test_connection_handling::test_issue672",
     "test_parameter_handling::test_issue241",
 }
+_SAMPLES = (
+    "v is sampled at the start of each step, n samples for n steps as on sPyNNaker, "
+    "where PyNN's other backends add one at t_stop"
+)
 DIFFERENT = {
     "test_recording::test_issue259": (
         "off-grid spike times (0.075 ms at dt = 0.05 ms): SpiNNaker sends a spike in a "
         "whole time step"
     ),
+    "test_issue231::test_issue231": (
+        "min_delay='auto' is one time step, as on sPyNNaker, not the shortest delay made"
+    ),
+    "test_recording::test_reset_recording": _SAMPLES,
+    "test_recording::test_sampling_interval": _SAMPLES,
 }
 
 
