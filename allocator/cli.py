@@ -138,7 +138,7 @@ def _configure_logging(level: str) -> None:
 
 def _flush_logs() -> None:
     """Write the queued log lines before a line printed outside logging."""
-    for handler in logging.getLogger().handlers:
+    for handler in logging.root.handlers:
         handler.flush()
 
 
