@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import mimetypes
@@ -138,6 +139,7 @@ class Runner:
             Path(sys.base_prefix),
             *(Path(p) for p in sys.path if p and Path(p).is_dir()),
             Path(config.python).resolve().parent,
+            *_package_directories(_JOB_PACKAGES),
         ]
 
     def __repr__(self) -> str:
@@ -513,3 +515,21 @@ def _describe(workdir: Path, relative: str) -> OutputFile:
             digest.update(block)
     content_type = mimetypes.guess_type(relative)[0] or "application/octet-stream"
     return OutputFile(relative, path.stat().st_size, digest.hexdigest(), content_type)
+
+
+_JOB_PACKAGES = ("allotment", "toolchain", "machine_models", "protocol")
+"""allotment's packages a job's script imports (through the PyNN backend)."""
+
+
+def _package_directories(names: tuple[str, ...]) -> list[Path]:
+    """Where the named packages are imported from.
+
+    An editable install finds them through an import hook, not through `sys.path`, so a
+    source tree under the sandbox's private /tmp must be bound back by its own paths.
+    """
+    found = []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            found += [Path(location) for location in spec.submodule_search_locations]
+    return found
