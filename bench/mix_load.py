@@ -125,6 +125,19 @@ def _percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
+def latency_summary(latencies: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Per command: how many replies, and their p50 and p99 latency in ms (sorts in place)."""
+    per_command = {}
+    for command, values in sorted(latencies.items()):
+        values.sort()
+        per_command[command] = {
+            "n": len(values),
+            "p50_ms": round(_percentile(values, 0.50) * 1e3, 3),
+            "p99_ms": round(_percentile(values, 0.99) * 1e3, 3),
+        }
+    return per_command
+
+
 def run_mix(
     host: str,
     port: int,
@@ -163,14 +176,7 @@ def run_mix(
             errors[what] += count
     n_requests = sum(len(v) for v in latencies.values())
     n_cycles = sum(report["cycles"] for report in reports)
-    per_command = {}
-    for command, values in sorted(latencies.items()):
-        values.sort()
-        per_command[command] = {
-            "n": len(values),
-            "p50_ms": round(_percentile(values, 0.50) * 1e3, 3),
-            "p99_ms": round(_percentile(values, 0.99) * 1e3, 3),
-        }
+    per_command = latency_summary(latencies)
     return {
         "benchmark": "server_load_mix",
         "mix": mix_text,

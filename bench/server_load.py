@@ -41,7 +41,7 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from mix_load import DEFAULT_MIX, parse_mix, run_mix
+from mix_load import DEFAULT_MIX, latency_summary, parse_mix, run_mix
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOARD_LOCATIONS_CSV = REPO_ROOT / "allocator" / "data" / "spinn1m-ethernet-chips.csv"
@@ -147,11 +147,6 @@ async def _client_loop(
     return client
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
-    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
-    return sorted_values[index]
-
-
 def _cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time of a process so far (Linux), or None where unknown."""
     try:
@@ -190,14 +185,7 @@ async def run_load(
         for what, count in client.errors.items():
             errors[what] += count
     n_requests = sum(len(v) for v in latencies.values())
-    per_command = {}
-    for command, values in sorted(latencies.items()):
-        values.sort()
-        per_command[command] = {
-            "n": len(values),
-            "p50_ms": round(_percentile(values, 0.50) * 1e3, 3),
-            "p99_ms": round(_percentile(values, 0.99) * 1e3, 3),
-        }
+    per_command = latency_summary(latencies)
     return {
         "benchmark": "server_load",
         "clients": n_clients,
