@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -226,9 +227,13 @@ def create_app(
         collab: Annotated[list[str], Query()] = [],  # noqa: B006
         user_id: Annotated[list[str], Query()] = [],  # noqa: B006
         hardware_platform: Annotated[list[str], Query()] = [],  # noqa: B006
+        date_range_start: str | None = None,
+        date_range_end: str | None = None,
         size: int = 10,
         from_index: int = 0,
     ) -> list[dict[str, Any]]:
+        submitted_from = None if date_range_start is None else _day_start(date_range_start)
+        submitted_until = None if date_range_end is None else _day_start(date_range_end) + 86_400
         for name in user_id:
             if name != caller.user:
                 raise JobQueueErrorWith(403, "You do not have permission to view other users' jobs")
@@ -244,6 +249,8 @@ def create_app(
             statuses=status,
             tags=tags,
             platforms=hardware_platform,
+            submitted_from=submitted_from,
+            submitted_until=submitted_until,
             size=max(0, min(size, 100_000)),
             from_index=max(0, from_index),
         )
@@ -426,3 +433,16 @@ def create_app(
 
     web.add_routes(app, store, identity, visible_job, on_submit)
     return _PathNormaliser(app)
+
+
+def _day_start(text: str) -> float:
+    """Unix time of the start (UTC) of the day an ISO date (or date and time) names.
+
+    Raises:
+        BadRequestError: the text is not an ISO date.
+    """
+    try:
+        day = datetime.fromisoformat(text).date()
+    except ValueError:
+        raise BadRequestError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp()

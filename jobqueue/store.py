@@ -372,11 +372,17 @@ class JobStore:
         statuses: Iterable[str] = (),
         tags: Iterable[str] = (),
         platforms: Iterable[str] = (),
+        submitted_from: float | None = None,
+        submitted_until: float | None = None,
         size: int = 10,
         from_index: int = 0,
         newest_first: bool = True,
     ) -> list[dict[str, Any]]:
-        """Jobs matching every given filter (an empty filter matches all), `removed` excluded."""
+        """Jobs matching every given filter (an empty filter matches all), `removed` excluded.
+
+        ``submitted_from`` (inclusive) and ``submitted_until`` (exclusive) bound the time of
+        submission, in Unix seconds.
+        """
         query = select(tables.jobs.c.id).where(tables.jobs.c.status != "removed")
         if collabs is not None:
             query = query.where(tables.jobs.c.collab.in_(list(collabs)))
@@ -386,6 +392,10 @@ class JobStore:
             query = query.where(tables.jobs.c.status.in_(statuses))
         if platforms := list(platforms):
             query = query.where(tables.jobs.c.hardware_platform.in_(platforms))
+        if submitted_from is not None:
+            query = query.where(tables.jobs.c.timestamp_submission >= submitted_from)
+        if submitted_until is not None:
+            query = query.where(tables.jobs.c.timestamp_submission < submitted_until)
         if tag_list := list(tags):
             query = query.where(
                 or_(*(tables.jobs.c.tags.contains(json.dumps(t)) for t in tag_list))

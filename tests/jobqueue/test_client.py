@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,24 @@ def test_projects_comments_and_tags(alice: Any) -> None:
     assert [c["content"] for c in again["comments"]] == ["worked first time"]
     assert [j for j in client.completed_jobs("my-collab")] == [f"/jobs/{job['id']}"]
     assert client.queued_jobs() == []
+
+
+def test_the_job_list_filters_by_date_range(alice: Any) -> None:
+    service, client = alice()
+    job = run_job(client, "print(1)")
+    today = datetime.now(UTC).date()
+    day = timedelta(days=1)
+
+    def listed(start: date, end: date) -> list[int]:
+        url = (
+            f"{service.url}/jobs/?collab=my-collab"
+            f"&date_range_start={start.isoformat()}&date_range_end={end.isoformat()}"
+        )
+        return [found["id"] for found in client._query(url)]
+
+    assert listed(today, today) == [job["id"]]
+    assert listed(today - 2 * day, today - day) == []
+    assert listed(today + day, today + 2 * day) == []
+    bad = f"{service.url}/jobs/?collab=my-collab&date_range_start=yesterday"
+    with pytest.raises(Exception, match="Error 400: 'yesterday' is not a date"):
+        client._query(bad)
