@@ -114,11 +114,30 @@ class Service:
         raise AssertionError(f"job {job_id} is still {self.store.job(job_id)['status']}")
 
 
+class _Started:
+    """The services a fixture started: each is stopped and its store closed at the end."""
+
+    def __init__(self) -> None:
+        self._services: list[Service] = []
+
+    def start(self, service: Service) -> Service:
+        self._services.append(service)
+        return service.start()
+
+    def __enter__(self) -> _Started:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for service in self._services:
+            with contextlib.suppress(Exception):
+                service.stop()
+            service.store.close()
+
+
 @pytest.fixture
 def batch_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Start batch services (`python -m jobqueue serve`) in tmp_path; stopped at teardown."""
     require_bwrap()
-    started: list[Service] = []
 
     def start(*extra: str, db_url: str | None = None, runners: int = 2) -> Service:
         url = db_url or f"sqlite:///{tmp_path / 'allotment.db'}"
@@ -127,22 +146,16 @@ def batch_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             "--jobs-dir", str(tmp_path / "jobs"), "--runners", str(runners), "--virtual",
             "--no-warmup", *extra,
         ]  # fmt: skip
-        service = Service(command, tmp_path, url, _BATCH_READY)
-        started.append(service)
-        return service.start()
+        return started.start(Service(command, tmp_path, url, _BATCH_READY))
 
-    yield start
-    for service in started:
-        with contextlib.suppress(Exception):
-            service.stop()
-        service.store.close()
+    with _Started() as started:
+        yield start
 
 
 @pytest.fixture
 def full_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Start `allotment serve` (allocation server and batch service) in tmp_path."""
     require_bwrap()
-    started: list[Service] = []
     config = write_server_config(tmp_path)  # no power delays, boards free at once
 
     def start(*extra: str, is_warming_up: bool = False) -> Service:
@@ -153,15 +166,10 @@ def full_service(tmp_path: Path) -> Iterator[Callable[..., Service]]:
             sys.executable, "-m", "allocator.cli", "serve", "--port", "0", "--batch-port", "0",
             "--config", str(config), "--db", url, "--jobs-dir", str(tmp_path / "jobs"), *extra,
         ]  # fmt: skip
-        service = Service(command, tmp_path, url, _FULL_READY)
-        started.append(service)
-        return service.start()
+        return started.start(Service(command, tmp_path, url, _FULL_READY))
 
-    yield start
-    for service in started:
-        with contextlib.suppress(Exception):
-            service.stop()
-        service.store.close()
+    with _Started() as started:
+        yield start
 
 
 @pytest.fixture
