@@ -42,22 +42,6 @@ class ServiceJobs:
         return self._service.state.out_of_service_links(machine_name)
 
 
-class _PowerCycles:
-    """`JobListener` that tells dispatch of boards switched (they lose what they held).
-
-    Destroyed jobs reach dispatch through its change listener, after the commit.
-    """
-
-    def __init__(self, dispatch: DispatchCommands) -> None:
-        self._dispatch = dispatch
-
-    def job_destroyed(self, record: JobRecord) -> None:
-        pass
-
-    def boards_powered(self, job_id: int, is_on: bool) -> None:
-        self._dispatch.on_power(job_id, is_on)
-
-
 def attach(
     service: Service,
     settings: DispatchSettings,
@@ -81,5 +65,5 @@ def attach(
     )
     service.add_family("dispatch", DISPATCH_SPECS, dispatch.handlers())
     service.add_listener(dispatch.on_jobs_changed)
-    service.state.add_job_listener(_PowerCycles(dispatch))
+    service.state.add_job_listener(dispatch)
     return dispatch

@@ -4,7 +4,7 @@ It owns dispatch's state (one `_Job` per job that ever got an image) and reaches
 the server through four small hooks, so that it does not depend on how the service is cut:
 
     JobDirectory      job records, machines, out-of-service links (read only)
-    on_power          the service's power listener: boards switched or reset (noted)
+    boards_powered    the service's job listener: boards switched or reset (noted)
     on_jobs_changed   the service's change listener: destroyed, powered off, reset (acted on)
     handlers()        the commands, registered with the service by name
 
@@ -290,8 +290,12 @@ class DispatchCommands:
 
     # --- hooks into the service ---------------------------------------------------------
 
-    def on_power(self, job_id: int, is_on: bool) -> None:
-        """The service's power listener: a job's boards are being switched (before commit)."""
+    def job_destroyed(self, record: JobRecord) -> None:
+        """The service's job listener: nothing to do yet; `on_jobs_changed` stops the run
+        once the destruction is committed."""
+
+    def boards_powered(self, job_id: int, is_on: bool) -> None:
+        """The service's job listener: a job's boards are being switched (before commit)."""
         job = self._jobs.get(job_id)
         if job is not None and job.record.image is not None:
             self._power_cycled[job_id] = is_on
