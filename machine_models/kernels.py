@@ -699,8 +699,10 @@ def _izh_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
 
 @numba.njit(cache=True)
 def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """One step of LIF core c: consume the step's ring-buffer slots, record, update.
+    """One step of neuron core c: consume the step's ring-buffer slots, record, update.
 
+    The core's kind (``LIF_KIND``) picks its synapse transfer, the value recorded as gsyn and
+    its neuron update; its input type (``LIF_INPUT``) how synaptic values become a current.
     Writes the neurons that fired to ``em_j[off:]`` and returns how many did.
     """
     p = lif.table
