@@ -39,7 +39,7 @@ from machine_models.lif import (
 )
 from toolchain.errors import ResourceError
 from toolchain.keys import KeySpace, Partition
-from toolchain.network import LifCell, Network, Population
+from toolchain.network import Network, NeuronCell, Population
 from toolchain.splitting import (
     MAX_ROW_SYNAPSES,
     SYNAPSE_TYPE_BITS,
@@ -84,7 +84,7 @@ class SynapseBuild:
 
 def _weight_scale(post: Population) -> float:
     """The factor 7.4.1's host applies to weights onto ``post`` (1024 for conductance input)."""
-    return post.cell.weight_scale if isinstance(post.cell, LifCell) else 1.0
+    return post.cell.weight_scale if isinstance(post.cell, NeuronCell) else 1.0
 
 
 def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, int], int]:

@@ -65,7 +65,11 @@ from toolchain.pynn.projections import Projection
 from toolchain.pynn.standardmodels import (
     UNSUPPORTED,
     IF_cond_exp,
+    IF_curr_alpha,
+    IF_curr_delta,
     IF_curr_exp,
+    Izhikevich,
+    Izhikevich_cond,
     SpikeSourceArray,
     SpikeSourcePoisson,
     StaticSynapse,
@@ -87,8 +91,12 @@ __all__ = [
     "FromFileConnector",
     "FromListConnector",
     "IF_cond_exp",
+    "IF_curr_alpha",
+    "IF_curr_delta",
     "IF_curr_exp",
     "IndexBasedProbabilityConnector",
+    "Izhikevich",
+    "Izhikevich_cond",
     "NotSupportedError",
     "NumpyRNG",
     "OneToOneConnector",
@@ -130,4 +138,13 @@ __all__ = [
 
 def list_standard_models() -> list[str]:
     """The standard cell types this backend runs."""
-    return ["IF_curr_exp", "IF_cond_exp", "SpikeSourceArray", "SpikeSourcePoisson"]
+    return [
+        "IF_curr_exp",
+        "IF_cond_exp",
+        "IF_curr_alpha",
+        "IF_curr_delta",
+        "Izhikevich",
+        "Izhikevich_cond",
+        "SpikeSourceArray",
+        "SpikeSourcePoisson",
+    ]
