@@ -9,6 +9,8 @@ Delays become whole time steps here, as on SpiNNaker. Weights are stored on the 
 16 bits and a ring-buffer shift per target population: after a run, ``get("weight")``
 answers the weights the machine used, not the ones asked for.
 
+A fixed number of sources per target drawn with replacement (sPyNNaker's and Brunel's
+``FixedNumberPreConnector``) is drawn here in one call, giving PyNN's own connections.
 A one-to-one connection is built here directly: PyNN 0.13's own path crashes with numpy
 2.1 and newer when the presynaptic population has one neuron (its connection map yields a
 0-d array), and the direct path is also the fast one.
