@@ -55,8 +55,8 @@ class Part:
     """The synapses of one PyNN projection between one pair of populations."""
 
     projection: Projection
-    selection: npt.NDArray[np.int64] | None
-    """The PyNN projection's synapses that went here; None for all of them."""
+    selection: slice | npt.NDArray[np.int64] | None
+    """The PyNN projection's synapses that went here (a range or their indices); None for all."""
 
 
 @dataclass(frozen=True)
@@ -135,23 +135,39 @@ def _locate(
     return which, ids - firsts[which]
 
 
+Selection = slice | npt.NDArray[np.int64] | None
+"""Which of a projection's synapses: a range, their indices, or None for all of them."""
+
+
 def _index(
-    index: npt.NDArray[np.int64] | None, cells: npt.NDArray[np.int64], pick: Any
+    index: npt.NDArray[np.int64] | None, cells: npt.NDArray[np.int64], pick: Selection
 ) -> npt.NDArray[np.int64]:
-    picked = cells if isinstance(pick, slice) else cells[pick]
+    picked = cells if pick is None else cells[pick]
     return picked if index is None else index[picked]
 
 
 def _side(
     pop_of: npt.NDArray[np.int64], cells: npt.NDArray[np.int64]
-) -> list[tuple[int, npt.NDArray[np.bool_] | None]]:
-    """Per population on one side of a projection: the synapses touching it (None: all)."""
+) -> list[tuple[int, slice | npt.NDArray[np.bool_] | None]]:
+    """Per population on one side of a projection: the synapses touching it (None: all).
+
+    When each population is one run of cells (an Assembly) and the synapses are in order
+    of their cells on this side (as PyNN's connectors make them, target by target), each
+    population's synapses are one range: a slice, so nothing is copied.
+    """
     numbers = np.unique(pop_of)
     if numbers.size == 1:
         return [(int(numbers[0]), None)]
     starts = np.flatnonzero(np.r_[True, pop_of[1:] != pop_of[:-1]])
     if starts.size == numbers.size:  # each population one run of cells (an Assembly)
         ends = np.r_[starts[1:], pop_of.size]
+        if bool(np.all(cells[1:] >= cells[:-1])):
+            los = np.searchsorted(cells, starts).tolist()
+            his = np.searchsorted(cells, np.asarray(ends)).tolist()
+            return [
+                (int(pop_of[first]), slice(a, b))
+                for first, a, b in zip(starts.tolist(), los, his, strict=True)
+            ]
         return [
             (int(pop_of[lo]), (cells >= lo) & (cells < hi))
             for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True)
@@ -160,28 +176,52 @@ def _side(
     return [(int(n), of_synapse == n) for n in numbers.tolist()]
 
 
+def _mask(selector: slice | npt.NDArray[np.bool_], n: int) -> npt.NDArray[np.bool_]:
+    if isinstance(selector, slice):
+        mask = np.zeros(n, dtype=bool)
+        mask[selector] = True
+        return mask
+    return selector
+
+
 def _groups(
     pre_pop: npt.NDArray[np.int64],
     post_pop: npt.NDArray[np.int64],
     pre: npt.NDArray[np.int64],
     post: npt.NDArray[np.int64],
-) -> list[tuple[int, int, npt.NDArray[np.int64] | None]]:
-    """(pre population, post population, synapses or None for all) of each pair joined."""
-    pairs: list[tuple[int, int, npt.NDArray[np.int64] | None]] = []
+) -> list[tuple[int, int, Selection]]:
+    """(pre population, post population, their synapses) of each pair of populations joined."""
+    pairs: list[tuple[int, int, Selection]] = []
     for a, from_a in _side(pre_pop, pre):
         for b, to_b in _side(post_pop, post):
-            if from_a is None and to_b is None:
-                pairs.append((a, b, None))
-                continue
             if from_a is None or to_b is None:
-                mask = from_a if to_b is None else to_b
+                one = from_a if to_b is None else to_b
+                if one is None or isinstance(one, slice):
+                    if one is None or one.stop > one.start:
+                        pairs.append((a, b, one))
+                    continue
+                mask = one
+            elif isinstance(from_a, slice) and isinstance(to_b, slice):
+                both = slice(max(from_a.start, to_b.start), min(from_a.stop, to_b.stop))
+                if both.stop > both.start:
+                    pairs.append((a, b, both))
+                continue
             else:
-                mask = from_a & to_b
-            assert mask is not None
+                mask = _mask(from_a, pre.size) & _mask(to_b, post.size)
             selection = np.flatnonzero(mask)
             if selection.size:
                 pairs.append((a, b, selection))
     return pairs
+
+
+def _picked(values: npt.NDArray[np.float64], pick: Selection) -> npt.NDArray[np.float64]:
+    """The selected synapses' values; one value for all stays one broadcast value."""
+    if pick is None:
+        return values
+    if values.strides == (0,) and values.size:
+        n = len(range(*pick.indices(values.size))) if isinstance(pick, slice) else pick.size
+        return np.broadcast_to(values[:1], (n,))
+    return values[pick]
 
 
 def build_network(
@@ -229,17 +269,16 @@ def build_network(
         if is_one_weight:
             signed = np.broadcast_to(signed, weight.shape)
         own: list[Part] = []
-        for a, b, selection in _groups(pre_pop, post_pop, pre, post):
-            pick = slice(None) if selection is None else selection
+        for a, b, pick in _groups(pre_pop, post_pop, pre, post):
             tproj = network.project(
                 pairs[a][1],
                 pairs[b][1],
                 FromArrays(_index(pre_index, pre, pick), _index(post_index, post, pick)),
-                StaticSynapse(signed[pick], delay[pick]),
+                StaticSynapse(_picked(signed, pick), _picked(delay, pick)),
                 receptor,
                 f"{proj.label}#{len(parts)}.{len(own)}",
             )
-            own.append(Part(tproj, selection))
+            own.append(Part(tproj, pick))
         parts.append((proj, own))
     config = MappingConfig(
         max_atoms_per_core=MappingProxyType({**DEFAULT_ATOMS_PER_CORE, **neurons_per_core}),

@@ -9,6 +9,8 @@ Delays become whole time steps here, as on SpiNNaker. Weights are stored on the 
 16 bits and a ring-buffer shift per target population: after a run, ``get("weight")``
 answers the weights the machine used, not the ones asked for.
 
+A fixed number of sources per target drawn with replacement (sPyNNaker's and Brunel's
+``FixedNumberPreConnector``) is drawn here in one call, giving PyNN's own connections.
 A one-to-one connection is built here directly: PyNN 0.13's own path crashes with numpy
 2.1 and newer when the presynaptic population has one neuron (its connection map yields a
 0-d array), and the direct path is also the fast one.
@@ -23,7 +25,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pyNN import common, errors
-from pyNN.connectors import OneToOneConnector
+from pyNN.connectors import FixedNumberPreConnector, OneToOneConnector
+from pyNN.random import NumpyRNG
 from pyNN.space import Space
 
 from toolchain.pynn import simulator
@@ -112,7 +115,7 @@ class Projection(common.Projection):  # type: ignore[misc]
         self._quantise: Callable[[], npt.NDArray[np.float64]] | None = None
         if isinstance(connector, OneToOneConnector):
             self._connect_one_to_one(connector)
-        else:
+        elif not self._connect_fixed_number_pre(connector):
             connector.connect(self)
         for name, values in per_connection.items():
             self._set_per_connection(name, values)
@@ -155,6 +158,41 @@ class Projection(common.Projection):  # type: ignore[misc]
             if name in values:
                 check(values[name], self)
         self._store(index, index, values["weight"], values["delay"])
+
+    def _connect_fixed_number_pre(self, connector: Any) -> bool:
+        """A fixed number of sources per target, drawn with replacement, in one draw.
+
+        PyNN draws ``n`` sources target by target from the connector's generator; numpy's
+        generator gives the same numbers drawn ``n * targets`` at once, so the connections
+        (and the generator's state after them) are PyNN's own. Only the case where that
+        holds is taken here (one number ``n``, a ``NumpyRNG``, one value per synapse
+        parameter, no callback); anything else returns False and goes through PyNN.
+        """
+        if type(connector) is not FixedNumberPreConnector:
+            return False
+        n = connector.n
+        if not (
+            connector.with_replacement
+            and isinstance(n, int)
+            and n > 0
+            and type(connector.rng) is NumpyRNG
+            and connector.callback is None
+            and (connector.allow_self_connections or self.pre != self.post)
+        ):
+            return False
+        parameters = connector._parameters_from_synapse_type(self)
+        if not all(larray.is_homogeneous for _, larray in parameters.items()):
+            return False
+        values = {name: larray.evaluate(simplify=True) for name, larray in parameters.items()}
+        if connector.safe:
+            for name, check in self.synapse_type.parameter_checks.items():
+                if name in values:
+                    check(values[name], self)
+        n_post = self.post.size
+        pre = connector.rng.next(n * n_post, "uniform_int", {"low": 0, "high": self.pre.size})
+        post = np.repeat(np.arange(n_post, dtype=np.int64), n)
+        self._store(pre, post, values["weight"], values["delay"])
+        return True
 
     def _convergent_connect(
         self,
