@@ -50,7 +50,7 @@ from protocol.client import AllotmentClient
 from protocol.dispatch import RunProgress, RunState
 from toolchain import MappedNetwork, allocation_from_machine_info, map_network
 
-DISPATCH_TOML = SERVER_TOML + "\n[dispatch]\nworkers = 1\nresults_grace_s = 0.0\n"
+DISPATCH_TOML = SERVER_TOML + "\n[dispatch]\nworkers = 1\nresults_grace_s = 0.0\nworker_nice = 5\n"
 PROBE_INTERVAL_S = 0.005
 TIMEOUT_S = 600.0
 
