@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -210,10 +210,11 @@ async def run_load(
 
 @contextlib.contextmanager
 def own_server(
-    db_url: str | None, config_text: str = SERVER_TOML
+    db_url: str | None, config_text: str = SERVER_TOML, *, extra_args: Sequence[str] = ()
 ) -> Iterator[tuple[str, int, int]]:
     """Start a server subprocess on a temporary SQLite file (or `db_url`) and stop it after.
 
+    `extra_args` go on its command line (``--no-batch``: without the batch service).
     Yields the host and port it listens on and its process id.
     """
     with tempfile.TemporaryDirectory(prefix="allotment-bench-") as tmp:
@@ -241,6 +242,7 @@ def own_server(
                     str(directory / "allotment.toml"),
                     "--db",
                     url,
+                    *extra_args,
                 ],
                 cwd=directory,
                 env=env,

@@ -57,7 +57,7 @@ from allocator.dispatch.storage import (
 )
 from allocator.dispatch.topology import TopologySpec, job_topology
 from allocator.dispatch.upload import ImageUpload
-from allocator.dispatch.worker import RunOrder
+from allocator.dispatch.worker import PreloadOrder, RunOrder
 from allocator.jobs import JobRecord, JobState
 from allocator.machine import Machine
 from machine_models.errors import ImageFormatError, MachineModelError
@@ -189,6 +189,7 @@ class DispatchCommands:
             settings.workers,
             memory_bytes=settings.run_memory_bytes,
             wall_s=settings.run_wall_s,
+            nice=settings.worker_nice,
             observer=observer,
         )
         self._jobs: dict[int, _Job] = {}
@@ -397,6 +398,9 @@ class DispatchCommands:
                     f" not {args.sha256} as announced"
                 )
             spec = self._topology(self._ready_record(job_id))
+            # An idle worker decodes the image and builds its executor while it is validated
+            # here, so that a fresh run of it starts without that work.
+            self.pool.preload(PreloadOrder(path=str(path.resolve()), sha256=digest, topology=spec))
             info = await asyncio.to_thread(_validated, job_id, path, args.sha256, spec)
             validated = time.perf_counter()
             record = self._ready_record(job_id)  # it may have gone while the bytes came
@@ -506,6 +510,7 @@ class DispatchCommands:
             is_fresh=not is_continued,
             previous_snapshot=job.record.snapshot if is_continued else None,
             snapshot=f"snap-{run_id}",
+            image_sha256=job.record.image.sha256,
         )
         ticket = RunTicket(order, self)
         job.ticket = ticket

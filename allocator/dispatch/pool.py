@@ -30,7 +30,8 @@ from typing import Final, Protocol
 
 from pydantic import ValidationError
 
-from allocator.dispatch.worker import RunOrder, WorkerMessage
+from allocator.dispatch.topology import TopologySpec
+from allocator.dispatch.worker import PreloadOrder, RunOrder, WorkerMessage
 from protocol.dispatch import RunState
 
 __all__ = ["PoolObserver", "RunEvents", "RunTicket", "WorkerPool"]
@@ -88,6 +89,8 @@ class _Worker:
     started_at: float = 0.0
     kill_reason: tuple[RunState, str] | None = None
     is_killed: bool = field(default=False)
+    preloaded: tuple[str, TopologySpec] | None = None
+    """The image digest and network of the executor this worker built ahead of its run."""
 
     @property
     def is_idle(self) -> bool:
@@ -101,6 +104,8 @@ class WorkerPool:
         n_workers: how many runs go at once.
         memory_bytes: a worker whose resident memory passes this fails its run.
         wall_s: a run that takes longer than this fails.
+        nice: the workers' niceness (0 to 19): on a busy machine the scheduler lets the
+            server's event loop in first, so that its replies do not wait behind a run.
         observer: counts worker crashes.
         command: the worker's command line (default: this Python, ``-m allocator.dispatch.worker``).
         clock: monotonic seconds.
@@ -112,6 +117,7 @@ class WorkerPool:
         *,
         memory_bytes: int,
         wall_s: float,
+        nice: int = 0,
         observer: PoolObserver | None = None,
         command: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -121,7 +127,9 @@ class WorkerPool:
         self._wall_s = wall_s
         self._observer = observer
         self._command = (
-            tuple(command) if command else (sys.executable, "-m", "allocator.dispatch.worker")
+            tuple(command)
+            if command
+            else (sys.executable, "-m", "allocator.dispatch.worker", "--nice", str(nice))
         )
         self._clock = clock
         self._queue: deque[RunTicket] = deque()
@@ -187,6 +195,25 @@ class WorkerPool:
         self._queue.append(ticket)
         self.prepare()
         self._pump()
+
+    def preload(self, order: PreloadOrder) -> bool:
+        """Have an idle worker decode an upload ahead of its run; False if none is idle.
+
+        The worker only caches what it builds (see `allocator.dispatch.worker`): the server's
+        own validation still decides whether the image is accepted.
+        """
+        idle = [w for w in self._workers if w.is_idle]
+        if not idle:
+            return False
+        worker = min(idle, key=lambda w: w.preloaded is not None)
+        for other in idle:
+            if other is not worker and other.preloaded == (order.sha256, order.topology):
+                other.preloaded = None  # a worker keeps one preload; only the newest counts
+        worker.preloaded = (order.sha256, order.topology)
+        stdin = worker.process.stdin
+        assert stdin is not None
+        stdin.write(order.model_dump_json().encode() + b"\n")
+        return True
 
     def queue_position(self, ticket: RunTicket) -> int | None:
         """Runs ahead of this one (0: next); None unless it is queued."""
@@ -321,7 +348,10 @@ class WorkerPool:
                 break
             if ticket.job_id in saving:
                 continue
-            worker = idle.pop()
+            key = (ticket.order.image_sha256, ticket.order.topology)
+            worker = next((w for w in idle if w.preloaded == key), idle[-1])
+            idle.remove(worker)
+            worker.preloaded = None  # a worker's next run uses its preload up, or drops it
             self._queue.remove(ticket)
             worker.ticket = ticket
             worker.started_at = self._clock()

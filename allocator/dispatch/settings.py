@@ -8,6 +8,7 @@ A file may say::
     max_image_bytes = 268435456                 # per job
     run_memory_bytes = 4294967296               # a worker above this fails its run
     run_wall_s = 3600.0                         # a run longer than this fails
+    worker_nice = 0                             # 5: the server wins the CPU from runs
     results_grace_s = 3600.0                    # results kept this long after the job ends
     dead_chips = [["spinn-1200", 13, 4]]        # machine, chip x, chip y (machine coordinates)
 """
@@ -34,4 +35,5 @@ class DispatchSettings(BaseModel):
     run_wall_s: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 3600.0
     results_grace_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 3600.0
     upload_idle_s: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 30.0
+    worker_nice: Annotated[int, Field(ge=0, le=19)] = 0
     dead_chips: tuple[tuple[str, int, int], ...] = ()

@@ -11,6 +11,13 @@ streams, one JSON line each way (`RunOrder` in, `WorkerMessage` out)::
     worker: {"kind": "saved"}                          the executor's state is on disk too
     (or)    {"kind": "failed", "reason": "core (0, 0, 3): region 2 is missing"}
 
+Before a fresh run, the server may send a `PreloadOrder` for an upload whose bytes it has
+received and hashed but is still validating: the worker decodes it and builds its executor
+meanwhile, on a core of its own, and keeps that one executor for the next fresh run of an
+image with the same digest on the same network. It answers nothing: the preload is a cache,
+and a run that finds no match (the image was rejected, replaced, or the file was gone)
+decodes the image file as before.
+
 The run goes in chunks so that progress can be reported; consecutive runs of the executor
 give the same results as one long run, so the chunks change nothing. A continuation starts
 from the state the previous run pickled; a fresh run decodes the image again. The state is
@@ -20,6 +27,7 @@ saved after "done", so the job runner can fetch its results while the worker sti
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import pickle
 import sys
@@ -28,16 +36,16 @@ import traceback
 from pathlib import Path
 from typing import IO, Final, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE
 from allocator.dispatch.topology import TopologySpec
-from machine_models.errors import MachineModelError
+from machine_models.errors import ImageFormatError, MachineModelError
 from machine_models.executor import Executor, Results
 from machine_models.image import Image
 from machine_models.results_file import decode_results, encode_results, join_results
 
-__all__ = ["RunOrder", "WorkerMessage", "main"]
+__all__ = ["PreloadOrder", "RunOrder", "WorkerMessage", "main"]
 
 log = logging.getLogger("allotment.dispatch.worker")
 
@@ -61,6 +69,17 @@ class RunOrder(_Frozen):
     is_fresh: bool
     previous_snapshot: str | None
     snapshot: str
+    image_sha256: str | None = None
+    """The digest of the job's image, to match a preloaded executor (fresh runs)."""
+
+
+class PreloadOrder(_Frozen):
+    """An upload to decode ahead of its run (see the module docstring)."""
+
+    kind: Literal["preload"] = "preload"
+    path: str
+    sha256: str
+    topology: TopologySpec
 
 
 class WorkerMessage(_Frozen):
@@ -70,6 +89,9 @@ class WorkerMessage(_Frozen):
     steps_done: int = 0
     first_step: int = 0
     reason: str | None = None
+
+
+_ORDERS: Final = TypeAdapter(RunOrder | PreloadOrder)
 
 
 class _RunFailed(Exception):
@@ -90,8 +112,52 @@ def _write_atomically(path: Path, data: bytes) -> None:
     temporary.replace(path)
 
 
-def _load(order: RunOrder) -> tuple[Executor, Results | None]:
+class _Preloaded:
+    """The one executor built ahead of its run, and what it was built from."""
+
+    def __init__(self) -> None:
+        self._key: tuple[str, TopologySpec] | None = None
+        self._executor: Executor | None = None
+
+    def load(self, order: PreloadOrder) -> None:
+        """Decode the upload and build its executor; on any failure keep nothing."""
+        self._key = self._executor = None
+        try:
+            image = _decode_file(Path(order.path))
+            self._executor = Executor(image, order.topology.build())
+        except (MachineModelError, OSError, ValueError):
+            return  # the server's validation names what is wrong; the run decodes again
+        self._key = (order.sha256, order.topology)
+
+    def take(self, order: RunOrder) -> Executor | None:
+        """The preloaded executor if it is of this fresh run's image and network (once)."""
+        key, executor = self._key, self._executor
+        self._key = self._executor = None
+        if key is None or order.image_sha256 is None or key != (order.image_sha256, order.topology):
+            return None
+        return executor
+
+
+def _decode_file(path: Path) -> Image:
+    """Decode an image file through a map of it: its bytes are not read into memory first."""
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return Image.decode(b"")
+        message = ""
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            try:
+                return Image.decode(mapped)  # type: ignore[arg-type]
+            except ImageFormatError as error:
+                # Leave the except block before the map closes: the traceback holds a view.
+                message = str(error)
+    raise ImageFormatError(message.removeprefix("malformed image: "))
+
+
+def _load(order: RunOrder, preloaded: _Preloaded) -> tuple[Executor, Results | None]:
     """The executor to run, and the results recorded before it (for a continuation)."""
+    ready = preloaded.take(order) if order.is_fresh else None
+    if ready is not None:
+        return ready, None
     folder = Path(order.folder)
     if not order.is_fresh and order.previous_snapshot is not None:
         previous = folder / order.previous_snapshot
@@ -107,12 +173,11 @@ def _load(order: RunOrder) -> tuple[Executor, Results | None]:
         if not isinstance(executor, Executor):
             raise _RunFailed(f"the saved state of job {order.job_id} is not an executor")
         return executor, earlier
-    image = Image.decode((folder / IMAGE_FILE).read_bytes())
-    return Executor(image, order.topology.build()), None
+    return Executor(_decode_file(folder / IMAGE_FILE), order.topology.build()), None
 
 
-def _run(order: RunOrder, out: IO[bytes]) -> None:
-    executor, earlier = _load(order)
+def _run(order: RunOrder, out: IO[bytes], preloaded: _Preloaded) -> None:
+    executor, earlier = _load(order, preloaded)
     first_step = executor.step
     _send(out, WorkerMessage(kind="started", first_step=first_step))
     parts = [] if earlier is None else [earlier]
@@ -137,17 +202,25 @@ def _run(order: RunOrder, out: IO[bytes]) -> None:
     _send(out, WorkerMessage(kind="saved", steps_done=done, first_step=first_step))
 
 
-def main() -> int:
-    """Serve run orders from standard input until it closes."""
+def main(argv: list[str] | None = None) -> int:
+    """Serve run orders from standard input until it closes (``--nice N``: lower priority)."""
+    args = argv if argv is not None else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    if args[:1] == ["--nice"] and len(args) == 2:
+        os.nice(int(args[1]))
     out = sys.stdout.buffer
     _send(out, WorkerMessage(kind="ready"))
+    preloaded = _Preloaded()
     for line in sys.stdin.buffer:
         if not line.strip():
             continue
-        order = RunOrder.model_validate_json(line)
+        received = _ORDERS.validate_json(line)
+        if isinstance(received, PreloadOrder):
+            preloaded.load(received)
+            continue
+        order = received
         try:
-            _run(order, out)
+            _run(order, out, preloaded)
         except (_RunFailed, MachineModelError, OSError) as error:
             _send(out, WorkerMessage(kind="failed", reason=str(error)))
         except Exception as error:
