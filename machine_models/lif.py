@@ -18,7 +18,7 @@ little-endian u32 words):
 * ``REGION_SYNAPTIC_MATRIX`` (6): rows of ``row_length + 3`` words: ``0`` (plastic words),
   ``F`` (fixed words), ``0`` (plastic controls), then F fixed words
   ``weight << 16 | delay << (I + T) | type << I | neuron``; unused tail words are zero. A
-  plastic core's rows may be plastic instead (a non-zero first word): see :mod:`machine_models.stdp`.
+  plastic core's rows may be plastic instead (a non-zero first word): see ``stdp``.
 * ``REGION_RECORDING`` (9): ``record_spikes, v_interval, gsyn_exc_interval,
   gsyn_inh_interval`` in steps (0 = off); every neuron of the core is recorded.
 """

@@ -43,6 +43,7 @@ from toolchain.network import (
     SpikeSourceArray,
     SpikeSourcePoisson,
     StaticSynapse,
+    StdpSynapse,
 )
 from toolchain.splitting import MappingConfig
 
@@ -72,6 +73,7 @@ __all__ = [
     "SpikeSourceArray",
     "SpikeSourcePoisson",
     "StaticSynapse",
+    "StdpSynapse",
     "ToolchainError",
     "allocation_from_machine_info",
     "map_network",
