@@ -64,16 +64,21 @@ from toolchain.pynn.procedural import connect, create, record, record_gsyn, reco
 from toolchain.pynn.projections import Projection
 from toolchain.pynn.standardmodels import (
     UNSUPPORTED,
+    AdditiveWeightDependence,
     IF_cond_exp,
     IF_curr_exp,
+    MultiplicativeWeightDependence,
+    SpikePairRule,
     SpikeSourceArray,
     SpikeSourcePoisson,
     StaticSynapse,
+    STDPMechanism,
 )
 
 globals().update(UNSUPPORTED)
 
 __all__ = [
+    "AdditiveWeightDependence",
     "AllToAllConnector",
     "ArrayConnector",
     "Assembly",
@@ -89,6 +94,7 @@ __all__ = [
     "IF_cond_exp",
     "IF_curr_exp",
     "IndexBasedProbabilityConnector",
+    "MultiplicativeWeightDependence",
     "NotSupportedError",
     "NumpyRNG",
     "OneToOneConnector",
@@ -97,8 +103,10 @@ __all__ = [
     "Projection",
     "RandomDistribution",
     "RunError",
+    "STDPMechanism",
     "SmallWorldConnector",
     "Space",
+    "SpikePairRule",
     "SpikeSourceArray",
     "SpikeSourcePoisson",
     "StaticSynapse",

@@ -7,7 +7,8 @@ stay) and hands them to the toolchain as ``FromArrays`` at the next run.
 
 Delays become whole time steps here, as on SpiNNaker. Weights are stored on the chip with
 16 bits and a ring-buffer shift per target population: after a run, ``get("weight")``
-answers the weights the machine used, not the ones asked for.
+answers the weights the machine used, not the ones asked for; for an ``STDPMechanism``
+projection, the weights it learned in the runs so far.
 
 A one-to-one connection is built here directly: PyNN 0.13's own path crashes with numpy
 2.1 and newer when the presynaptic population has one neuron (its connection map yields a
@@ -28,7 +29,7 @@ from pyNN.space import Space
 
 from toolchain.pynn import simulator
 from toolchain.pynn.errors import NotSupportedError
-from toolchain.pynn.standardmodels import SUPPORTED_SYNAPSES, StaticSynapse
+from toolchain.pynn.standardmodels import SUPPORTED_SYNAPSES, StaticSynapse, STDPMechanism
 
 __all__ = ["Projection"]
 
@@ -55,8 +56,8 @@ def _split_lists(synapse: Any) -> tuple[Any, dict[str, npt.NDArray[np.float64]]]
     parameter spaces would read it as one value per presynaptic neuron. The synapse type
     that remains holds the list's last value, so PyNN can still guess the receptor type.
     """
-    if synapse is None:
-        return None, {}
+    if synapse is None or isinstance(synapse, STDPMechanism):
+        return synapse, {}
     lists: dict[str, npt.NDArray[np.float64]] = {}
     kept: dict[str, Any] = {}
     for name in ("weight", "delay"):
@@ -87,7 +88,7 @@ class Projection(common.Projection):  # type: ignore[misc]
         space: Any = None,
         label: str | None = None,
     ) -> None:
-        if synapse_type is not None and not isinstance(synapse_type, StaticSynapse):
+        if synapse_type is not None and not isinstance(synapse_type, StaticSynapse | STDPMechanism):
             raise NotSupportedError(
                 f"synapse type {type(synapse_type).__name__}", SUPPORTED_SYNAPSES
             )
