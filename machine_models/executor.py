@@ -10,6 +10,9 @@ precomputed list of rows. Router and per-core packet counters are exact: the ker
 packets per key, and the per-key counts of the trace are multiplied in after the run. Every
 packet sent in a step is handled in that step, so no spike is ever late. The run goes in
 chunks whose thread count :class:`threads.ThreadPolicy` picks from measured times.
+Plastic cores (``stdp``) update their rows in place as packets reach them and keep a log of
+each neuron's spikes long enough for the chip's 15-event history to be read a window behind;
+their matrices come back in :attr:`Results.synaptic_matrices`.
 
 The slow, obvious oracle this must equal lives in the tests (``tests/machine_models/reference.py``).
 """

@@ -244,9 +244,26 @@ class Projection(common.Projection):  # type: ignore[misc]
         for name in names:
             key = name[:-1] if name in ("weights", "delays") else name
             if key not in by_name:
-                raise errors.NonExistentParameterError(key, "StaticSynapse", list(_ATTRIBUTES))
+                rule = self._rule_parameter(key)
+                if rule is None:
+                    raise errors.NonExistentParameterError(
+                        key, type(self.synapse_type).__name__, list(_ATTRIBUTES)
+                    )
+                by_name[key] = np.broadcast_to(rule, pre.shape)
             columns.append(by_name[key])
         return columns
+
+    def _rule_parameter(self, name: str) -> float | None:
+        """An STDP rule's parameter (one value for the whole projection); None if none."""
+        if not isinstance(self.synapse_type, STDPMechanism):
+            return None
+        for component in (
+            self.synapse_type.timing_dependence,
+            self.synapse_type.weight_dependence,
+        ):
+            if name in component.get_parameter_names():
+                return float(component.parameter_space[name].base_value)
+        return None
 
     def _get_attributes_as_list(self, names: Any) -> list[tuple[Any, ...]]:
         columns = self._columns(names)
