@@ -288,6 +288,7 @@ def run(args: argparse.Namespace) -> None:
                 "ext_rate_hz": nu_ext_hz,
                 "events_per_s": round(events / run_s) if run_s > 0 else None,
                 "threads": numba.get_num_threads(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                 "seconds_per_step_by_threads": {
                     str(k): round(v, 7) for k, v in executor.seconds_per_step.items()
                 },

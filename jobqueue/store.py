@@ -33,6 +33,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "DEMO_QUOTA_CORE_HOURS",
     "FINAL_STATUSES",
+    "TOKEN_PREFIX",
     "Identity",
     "JobStore",
     "OutputFile",
@@ -44,6 +45,8 @@ __all__ = [
 FINAL_STATUSES = ("finished", "error")
 ACTIVE_STATUSES = ("validated", "running")
 DEMO_QUOTA_CORE_HOURS = 5000.0
+TOKEN_PREFIX = "allot_"
+"""The start of every token minted here."""
 """The quota of the demo project created on a collab's first use (the real platform's)."""
 
 _UNITS = {"SpiNNaker": "core-hours", "BrainScaleS": "wafer-hours", "BrainScaleS-2": "chip-hours"}
@@ -137,7 +140,9 @@ class JobStore:
         """Mint a token for `user`, editor of `collabs`; only its hash is stored."""
         if not user:
             raise BadRequestError("a token needs a user name")
-        token = secrets.token_urlsafe(32)
+        # a fixed prefix: a token is recognisable (to a secret scanner too) and never begins
+        # with "-", which a command line would take for an option
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
             conn.execute(
                 insert(tables.tokens).values(

@@ -8,6 +8,7 @@ Typical use::
     results = Executor(image, topology).run(n_steps)
 """
 
+import machine_models._openmp  # noqa: F401  (first: libgomp reads it when numba loads it)
 from machine_models.errors import ImageError, MachineModelError
 from machine_models.executor import Executor, Results
 from machine_models.image import AppId, CoreImage, CoreXYP, Image, RoutingEntry, route_word

@@ -505,7 +505,7 @@ class Executor:
         ]
         pairs += [
             (f"neuron {name}", getattr(mine_lif, name), getattr(their_lif, name))
-            for name in ("v", "refract_timer", "isyn_exc", "isyn_inh")
+            for name in kernels.NEURON_STATE_FIELDS
         ]
         for what, mine, theirs in pairs:
             if mine.shape != theirs.shape:

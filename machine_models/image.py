@@ -55,6 +55,10 @@ class AppId(enum.IntEnum):
     SPIKE_SOURCE_POISSON = 3
     DELAY_EXTENSION = 4
     IF_COND_EXP = 5
+    IF_CURR_DELTA = 6
+    IF_CURR_ALPHA = 7
+    IZK_CURR_EXP = 8
+    IZK_COND_EXP = 9
 
 
 class CoreXYP(NamedTuple):

@@ -19,6 +19,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from machine_models import neuron_apps
+
 M32 = 0xFFFFFFFF
 REGIME_SLOW, REGIME_FAST, REGIME_FASTER = 0, 1, 2
 """Poisson regimes, as ``sources`` numbers them."""
@@ -141,10 +143,26 @@ def pack_rows(syn, starts, lengths, out):  # type: ignore[no-untyped-def]  # pra
 LIF_NB, LIF_NN, LIF_IB, LIF_TB, LIF_DB, LIF_IT, LIF_SHE, LIF_SHI, LIF_RB, LIF_RM = range(10)
 LIF_EMIT, LIF_REC, LIF_VIV, LIF_GEIV, LIF_GIIV = range(10, 15)
 LIF_VOFF, LIF_VFIRST, LIF_GEOFF, LIF_GEFIRST, LIF_GIOFF, LIF_GIFIRST = range(15, 21)
-LIF_INPUT = 21
-LIF_COLUMNS = 22
-# a neuron core's input type (LIF_INPUT): synaptic input is a current (nA) or a conductance
-INPUT_CURRENT, INPUT_CONDUCTANCE = 0, 1
+LIF_INPUT, LIF_KIND = 21, 22
+LIF_COLUMNS = 23
+# a neuron core's input type (LIF_INPUT) and neuron kind (LIF_KIND), as neuron_apps names them
+INPUT_CURRENT, INPUT_CONDUCTANCE, INPUT_DELTA = (
+    neuron_apps.INPUT_CURRENT,
+    neuron_apps.INPUT_CONDUCTANCE,
+    neuron_apps.INPUT_DELTA,
+)
+NEURON_LIF_EXP, NEURON_LIF_DELTA, NEURON_LIF_ALPHA, NEURON_IZH_EXP = (
+    neuron_apps.NEURON_LIF_EXP,
+    neuron_apps.NEURON_LIF_DELTA,
+    neuron_apps.NEURON_LIF_ALPHA,
+    neuron_apps.NEURON_IZH_EXP,
+)
+ONE = 1 << 15
+"""1.0 in s16.15."""
+IZH_MAGIC = 1311
+"""0.040008544921875 in s16.15: 7.4.1's stand-in for Izhikevich's 0.04."""
+IZH_TQ_OFFSET = 60620
+"""1.85 in s16.15 as GCC stores the literal (truncated): the step after a spike is longer."""
 COND_SHIFT = 10
 """A conductance core's input is its synaptic value >> 10 (``lif.CONDUCTANCE_INPUT_SHIFT``)."""
 PO_NB, PO_NN, PO_FAST_FROM, PO_FAST_TO, PO_LIMIT = range(5)
@@ -220,8 +238,8 @@ class Fanout(NamedTuple):
 
 
 class LifCores(NamedTuple):
-    """Every LIF neuron of the job, one array per field of ``lif.NEURON_DTYPE`` and of
-    ``lif.INPUT_DTYPE`` (zero on current-input cores).
+    """Every neuron of the job's neuron cores, one array per field of the applications'
+    records (``neuron_apps``), zero where a core's record has no such field.
 
     ``table`` has a row per core (columns ``LIF_*``); ``ring`` holds every core's ring
     buffers; ``sat`` counts saturations per core; ``spk`` is scratch (fired this step).
@@ -248,12 +266,41 @@ class LifCores(NamedTuple):
     inh_init: Array
     e_rev_e: Array
     e_rev_i: Array
+    input_scale: Array
+    exc_lin: Array
+    exc_exp: Array
+    exc_q: Array
+    exc_k: Array
+    inh_lin: Array
+    inh_exp: Array
+    inh_q: Array
+    inh_k: Array
+    a: Array
+    b: Array
+    c: Array
+    d: Array
+    u: Array
+    this_h: Array
+    reset_h: Array
 
 
-LIF_STATE_FIELDS = LifCores._fields[4:19]
-"""The per-neuron fields, named as in ``lif.NEURON_DTYPE``."""
-LIF_INPUT_FIELDS = LifCores._fields[19:]
-"""The per-neuron input-type fields, named as in ``lif.INPUT_DTYPE``."""
+NEURON_FIELDS = LifCores._fields[4:]
+"""The per-neuron fields, named as in the applications' records."""
+NEURON_STATE_FIELDS = (
+    "v",
+    "refract_timer",
+    "isyn_exc",
+    "isyn_inh",
+    "exc_lin",
+    "exc_exp",
+    "exc_q",
+    "inh_lin",
+    "inh_exp",
+    "inh_q",
+    "u",
+    "this_h",
+)
+"""The fields a neuron core changes as it runs (its state; the rest are parameters)."""
 
 
 class StdpCores(NamedTuple):
@@ -698,11 +745,183 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
         ii_[n] = (np.int64(ii_[n]) * np.int64(idc_[n])) >> 32
 
 
+@numba.njit(cache=True, inline="always")
+def _lif_membrane(vm, r, current, r_m, v_rest, exp_tc):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The closed-form LIF step (spec 3.7): the new V and refractory timer."""
+    alpha = _mul_accum(current, r_m) + v_rest
+    free = alpha - _mul_accum(exp_tc, alpha - vm)
+    active = r <= 0
+    return (free if active else vm), (r if active else r - 1)
+
+
+@numba.njit(cache=True)
+def _lif_delta_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Update IF_curr_delta neurons ``nb:hi``: each summed input, times 1 / h (7.4.1's
+    ``input_type_delta.h``), is the current of this step only; then the inputs are zeroed."""
+    v_ = lif.v[nb:hi]
+    ref_ = lif.refract_timer[nb:hi]
+    ie_ = lif.isyn_exc[nb:hi]
+    ii_ = lif.isyn_inh[nb:hi]
+    scale_ = lif.input_scale[nb:hi]
+    spk_ = lif.spk[nb:hi]
+    for n in range(hi - nb):
+        g = nb + n
+        scale = np.int64(scale_[n])
+        current = (
+            _mul_accum(np.int64(ie_[n]), scale)
+            - _mul_accum(np.int64(ii_[n]), scale)
+            + np.int64(lif.i_offset[g])
+        )
+        vm, r = _lif_membrane(
+            np.int64(v_[n]),
+            np.int64(ref_[n]),
+            current,
+            np.int64(lif.r_membrane[g]),
+            np.int64(lif.v_rest[g]),
+            np.int64(lif.exp_tc[g]),
+        )
+        fired = vm >= lif.v_thresh[g]
+        v_[n] = np.int64(lif.v_reset[g]) if fired else vm
+        ref_[n] = np.int64(lif.t_refract[g]) if fired else r
+        spk_[n] = fired
+        ie_[n] = 0
+        ii_[n] = 0
+
+
+@numba.njit(cache=True)
+def _alpha_transfer(nb, hi, lif, ring_e, ring_i, she, shi):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Consume IF_curr_alpha neurons' ring-buffer slots as 7.4.1's ``add_input_alpha`` does.
+
+    For an input x > 0 (s16.15): q = x; E = E d + 1; L = (L + x k) (1 - 1 / E), with
+    truncating multiplies and ``kdivk``.
+    """
+    for n in range(hi - nb):
+        g = nb + n
+        val = np.int64(ring_e[n])
+        ring_e[n] = 0
+        if val > 0:
+            x = val << she
+            e = ((np.int64(lif.exc_exp[g]) * np.int64(lif.exc_decay[g])) >> 32) + ONE
+            tmp = ONE - ((ONE << 15) // e)
+            lif.exc_q[g] = x
+            lif.exc_exp[g] = e
+            lif.exc_lin[g] = _mul_accum(
+                np.int64(lif.exc_lin[g]) + _mul_accum(x, np.int64(lif.exc_k[g])), tmp
+            )
+        val = np.int64(ring_i[n])
+        ring_i[n] = 0
+        if val > 0:
+            x = val << shi
+            e = ((np.int64(lif.inh_exp[g]) * np.int64(lif.inh_decay[g])) >> 32) + ONE
+            tmp = ONE - ((ONE << 15) // e)
+            lif.inh_q[g] = x
+            lif.inh_exp[g] = e
+            lif.inh_lin[g] = _mul_accum(
+                np.int64(lif.inh_lin[g]) + _mul_accum(x, np.int64(lif.inh_k[g])), tmp
+            )
+
+
+@numba.njit(cache=True)
+def _alpha_values(lin, exp, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """An alpha synapse's value, L x E (truncating), for every neuron of a core."""
+    for n in range(lin.size):
+        out[n] = _mul_accum(np.int64(lin[n]), np.int64(exp[n]))
+
+
+@numba.njit(cache=True)
+def _lif_alpha_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Update IF_curr_alpha neurons ``nb:hi``: current L x E per synapse type, the LIF step,
+    then the alpha shaping L += q k, E *= d (7.4.1's ``alpha_shaping``)."""
+    v_ = lif.v[nb:hi]
+    ref_ = lif.refract_timer[nb:hi]
+    spk_ = lif.spk[nb:hi]
+    for n in range(hi - nb):
+        g = nb + n
+        exc = _mul_accum(np.int64(lif.exc_lin[g]), np.int64(lif.exc_exp[g]))
+        inh = _mul_accum(np.int64(lif.inh_lin[g]), np.int64(lif.inh_exp[g]))
+        current = exc - inh + np.int64(lif.i_offset[g])
+        vm, r = _lif_membrane(
+            np.int64(v_[n]),
+            np.int64(ref_[n]),
+            current,
+            np.int64(lif.r_membrane[g]),
+            np.int64(lif.v_rest[g]),
+            np.int64(lif.exp_tc[g]),
+        )
+        fired = vm >= lif.v_thresh[g]
+        v_[n] = np.int64(lif.v_reset[g]) if fired else vm
+        ref_[n] = np.int64(lif.t_refract[g]) if fired else r
+        spk_[n] = fired
+        lif.exc_lin[g] = np.int64(lif.exc_lin[g]) + _mul_accum(
+            np.int64(lif.exc_q[g]), np.int64(lif.exc_k[g])
+        )
+        lif.exc_exp[g] = (np.int64(lif.exc_exp[g]) * np.int64(lif.exc_decay[g])) >> 32
+        lif.inh_lin[g] = np.int64(lif.inh_lin[g]) + _mul_accum(
+            np.int64(lif.inh_q[g]), np.int64(lif.inh_k[g])
+        )
+        lif.inh_exp[g] = (np.int64(lif.inh_exp[g]) * np.int64(lif.inh_decay[g])) >> 32
+
+
+@numba.njit(cache=True)
+def _izh_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Update Izhikevich neurons ``nb:hi`` as 7.4.1's ``neuron_model_izh_impl.h`` does.
+
+    One midpoint step of length h = ``this_h``, every multiply truncating (``x / 2`` is
+    ``x * 0.5k``, a shift)::
+
+        P = 140 + I - u;  A = P + (5 + M v) v;  eta = v + h A / 2
+        beta = (h (b v - u)) a / 2
+        v += h (P - beta + (5 + M eta) eta);  u += (a h) (-u - beta + b eta)
+
+    then h = ``reset_h``; at v >= 30 mV: v = c, u += d, and the next h is 1.85 ``reset_h``.
+    The input current is that of IF_curr_exp or, on a conductance core, IF_cond_exp's.
+    """
+    v_ = lif.v[nb:hi]
+    u_ = lif.u[nb:hi]
+    spk_ = lif.spk[nb:hi]
+    five = np.int64(5 * ONE)
+    for n in range(hi - nb):
+        g = nb + n
+        vm = np.int64(v_[n])
+        um = np.int64(u_[n])
+        if is_cond:
+            g_e = np.int64(lif.isyn_exc[g]) >> COND_SHIFT
+            g_i = np.int64(lif.isyn_inh[g]) >> COND_SHIFT
+            exc = _mul_accum(g_e, np.int64(lif.e_rev_e[g]) - vm)
+            inh = _mul_accum(-g_i, np.int64(lif.e_rev_i[g]) - vm)
+        else:
+            exc = np.int64(lif.isyn_exc[g])
+            inh = np.int64(lif.isyn_inh[g])
+        current = exc - inh + np.int64(lif.i_offset[g])
+        h = np.int64(lif.this_h[g])
+        a = np.int64(lif.a[g])
+        b = np.int64(lif.b[g])
+        pre = np.int64(140 * ONE) + current - um
+        alpha = pre + _mul_accum(five + _mul_accum(np.int64(IZH_MAGIC), vm), vm)
+        eta = vm + (_mul_accum(h, alpha) >> 1)
+        beta = _mul_accum(_mul_accum(h, _mul_accum(b, vm) - um), a) >> 1
+        v_new = vm + _mul_accum(
+            h, pre - beta + _mul_accum(five + _mul_accum(np.int64(IZH_MAGIC), eta), eta)
+        )
+        u_new = um + _mul_accum(_mul_accum(a, h), -um - beta + _mul_accum(b, eta))
+        reset_h = np.int64(lif.reset_h[g])
+        fired = v_new >= lif.v_thresh[g]
+        v_[n] = np.int64(lif.c[g]) if fired else v_new
+        u_[n] = u_new + np.int64(lif.d[g]) if fired else u_new
+        lif.this_h[g] = _mul_accum(reset_h, np.int64(IZH_TQ_OFFSET)) if fired else reset_h
+        spk_[n] = fired
+        lif.isyn_exc[g] = (np.int64(lif.isyn_exc[g]) * np.int64(lif.exc_decay[g])) >> 32
+        lif.isyn_inh[g] = (np.int64(lif.isyn_inh[g]) * np.int64(lif.inh_decay[g])) >> 32
+
+
 @numba.njit(cache=True)
 def _lif_step(c, t, off, lif, rec, em_j, em_k, st):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """One step of LIF core c: consume the step's ring-buffer slots, record, update.
+    """One step of neuron core c: consume the step's ring-buffer slots, record, update.
 
-    Writes the neurons that fired to ``em_j[off:]`` and returns how many did.
+    The core's kind (``LIF_KIND``) picks its synapse transfer, the value recorded as gsyn and
+    its neuron update; its input type (``LIF_INPUT``) how synaptic values become a current.
+    Writes the neurons that fired to ``em_j[off:]`` and returns how many did; on a plastic
+    core their spikes also join the post-synaptic histories, whatever the neuron model.
     """
     p = lif.table
     nb = p[c, LIF_NB]
@@ -720,16 +939,26 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k, st):  # type: ignore[no-untyped-d
     v_ = lif.v[nb:hi]
     ie_ = lif.isyn_exc[nb:hi]
     ii_ = lif.isyn_inh[nb:hi]
-    # an empty slot adds exactly zero, so every slot is consumed without a branch
-    ei_ = lif.exc_init[nb:hi]
-    iin_ = lif.inh_init[nb:hi]
-    for n in range(nn):
-        val = np.int64(ring_e[n])
-        ring_e[n] = 0
-        ie_[n] = ie_[n] + (((val << she) * np.int64(ei_[n])) >> 32)
-        val = np.int64(ring_i[n])
-        ring_i[n] = 0
-        ii_[n] = ii_[n] + (((val << shi) * np.int64(iin_[n])) >> 32)
+    kind = p[c, LIF_KIND]
+    if kind == NEURON_LIF_ALPHA:
+        _alpha_transfer(nb, hi, lif, ring_e, ring_i, she, shi)
+    elif kind == NEURON_LIF_DELTA:
+        for n in range(nn):
+            ie_[n] = ie_[n] + (np.int64(ring_e[n]) << she)
+            ring_e[n] = 0
+            ii_[n] = ii_[n] + (np.int64(ring_i[n]) << shi)
+            ring_i[n] = 0
+    else:
+        # an empty slot adds exactly zero, so every slot is consumed without a branch
+        ei_ = lif.exc_init[nb:hi]
+        iin_ = lif.inh_init[nb:hi]
+        for n in range(nn):
+            val = np.int64(ring_e[n])
+            ring_e[n] = 0
+            ie_[n] = ie_[n] + (((val << she) * np.int64(ei_[n])) >> 32)
+            val = np.int64(ring_i[n])
+            ring_i[n] = 0
+            ii_[n] = ii_[n] + (((val << shi) * np.int64(iin_[n])) >> 32)
     is_cond = p[c, LIF_INPUT] == INPUT_CONDUCTANCE
     viv = p[c, LIF_VIV]
     if viv > 0 and t % viv == 0:
@@ -738,21 +967,34 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k, st):  # type: ignore[no-untyped-d
     geiv = p[c, LIF_GEIV]
     if geiv > 0 and t % geiv == 0:
         row = p[c, LIF_GEOFF] + (t // geiv - p[c, LIF_GEFIRST]) * nn
-        if is_cond:
+        if kind == NEURON_LIF_ALPHA:
+            _alpha_values(lif.exc_lin[nb:hi], lif.exc_exp[nb:hi], rec.gsyn_exc[row : row + nn])
+        elif is_cond:
             rec.gsyn_exc[row : row + nn] = ie_ >> COND_SHIFT
         else:
             rec.gsyn_exc[row : row + nn] = ie_
     giiv = p[c, LIF_GIIV]
     if giiv > 0 and t % giiv == 0:
         row = p[c, LIF_GIOFF] + (t // giiv - p[c, LIF_GIFIRST]) * nn
-        if is_cond:
+        if kind == NEURON_LIF_ALPHA:
+            _alpha_values(lif.inh_lin[nb:hi], lif.inh_exp[nb:hi], rec.gsyn_inh[row : row + nn])
+        elif is_cond:
             rec.gsyn_inh[row : row + nn] = ii_ >> COND_SHIFT
         else:
             rec.gsyn_inh[row : row + nn] = ii_
-    if is_cond:
-        _lif_update(nb, hi, lif, True)
+    if kind == NEURON_LIF_EXP:
+        if is_cond:
+            _lif_update(nb, hi, lif, True)
+        else:
+            _lif_update(nb, hi, lif, False)
+    elif kind == NEURON_LIF_DELTA:
+        _lif_delta_update(nb, hi, lif)
+    elif kind == NEURON_LIF_ALPHA:
+        _lif_alpha_update(nb, hi, lif)
+    elif is_cond:
+        _izh_update(nb, hi, lif, True)
     else:
-        _lif_update(nb, hi, lif, False)
+        _izh_update(nb, hi, lif, False)
     spk_ = lif.spk[nb:hi]
     m = 0
     for n in range(nn):

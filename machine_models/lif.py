@@ -1,15 +1,20 @@
-"""The LIF neuron core applications: their region layouts (encode/decode) and constants.
+"""The neuron core applications' regions (encode/decode) and constants; the LIF records.
 
-A neuron core holds up to 256 leaky integrate-and-fire neurons with exponential synapses, as
-sPyNNaker runs them (spec §3): IF_curr_exp (current input) and IF_cond_exp (conductance
-input, the same neuron and synapse shaping with an input type between them). Regions (all
-little-endian u32 words):
+A neuron core holds up to 256 neurons, as sPyNNaker runs them (spec §3): a neuron model, a
+synapse type and an input type. The leaky integrate-and-fire ones are here: IF_curr_exp
+(current input), IF_cond_exp (conductance input, the same neuron and synapse shaping with an
+input type between them), IF_curr_delta (delta synapses) and IF_curr_alpha (alpha
+synapses); the Izhikevich records are in :mod:`machine_models.izhikevich` and share every
+region but the neuron record. Regions (all little-endian u32 words):
 
 * ``REGION_KEYS`` (1): see :mod:`machine_models.regions`.
-* ``REGION_DATA`` (2), neuron parameters: ``n_neurons`` then one 15-word record per neuron,
-  fields in :data:`NEURON_DTYPE` order; REAL fields are s16.15, decays and init factors u0.32.
-* ``REGION_INPUT_TYPE`` (3), IF_cond_exp only: ``n_neurons`` then ``e_rev_E, e_rev_I``
-  (s16.15 mV) per neuron, fields in :data:`INPUT_DTYPE` order.
+* ``REGION_DATA`` (2), neuron parameters: ``n_neurons`` then one record per neuron, the
+  application's own (:data:`NEURON_DTYPE` for the exponential LIF cores, 15 words;
+  :data:`DELTA_DTYPE`, :data:`ALPHA_DTYPE`); REAL fields are s16.15, decays and init
+  factors u0.32.
+* ``REGION_INPUT_TYPE`` (3), conductance cores: ``n_neurons`` then ``e_rev_E, e_rev_I``
+  (s16.15 mV) per neuron, fields in :data:`INPUT_DTYPE` order; IF_curr_delta:
+  ``n_neurons`` then 1 / h (s16.15) per neuron (:data:`DELTA_INPUT_DTYPE`).
 * ``REGION_SYNAPSE_PARAMS`` (4): ``n_neurons, index_bits, type_bits, delay_bits, drop_late,
   shift_exc, shift_inh``. The ring buffer has ``2**(index+type+delay bits)`` u16 slots.
 * ``REGION_POP_TABLE`` (5): ``n_entries, n_addresses``, the 16-byte master population
@@ -36,8 +41,11 @@ from machine_models import fixedpoint as fx
 from machine_models.regions import to_s1615
 
 __all__ = [
+    "ALPHA_DTYPE",
     "CONDUCTANCE_INPUT_SHIFT",
     "CONDUCTANCE_WEIGHT_SCALE",
+    "DELTA_DTYPE",
+    "DELTA_INPUT_DTYPE",
     "INPUT_DTYPE",
     "INVALID_ADDRESS",
     "MAX_RING_BUFFER_BITS",
@@ -47,11 +55,15 @@ __all__ = [
     "PopTable",
     "RecordingParams",
     "SynapseParams",
+    "alpha_constants",
     "decode_input_params",
     "decode_neuron_params",
     "decode_pop_table",
     "decode_recording",
     "decode_synapse_params",
+    "encode_alpha_params",
+    "encode_delta_input",
+    "encode_delta_params",
     "encode_input_params",
     "encode_neuron_params",
     "encode_pop_table",
@@ -88,6 +100,27 @@ NEURON_DTYPE = np.dtype(
     ]
 )
 """One neuron's record in the neuron-parameter region (60 bytes)."""
+
+_LIF_NEURON = NEURON_DTYPE.descr[:9]
+DELTA_DTYPE = np.dtype([*_LIF_NEURON, ("isyn_exc", "<i4"), ("isyn_inh", "<i4")])
+"""An IF_curr_delta neuron's record (44 bytes): the LIF neuron and its two summed inputs."""
+ALPHA_DTYPE = np.dtype(
+    [
+        *_LIF_NEURON,
+        *(
+            (f"{prefix}_{name}", kind)
+            for prefix in ("exc", "inh")
+            for name, kind in (("lin", "<i4"), ("exp", "<i4"), ("q", "<i4"), ("k", "<i4"))
+        ),
+        ("exc_decay", "<u4"),
+        ("inh_decay", "<u4"),
+    ]
+)
+"""An IF_curr_alpha neuron's record (76 bytes): the LIF neuron and, per synapse type, the
+alpha synapse's linear term, exponential term, last input (s16.15), h / tau**2 (s16.15) and
+its decay (u0.32)."""
+DELTA_INPUT_DTYPE = np.dtype([("input_scale", "<i4")])
+"""One neuron's record in an IF_curr_delta core's input-type region: 1 / h (s16.15)."""
 
 INPUT_DTYPE = np.dtype([("e_rev_e", "<i4"), ("e_rev_i", "<i4")])
 """One neuron's record in a conductance core's input-type region (8 bytes, s16.15 mV)."""
@@ -131,20 +164,7 @@ def encode_neuron_params(params: LifParams, timestep_us: int) -> bytes:
     """
     n = params.n_neurons
     h = int(to_s1615(timestep_us / 1000.0))
-    rec = np.zeros(n, dtype=NEURON_DTYPE)
-    tau_m = to_s1615(_full(params.tau_m, n)).astype(np.int64)
-    rec["v"] = to_s1615(_full(params.v_init, n))
-    rec["v_rest"] = to_s1615(_full(params.v_rest, n))
-    rec["r_membrane"] = fx.per_value(fx.kdivk, tau_m, to_s1615(_full(params.cm, n)), dtype=np.int32)
-    rec["exp_tc"] = fx.per_value(lambda tau: fx.expk(-fx.kdivk(h, tau)), tau_m, dtype=np.int32)
-    rec["i_offset"] = to_s1615(_full(params.i_offset, n))
-    rec["v_reset"] = to_s1615(_full(params.v_reset, n))
-    rec["v_thresh"] = to_s1615(_full(params.v_thresh, n))
-    rec["t_refract"] = fx.per_value(
-        lambda ref: fx.ceil_accum(fx.kdivk(ref, h)),
-        to_s1615(_full(params.tau_refrac, n)),
-        dtype=np.int32,
-    )
+    rec = _lif_neuron(params, h, NEURON_DTYPE)
     rec["isyn_exc"] = to_s1615(_full(params.isyn_exc, n))
     rec["isyn_inh"] = to_s1615(_full(params.isyn_inh, n))
     for prefix, tau in (("exc", params.tau_syn_e), ("inh", params.tau_syn_i)):
@@ -158,22 +178,97 @@ def encode_neuron_params(params: LifParams, timestep_us: int) -> bytes:
     return struct.pack("<I", n) + rec.tobytes()
 
 
+def _lif_neuron(params: LifParams, h: int, dtype: np.dtype[np.void]) -> npt.NDArray[np.void]:
+    """The LIF neuron's words of a record of ``dtype`` (synapse fields left zero)."""
+    n = params.n_neurons
+    rec = np.zeros(n, dtype=dtype)
+    tau_m = to_s1615(_full(params.tau_m, n)).astype(np.int64)
+    rec["v"] = to_s1615(_full(params.v_init, n))
+    rec["v_rest"] = to_s1615(_full(params.v_rest, n))
+    rec["r_membrane"] = fx.per_value(fx.kdivk, tau_m, to_s1615(_full(params.cm, n)), dtype=np.int32)
+    rec["exp_tc"] = fx.per_value(lambda tau: fx.expk(-fx.kdivk(h, tau)), tau_m, dtype=np.int32)
+    rec["i_offset"] = to_s1615(_full(params.i_offset, n))
+    rec["v_reset"] = to_s1615(_full(params.v_reset, n))
+    rec["v_thresh"] = to_s1615(_full(params.v_thresh, n))
+    rec["t_refract"] = fx.per_value(
+        lambda ref: fx.ceil_accum(fx.kdivk(ref, h)),
+        to_s1615(_full(params.tau_refrac, n)),
+        dtype=np.int32,
+    )
+    return rec
+
+
+def encode_delta_params(params: LifParams, timestep_us: int) -> bytes:
+    """Encode an IF_curr_delta core's neuron region (:data:`DELTA_DTYPE`).
+
+    The LIF words are derived as :func:`encode_neuron_params` derives them; ``tau_syn_*``
+    do not exist for delta synapses and are ignored.
+    """
+    h = int(to_s1615(timestep_us / 1000.0))
+    rec = _lif_neuron(params, h, DELTA_DTYPE)
+    rec["isyn_exc"] = to_s1615(_full(params.isyn_exc, params.n_neurons))
+    rec["isyn_inh"] = to_s1615(_full(params.isyn_inh, params.n_neurons))
+    return struct.pack("<I", params.n_neurons) + rec.tobytes()
+
+
+def encode_delta_input(n_neurons: int, timestep_us: int) -> bytes:
+    """Encode an IF_curr_delta core's input-type region: 1 / h as the core computes it.
+
+    7.4.1's ``input_type_delta.h`` takes ``kdivk(1.0, kdivui(h, 1))``: a summed input of
+    w nA becomes a current of w / h nA for one step, which moves V by about w / C_m mV.
+    """
+    h = int(to_s1615(timestep_us / 1000.0))
+    rec = np.full(n_neurons, fx.kdivk(fx.S1615_ONE, h), dtype=DELTA_INPUT_DTYPE)
+    return struct.pack("<I", n_neurons) + rec.tobytes()
+
+
+def alpha_constants(h: int, tau: int) -> tuple[int, int]:
+    """An alpha synapse's (h / tau**2, decay) as 7.4.1's ``synapse_types_alpha_impl.h`` makes
+    them from s16.15 words.
+
+    ``tau * tau`` is a truncating accum multiply; ``kdivk(h, tau**2)`` is stored in a
+    ``decay_t`` (u0.32) and read back as an accum, which keeps only its fraction: a step
+    as long as tau**2 or longer gives 0, as on the chip. The decay is ``expulr(-h / tau)``.
+    """
+    k = fx.kdivk(h, (tau * tau) >> 15) & 0x7FFF
+    return k, fx.expulr(-fx.kdivk(h, tau))
+
+
+def encode_alpha_params(params: LifParams, timestep_us: int) -> bytes:
+    """Encode an IF_curr_alpha core's neuron region (:data:`ALPHA_DTYPE`), the synapses
+    starting empty."""
+    n = params.n_neurons
+    h = int(to_s1615(timestep_us / 1000.0))
+    rec = _lif_neuron(params, h, ALPHA_DTYPE)
+    for prefix, tau in (("exc", params.tau_syn_e), ("inh", params.tau_syn_i)):
+        tau_bits = to_s1615(_full(tau, n))
+        rec[f"{prefix}_k"] = fx.per_value(
+            lambda t: alpha_constants(h, t)[0], tau_bits, dtype=np.int32
+        )
+        rec[f"{prefix}_decay"] = fx.per_value(
+            lambda t: alpha_constants(h, t)[1], tau_bits, dtype=np.uint32
+        )
+    return struct.pack("<I", n) + rec.tobytes()
+
+
 def exp_init_factor(h: int, tau: int) -> int:
     """The init factor of an exponential synapse: kdivk(tau, h) x (1.0ulr - expulr(-h / tau))."""
     decay = fx.expulr(-fx.kdivk(h, tau))
     return fx.decay_s1615_to_u032(fx.kdivk(tau, h), fx.U032_MAX - decay)
 
 
-def decode_neuron_params(data: bytes) -> npt.NDArray[np.void]:
-    """Decode the neuron region into a structured array of :data:`NEURON_DTYPE`.
+def decode_neuron_params(
+    data: bytes, dtype: np.dtype[np.void] = NEURON_DTYPE
+) -> npt.NDArray[np.void]:
+    """Decode a neuron region into a structured array of ``dtype`` (the application's record).
 
     Raises:
         ValueError: the length does not match the neuron count.
     """
-    (n,) = struct.unpack_from("<I", data, 0)
-    if len(data) != 4 + n * NEURON_DTYPE.itemsize:
+    n = struct.unpack_from("<I", data, 0)[0] if len(data) >= 4 else 0
+    if len(data) != 4 + n * dtype.itemsize:
         raise ValueError(f"neuron region of {len(data)} bytes does not hold {n} neurons")
-    return np.frombuffer(data, dtype=NEURON_DTYPE, offset=4, count=n).copy()
+    return np.frombuffer(data, dtype=dtype, offset=4, count=n).copy()
 
 
 def encode_input_params(n_neurons: int, e_rev_e: npt.ArrayLike, e_rev_i: npt.ArrayLike) -> bytes:
@@ -184,18 +279,21 @@ def encode_input_params(n_neurons: int, e_rev_e: npt.ArrayLike, e_rev_i: npt.Arr
     return struct.pack("<I", n_neurons) + rec.tobytes()
 
 
-def decode_input_params(data: bytes, n_neurons: int) -> npt.NDArray[np.void]:
-    """Decode an input-type region into a structured array of :data:`INPUT_DTYPE`.
+def decode_input_params(
+    data: bytes, n_neurons: int, dtype: np.dtype[np.void] = INPUT_DTYPE
+) -> npt.NDArray[np.void]:
+    """Decode an input-type region into a structured array of ``dtype`` (:data:`INPUT_DTYPE`
+    for conductance cores, :data:`DELTA_INPUT_DTYPE` for delta ones).
 
     Raises:
         ValueError: the region does not hold ``n_neurons`` neurons.
     """
     n = struct.unpack_from("<I", data, 0)[0] if len(data) >= 4 else -1
-    if n != n_neurons or len(data) != 4 + n * INPUT_DTYPE.itemsize:
+    if n != n_neurons or len(data) != 4 + n * dtype.itemsize:
         raise ValueError(
             f"input type region of {len(data)} bytes does not hold {n_neurons} neurons"
         )
-    return np.frombuffer(data, dtype=INPUT_DTYPE, offset=4, count=n).copy()
+    return np.frombuffer(data, dtype=dtype, offset=4, count=n).copy()
 
 
 @dataclass(frozen=True)

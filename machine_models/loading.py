@@ -5,7 +5,7 @@ The executor walks the cores in image order and hands each to the loader of its 
 and appends the core to flat arrays shared by every core of that application::
 
     neuron cores     LifLoader        neurons of all cores in one array per field, ring buffers
-                                      (IF_curr_exp and IF_cond_exp cores share one loader)
+                                      (every neuron application shares one loader)
     spike arrays     ArrayLoader      every (step, neuron) of all cores, sorted per core
     Poisson sources  PoissonLoader    sources of all cores, a KISS state per core
     delay extensions DelayLoader      counters of all cores
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from machine_models import delays, kernels, lif, sources, stdp
+from machine_models import delays, kernels, lif, neuron_apps, sources, stdp
 from machine_models.errors import RegionError
 from machine_models.image import AppId, CoreImage
 from machine_models.regions import (
@@ -90,8 +90,8 @@ class Emitters:
 
 
 class LifLoader:
-    """LIF cores (current or conductance input): neuron state, synapse settings, population
-    tables, matrices."""
+    """Neuron cores (every application of ``neuron_apps``): neuron state, synapse settings,
+    population tables, matrices."""
 
     kind = kernels.KIND_LIF
 
@@ -99,7 +99,7 @@ class LifLoader:
         self.cores: list[int] = []
         self.rows: list[list[int]] = []
         self.records: list[npt.NDArray[np.void]] = []
-        self.inputs: list[npt.NDArray[np.void]] = []
+        self.inputs: list[npt.NDArray[np.void] | None] = []
         self.pop_tables: dict[int, lif.PopTable] = {}
         self.matrices: list[npt.NDArray[np.uint32]] = []
         self.syn_base: dict[int, int] = {}
@@ -110,14 +110,14 @@ class LifLoader:
     def add(self, core_index: int, core: CoreImage, emitters: Emitters) -> int:
         """Decode a neuron core; return its index among the neuron cores."""
         first = emitters.add_key_region(core, core_index)
-        records = lif.decode_neuron_params(region(core, REGION_DATA))
+        app = neuron_apps.NEURON_APPS[core.app]
+        records = lif.decode_neuron_params(region(core, REGION_DATA), app.record)
         sp = lif.decode_synapse_params(region(core, REGION_SYNAPSE_PARAMS))
         rec = lif.decode_recording(region(core, REGION_RECORDING))
-        is_cond = core.app == AppId.IF_COND_EXP
         inputs = (
-            lif.decode_input_params(region(core, REGION_INPUT_TYPE), records.size)
-            if is_cond
-            else np.zeros(records.size, lif.INPUT_DTYPE)
+            lif.decode_input_params(region(core, REGION_INPUT_TYPE), records.size, app.input_record)
+            if app.input_record is not None
+            else None
         )
         self.pop_tables[core_index] = lif.decode_pop_table(region(core, REGION_POP_TABLE))
         if REGION_SYNAPSE_DYNAMICS in core.regions:
@@ -146,7 +146,8 @@ class LifLoader:
             (kernels.LIF_VIV, rec.v_interval_steps),
             (kernels.LIF_GEIV, rec.gsyn_exc_interval_steps),
             (kernels.LIF_GIIV, rec.gsyn_inh_interval_steps),
-            (kernels.LIF_INPUT, kernels.INPUT_CONDUCTANCE if is_cond else kernels.INPUT_CURRENT),
+            (kernels.LIF_INPUT, app.input_kind),
+            (kernels.LIF_KIND, app.kind),
         ):
             row[column] = int(value)
         self.rows.append(row)
@@ -209,16 +210,23 @@ class LifLoader:
 
     def finish(self) -> kernels.LifCores:
         """The neuron cores' arrays (the recording columns of the table are set per run)."""
-        records = np.concatenate(self.records) if self.records else np.zeros(0, lif.NEURON_DTYPE)
-        inputs = np.concatenate(self.inputs) if self.inputs else np.zeros(0, lif.INPUT_DTYPE)
+        columns = {name: np.zeros(self._n_neurons, np.int32) for name in kernels.NEURON_FIELDS}
+        for name in ("exc_decay", "exc_init", "inh_decay", "inh_init"):
+            columns[name] = np.zeros(self._n_neurons, np.uint32)
+        first = 0
+        for records, inputs in zip(self.records, self.inputs, strict=True):
+            parts = [records] if inputs is None else [records, inputs]
+            for part in parts:
+                for name in part.dtype.names or ():
+                    columns[name][first : first + records.size] = part[name]
+            first += records.size
         table = np.array(self.rows, dtype=_I64).reshape(-1, kernels.LIF_COLUMNS)
         return kernels.LifCores(
             table,
             np.zeros(self._n_ring, np.uint16),
             np.zeros(len(self.cores), _I64),
-            np.zeros(records.size, np.uint8),
-            *(np.ascontiguousarray(records[name]) for name in kernels.LIF_STATE_FIELDS),
-            *(np.ascontiguousarray(inputs[name]) for name in kernels.LIF_INPUT_FIELDS),
+            np.zeros(self._n_neurons, np.uint8),
+            *(columns[name] for name in kernels.NEURON_FIELDS),
         )
 
 
@@ -387,8 +395,7 @@ class DelayLoader:
 
 Loader = LifLoader | ArrayLoader | PoissonLoader | DelayLoader
 LOADERS: dict[AppId, type[Loader]] = {
-    AppId.IF_CURR_EXP: LifLoader,
-    AppId.IF_COND_EXP: LifLoader,
+    **dict.fromkeys(neuron_apps.NEURON_APPS, LifLoader),
     AppId.SPIKE_SOURCE_ARRAY: ArrayLoader,
     AppId.SPIKE_SOURCE_POISSON: PoissonLoader,
     AppId.DELAY_EXTENSION: DelayLoader,

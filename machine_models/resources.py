@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 
-from machine_models import lif, stdp
+from machine_models import lif, neuron_apps, stdp
 from machine_models.errors import (
     DeadChipError,
     DeadLinkError,
@@ -46,7 +46,7 @@ SDRAM_USABLE_BYTES = 123_469_792
 DTCM_BYTES = 64 * 1024
 MAX_ROUTER_ENTRIES = 1023
 MONITOR_CORE = 0
-NEURON_APPS = frozenset({AppId.IF_CURR_EXP, AppId.IF_COND_EXP})
+NEURON_APPS = frozenset(neuron_apps.NEURON_APPS)
 """The applications that run neurons (ring buffers, neuron state in DTCM)."""
 DTCM_OVERHEAD_BYTES = 2048
 """DTCM the application itself uses whatever the data (stack, queues, DMA buffers)."""
@@ -67,9 +67,7 @@ def dtcm_bytes(core: CoreImage) -> int:
             core.chip.x, core.chip.y, core.p, f"bad synapse parameters: {exc}"
         ) from None
     ring = 2 * (1 << sp.ring_buffer_bits)
-    per_neuron = lif.NEURON_DTYPE.itemsize
-    if core.app == AppId.IF_COND_EXP:
-        per_neuron += lif.INPUT_DTYPE.itemsize
+    per_neuron = neuron_apps.NEURON_APPS[core.app].dtcm_bytes_per_neuron
     state = per_neuron * sp.n_neurons
     return ring + state + DTCM_OVERHEAD_BYTES + plasticity_dtcm_bytes(core, sp.n_neurons)
 

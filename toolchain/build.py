@@ -22,10 +22,14 @@ from machine_models.delays import DelayParams, encode_delay_params
 from machine_models.executor import Results
 from machine_models.geometry import ChipXY
 from machine_models.image import AppId, CoreImage, CoreXYP, Image, RoutingEntry
+from machine_models.izhikevich import IzhParams, encode_izh_params
 from machine_models.lif import (
     LifParams,
     RecordingParams,
     SynapseParams,
+    encode_alpha_params,
+    encode_delta_input,
+    encode_delta_params,
     encode_input_params,
     encode_neuron_params,
     encode_pop_table,
@@ -55,10 +59,14 @@ from toolchain.compression import MAX_ROUTER_ENTRIES, compress
 from toolchain.errors import NetworkError, ResourceError, RoutingTableFullError
 from toolchain.keys import KeySpace, allocate_keys
 from toolchain.network import (
-    DEFAULT_V_INIT_MV,
     IFCondExp,
+    IFCurrAlpha,
+    IFCurrDelta,
+    Izhikevich,
+    IzhikevichCond,
     LifCell,
     Network,
+    NeuronCell,
     Population,
     Projection,
     SpikeSourcePoisson,
@@ -66,6 +74,7 @@ from toolchain.network import (
 from toolchain.placement import CoreLocation, place
 from toolchain.routing import build_tables
 from toolchain.splitting import (
+    NEURON_APPS,
     SDRAM_PER_CHIP_BYTES,
     SYNAPSE_TYPE_BITS,
     DelayPlan,
@@ -259,7 +268,7 @@ def _core_image(
         n_stages = delays.n_stages[pop.index]
         source = Vertex(
             VertexKind.NEURON
-            if isinstance(pop.cell, LifCell)
+            if isinstance(pop.cell, NeuronCell)
             else VertexKind.POISSON
             if isinstance(pop.cell, SpikeSourcePoisson)
             else VertexKind.ARRAY,
@@ -289,10 +298,9 @@ def _core_image(
     }
     cell = pop.cell
     app = _APPS[vertex.kind]
-    if isinstance(cell, LifCell):
+    if isinstance(cell, NeuronCell):
         regions.update(_neuron_regions(vertex, cell, network, delays, syn, config, timestep_us))
-        if isinstance(cell, IFCondExp):
-            app = AppId.IF_COND_EXP
+        app = NEURON_APPS[cell.name]
     elif isinstance(cell, SpikeSourcePoisson):
         root = [network.seed, 2, pop.index] if pop.seed is None else [pop.seed, 2, 0]
         seed_words = np.random.SeedSequence([*root, vertex.slice_index]).generate_state(4)
@@ -331,7 +339,7 @@ def _of_core(value: float | npt.NDArray[np.float64], vertex: Vertex) -> npt.Arra
 
 def _neuron_regions(
     vertex: Vertex,
-    cell: LifCell,
+    cell: NeuronCell,
     network: Network,
     delays: DelayPlan,
     syn: SynapseBuild,
@@ -341,21 +349,9 @@ def _neuron_regions(
     pop = vertex.population
     n = vertex.n_atoms
     v_init = (
-        pop.initial_v[vertex.lo : vertex.hi] if pop.initial_v is not None else DEFAULT_V_INIT_MV
+        pop.initial_v[vertex.lo : vertex.hi] if pop.initial_v is not None else cell.default_v_init
     )
-    params = LifParams(
-        n_neurons=n,
-        v_init=v_init,
-        v_rest=_of_core(cell.v_rest, vertex),
-        cm=_of_core(cell.cm, vertex),
-        tau_m=_of_core(cell.tau_m, vertex),
-        i_offset=_of_core(cell.i_offset, vertex),
-        v_reset=_of_core(cell.v_reset, vertex),
-        v_thresh=_of_core(cell.v_thresh, vertex),
-        tau_refrac=_of_core(cell.tau_refrac, vertex),
-        tau_syn_e=_of_core(cell.tau_syn_E, vertex),
-        tau_syn_i=_of_core(cell.tau_syn_I, vertex),
-    )
+    neuron = _neuron_data(vertex, cell, v_init, timestep_us)
     core_syn = syn.cores[vertex]
     synapse = SynapseParams(
         n_neurons=n,
@@ -378,16 +374,18 @@ def _neuron_regions(
         gsyn_inh_interval_steps=interval if recorded("gsyn_inh") else 0,
     )
     regions = {
-        REGION_DATA: encode_neuron_params(params, timestep_us),
+        REGION_DATA: neuron,
         REGION_SYNAPSE_PARAMS: encode_synapse_params(synapse),
         REGION_POP_TABLE: encode_pop_table(core_syn.pop_table),
         REGION_SYNAPTIC_MATRIX: core_syn.matrix,
         REGION_RECORDING: encode_recording(recording),
     }
-    if isinstance(cell, IFCondExp):
+    if isinstance(cell, IFCondExp | IzhikevichCond):
         regions[REGION_INPUT_TYPE] = encode_input_params(
             n, _of_core(cell.e_rev_E, vertex), _of_core(cell.e_rev_I, vertex)
         )
+    elif isinstance(cell, IFCurrDelta):
+        regions[REGION_INPUT_TYPE] = encode_delta_input(n, timestep_us)
     rule = network.plasticity_of(pop)
     if rule is not None:
         regions[REGION_SYNAPSE_DYNAMICS] = encode_stdp_params(
@@ -407,3 +405,55 @@ def _neuron_regions(
             )
         )
     return regions
+
+
+def _neuron_data(
+    vertex: Vertex, cell: NeuronCell, v_init: npt.ArrayLike, timestep_us: int
+) -> bytes:
+    """The neuron-parameter region of a core of ``cell``: its application's record."""
+    n = vertex.n_atoms
+    pop = vertex.population
+    if isinstance(cell, Izhikevich):
+        u_init = (
+            pop.initial_u[vertex.lo : vertex.hi]
+            if pop.initial_u is not None
+            else cell.default_u_init
+        )
+        return encode_izh_params(
+            IzhParams(
+                n_neurons=n,
+                a=_of_core(cell.a, vertex),
+                b=_of_core(cell.b, vertex),
+                c=_of_core(cell.c, vertex),
+                d=_of_core(cell.d, vertex),
+                v_init=v_init,
+                u_init=u_init,
+                i_offset=_of_core(cell.i_offset, vertex),
+                tau_syn_e=_of_core(cell.tau_syn_E, vertex),
+                tau_syn_i=_of_core(cell.tau_syn_I, vertex),
+            ),
+            timestep_us,
+        )
+    if not isinstance(cell, LifCell | IFCurrDelta):
+        raise NetworkError(f"{cell.name} has no chip application")
+    params = LifParams(
+        n_neurons=n,
+        v_init=v_init,
+        v_rest=_of_core(cell.v_rest, vertex),
+        cm=_of_core(cell.cm, vertex),
+        tau_m=_of_core(cell.tau_m, vertex),
+        i_offset=_of_core(cell.i_offset, vertex),
+        v_reset=_of_core(cell.v_reset, vertex),
+        v_thresh=_of_core(cell.v_thresh, vertex),
+        tau_refrac=_of_core(cell.tau_refrac, vertex),
+    )
+    if isinstance(cell, IFCurrDelta):
+        return encode_delta_params(params, timestep_us)
+    params = replace(
+        params,
+        tau_syn_e=_of_core(cell.tau_syn_E, vertex),
+        tau_syn_i=_of_core(cell.tau_syn_I, vertex),
+    )
+    if isinstance(cell, IFCurrAlpha):
+        return encode_alpha_params(params, timestep_us)
+    return encode_neuron_params(params, timestep_us)

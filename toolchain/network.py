@@ -35,9 +35,14 @@ __all__ = [
     "FromArrays",
     "FromList",
     "IFCondExp",
+    "IFCurrAlpha",
+    "IFCurrDelta",
     "IFCurrExp",
+    "Izhikevich",
+    "IzhikevichCond",
     "LifCell",
     "Network",
+    "NeuronCell",
     "OneToOne",
     "Population",
     "Projection",
@@ -56,13 +61,38 @@ DEFAULT_V_INIT_MV = -65.0
 whatever ``v_rest`` is)."""
 
 
+def _check_cell(cell: object, name: str, positive: tuple[str, ...]) -> None:
+    # each parameter is one value for the population or one per neuron
+    for key in positive:
+        value = np.asarray(getattr(cell, key), dtype=np.float64)
+        if not (value > 0.0).all():
+            raise NetworkError(f"{name} {key} must be positive, got {value.min()}")
+    if hasattr(cell, "tau_refrac"):
+        refrac = np.asarray(cell.tau_refrac, dtype=np.float64)
+        if (refrac < 0.0).any():
+            raise NetworkError(f"{name} tau_refrac must be >= 0, got {refrac.min()}")
+
+
 @dataclass(frozen=True)
-class LifCell:
-    """What every leaky integrate-and-fire cell type shares (PyNN's names and defaults).
+class NeuronCell:
+    """What every neuron cell type (one with synapses and a membrane potential) shares.
 
     ``weight_scale`` is the factor 7.4.1's host applies to the weights of synapses onto the
-    cell before it stores them (1 for current input; conductance input differs).
+    cell before it stores them (1 for current input; 1024 for conductance input, whose
+    weights are conductances >= 0 for both receptors: ``is_conductance``). ``default_v_init``
+    is the initial membrane potential of a population never initialised (mV).
     """
+
+    name = "neuron"
+    weight_scale = 1.0
+    is_conductance = False
+    default_v_init = DEFAULT_V_INIT_MV
+
+
+@dataclass(frozen=True)
+class LifCell(NeuronCell):
+    """What the leaky integrate-and-fire cell types with shaped synapses share (PyNN's names
+    and defaults): IF_curr_exp, IF_cond_exp and IF_curr_alpha."""
 
     tau_m: float | FloatArray = 20.0
     cm: float | FloatArray = 1.0
@@ -75,17 +105,9 @@ class LifCell:
     i_offset: float | FloatArray = 0.0
 
     name = "LIF"
-    weight_scale = 1.0
 
     def __post_init__(self) -> None:
-        # each parameter is one value for the population or one per neuron
-        for key in ("tau_m", "cm", "tau_syn_E", "tau_syn_I"):
-            value = np.asarray(getattr(self, key), dtype=np.float64)
-            if not (value > 0.0).all():
-                raise NetworkError(f"{self.name} {key} must be positive, got {value.min()}")
-        refrac = np.asarray(self.tau_refrac, dtype=np.float64)
-        if (refrac < 0.0).any():
-            raise NetworkError(f"{self.name} tau_refrac must be >= 0, got {refrac.min()}")
+        _check_cell(self, self.name, ("tau_m", "cm", "tau_syn_E", "tau_syn_I"))
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,79 @@ class IFCondExp(LifCell):
 
     name = "IF_cond_exp"
     weight_scale = 1024.0
+    is_conductance = True
+
+
+@dataclass(frozen=True)
+class IFCurrAlpha(LifCell):
+    """Leaky integrate-and-fire neuron with alpha-shaped current synapses (PyNN's and
+    sPyNNaker 7.4.1's defaults: ``tau_syn`` 0.5 ms).
+
+    A weight w (nA) gives the current w (t / tau**2) e^(-t / tau), a charge of w nA ms, as
+    7.4.1's ``synapse_types_alpha_impl.h`` computes it (linear term x exponential term);
+    PyNN's and NEST's alpha current peaks at w instead (e / tau times this one).
+    """
+
+    tau_syn_E: float | FloatArray = 0.5
+    tau_syn_I: float | FloatArray = 0.5
+
+    name = "IF_curr_alpha"
+
+
+@dataclass(frozen=True)
+class IFCurrDelta(NeuronCell):
+    """Leaky integrate-and-fire neuron with delta current synapses (no synaptic time
+    constant): a weight w (nA) is a current w / dt for one step, moving V by about w / cm mV
+    (7.4.1's ``synapse_types_delta_impl.h`` and ``input_type_delta.h``)."""
+
+    tau_m: float | FloatArray = 20.0
+    cm: float | FloatArray = 1.0
+    v_rest: float | FloatArray = -65.0
+    v_reset: float | FloatArray = -65.0
+    v_thresh: float | FloatArray = -50.0
+    tau_refrac: float | FloatArray = 0.1
+    i_offset: float | FloatArray = 0.0
+
+    name = "IF_curr_delta"
+
+    def __post_init__(self) -> None:
+        _check_cell(self, self.name, ("tau_m", "cm"))
+
+
+@dataclass(frozen=True)
+class Izhikevich(NeuronCell):
+    """Izhikevich neuron with exponential current synapses, as sPyNNaker 7.4.1's
+    ``Izhikevich`` (IZK_curr_exp): PyNN's a, b, c, d and i_offset, sPyNNaker's tau_syn_E and
+    tau_syn_I; it spikes at v >= 30 mV. Initial v -70 mV and u -14 mV/ms unless initialised.
+    """
+
+    a: float | FloatArray = 0.02
+    b: float | FloatArray = 0.2
+    c: float | FloatArray = -65.0
+    d: float | FloatArray = 2.0
+    i_offset: float | FloatArray = 0.0
+    tau_syn_E: float | FloatArray = 5.0
+    tau_syn_I: float | FloatArray = 5.0
+
+    name = "Izhikevich"
+    default_v_init = -70.0
+    default_u_init = -14.0
+
+    def __post_init__(self) -> None:
+        _check_cell(self, self.name, ("tau_syn_E", "tau_syn_I"))
+
+
+@dataclass(frozen=True)
+class IzhikevichCond(Izhikevich):
+    """Izhikevich neuron with exponential conductance synapses (7.4.1's IZK_cond_exp,
+    ``extra_models.Izhikevich_cond``): weights in uS, stored x 1024, as IF_cond_exp's."""
+
+    e_rev_E: float | FloatArray = 0.0
+    e_rev_I: float | FloatArray = -70.0
+
+    name = "Izhikevich_cond"
+    weight_scale = 1024.0
+    is_conductance = True
 
 
 @dataclass(frozen=True)
@@ -163,10 +258,21 @@ class SpikeSourcePoisson:
             )
 
 
-CellType: TypeAlias = IFCurrExp | IFCondExp | SpikeSourceArray | SpikeSourcePoisson
+CellType: TypeAlias = (
+    IFCurrExp
+    | IFCondExp
+    | IFCurrAlpha
+    | IFCurrDelta
+    | Izhikevich
+    | IzhikevichCond
+    | SpikeSourceArray
+    | SpikeSourcePoisson
+)
 RECORDABLE = {
-    "IF_curr_exp": ("spikes", "v", "gsyn_exc", "gsyn_inh"),
-    "IF_cond_exp": ("spikes", "v", "gsyn_exc", "gsyn_inh"),
+    **{
+        cell.name: ("spikes", "v", "gsyn_exc", "gsyn_inh")
+        for cell in (IFCurrExp, IFCondExp, IFCurrAlpha, IFCurrDelta, Izhikevich, IzhikevichCond)
+    },
     "SpikeSourceArray": ("spikes",),
     "SpikeSourcePoisson": ("spikes",),
 }
@@ -181,7 +287,8 @@ class Population:
         cell: the cell type and its parameters.
         label: unique name within the network.
         index: position in the network.
-        initial_v: initial membrane potential per neuron (mV), LIF cells only.
+        initial_v: initial membrane potential per neuron (mV), neuron cells only.
+        initial_u: initial recovery variable per neuron (mV/ms), Izhikevich cells only.
         recorded: variable -> sorted neuron indices recorded.
         sampling_interval_ms: interval between samples of v and gsyn.
         seed: seed of this population's own random draws (Poisson spikes); the
@@ -193,16 +300,27 @@ class Population:
     label: str
     index: int
     initial_v: FloatArray | None = None
+    initial_u: FloatArray | None = None
     recorded: dict[str, IndexArray] = field(default_factory=dict)
     sampling_interval_ms: float | None = None
     seed: int | None = None
 
-    def initialize(self, v: float | Sequence[float] | FloatArray) -> None:
-        """Set the initial membrane potential (one value, or one per neuron)."""
-        if not isinstance(self.cell, LifCell):
+    def initialize(
+        self,
+        v: float | Sequence[float] | FloatArray | None = None,
+        *,
+        u: float | Sequence[float] | FloatArray | None = None,
+    ) -> None:
+        """Set the initial membrane potential and, for Izhikevich cells, the recovery variable
+        (each one value, or one per neuron; None leaves it as it is)."""
+        if not isinstance(self.cell, NeuronCell):
             raise NetworkError(f"population {self.label!r} ({self.cell.name}) has no v")
-        values = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.size,)).copy()
-        self.initial_v = values
+        if u is not None and not isinstance(self.cell, Izhikevich):
+            raise NetworkError(f"population {self.label!r} ({self.cell.name}) has no u")
+        if v is not None:
+            self.initial_v = np.broadcast_to(np.asarray(v, dtype=np.float64), (self.size,)).copy()
+        if u is not None:
+            self.initial_u = np.broadcast_to(np.asarray(u, dtype=np.float64), (self.size,)).copy()
 
     def record(
         self,
@@ -508,7 +626,7 @@ class Projection:
             raise NetworkError(
                 f"projection {self.label!r} is excitatory but has weight {float(weight.min())} < 0"
             )
-        is_conductance = isinstance(self.post.cell, IFCondExp)
+        is_conductance = isinstance(self.post.cell, NeuronCell) and self.post.cell.is_conductance
         if n and is_conductance and weight.min() < 0.0:
             raise NetworkError(
                 f"projection {self.label!r} has weight {float(weight.min())} < 0 "
@@ -578,7 +696,7 @@ class Network:
             NetworkError: a bad target or receptor, or an STDP rule that differs from that of
                 another plastic projection onto ``post`` (a core runs one rule).
         """
-        if not isinstance(post.cell, LifCell):
+        if not isinstance(post.cell, NeuronCell):
             raise NetworkError(
                 f"projection target {post.label!r} is a {post.cell.name}, which has no synapses"
             )

@@ -33,9 +33,21 @@ from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 
+from machine_models import neuron_apps
+from machine_models.image import AppId
 from machine_models.stdp import POST_HISTORY_BYTES, exp_lut
 from toolchain.errors import ResourceError
-from toolchain.network import IFCondExp, LifCell, Network, Population
+from toolchain.network import (
+    IFCondExp,
+    IFCurrAlpha,
+    IFCurrDelta,
+    IFCurrExp,
+    Izhikevich,
+    IzhikevichCond,
+    Network,
+    NeuronCell,
+    Population,
+)
 
 __all__ = [
     "DTCM_BYTES",
@@ -67,9 +79,22 @@ MAX_ROW_SYNAPSES = 256
 """The address list stores row length - 1 in 8 bits."""
 NEURON_STATE_BYTES = 96
 """DTCM per IF_curr_exp neuron: parameters, state, synaptic inputs, keys and recording."""
-INPUT_TYPE_BYTES = {IFCondExp.name: 8}
-"""DTCM per neuron for a cell type's input-type parameters (conductance: two reversal
-potentials); none for current input."""
+NEURON_APPS = {
+    IFCurrExp.name: AppId.IF_CURR_EXP,
+    IFCondExp.name: AppId.IF_COND_EXP,
+    IFCurrDelta.name: AppId.IF_CURR_DELTA,
+    IFCurrAlpha.name: AppId.IF_CURR_ALPHA,
+    Izhikevich.name: AppId.IZK_CURR_EXP,
+    IzhikevichCond.name: AppId.IZK_COND_EXP,
+}
+"""The chip application that runs each neuron cell type."""
+_IF_CURR_EXP_RECORD_BYTES = neuron_apps.NEURON_APPS[AppId.IF_CURR_EXP].dtcm_bytes_per_neuron
+INPUT_TYPE_BYTES = {
+    name: neuron_apps.NEURON_APPS[app].dtcm_bytes_per_neuron - _IF_CURR_EXP_RECORD_BYTES
+    for name, app in NEURON_APPS.items()
+}
+"""DTCM per neuron a cell type's records take beyond IF_curr_exp's (IF_cond_exp: its two
+reversal potentials, 8 bytes; IF_curr_delta 12 fewer; IF_curr_alpha 16 more)."""
 SYNAPSE_TYPE_BITS = 1
 DTCM_FIXED_BYTES = 4096
 """DTCM for the application's own stack, DMA buffers and spike queue."""
@@ -108,8 +133,7 @@ class MappingConfig:
     max_atoms_per_core: Mapping[str, int] = field(
         default_factory=lambda: MappingProxyType(
             {
-                "IF_curr_exp": 256,
-                "IF_cond_exp": 256,
+                **dict.fromkeys(NEURON_APPS, 256),
                 "SpikeSourcePoisson": 500,
                 "SpikeSourceArray": 256,
             }
@@ -165,8 +189,7 @@ class Vertex:
 
 
 _KINDS = {
-    "IF_curr_exp": VertexKind.NEURON,
-    "IF_cond_exp": VertexKind.NEURON,
+    **dict.fromkeys(NEURON_APPS, VertexKind.NEURON),
     "SpikeSourcePoisson": VertexKind.POISSON,
     "SpikeSourceArray": VertexKind.ARRAY,
 }
@@ -198,7 +221,7 @@ def plan_delays(network: Network, config: MappingConfig) -> DelayPlan:
     slots: dict[int, int] = {}
     longest: dict[int, int] = {}
     for pop in network.populations:
-        if isinstance(pop.cell, LifCell):
+        if isinstance(pop.cell, NeuronCell):
             longest[pop.index] = 1
     for proj in network.projections:
         _, _, _, delay = proj.synapses(network.dt_ms)
@@ -287,7 +310,7 @@ def plan_plastic_atoms(network: Network, config: MappingConfig) -> dict[int, int
     """
     plan: dict[int, int] = {}
     for pop in network.populations:
-        if not isinstance(pop.cell, LifCell) or network.plasticity_of(pop) is None:
+        if not isinstance(pop.cell, NeuronCell) or network.plasticity_of(pop) is None:
             continue
         longest = _longest_delay_steps(network, pop)
         n = config.atoms_per_core(pop)

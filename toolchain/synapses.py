@@ -46,7 +46,7 @@ from machine_models.lif import (
 from machine_models.stdp import encode_plastic_block, plastic_row_words
 from toolchain.errors import ResourceError
 from toolchain.keys import KeySpace, Partition
-from toolchain.network import LifCell, Network, Population, StdpSynapse
+from toolchain.network import Network, NeuronCell, Population, StdpSynapse
 from toolchain.splitting import (
     MAX_ROW_SYNAPSES,
     SYNAPSE_TYPE_BITS,
@@ -117,7 +117,7 @@ class SynapseBuild:
 
 def _weight_scale(post: Population) -> float:
     """The factor 7.4.1's host applies to weights onto ``post`` (1024 for conductance input)."""
-    return post.cell.weight_scale if isinstance(post.cell, LifCell) else 1.0
+    return post.cell.weight_scale if isinstance(post.cell, NeuronCell) else 1.0
 
 
 def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, int], int]:

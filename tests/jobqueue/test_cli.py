@@ -35,7 +35,11 @@ def test_token_create_prints_the_token_alone_and_revoke_ends_it(tmp_path: Path) 
     token = made.stdout.strip()
     assert made.stdout == token + "\n"
     assert len(token) >= 40
-    from jobqueue.store import JobStore
+    from jobqueue.store import TOKEN_PREFIX, JobStore
+
+    # a token never looks like an option to the command line that has to take it back
+    assert token.startswith(TOKEN_PREFIX)
+    assert not TOKEN_PREFIX.startswith("-")
 
     store = JobStore.open(db)
     try:

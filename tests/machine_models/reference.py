@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from machine_models import delays, lif, sources, stdp
+from machine_models import delays, lif, neuron_apps, sources, stdp
 from machine_models.executor import Results
 from machine_models.geometry import ChipXY
 from machine_models.image import AppId, CoreImage, CoreXYP, Image
@@ -49,9 +49,20 @@ SEND_ORDER = (
     (AppId.SPIKE_SOURCE_ARRAY,),
     (AppId.SPIKE_SOURCE_POISSON,),
     (AppId.DELAY_EXTENSION,),
-    (AppId.IF_CURR_EXP, AppId.IF_COND_EXP),
+    tuple(neuron_apps.NEURON_APPS),
 )
-"""Cores send in this order of applications (neuron cores of both inputs in image order)."""
+"""Cores send in this order of applications (neuron cores of every kind in image order)."""
+ONE = 1 << 15
+
+
+def mul(a: int, b: int) -> int:
+    """GCC's accum multiply: the product's bits >> 15 (floor)."""
+    return (a * b) >> 15
+
+
+def s32(x: int) -> int:
+    """A value as an int32 field holds it (wrapping)."""
+    return ((x + (1 << 31)) & M32) - (1 << 31)
 
 
 class Kiss:
@@ -221,15 +232,15 @@ class PostHistory:
 
 @dataclass
 class NeuronCore:
-    """A LIF core (IF_curr_exp, or IF_cond_exp when ``is_cond``): neurons, ring buffers,
-    synaptic rows, recordings."""
+    """A neuron core (any of ``neuron_apps``): neurons, ring buffers, synaptic rows,
+    recordings."""
 
     neurons: list[dict[str, int]]
     synapse: lif.SynapseParams
     table: lif.PopTable
     matrix: npt.NDArray[np.uint32]
     recording: lif.RecordingParams
-    is_cond: bool = False
+    app: neuron_apps.NeuronApp
     plasticity: stdp.StdpParams | None = None
     ring: dict[int, int] = field(default_factory=dict)
     saturations: int = 0
@@ -335,48 +346,116 @@ class NeuronCore:
     def step(self, t: int) -> list[tuple[int, int]]:
         """Transfer, record, update every neuron; (neuron, 1) of every spike."""
         rec = self.recording
+        kind = self.app.kind
         for n, nrn in enumerate(self.neurons):
-            for syn_type, name, shift, init in (
-                (0, "isyn_exc", self.synapse.shift_exc, "exc_init"),
-                (1, "isyn_inh", self.synapse.shift_inh, "inh_init"),
+            for syn_type, prefix, shift in (
+                (0, "exc", self.synapse.shift_exc),
+                (1, "inh", self.synapse.shift_inh),
             ):
                 value = self.ring.pop(self.slot(t, syn_type, n), 0)
-                nrn[name] += ((value << shift) * nrn[init]) >> 32
-        # a conductance core's input is its synaptic value >> 10, in uS (recorded so too)
-        g_shift = 10 if self.is_cond else 0
-        for key, interval, name, shift in (
-            ("v", rec.v_interval_steps, "v", 0),
-            ("gsyn_exc", rec.gsyn_exc_interval_steps, "isyn_exc", g_shift),
-            ("gsyn_inh", rec.gsyn_inh_interval_steps, "isyn_inh", g_shift),
+                self.transfer(nrn, prefix, value << shift)
+        for key, interval in (
+            ("v", rec.v_interval_steps),
+            ("gsyn_exc", rec.gsyn_exc_interval_steps),
+            ("gsyn_inh", rec.gsyn_inh_interval_steps),
         ):
             if interval and t % interval == 0:
-                self.samples[key].append([(nrn[name] >> shift) / 32768.0 for nrn in self.neurons])
+                self.samples[key].append(
+                    [self.recorded(nrn, key) / 32768.0 for nrn in self.neurons]
+                )
         fired = []
         for n, nrn in enumerate(self.neurons):
-            if nrn["refract_timer"] <= 0:
-                if self.is_cond:
-                    g_e = nrn["isyn_exc"] >> 10
-                    g_i = nrn["isyn_inh"] >> 10
-                    exc = (g_e * (nrn["e_rev_e"] - nrn["v"])) >> 15
-                    inh = (-g_i * (nrn["e_rev_i"] - nrn["v"])) >> 15
-                    current = exc - inh + nrn["i_offset"]
-                else:
-                    current = nrn["isyn_exc"] - nrn["isyn_inh"] + nrn["i_offset"]
+            current = self.current(nrn)
+            if kind == neuron_apps.NEURON_IZH_EXP:
+                self.izhikevich(nrn, current)
+            elif nrn["refract_timer"] <= 0:
                 alpha = ((current * nrn["r_membrane"]) >> 15) + nrn["v_rest"]
                 nrn["v"] = alpha - ((nrn["exp_tc"] * (alpha - nrn["v"])) >> 15)
             else:
                 nrn["refract_timer"] -= 1
             if nrn["v"] >= nrn["v_thresh"]:
-                nrn["v"] = nrn["v_reset"]
-                nrn["refract_timer"] = nrn["t_refract"]
+                if kind == neuron_apps.NEURON_IZH_EXP:
+                    nrn["v"] = nrn["c"]
+                    nrn["u"] = s32(nrn["u"] + nrn["d"])
+                    nrn["this_h"] = mul(nrn["reset_h"], 60620)
+                else:
+                    nrn["v"] = nrn["v_reset"]
+                    nrn["refract_timer"] = nrn["t_refract"]
                 fired.append((n, 1))
                 if self.plasticity is not None:
                     self.history[n].add(t, self.plasticity.tau_minus)
                 if rec.record_spikes:
                     self.spikes.append((t, n))
-            nrn["isyn_exc"] = (nrn["isyn_exc"] * nrn["exc_decay"]) >> 32
-            nrn["isyn_inh"] = (nrn["isyn_inh"] * nrn["inh_decay"]) >> 32
+            self.shape(nrn)
         return fired
+
+    def transfer(self, nrn: dict[str, int], prefix: str, x: int) -> None:
+        """Add one step's input x (s16.15) of one synapse type to a neuron's synapse."""
+        kind = self.app.kind
+        if kind == neuron_apps.NEURON_LIF_DELTA:
+            nrn[f"isyn_{prefix}"] += x
+        elif kind == neuron_apps.NEURON_LIF_ALPHA:
+            if x > 0:
+                nrn[f"{prefix}_q"] = x
+                e = ((nrn[f"{prefix}_exp"] * nrn[f"{prefix}_decay"]) >> 32) + ONE
+                nrn[f"{prefix}_exp"] = e
+                keep = ONE - (ONE << 15) // e
+                nrn[f"{prefix}_lin"] = s32(
+                    mul(nrn[f"{prefix}_lin"] + mul(x, nrn[f"{prefix}_k"]), keep)
+                )
+        else:
+            nrn[f"isyn_{prefix}"] += (x * nrn[f"{prefix}_init"]) >> 32
+
+    def synaptic(self, nrn: dict[str, int], prefix: str) -> int:
+        """A synapse type's value (before the input type)."""
+        if self.app.kind == neuron_apps.NEURON_LIF_ALPHA:
+            return mul(nrn[f"{prefix}_lin"], nrn[f"{prefix}_exp"])
+        return nrn[f"isyn_{prefix}"]
+
+    def recorded(self, nrn: dict[str, int], key: str) -> int:
+        """What the core records as ``key``: V, or a synaptic value after the input type's
+        scaling (a conductance core's value >> 10, in uS)."""
+        if key == "v":
+            return nrn["v"]
+        value = self.synaptic(nrn, key[5:])
+        return value >> 10 if self.app.input_kind == neuron_apps.INPUT_CONDUCTANCE else value
+
+    def current(self, nrn: dict[str, int]) -> int:
+        """The neuron's input current this step (nA, s16.15)."""
+        exc, inh = self.synaptic(nrn, "exc"), self.synaptic(nrn, "inh")
+        if self.app.input_kind == neuron_apps.INPUT_CONDUCTANCE:
+            exc = mul(exc >> 10, nrn["e_rev_e"] - nrn["v"])
+            inh = mul(-(inh >> 10), nrn["e_rev_i"] - nrn["v"])
+        elif self.app.input_kind == neuron_apps.INPUT_DELTA:
+            exc = mul(exc, nrn["input_scale"])
+            inh = mul(inh, nrn["input_scale"])
+        return exc - inh + nrn["i_offset"]
+
+    @staticmethod
+    def izhikevich(nrn: dict[str, int], current: int) -> None:
+        """One midpoint step of Izhikevich's equations, as neuron_model_izh_impl.h takes it."""
+        v, u, h, a, b = nrn["v"], nrn["u"], nrn["this_h"], nrn["a"], nrn["b"]
+        pre = 140 * ONE + current - u
+        alpha = pre + mul(5 * ONE + mul(1311, v), v)
+        eta = v + (mul(h, alpha) >> 1)
+        beta = mul(mul(h, mul(b, v) - u), a) >> 1
+        nrn["v"] = s32(v + mul(h, pre - beta + mul(5 * ONE + mul(1311, eta), eta)))
+        nrn["u"] = s32(u + mul(mul(a, h), -u - beta + mul(b, eta)))
+        nrn["this_h"] = nrn["reset_h"]
+
+    def shape(self, nrn: dict[str, int]) -> None:
+        """The synapses' change after the neuron's update."""
+        kind = self.app.kind
+        for prefix in ("exc", "inh"):
+            if kind == neuron_apps.NEURON_LIF_DELTA:
+                nrn[f"isyn_{prefix}"] = 0
+            elif kind == neuron_apps.NEURON_LIF_ALPHA:
+                lin = nrn[f"{prefix}_lin"] + mul(nrn[f"{prefix}_q"], nrn[f"{prefix}_k"])
+                nrn[f"{prefix}_lin"] = s32(lin)
+                nrn[f"{prefix}_exp"] = (nrn[f"{prefix}_exp"] * nrn[f"{prefix}_decay"]) >> 32
+            else:
+                name = f"isyn_{prefix}"
+                nrn[name] = (nrn[name] * nrn[f"{prefix}_decay"]) >> 32
 
 
 @dataclass
@@ -477,15 +556,16 @@ def run_reference(image: Image, topology: Topology, n_steps: int) -> Results:
 
 
 def _load(core: CoreImage, arrays: dict[CoreXYP, list[tuple[int, int]]]) -> object:
-    if core.app in (AppId.IF_CURR_EXP, AppId.IF_COND_EXP):
-        records = lif.decode_neuron_params(core.regions[REGION_DATA])
-        neurons = [{name: int(r[name]) for name in lif.NEURON_DTYPE.names or ()} for r in records]
-        is_cond = core.app == AppId.IF_COND_EXP
-        if is_cond:
-            inputs = lif.decode_input_params(core.regions[REGION_INPUT_TYPE], len(neurons))
+    if core.app in neuron_apps.NEURON_APPS:
+        app = neuron_apps.NEURON_APPS[core.app]
+        records = lif.decode_neuron_params(core.regions[REGION_DATA], app.record)
+        neurons = [{name: int(r[name]) for name in app.record.names or ()} for r in records]
+        if app.input_record is not None:
+            inputs = lif.decode_input_params(
+                core.regions[REGION_INPUT_TYPE], len(neurons), app.input_record
+            )
             for nrn, r in zip(neurons, inputs, strict=True):
-                nrn["e_rev_e"] = int(r["e_rev_e"])
-                nrn["e_rev_i"] = int(r["e_rev_i"])
+                nrn.update({name: int(r[name]) for name in app.input_record.names or ()})
         plasticity = None
         if REGION_SYNAPSE_DYNAMICS in core.regions:
             plasticity = stdp.decode_stdp_params(core.regions[REGION_SYNAPSE_DYNAMICS])
@@ -495,7 +575,7 @@ def _load(core: CoreImage, arrays: dict[CoreXYP, list[tuple[int, int]]]) -> obje
             lif.decode_pop_table(core.regions[REGION_POP_TABLE]),
             np.frombuffer(core.regions[REGION_SYNAPTIC_MATRIX], "<u4").copy(),
             lif.decode_recording(core.regions[REGION_RECORDING]),
-            is_cond,
+            app,
             plasticity,
             history=[PostHistory() for _ in neurons],
         )

@@ -104,7 +104,11 @@ def test_window_bound_below_one_is_refused() -> None:
 
 
 def test_the_kernels_neuron_fields_are_the_regions() -> None:
-    # the neuron state travels to the kernels field by field, under the region's names
-    from machine_models import kernels, lif
+    # the neuron state travels to the kernels field by field, under the regions' names
+    from machine_models import kernels, neuron_apps
 
-    assert lif.NEURON_DTYPE.names == kernels.LIF_STATE_FIELDS
+    for app in neuron_apps.NEURON_APPS.values():
+        for record in (app.record, app.input_record):
+            if record is not None:
+                assert set(record.names or ()) <= set(kernels.NEURON_FIELDS)
+    assert set(kernels.NEURON_STATE_FIELDS) <= set(kernels.NEURON_FIELDS)

@@ -62,3 +62,40 @@ def test_a_load_that_arrives_midway_is_noticed() -> None:
 def test_a_load_that_leaves_is_noticed() -> None:
     chosen, _ = simulate(600, lambda c, t: (4.0 if c < 100 else 0.6) if t == 2 else 1.0)
     assert chosen[300:].count(2) > 290
+
+
+def _wait_policy_in_child(env: dict[str, str]) -> str:
+    """What a fresh process that imports the package and runs a parallel kernel has set."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import machine_models, os, numba\n"
+        "import numpy as np\n"
+        "loaded = 'libgomp' in open('/proc/self/maps').read()\n"
+        "@numba.njit(parallel=True)\n"
+        "def f(a):\n"
+        "    for i in numba.prange(a.size):\n"
+        "        a[i] += 1.0\n"
+        "f(np.zeros(8))\n"
+        "print(os.environ['OMP_WAIT_POLICY'], loaded)\n"
+    )
+    child_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_openmp_threads_sleep_at_barriers_unless_the_user_says_otherwise() -> None:
+    policy, gomp_loaded_by_import = _wait_policy_in_child({}).split()
+    assert policy == "PASSIVE"
+    # libgomp reads the setting when it is loaded: that must come after the package's import
+    assert gomp_loaded_by_import == "False"
+    assert _wait_policy_in_child({"OMP_WAIT_POLICY": "ACTIVE"}).split()[0] == "ACTIVE"

@@ -66,7 +66,11 @@ from toolchain.pynn.standardmodels import (
     UNSUPPORTED,
     AdditiveWeightDependence,
     IF_cond_exp,
+    IF_curr_alpha,
+    IF_curr_delta,
     IF_curr_exp,
+    Izhikevich,
+    Izhikevich_cond,
     MultiplicativeWeightDependence,
     SpikePairRule,
     SpikeSourceArray,
@@ -92,8 +96,12 @@ __all__ = [
     "FromFileConnector",
     "FromListConnector",
     "IF_cond_exp",
+    "IF_curr_alpha",
+    "IF_curr_delta",
     "IF_curr_exp",
     "IndexBasedProbabilityConnector",
+    "Izhikevich",
+    "Izhikevich_cond",
     "MultiplicativeWeightDependence",
     "NotSupportedError",
     "NumpyRNG",
@@ -138,4 +146,13 @@ __all__ = [
 
 def list_standard_models() -> list[str]:
     """The standard cell types this backend runs."""
-    return ["IF_curr_exp", "IF_cond_exp", "SpikeSourceArray", "SpikeSourcePoisson"]
+    return [
+        "IF_curr_exp",
+        "IF_cond_exp",
+        "IF_curr_alpha",
+        "IF_curr_delta",
+        "Izhikevich",
+        "Izhikevich_cond",
+        "SpikeSourceArray",
+        "SpikeSourcePoisson",
+    ]

@@ -24,9 +24,13 @@ from toolchain.network import (
     CellType,
     FromArrays,
     IFCondExp,
+    IFCurrAlpha,
+    IFCurrDelta,
     IFCurrExp,
-    LifCell,
+    Izhikevich,
+    IzhikevichCond,
     Network,
+    NeuronCell,
     Population,
     Projection,
     Receptor,
@@ -81,9 +85,13 @@ def _value(value: Any) -> float | npt.NDArray[np.float64]:
 def _cell(pop: Any) -> CellType:
     params = pop._parameters
     celltype = pop.celltype
-    lif: dict[type, type[IFCurrExp] | type[IFCondExp]] = {
+    lif: dict[type, type[NeuronCell]] = {
         standardmodels.IF_curr_exp: IFCurrExp,
         standardmodels.IF_cond_exp: IFCondExp,
+        standardmodels.IF_curr_alpha: IFCurrAlpha,
+        standardmodels.IF_curr_delta: IFCurrDelta,
+        standardmodels.Izhikevich_cond: IzhikevichCond,
+        standardmodels.Izhikevich: Izhikevich,
     }
     for pynn_type, toolchain_type in lif.items():
         if isinstance(celltype, pynn_type):
@@ -95,7 +103,7 @@ def _cell(pop: Any) -> CellType:
                         f"initial value of {variable}", "initial synaptic inputs of 0"
                     )
             fields = dataclasses.fields(toolchain_type)
-            return toolchain_type(**{f.name: _value(params[f.name]) for f in fields})
+            return toolchain_type(**{f.name: _value(params[f.name]) for f in fields})  # type: ignore[return-value]
     if isinstance(celltype, standardmodels.SpikeSourcePoisson):
         return SpikeSourcePoisson(
             rate=_value(params["rate"]),
@@ -197,7 +205,9 @@ def build_network(
         label = pop.label if pop.label not in used else f"{pop.label}#{number}"
         used.add(label)
         tpop = network.population(pop.size, _cell(pop), label, seed=pop.seed)
-        if isinstance(tpop.cell, LifCell):
+        if isinstance(tpop.cell, Izhikevich):
+            tpop.initialize(pop.initial_value_array("v"), u=pop.initial_value_array("u"))
+        elif isinstance(tpop.cell, NeuronCell):
             tpop.initialize(pop.initial_value_array("v"))
         recorder = pop.recorder
         for name in RECORDABLE:

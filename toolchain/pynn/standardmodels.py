@@ -22,7 +22,11 @@ __all__ = [
     "SUPPORTED_SYNAPSES",
     "AdditiveWeightDependence",
     "IF_cond_exp",
+    "IF_curr_alpha",
+    "IF_curr_delta",
     "IF_curr_exp",
+    "Izhikevich",
+    "Izhikevich_cond",
     "MultiplicativeWeightDependence",
     "STDPMechanism",
     "SpikePairRule",
@@ -31,7 +35,10 @@ __all__ = [
     "StaticSynapse",
 ]
 
-SUPPORTED_CELLS = "IF_curr_exp, IF_cond_exp, SpikeSourceArray, SpikeSourcePoisson"
+SUPPORTED_CELLS = (
+    "IF_curr_exp, IF_cond_exp, IF_curr_alpha, IF_curr_delta, Izhikevich, Izhikevich_cond, "
+    "SpikeSourceArray, SpikeSourcePoisson"
+)
 SUPPORTED_SYNAPSES = (
     "StaticSynapse, and STDPMechanism with SpikePairRule and AdditiveWeightDependence or "
     "MultiplicativeWeightDependence"
@@ -57,6 +64,75 @@ class IF_curr_exp(cells.IF_curr_exp):  # type: ignore[misc]
 class IF_cond_exp(cells.IF_cond_exp):  # type: ignore[misc]
     __doc__ = cells.IF_cond_exp.__doc__
     translations = _identity(*cells.IF_cond_exp.default_parameters)
+
+
+class IF_curr_alpha(cells.IF_curr_alpha):  # type: ignore[misc]
+    """Leaky integrate-and-fire neuron with alpha-shaped current synapses, as sPyNNaker 7.4.1
+    runs it: a weight w (nA) gives the current w (t / tau**2) e^(-t / tau), a charge of w nA ms
+    (PyNN's and NEST's alpha current peaks at w instead)."""
+
+    translations = _identity(*cells.IF_curr_alpha.default_parameters)
+    recordable: ClassVar[list[str]] = ["spikes", "v", "gsyn_exc", "gsyn_inh"]
+    units: ClassVar[dict[str, str]] = {
+        **cells.IF_curr_alpha.units,
+        "gsyn_exc": "nA",
+        "gsyn_inh": "nA",
+    }
+
+
+class IF_curr_delta(cells.IF_curr_delta):  # type: ignore[misc]
+    """Leaky integrate-and-fire neuron with delta current synapses, as sPyNNaker 7.4.1 runs
+    it: a weight w (nA) is a current w / dt for one step, moving V by about w / cm mV."""
+
+    translations = _identity(*cells.IF_curr_delta.default_parameters)
+    recordable: ClassVar[list[str]] = ["spikes", "v", "gsyn_exc", "gsyn_inh"]
+    units: ClassVar[dict[str, str]] = {
+        **cells.IF_curr_delta.units,
+        "gsyn_exc": "nA",
+        "gsyn_inh": "nA",
+    }
+
+
+class Izhikevich(cells.Izhikevich):  # type: ignore[misc]
+    """Izhikevich neuron with exponential current synapses, as sPyNNaker 7.4.1's
+    ``Izhikevich`` (IZK_curr_exp): PyNN's parameters plus ``tau_syn_E`` and ``tau_syn_I``
+    (ms); it spikes at v >= 30 mV. ``u`` is not recordable here."""
+
+    default_parameters: ClassVar[dict[str, float]] = {
+        **cells.Izhikevich.default_parameters,
+        "tau_syn_E": 5.0,
+        "tau_syn_I": 5.0,
+    }
+    translations = _identity(*default_parameters)
+    recordable: ClassVar[list[str]] = ["spikes", "v", "gsyn_exc", "gsyn_inh"]
+    units: ClassVar[dict[str, str]] = {
+        **cells.Izhikevich.units,
+        "tau_syn_E": "ms",
+        "tau_syn_I": "ms",
+        "gsyn_exc": "nA",
+        "gsyn_inh": "nA",
+    }
+
+
+class Izhikevich_cond(Izhikevich):
+    """Izhikevich neuron with exponential conductance synapses (sPyNNaker 7.4.1's
+    ``extra_models.Izhikevich_cond``, IZK_cond_exp): weights in uS, >= 0 for both
+    receptors; reversal potentials ``e_rev_E`` and ``e_rev_I`` (mV)."""
+
+    default_parameters: ClassVar[dict[str, float]] = {
+        **Izhikevich.default_parameters,
+        "e_rev_E": 0.0,
+        "e_rev_I": -70.0,
+    }
+    translations = _identity(*default_parameters)
+    conductance_based = True
+    units: ClassVar[dict[str, str]] = {
+        **Izhikevich.units,
+        "e_rev_E": "mV",
+        "e_rev_I": "mV",
+        "gsyn_exc": "uS",
+        "gsyn_inh": "uS",
+    }
 
 
 class SpikeSourceArray(cells.SpikeSourceArray):  # type: ignore[misc]
@@ -187,15 +263,12 @@ def _unsupported(base: type, supported: str) -> type:
 
 
 _UNSUPPORTED_CELLS = (
-    "IF_curr_alpha",
-    "IF_curr_delta",
     "IF_cond_alpha",
     "IF_cond_exp_gsfa_grr",
     "IF_facets_hardware1",
     "HH_cond_exp",
     "EIF_cond_alpha_isfa_ista",
     "EIF_cond_exp_isfa_ista",
-    "Izhikevich",
     "GIF_cond_exp",
     "SpikeSourcePoissonRefractory",
     "SpikeSourceGamma",

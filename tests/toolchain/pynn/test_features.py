@@ -35,8 +35,8 @@ def test_unsupported_features_raise_naming_the_feature_and_what_is_supported(
     sim: ModuleType,
 ) -> None:
     sim.setup(timestep=1.0)
-    with pytest.raises(NotSupportedError, match=r"IF_curr_alpha.*IF_curr_exp, IF_cond_exp"):
-        sim.IF_curr_alpha()
+    with pytest.raises(NotSupportedError, match=r"IF_cond_alpha.*IF_curr_exp, IF_cond_exp"):
+        sim.IF_cond_alpha()
     with pytest.raises(
         NotSupportedError, match=r"Vogels2011Rule.*StaticSynapse, and STDPMechanism"
     ):
@@ -319,3 +319,76 @@ def test_get_data_writes_files_through_neo(sim: ModuleType, workdir: Path) -> No
     assert (workdir / "cells.pkl").stat().st_size > 0
     assert cells.mean_spike_count() > 0
     assert isinstance(pynn_errors.NonExistentParameterError, type)
+
+
+def test_if_curr_delta_jumps_v_by_the_weight_over_cm(sim: ModuleType) -> None:
+    sim.setup(timestep=0.1)
+    src = sim.Population(1, sim.SpikeSourceArray(spike_times=[2.0]), label="src")
+    cells = sim.Population(1, sim.IF_curr_delta(cm=2.0), label="delta")
+    sim.Projection(src, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=1.0, delay=1.0))
+    cells.record("v")
+    sim.run(10.0)
+    v = cells.get_data().segments[0].filter(name="v")[0].magnitude[:, 0]
+    # 1 nA for one step into 2 nF: about 0.5 mV at once, then the leak
+    jump = np.diff(v).max()
+    assert jump == pytest.approx(0.5, abs=0.01)
+    assert int(np.argmax(np.diff(v))) == 30
+
+
+def test_if_curr_alpha_defaults_and_charge(sim: ModuleType) -> None:
+    sim.setup(timestep=0.1)
+    cell = sim.IF_curr_alpha()
+    assert cell.parameter_space["tau_syn_E"].base_value == 0.5  # sPyNNaker's and PyNN's
+    src = sim.Population(1, sim.SpikeSourceArray(spike_times=[2.0]), label="src")
+    cells = sim.Population(1, cell, label="alpha")
+    sim.Projection(src, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=1.0, delay=1.0))
+    cells.record(["v", "gsyn_exc"])
+    sim.run(20.0)
+    seg = cells.get_data().segments[0]
+    current = seg.filter(name="gsyn_exc")[0].magnitude[:, 0]
+    # w (t / tau**2) e^(-t / tau) carries w nA ms: 1 nA ms over the run
+    assert current.sum() * 0.1 == pytest.approx(1.0, rel=0.02)
+    assert str(seg.filter(name="gsyn_exc")[0].units.dimensionality) == "nA"
+
+
+def test_izhikevich_spikes_regularly_with_receptor_currents(sim: ModuleType) -> None:
+    sim.setup(timestep=0.1)
+    cells = sim.Population(2, sim.Izhikevich(i_offset=[10.0, 0.0]), label="izk")
+    src = sim.Population(1, sim.SpikeSourceArray(spike_times=[5.0, 5.5, 6.0]), label="src")
+    sim.Projection(
+        src, cells[1:2], sim.OneToOneConnector(), sim.StaticSynapse(weight=30.0, delay=1.0)
+    )
+    cells.initialize(u=-14.0)
+    cells.record(["spikes", "v"])
+    sim.run(200.0)
+    trains = cells.get_data().segments[0].spiketrains
+    # a constant 10 nA (PyNN's default a, b, c, d): a first burst, then a spike every 19 ms
+    assert 10 <= len(trains[0]) <= 16
+    isi = np.diff(np.asarray(trains[0]))[-6:]
+    assert isi.max() - isi.min() < 0.5
+    assert isi.mean() == pytest.approx(19.0, abs=1.0)
+    # three 30 nA inputs through tau_syn_E = 5 ms drive the silent one over 30 mV once
+    assert len(trains[1]) >= 1
+    assert float(trains[1][0]) < 15.0
+
+
+def test_izhikevich_cond_takes_conductance_weights(sim: ModuleType) -> None:
+    sim.setup(timestep=0.1)
+    src = sim.Population(1, sim.SpikeSourceArray(spike_times=[5.0]), label="src")
+    cells = sim.Population(2, sim.Izhikevich_cond(), label="izc")
+    sim.Projection(src, cells[0:1], sim.OneToOneConnector(), sim.StaticSynapse(weight=0.1))
+    sim.Projection(
+        src,
+        cells[1:2],
+        sim.OneToOneConnector(),
+        sim.StaticSynapse(weight=0.1),
+        receptor_type="inhibitory",
+    )
+    cells.record(["v", "gsyn_exc"])
+    sim.run(20.0)
+    seg = cells.get_data().segments[0]
+    v = seg.filter(name="v")[0].magnitude
+    assert v[:, 0].max() > v[:, 1].max() + 1.0  # e_rev_E = 0 mV pulls up, e_rev_I down
+    assert str(seg.filter(name="gsyn_exc")[0].units.dimensionality) == "uS"
+    with pytest.raises(pynn_errors.ConnectionError, match="positive for conductance"):
+        sim.Projection(src, cells, sim.AllToAllConnector(), sim.StaticSynapse(weight=-0.1))
