@@ -10,6 +10,9 @@ precomputed list of rows. Router and per-core packet counters are exact: the ker
 packets per key, and the per-key counts of the trace are multiplied in after the run. Every
 packet sent in a step is handled in that step, so no spike is ever late. The run goes in
 chunks whose thread count :class:`threads.ThreadPolicy` picks from measured times.
+Plastic cores (``stdp``) update their rows in place as packets reach them and keep a log of
+each neuron's spikes long enough for the chip's 15-event history to be read a window behind;
+their matrices come back in :attr:`Results.synaptic_matrices`.
 
 The slow, obvious oracle this must equal lives in the tests (``tests/machine_models/reference.py``).
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numba
@@ -59,6 +62,8 @@ class Results:
         gsyn_inh_na: Per core recording gsyn_inh, (samples, neurons) in nA.
         core_provenance: Per core, named counters.
         router_provenance: Per chip, the counters of :data:`COUNTER_NAMES`.
+        synaptic_matrices: Per plastic core, its synaptic-matrix region as the run left it
+            (u32 words; the weights the rule learned, read with ``stdp.decode_plastic_rows``).
     """
 
     spikes: Mapping[CoreXYP, npt.NDArray[np.int64]]
@@ -67,6 +72,7 @@ class Results:
     gsyn_inh_na: Mapping[CoreXYP, npt.NDArray[np.float64]]
     core_provenance: Mapping[CoreXYP, Mapping[str, int]]
     router_provenance: Mapping[ChipXY, Mapping[str, int]]
+    synaptic_matrices: Mapping[CoreXYP, npt.NDArray[np.uint32]] = field(default_factory=dict)
 
 
 def _spread(
@@ -160,6 +166,7 @@ class Executor:
         self._syn = self._packed_syn
         del self._packed_syn
         self._lif = lif_loader.finish()
+        self._st = lif_loader.finish_stdp()
         self._po = self._poisson_loader.finish()
         self._de = delay_loader.finish()
         self._packets = np.zeros(self._n_emitters * self._nvar, dtype=np.int64)
@@ -206,6 +213,7 @@ class Executor:
         db: list[int] = []
         n_cores = len(self._cores)
         n_counters = len(COUNTER_NAMES)
+        plastic = self._lif_loader.plasticity
         self._chips = sorted(
             {c.chip for c in self._cores} | set(self.image.tables) | set(self.topology.chips())
         )
@@ -241,8 +249,10 @@ class Executor:
                             miss_rows.append(row)
                             miss_cols.append(ti)
                             continue
-                        for start, length in rows:
-                            kind.append(kernels.FAN_ROW)
+                        for row_kind, start, length in rows:
+                            if row_kind == kernels.FAN_PLASTIC and ti not in plastic:
+                                continue
+                            kind.append(row_kind)
                             dcore.append(self._lif_of_core[ti])
                             da.append(start)
                             db.append(length)
@@ -307,8 +317,14 @@ class Executor:
     @staticmethod
     def _rows_for(
         key: int, table: lif.PopTable, base: int, syn: npt.NDArray[np.uint32]
-    ) -> list[tuple[int, int]] | None:
-        """Fixed-word (start, count) of every row a key selects, or None on a lookup miss."""
+    ) -> list[tuple[int, int, int]] | None:
+        """(kind, start, count) of every row a key selects, or None on a lookup miss.
+
+        A static row is one ``FAN_ROW`` entry (its fixed words); a plastic row (a non-zero
+        plastic size in its first word) is a ``FAN_PLASTIC`` entry (its first word, its
+        plastic synapses) and, when it has fixed synapses too, a ``FAN_ROW`` entry after it,
+        in the order 7.4.1's ``process_synaptic_row`` walks them.
+        """
         for entry in table.entries:
             if key & entry.mask != entry.key:
                 continue
@@ -322,8 +338,16 @@ class Executor:
                 word = base + offset // 4 + neuron * (row_length + 3)
                 if word + 3 > base + syn.size:
                     continue
-                n_fixed = int(syn[word + 1])
-                rows.append((word + 3, n_fixed))
+                n_plastic_words = int(syn[word])
+                if n_plastic_words == 0:
+                    rows.append((kernels.FAN_ROW, word + 3, int(syn[word + 1])))
+                    continue
+                fixed = word + 1 + n_plastic_words
+                if fixed + 2 > min(base + syn.size, word + row_length + 3):
+                    continue
+                rows.append((kernels.FAN_PLASTIC, word, int(syn[fixed + 1])))
+                if int(syn[fixed]):
+                    rows.append((kernels.FAN_ROW, fixed + 2, int(syn[fixed])))
             return rows
         return None
 
@@ -379,7 +403,7 @@ class Executor:
         n_rows = ptr.size - 1
         row = np.repeat(np.arange(n_rows, dtype=_I64), np.diff(ptr))
         # receiving cores: neuron cores 0 .. n_lif - 1, then delay extensions
-        receiver = np.where(kind == kernels.FAN_ROW, core, n_lif + core)
+        receiver = np.where(kind == kernels.FAN_DELAY, n_lif + core, core)
         words = fan["b"].astype(np.float64) + 2.0
         load = np.bincount(receiver, weights=words, minlength=n_lif + n_de).astype(np.float64)
         b_ptr, b_items = _spread(load, n_groups)
@@ -429,7 +453,15 @@ class Executor:
         shortest = int(kernels.min_row_delay(self._syn, kind, core, fan["a"], fan["b"], lif_p))
         if n_de:
             shortest = min(shortest, int(de_p[:, kernels.DE_DPS].min()))
-        self._window = max(1, min(shortest, self._max_window_steps))
+        longest = self._max_window_steps
+        if self._st.post_count.size:
+            shortest = min(
+                shortest,
+                int(kernels.min_plastic_delay(self._st.words, kind, core, fan["a"], lif_p)),
+            )
+            # a neuron's history keeps the chip's events plus those of one window ahead
+            longest = min(longest, kernels.POST_SLOTS - kernels.CHIP_POST_EVENTS - 1)
+        self._window = max(1, min(shortest, longest))
         self._ssa = arrays.finish(self._window)
         self._fanout = kernels.Fanout(
             self._reach,
@@ -465,6 +497,11 @@ class Executor:
             ("poisson timers", self._po.time_to_spike, previous._po.time_to_spike),
             ("delay buffers", self._de.counter, previous._de.counter),
             ("delay losses", self._de.lost, previous._de.lost),
+            ("plastic rows", self._st.words, previous._st.words),
+            ("post-synaptic histories", self._st.post_time, previous._st.post_time),
+            ("post-synaptic traces", self._st.post_trace, previous._st.post_trace),
+            ("post-synaptic counts", self._st.post_count, previous._st.post_count),
+            ("plastic saturations", self._st.sat, previous._st.sat),
         ]
         pairs += [
             (f"neuron {name}", getattr(mine_lif, name), getattr(their_lif, name))
@@ -577,6 +614,7 @@ class Executor:
                     self._ssa,
                     self._po,
                     self._de,
+                    self._st,
                 )
                 if policy is not None:
                     policy.record(use, reached - t, time.perf_counter() - started)
@@ -664,6 +702,15 @@ class Executor:
         np.add.at(sent_packets, owner, packets)
         np.add.at(sent_spikes, owner, spikes_in)
         core_prov: dict[CoreXYP, dict[str, int]] = {}
+        loader = self._lif_loader
+        plastic = loader.plasticity
+        matrices = {
+            self._cores[ci].xyp: self._st.words[
+                loader.syn_base[ci] : loader.syn_base[ci]
+                + loader.matrices[self._lif_of_core[ci]].size
+            ].copy()
+            for ci in plastic
+        }
         for ci, core in enumerate(self._cores):
             prov = {
                 "packets_sent": int(sent_packets[ci]),
@@ -674,6 +721,8 @@ class Executor:
             if ci in self._lif_of_core:
                 prov["ring_buffer_saturations"] = int(self._lif.sat[self._lif_of_core[ci]])
                 prov["late_spikes"] = 0
+                if ci in plastic:
+                    prov["plastic_saturations"] = int(self._st.sat[self._lif_of_core[ci]])
             if ci in self._de_of_core:
                 prov["spikes_lost_to_saturation"] = int(self._de.lost[self._de_of_core[ci]])
             core_prov[core.xyp] = prov
@@ -688,4 +737,5 @@ class Executor:
             recordings["gsyn_inh"],
             core_prov,
             router_prov,
+            matrices,
         )

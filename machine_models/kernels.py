@@ -178,8 +178,21 @@ KIND_SSA, KIND_POISSON, KIND_DELAY, KIND_LIF = range(4)
 # how an emitting core reaches a group of receiving cores (else: the neuron core it reaches
 # directly, every key through one one-synapse row)
 REACH_NONE, REACH_ROWS = -2, -1
-# what a fan-out entry feeds: a synaptic row of a neuron core, or a delay extension's counter
-FAN_ROW, FAN_DELAY = 0, 1
+# what a fan-out entry feeds: a synaptic row of a neuron core, a delay extension's counter, or
+# a plastic row of a neuron core (``a`` its first word in ``StdpCores.words``)
+FAN_ROW, FAN_DELAY, FAN_PLASTIC = 0, 1, 2
+# columns of the plastic cores' table (one row per neuron core; ST_PLASTIC 0 on static cores)
+ST_PLASTIC, ST_RULE, ST_BACKPROP, ST_POST = range(4)
+ST_LP_OFF, ST_LP_SIZE, ST_LP_SHIFT, ST_LM_OFF, ST_LM_SIZE, ST_LM_SHIFT, ST_LIMITS = range(4, 11)
+ST_COLUMNS = 11
+# weight dependences (``stdp.WeightRule``)
+RULE_ADDITIVE, RULE_MULTIPLICATIVE = 1, 2
+STDP_ONE = 2048
+"""1.0 in the traces' s4.11 fixed point."""
+POST_SLOTS = 32
+"""Post-synaptic events each neuron keeps: the chip's 15, plus the most a window runs ahead."""
+CHIP_POST_EVENTS = 15
+"""Real events in the chip's post-synaptic history (16 entries, the first a placeholder)."""
 
 Array: TypeAlias = npt.NDArray[Any]
 
@@ -290,6 +303,27 @@ NEURON_STATE_FIELDS = (
 """The fields a neuron core changes as it runs (its state; the rest are parameters)."""
 
 
+class StdpCores(NamedTuple):
+    """The plastic state of the neuron cores (``table`` row c is LIF core c, ``ST_*``).
+
+    ``lut`` holds every core's two lookup tables, ``limits`` a row (min, max, a2+, a2-) per
+    (core, synapse type) from ``table[c, ST_LIMITS]``; ``words`` the synaptic matrices of
+    the plastic cores, updated in place (pre-synaptic histories, weights). Post-synaptic
+    events of neuron k of core c live at ``table[c, ST_POST] + k``: event i (counted from
+    the first ever) at ``i % POST_SLOTS`` of ``post_time`` and ``post_trace``, ``post_count``
+    events in all. ``sat`` counts the plastic ring-buffer saturations of each core.
+    """
+
+    table: Array
+    lut: Array
+    limits: Array
+    words: Array
+    post_time: Array
+    post_trace: Array
+    post_count: Array
+    sat: Array
+
+
 class Recording(NamedTuple):
     """What a run records: spikes (step, neuron; ``count[0]`` used) and sampled values."""
 
@@ -355,6 +389,28 @@ def min_row_delay(syn, kind, core, starts, lengths, lif_p):  # type: ignore[no-u
     return best
 
 
+@numba.njit(cache=True)
+def min_plastic_delay(words, kind, core, starts, lif_p):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The shortest delay (steps) of a plastic synapse any entry reaches; 1 << 30 if none."""
+    best = 1 << 30
+    for j in range(kind.size):
+        if kind[j] != FAN_PLASTIC:
+            continue
+        c = core[j]
+        it = lif_p[c, LIF_IT]
+        dmask = (1 << lif_p[c, LIF_DB]) - 1
+        w0 = starts[j]
+        fixed = w0 + 1 + np.int64(words[w0])
+        c_half = 2 * (fixed + 2 + np.int64(words[fixed]))
+        for i in range(np.int64(words[fixed + 1])):
+            ch = c_half + i
+            cw = (np.int64(words[ch >> 1]) >> (16 * (ch & 1))) & 0xFFFF
+            d = (cw >> it) & dmask
+            if d < best:
+                best = d
+    return best
+
+
 @numba.njit(cache=True, inline="always")
 def _add_payload(ring, sat, c, idx, weight, count):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     # k additions of one weight to one slot have a closed form: they all fit, or the first
@@ -370,8 +426,164 @@ def _add_payload(ring, sat, c, idx, weight, count):  # type: ignore[no-untyped-d
 
 
 @numba.njit(cache=True, inline="always")
+def _i16(x):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    # an int16_t: the low 16 bits, signed
+    return ((x + 0x8000) & 0xFFFF) - 0x8000
+
+
+@numba.njit(cache=True, inline="always")
+def _i32(x):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    return ((x + 0x80000000) & M32) - 0x80000000
+
+
+@numba.njit(cache=True, inline="always")
+def _mul16(a, b):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    # STDP_FIXED_MUL_16X16: smulbb (the low halves, signed) then >> 11
+    return (_i16(a) * _i16(b)) >> 11
+
+
+@numba.njit(cache=True, inline="always")
+def _decay(lut, off, size, shift, dt):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    # maths_lut_exponential_decay on a uint32 interval: 0 past the table's end
+    i = (dt & M32) >> shift
+    return lut[off + i] if i < size else 0
+
+
+@numba.njit(cache=True, inline="always")
+def _mul_fixed(a, stdp_fixed):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    # mul_accum_fixed: an accum times kbits(stdp_fixed << 4), GCC's truncating multiply
+    return _i32((a * _i32(stdp_fixed << 4)) >> 15)
+
+
+@numba.njit(cache=True, inline="always")
+def _apply(rule, w, lim, k, amount, is_potentiation):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One weight-dependence step on an s16.15 weight (``weight_one_term_apply_*``)."""
+    if rule == RULE_ADDITIVE:
+        if is_potentiation:
+            return min(_i32(w + _mul_fixed(lim[k, 2], amount)), lim[k, 1])
+        return max(_i32(w - _mul_fixed(lim[k, 3], amount)), lim[k, 0])
+    if is_potentiation:
+        scale = _i32(((lim[k, 1] - w) * lim[k, 2]) >> 15)
+        return _i32(w + _mul_fixed(scale, amount))
+    scale = _i32(((w - lim[k, 0]) * lim[k, 3]) >> 15)
+    return _i32(w - _mul_fixed(scale, amount))
+
+
+@numba.njit(cache=True)
+def _add_post_event(st, c, post, t):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """A spike of neuron ``post`` of core c at step t joins its history (``post_events_add``).
+
+    Its trace is the last event's, decayed through tau_minus, plus 1.0 (``timing_add_post_spike``
+    in int16); the placeholder at time 0 with trace 0 stands in before the first.
+    """
+    n = st.post_count[post]
+    last_t = st.post_time[post, (n - 1) % POST_SLOTS] if n > 0 else 0
+    last_trace = st.post_trace[post, (n - 1) % POST_SLOTS] if n > 0 else 0
+    tab = st.table
+    decay = _decay(st.lut, tab[c, ST_LM_OFF], tab[c, ST_LM_SIZE], tab[c, ST_LM_SHIFT], t - last_t)
+    trace = _i16(_i16(_mul16(last_trace, decay)) + STDP_ONE)
+    st.post_time[post, n % POST_SLOTS] = t
+    st.post_trace[post, n % POST_SLOTS] = trace
+    st.post_count[post] = n + 1
+
+
+@numba.njit(cache=True)
+def _plastic_row(st, c, w0, t, ring, lif_p):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """One pre-synaptic spike through plastic row ``w0`` of core c in step t.
+
+    7.4.1's ``synapse_dynamics_process_plastic_synapses``: the row's pre-synaptic trace
+    takes the spike, then each synapse applies the post-synaptic events since the row's
+    last spike (potentiation) and this spike (depression, against the last post event),
+    adds its new weight to the ring buffer and is written back.
+    """
+    words = st.words
+    tab = st.table
+    rule = tab[c, ST_RULE]
+    lut = st.lut
+    lp_off, lp_size, lp_shift = tab[c, ST_LP_OFF], tab[c, ST_LP_SIZE], tab[c, ST_LP_SHIFT]
+    lm_off, lm_size, lm_shift = tab[c, ST_LM_OFF], tab[c, ST_LM_SIZE], tab[c, ST_LM_SHIFT]
+    lim = st.limits
+    k0 = tab[c, ST_LIMITS]
+    post0 = tab[c, ST_POST]
+    backprop = tab[c, ST_BACKPROP] != 0
+    ib = lif_p[c, LIF_IB]
+    it = lif_p[c, LIF_IT]
+    dmask = (1 << lif_p[c, LIF_DB]) - 1
+    tmask = (1 << lif_p[c, LIF_TB]) - 1
+    imask = (1 << ib) - 1
+    base = lif_p[c, LIF_RB]
+    rmask = lif_p[c, LIF_RM]
+    p_words = np.int64(words[w0])
+    hdr = w0 + 1
+    last_pre = np.int64(words[hdr])
+    last_trace = _i16(np.int64(words[hdr + 1]))
+    new_trace = _i16(
+        _mul16(last_trace, _decay(lut, lp_off, lp_size, lp_shift, t - last_pre)) + STDP_ONE
+    )
+    words[hdr] = np.uint32(t & M32)
+    words[hdr + 1] = np.uint32((np.int64(words[hdr + 1]) & 0xFFFF0000) | (new_trace & 0xFFFF))
+    fixed = hdr + p_words
+    n_fixed = np.int64(words[fixed])
+    n_plastic = np.int64(words[fixed + 1])
+    w_half = 2 * (hdr + 2)
+    c_half = 2 * (fixed + 2 + n_fixed)
+    for i in range(n_plastic):
+        ch = c_half + i
+        cw = (np.int64(words[ch >> 1]) >> (16 * (ch & 1))) & 0xFFFF
+        wh = w_half + i
+        w16 = (np.int64(words[wh >> 1]) >> (16 * (wh & 1))) & 0xFFFF
+        delay = (cw >> it) & dmask
+        k = k0 + ((cw >> ib) & tmask)
+        shift = lif_p[c, LIF_SHE] if ((cw >> ib) & tmask) == 0 else lif_p[c, LIF_SHI]
+        post = post0 + (cw & imask)
+        pd = delay if backprop else 0
+        begin = last_pre - pd if last_pre >= pd else 0
+        end = t - pd if t >= pd else 0
+        w = _i32(w16 << shift)
+        # the chip's history as it stands in step t: the last 15 events up to t
+        n = st.post_count[post]
+        hi = n - 1
+        while hi >= 0 and st.post_time[post, hi % POST_SLOTS] > t:
+            hi -= 1
+        lo = max(0, hi - (CHIP_POST_EVENTS - 1))
+        j = hi
+        while j >= lo and st.post_time[post, j % POST_SLOTS] > begin:
+            j -= 1
+        valid = j >= lo
+        prev_time = st.post_time[post, j % POST_SLOTS] if valid else 0
+        prev_trace = st.post_trace[post, j % POST_SLOTS] if valid else 0
+        for e in range(j + 1, hi + 1):
+            et = st.post_time[post, e % POST_SLOTS]
+            if et > end:
+                break
+            since = (et + pd - last_pre) & M32
+            if since > 0:
+                amount = _mul16(last_trace, _decay(lut, lp_off, lp_size, lp_shift, since))
+                w = _apply(rule, w, lim, k, amount, True)
+            prev_time = et
+            prev_trace = st.post_trace[post, e % POST_SLOTS]
+            valid = True
+        if valid:
+            amount = _mul16(
+                prev_trace, _decay(lut, lm_off, lm_size, lm_shift, t - (prev_time + pd))
+            )
+            w = _apply(rule, w, lim, k, amount, False)
+        # weight_t of the s16.15 weight: the shift truncates towards zero
+        w16 = ((w >> shift) if w >= 0 else -((-w) >> shift)) & 0xFFFF
+        idx = base + ((cw + (t << it)) & rmask)
+        total = np.int64(ring[idx]) + w16
+        if total > 0xFFFF:
+            total = 0xFFFF
+            st.sat[c] += 1
+        ring[idx] = total
+        old = np.int64(words[wh >> 1])
+        sh = 16 * (wh & 1)
+        words[wh >> 1] = np.uint32((old & ~(0xFFFF << sh) & M32) | (w16 << sh))
+
+
+@numba.njit(cache=True, inline="always")
 def _deliver(
-    lo, hi, count, t, f_kind, f_core, f_a, f_b, syn, ring, lif_p, sat, de_p, de_counter, de_lost
+    lo, hi, count, t, f_kind, f_core, f_a, f_b, syn, ring, lif_p, sat, de_p, de_counter, de_lost, st
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     # A packet with payload k is k spikes, each walking the row in turn (spec 3.2).
     for j in range(lo, hi):
@@ -398,6 +610,9 @@ def _deliver(
                             total = 0xFFFF
                             sat[c] += 1
                         ring[idx] = total
+        elif f_kind[j] == FAN_PLASTIC:
+            for _ in range(count):
+                _plastic_row(st, c, f_a[j], t, ring, lif_p)
         else:
             slot = t & (de_p[c, DE_SLOTS] - 1)
             idx = de_p[c, DE_CB] + slot * de_p[c, DE_NN] + f_a[j]
@@ -430,6 +645,7 @@ def _deliver_packets(
     de_p,
     de_counter,
     de_lost,
+    st,
 ):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Deliver one emitting core's packets ``lo:hi`` of a step, (neuron, payload) pairs, in order.
 
@@ -457,6 +673,7 @@ def _deliver_packets(
             de_p,
             de_counter,
             de_lost,
+            st,
         )
 
 
@@ -698,12 +915,13 @@ def _izh_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
 
 
 @numba.njit(cache=True)
-def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _lif_step(c, t, off, lif, rec, em_j, em_k, st):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """One step of neuron core c: consume the step's ring-buffer slots, record, update.
 
     The core's kind (``LIF_KIND``) picks its synapse transfer, the value recorded as gsyn and
     its neuron update; its input type (``LIF_INPUT``) how synaptic values become a current.
-    Writes the neurons that fired to ``em_j[off:]`` and returns how many did.
+    Writes the neurons that fired to ``em_j[off:]`` and returns how many did; on a plastic
+    core their spikes also join the post-synaptic histories, whatever the neuron model.
     """
     p = lif.table
     nb = p[c, LIF_NB]
@@ -784,6 +1002,10 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k):  # type: ignore[no-untyped-def] 
             em_j[off + m] = n
             em_k[off + m] = 1
             m += 1
+    if st.table[c, ST_PLASTIC]:
+        post0 = st.table[c, ST_POST]
+        for i in range(m):
+            _add_post_event(st, c, post0 + em_j[off + i], t)
     return m
 
 
@@ -953,7 +1175,7 @@ def _delay_step(c, t, off, de, em_j, em_k):  # type: ignore[no-untyped-def]  # p
 
 
 @numba.njit(cache=True, parallel=True)
-def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de, st):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Advance every core from step t0 to t1, ``window`` steps at a time.
 
     No synapse or delay stage is shorter than ``window`` steps, so within a window the cores
@@ -1042,7 +1264,7 @@ def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de):  # type
                     elif kind == KIND_DELAY:
                         m = _delay_step(x, t, off, de, em_j, em_k)
                     else:
-                        m = _lif_step(x, t, off, lif, rec, em_j, em_k)
+                        m = _lif_step(x, t, off, lif, rec, em_j, em_k, st)
                     em_n[i, q] = m
                     if first >= 0 and not counted:
                         for j in range(off, off + m):
@@ -1100,6 +1322,7 @@ def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de):  # type
                                     de_p,
                                     de_counter,
                                     de_lost,
+                                    st,
                                 )
                         continue
                     off = i * stride + src[q, SRC_SEG]
@@ -1143,6 +1366,7 @@ def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de):  # type
                         de_p,
                         de_counter,
                         de_lost,
+                        st,
                     )
         t_start += n_win
     return t1

@@ -22,7 +22,8 @@ region but the neuron record. Regions (all little-endian u32 words):
   ``block byte offset / 16`` in bits 8-31; offset ``0xFFFFFF`` = invalid).
 * ``REGION_SYNAPTIC_MATRIX`` (6): rows of ``row_length + 3`` words: ``0`` (plastic words),
   ``F`` (fixed words), ``0`` (plastic controls), then F fixed words
-  ``weight << 16 | delay << (I + T) | type << I | neuron``; unused tail words are zero.
+  ``weight << 16 | delay << (I + T) | type << I | neuron``; unused tail words are zero. A
+  plastic core's rows may be plastic instead (a non-zero first word): see ``stdp``.
 * ``REGION_RECORDING`` (9): ``record_spikes, v_interval, gsyn_exc_interval,
   gsyn_inh_interval`` in steps (0 = off); every neuron of the core is recorded.
 """

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from machine_models import delays, kernels, lif, neuron_apps, sources
+from machine_models import delays, kernels, lif, neuron_apps, sources, stdp
 from machine_models.errors import RegionError
 from machine_models.image import AppId, CoreImage
 from machine_models.regions import (
@@ -31,6 +31,7 @@ from machine_models.regions import (
     REGION_KEYS,
     REGION_POP_TABLE,
     REGION_RECORDING,
+    REGION_SYNAPSE_DYNAMICS,
     REGION_SYNAPSE_PARAMS,
     REGION_SYNAPTIC_MATRIX,
     decode_keys,
@@ -102,6 +103,8 @@ class LifLoader:
         self.pop_tables: dict[int, lif.PopTable] = {}
         self.matrices: list[npt.NDArray[np.uint32]] = []
         self.syn_base: dict[int, int] = {}
+        self.plasticity: dict[int, stdp.StdpParams] = {}
+        """The STDP rule of each plastic core (by core index)."""
         self._n_neurons = self._n_ring = self._n_syn = 0
 
     def add(self, core_index: int, core: CoreImage, emitters: Emitters) -> int:
@@ -117,6 +120,14 @@ class LifLoader:
             else None
         )
         self.pop_tables[core_index] = lif.decode_pop_table(region(core, REGION_POP_TABLE))
+        if REGION_SYNAPSE_DYNAMICS in core.regions:
+            params = stdp.decode_stdp_params(core.regions[REGION_SYNAPSE_DYNAMICS])
+            if len(params.limits) < 1 << sp.type_bits:
+                raise ValueError(
+                    f"synapse dynamics region has {len(params.limits)} weight records "
+                    f"for {1 << sp.type_bits} synapse types"
+                )
+            self.plasticity[core_index] = params
         matrix = np.frombuffer(region(core, REGION_SYNAPTIC_MATRIX), "<u4").astype(np.uint32)
         row = [0] * kernels.LIF_COLUMNS
         for column, value in (
@@ -154,6 +165,48 @@ class LifLoader:
     def synaptic_words(self) -> npt.NDArray[np.uint32]:
         """Every core's synaptic matrix, one after another (``syn_base`` gives each start)."""
         return np.concatenate(self.matrices) if self.matrices else np.zeros(0, np.uint32)
+
+    def finish_stdp(self) -> kernels.StdpCores:
+        """The plastic cores' arrays: rules, lookup tables, histories, and the matrices to update.
+
+        ``words`` is every neuron core's matrix as :attr:`synaptic_words` lays them out (so a
+        plastic row's first word has the same index in both), empty when no core is plastic.
+        """
+        table = np.zeros((len(self.cores), kernels.ST_COLUMNS), _I64)
+        luts: list[int] = []
+        limits: list[tuple[int, int, int, int]] = []
+        n_post = 0
+        for li, ci in enumerate(self.cores):
+            params = self.plasticity.get(ci)
+            if params is None:
+                continue
+            row = table[li]
+            row[kernels.ST_PLASTIC] = 1
+            row[kernels.ST_RULE] = int(params.weight_rule)
+            row[kernels.ST_BACKPROP] = int(params.backprop_delay)
+            row[kernels.ST_POST] = n_post
+            n_post += int(self.rows[li][kernels.LIF_NN])
+            for off, size, shift, lut in (
+                (kernels.ST_LP_OFF, kernels.ST_LP_SIZE, kernels.ST_LP_SHIFT, params.tau_plus),
+                (kernels.ST_LM_OFF, kernels.ST_LM_SIZE, kernels.ST_LM_SHIFT, params.tau_minus),
+            ):
+                row[off], row[size], row[shift] = len(luts), len(lut.values), lut.shift
+                luts.extend(lut.values)
+            row[kernels.ST_LIMITS] = len(limits)
+            limits.extend(
+                (lim.min_weight, lim.max_weight, lim.a2_plus, lim.a2_minus) for lim in params.limits
+            )
+        words = self.synaptic_words.copy() if self.plasticity else np.zeros(0, np.uint32)
+        return kernels.StdpCores(
+            table,
+            np.array(luts, dtype=_I64),
+            np.array(limits, dtype=_I64).reshape(-1, 4),
+            words,
+            np.zeros((n_post, kernels.POST_SLOTS), _I64),
+            np.zeros((n_post, kernels.POST_SLOTS), _I64),
+            np.zeros(n_post, _I64),
+            np.zeros(len(self.cores), _I64),
+        )
 
     def finish(self) -> kernels.LifCores:
         """The neuron cores' arrays (the recording columns of the table are set per run)."""

@@ -18,6 +18,7 @@ __all__ = [
     "REGION_KEYS",
     "REGION_POP_TABLE",
     "REGION_RECORDING",
+    "REGION_SYNAPSE_DYNAMICS",
     "REGION_SYNAPSE_PARAMS",
     "REGION_SYNAPTIC_MATRIX",
     "decode_keys",
@@ -36,6 +37,8 @@ REGION_INPUT_TYPE = 3
 REGION_SYNAPSE_PARAMS = 4
 REGION_POP_TABLE = 5
 REGION_SYNAPTIC_MATRIX = 6
+REGION_SYNAPSE_DYNAMICS = 7
+"""A plastic neuron core's STDP rule: lookup tables and weight limits (``stdp``)."""
 REGION_RECORDING = 9
 
 S1615_ONE = 1 << 15

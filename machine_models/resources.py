@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 
-from machine_models import lif, neuron_apps
+from machine_models import lif, neuron_apps, stdp
 from machine_models.errors import (
     DeadChipError,
     DeadLinkError,
@@ -24,7 +24,13 @@ from machine_models.errors import (
 )
 from machine_models.geometry import ChipXY, Link
 from machine_models.image import AppId, CoreImage, Image
-from machine_models.regions import REGION_DATA, REGION_KEYS, REGION_SYNAPSE_PARAMS, decode_keys
+from machine_models.regions import (
+    REGION_DATA,
+    REGION_KEYS,
+    REGION_SYNAPSE_DYNAMICS,
+    REGION_SYNAPSE_PARAMS,
+    decode_keys,
+)
 from machine_models.topology import Topology
 
 __all__ = [
@@ -63,7 +69,25 @@ def dtcm_bytes(core: CoreImage) -> int:
     ring = 2 * (1 << sp.ring_buffer_bits)
     per_neuron = neuron_apps.NEURON_APPS[core.app].dtcm_bytes_per_neuron
     state = per_neuron * sp.n_neurons
-    return ring + state + DTCM_OVERHEAD_BYTES
+    return ring + state + DTCM_OVERHEAD_BYTES + plasticity_dtcm_bytes(core, sp.n_neurons)
+
+
+def plasticity_dtcm_bytes(core: CoreImage, n_neurons: int) -> int:
+    """DTCM a plastic core adds: each neuron's post-synaptic history, the lookup tables and
+    the weight records (0 for a static core).
+
+    Raises:
+        RegionError: the synapse-dynamics region cannot be decoded.
+    """
+    data = core.regions.get(REGION_SYNAPSE_DYNAMICS)
+    if data is None:
+        return 0
+    try:
+        params = stdp.decode_stdp_params(data)
+    except ValueError as exc:
+        raise RegionError(core.chip.x, core.chip.y, core.p, str(exc)) from None
+    luts = sum(4 + 2 * len(lut.values) for lut in (params.tau_plus, params.tau_minus))
+    return stdp.POST_HISTORY_BYTES * n_neurons + luts + 16 * len(params.limits)
 
 
 def _sent_keys(core: CoreImage) -> list[tuple[int, int]]:

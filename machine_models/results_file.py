@@ -16,8 +16,9 @@ read it::
         {"name": "core_provenance", "kind": "core_provenance", "where": [],
          "dtype": "json", "shape": [], "offset": ..., "n_bytes": ...}]}
 
-Array parts are raw little-endian C-order bytes; the two provenance parts are JSON lists of
-``[where, counters]`` pairs.
+Array parts are raw little-endian C-order bytes (``synaptic_matrix/x,y,p`` parts hold a
+plastic core's matrix region after the run, u32 words); the two provenance parts are JSON
+lists of ``[where, counters]`` pairs.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ RESULTS_MAGIC: Final = b"ALLOTRES"
 RESULTS_VERSION: Final = 1
 _HEADER = struct.Struct("<8sHHI")
 _ALIGN = 8
-_ARRAY_KINDS: Final = ("spikes", "v", "gsyn_exc", "gsyn_inh")
+_ARRAY_KINDS: Final = ("spikes", "v", "gsyn_exc", "gsyn_inh", "synaptic_matrix")
 _JSON = "json"
 
 
@@ -86,6 +87,7 @@ def _fields(results: Results) -> tuple[tuple[str, Mapping[CoreXYP, npt.NDArray[A
         ("v", results.v_mv),
         ("gsyn_exc", results.gsyn_exc_na),
         ("gsyn_inh", results.gsyn_inh_na),
+        ("synaptic_matrix", results.synaptic_matrices),
     )
 
 
@@ -251,12 +253,14 @@ def decode_results(data: bytes) -> tuple[Results, ResultsIndex]:
         arrays["gsyn_inh"],
         provenance["core_provenance"],
         provenance["router_provenance"],
+        arrays["synaptic_matrix"],
     )
     return results, index
 
 
 def join_results(parts: Sequence[Results]) -> Results:
-    """Results of consecutive runs as one: recordings joined in time, provenance the last's.
+    """Results of consecutive runs as one: recordings joined in time; provenance and plastic
+    cores' synaptic matrices the last's.
 
     The executor's provenance counters count from the start, so the last run's are the
     totals.
@@ -283,4 +287,5 @@ def join_results(parts: Sequence[Results]) -> Results:
         joined("gsyn_inh_na"),
         parts[-1].core_provenance,
         parts[-1].router_provenance,
+        parts[-1].synaptic_matrices,
     )

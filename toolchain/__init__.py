@@ -47,6 +47,7 @@ from toolchain.network import (
     SpikeSourceArray,
     SpikeSourcePoisson,
     StaticSynapse,
+    StdpSynapse,
 )
 from toolchain.splitting import MappingConfig
 
@@ -80,6 +81,7 @@ __all__ = [
     "SpikeSourceArray",
     "SpikeSourcePoisson",
     "StaticSynapse",
+    "StdpSynapse",
     "ToolchainError",
     "allocation_from_machine_info",
     "map_network",

@@ -12,16 +12,16 @@ slice went, so a runner can load the image and read results back per population.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from machine_models.delays import DelayParams, encode_delay_params
+from machine_models.executor import Results
 from machine_models.geometry import ChipXY
-from machine_models.image import AppId, CoreImage, Image, RoutingEntry
+from machine_models.image import AppId, CoreImage, CoreXYP, Image, RoutingEntry
 from machine_models.izhikevich import IzhParams, encode_izh_params
 from machine_models.lif import (
     LifParams,
@@ -42,6 +42,7 @@ from machine_models.regions import (
     REGION_KEYS,
     REGION_POP_TABLE,
     REGION_RECORDING,
+    REGION_SYNAPSE_DYNAMICS,
     REGION_SYNAPSE_PARAMS,
     REGION_SYNAPTIC_MATRIX,
     encode_keys,
@@ -52,6 +53,7 @@ from machine_models.sources import (
     encode_spike_array,
     kiss_seed,
 )
+from machine_models.stdp import StdpParams, WeightRule, encode_stdp_params
 from machine_models.topology import Topology
 from toolchain.compression import MAX_ROUTER_ENTRIES, compress
 from toolchain.errors import NetworkError, ResourceError, RoutingTableFullError
@@ -66,6 +68,7 @@ from toolchain.network import (
     Network,
     NeuronCell,
     Population,
+    Projection,
     SpikeSourcePoisson,
 )
 from toolchain.placement import CoreLocation, place
@@ -80,9 +83,10 @@ from toolchain.splitting import (
     VertexKind,
     ceil_log2,
     plan_delays,
+    plan_plastic_atoms,
     split_network,
 )
-from toolchain.synapses import SynapseBuild, build_synapses
+from toolchain.synapses import PlasticIndex, SynapseBuild, build_synapses, learned_weights
 
 __all__ = ["MappedNetwork", "fit_tables", "map_network"]
 
@@ -109,6 +113,7 @@ class MappedNetwork:
         shifts: weight shift per (population index, synapse type).
         n_synapses: synapses built.
         uncompressed_entries: routing entries per chip before compression.
+        plastic: projection index -> where its learned weights lie (STDP projections).
     """
 
     network: Network
@@ -121,6 +126,27 @@ class MappedNetwork:
     shifts: Mapping[tuple[int, int], int]
     n_synapses: int
     uncompressed_entries: Mapping[ChipXY, int] = field(default_factory=dict)
+    plastic: Mapping[int, PlasticIndex] = field(default_factory=dict)
+
+    def learned_weights(self, projection: Projection, results: Results) -> npt.NDArray[np.float64]:
+        """The weights of an STDP projection after a run, in its synapse order (nA or uS).
+
+        Raises:
+            NetworkError: the projection is not plastic or not of this network.
+            ResourceError: the results lack a core's synaptic matrix.
+        """
+        try:
+            number = self.network.projections.index(projection)
+        except ValueError:
+            raise NetworkError(f"projection {projection.label!r} is not in this network") from None
+        index = self.plastic.get(number)
+        if index is None:
+            raise NetworkError(f"projection {projection.label!r} is not plastic")
+        matrices = []
+        for vertex in self.vertices:
+            where = self.locations[vertex]
+            matrices.append(results.synaptic_matrices.get(CoreXYP(where.x, where.y, where.p)))
+        return learned_weights(self.network, number, index, self.shifts, matrices)
 
     def cores_of(self, population: Population) -> list[tuple[Vertex, CoreLocation]]:
         """The (non-delay) cores of a population in neuron order."""
@@ -144,6 +170,12 @@ def map_network(
         RoutingError: a route is impossible or a table stays too large.
     """
     config = config or MappingConfig()
+    plastic_atoms = plan_plastic_atoms(network, config)
+    if plastic_atoms:
+        # populations that learn fit fewer neurons per core (post-synaptic histories)
+        config = replace(
+            config, atoms_per_population={**config.atoms_per_population, **plastic_atoms}
+        )
     timestep_us = network.dt_ms * 1000.0
     if abs(timestep_us - round(timestep_us)) > 1e-6:
         raise NetworkError(f"time step {network.dt_ms} ms is not a whole number of microseconds")
@@ -173,6 +205,7 @@ def map_network(
         syn.shifts,
         syn.n_synapses,
         {chip: len(e) for chip, e in raw_tables.items()},
+        syn.plastic,
     )
 
 
@@ -353,6 +386,24 @@ def _neuron_regions(
         )
     elif isinstance(cell, IFCurrDelta):
         regions[REGION_INPUT_TYPE] = encode_delta_input(n, timestep_us)
+    rule = network.plasticity_of(pop)
+    if rule is not None:
+        regions[REGION_SYNAPSE_DYNAMICS] = encode_stdp_params(
+            StdpParams.from_pynn(
+                WeightRule.ADDITIVE
+                if rule.weight_rule == "additive"
+                else WeightRule.MULTIPLICATIVE,
+                network.dt_ms,
+                tau_plus=rule.tau_plus,
+                tau_minus=rule.tau_minus,
+                a_plus=rule.a_plus,
+                a_minus=rule.a_minus,
+                w_min=rule.w_min,
+                w_max=rule.w_max,
+                weight_scale=cell.weight_scale,
+                n_synapse_types=1 << SYNAPSE_TYPE_BITS,
+            )
+        )
     return regions
 
 
@@ -398,7 +449,7 @@ def _neuron_data(
     )
     if isinstance(cell, IFCurrDelta):
         return encode_delta_params(params, timestep_us)
-    params = dataclasses.replace(
+    params = replace(
         params,
         tau_syn_e=_of_core(cell.tau_syn_E, vertex),
         tau_syn_i=_of_core(cell.tau_syn_I, vertex),

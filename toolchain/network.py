@@ -50,6 +50,7 @@ __all__ = [
     "SpikeSourceArray",
     "SpikeSourcePoisson",
     "StaticSynapse",
+    "StdpSynapse",
 ]
 
 IndexArray: TypeAlias = npt.NDArray[np.int64]
@@ -504,6 +505,58 @@ class StaticSynapse:
     delay: float | FloatArray | None = None
 
 
+@dataclass(frozen=True, eq=False)
+class StdpSynapse:
+    """Spike-pair STDP (sPyNNaker's ``STDPMechanism`` with ``SpikePairRule``): an initial
+    weight (nA, uS on conductance cells) and delay, as a :class:`StaticSynapse`, and the rule.
+
+    Attributes:
+        weight_rule: ``"additive"`` (dw = A x decay, clipped to [w_min, w_max]) or
+            ``"multiplicative"`` (dw = A x (w_max - w) or A x (w - w_min) x decay).
+        tau_plus: ms. tau_minus: ms.
+        a_plus: A+ (additive: in weight units, as sPyNNaker takes it). a_minus: A-.
+        w_min: smallest weight. w_max: largest weight.
+    """
+
+    weight: float | FloatArray = 0.0
+    delay: float | FloatArray | None = None
+    weight_rule: Literal["additive", "multiplicative"] = "additive"
+    tau_plus: float = 20.0
+    tau_minus: float = 20.0
+    a_plus: float = 0.01
+    a_minus: float = 0.01
+    w_min: float = 0.0
+    w_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.weight_rule not in ("additive", "multiplicative"):
+            raise NetworkError(
+                f"weight rule must be additive or multiplicative, got {self.weight_rule!r}"
+            )
+        if self.tau_plus <= 0 or self.tau_minus <= 0:
+            raise NetworkError(
+                f"STDP time constants must be positive, got tau_plus={self.tau_plus} "
+                f"and tau_minus={self.tau_minus}"
+            )
+        if not 0 <= self.w_min <= self.w_max:
+            raise NetworkError(
+                f"STDP weight limits must satisfy 0 <= w_min <= w_max, got "
+                f"w_min={self.w_min} and w_max={self.w_max}"
+            )
+
+    def rule(self) -> tuple[object, ...]:
+        """Everything but weight and delay: projections onto one population must share it."""
+        return (
+            self.weight_rule,
+            self.tau_plus,
+            self.tau_minus,
+            self.a_plus,
+            self.a_minus,
+            self.w_min,
+            self.w_max,
+        )
+
+
 @dataclass(eq=False)
 class Projection:
     """Synapses from one population to another, of one receptor type.
@@ -520,7 +573,7 @@ class Projection:
     pre: Population
     post: Population
     connector: Connector
-    synapse: StaticSynapse
+    synapse: StaticSynapse | StdpSynapse
     receptor_type: Receptor
     seed: Sequence[int]
     label: str = ""
@@ -633,11 +686,16 @@ class Network:
         pre: Population,
         post: Population,
         connector: Connector,
-        synapse: StaticSynapse | None = None,
+        synapse: StaticSynapse | StdpSynapse | None = None,
         receptor_type: Receptor = "excitatory",
         label: str | None = None,
     ) -> Projection:
-        """Connect ``pre`` to ``post`` and return the projection."""
+        """Connect ``pre`` to ``post`` and return the projection.
+
+        Raises:
+            NetworkError: a bad target or receptor, or an STDP rule that differs from that of
+                another plastic projection onto ``post`` (a core runs one rule).
+        """
         if not isinstance(post.cell, NeuronCell):
             raise NetworkError(
                 f"projection target {post.label!r} is a {post.cell.name}, which has no synapses"
@@ -649,6 +707,17 @@ class Network:
         for pop in (pre, post):
             if pop not in self.populations:
                 raise NetworkError(f"population {pop.label!r} is not in this network")
+        if isinstance(synapse, StdpSynapse):
+            for other in self.projections:
+                if (
+                    other.post is post
+                    and isinstance(other.synapse, StdpSynapse)
+                    and other.synapse.rule() != synapse.rule()
+                ):
+                    raise NetworkError(
+                        f"population {post.label!r} already learns with another STDP rule "
+                        f"(projection {other.label!r}); one population runs one rule"
+                    )
         proj = Projection(
             pre=pre,
             post=post,
@@ -660,6 +729,13 @@ class Network:
         )
         self.projections.append(proj)
         return proj
+
+    def plasticity_of(self, population: Population) -> StdpSynapse | None:
+        """The STDP rule of the plastic projections onto ``population``, if any."""
+        for proj in self.projections:
+            if proj.post is population and isinstance(proj.synapse, StdpSynapse):
+                return proj.synapse
+        return None
 
     def delay_steps(self, delay_ms: FloatArray) -> IndexArray:
         """Convert delays in ms to whole time steps (rounded to nearest)."""

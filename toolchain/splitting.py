@@ -14,6 +14,15 @@ A neuron core's DTCM holds its ring buffers and its neuron state. The ring buffe
 
 Delays longer than the slots go through a delay-extension core per source slice, which
 adds whole stages of ``slots`` steps; at most 8 stages, so 8 x slots is the longest delay.
+
+A population that learns (an STDP projection onto it) also keeps each neuron's post-synaptic
+history in DTCM (``POST_HISTORY_BYTES``, 100 bytes) and the rule's lookup tables, so fewer of
+its neurons fit a core: :func:`plan_plastic_atoms` picks the most that fit, and the mapping
+uses that instead of ``max_atoms_per_core``::
+
+    256 neurons, 32 delay slots:  32 KB ring + 256 x 96 state + 4 KB          fits (60.5 KB)
+    plastic, the same:            ... + 256 x 100 history + tables             does not
+    plastic, 142 neurons:         32 KB ring + 142 x 196 + 4 KB + tables       fits
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from types import MappingProxyType
 
 from machine_models import neuron_apps
 from machine_models.image import AppId
+from machine_models.stdp import POST_HISTORY_BYTES, exp_lut
 from toolchain.errors import ResourceError
 from toolchain.network import (
     IFCondExp,
@@ -52,6 +62,8 @@ __all__ = [
     "VertexKind",
     "ceil_log2",
     "plan_delays",
+    "plan_plastic_atoms",
+    "plastic_dtcm_bytes",
     "split_network",
 ]
 
@@ -132,6 +144,9 @@ class MappingConfig:
     ring_buffer_sigma: float = 5.0
     compress_tables: bool = True
     weight_shifts: Mapping[tuple[int, int], int] | None = None
+    atoms_per_population: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Neurons per core by population index, below ``max_atoms_per_core``; the mapping sets
+    it for populations that learn (:func:`plan_plastic_atoms`)."""
 
     def atoms_per_core(self, population: Population) -> int:
         """Neurons per core for this population (at most its size)."""
@@ -140,6 +155,7 @@ class MappingConfig:
             raise ResourceError(
                 f"max atoms per core for {population.cell.name} must be >= 1, got {limit}"
             )
+        limit = min(limit, self.atoms_per_population.get(population.index, limit))
         return min(limit, population.size)
 
 
@@ -263,6 +279,61 @@ def neuron_dtcm_bytes(n_atoms_stride: int, n_slots: int, cell_name: str = "IF_cu
     return 2 * ring_entries + per_neuron * n_atoms_stride + DTCM_FIXED_BYTES
 
 
+def plastic_dtcm_bytes(network: Network, population: Population, n_atoms_stride: int) -> int:
+    """DTCM that learning adds to a core of ``population``: post-synaptic histories and the
+    rule's two lookup tables and weight records; 0 when nothing onto it is plastic."""
+    rule = network.plasticity_of(population)
+    if rule is None:
+        return 0
+    luts = sum(
+        4 + 2 * len(exp_lut(network.dt_ms, tau).values) for tau in (rule.tau_plus, rule.tau_minus)
+    )
+    return POST_HISTORY_BYTES * n_atoms_stride + luts + 16 * (1 << SYNAPSE_TYPE_BITS)
+
+
+def _longest_delay_steps(network: Network, population: Population) -> int:
+    longest = 1
+    for proj in network.projections:
+        if proj.post is population:
+            _, _, _, delay = proj.synapses(network.dt_ms)
+            if delay.size:
+                longest = max(longest, int(network.delay_steps(delay).max()))
+    return longest
+
+
+def plan_plastic_atoms(network: Network, config: MappingConfig) -> dict[int, int]:
+    """Neurons per core of each population that learns: the most (up to the configured
+    limit) whose ring buffers, state, post-synaptic histories and tables fit DTCM.
+
+    Raises:
+        ResourceError: not even one neuron fits.
+    """
+    plan: dict[int, int] = {}
+    for pop in network.populations:
+        if not isinstance(pop.cell, NeuronCell) or network.plasticity_of(pop) is None:
+            continue
+        longest = _longest_delay_steps(network, pop)
+        n = config.atoms_per_core(pop)
+        while n >= 1:
+            index_bits = ceil_log2(n)
+            avail_bits = MAX_RING_BUFFER_BITS - index_bits - SYNAPSE_TYPE_BITS
+            slots = min(1 << ceil_log2(longest), 1 << max(avail_bits, 0))
+            needed = neuron_dtcm_bytes(n, slots, pop.cell.name) + plastic_dtcm_bytes(
+                network, pop, n
+            )
+            if avail_bits >= 0 and needed <= DTCM_BYTES:
+                break
+            n -= 1
+        if n < 1:
+            raise ResourceError(
+                f"population {pop.label!r} learns, and not even one neuron with its "
+                f"post-synaptic history fits {DTCM_BYTES} bytes of dtcm"
+            )
+        if n < config.atoms_per_core(pop):
+            plan[pop.index] = n
+    return plan
+
+
 def split_network(network: Network, config: MappingConfig, delays: DelayPlan) -> list[Vertex]:
     """Split every population into cores, plus one delay-extension core per source slice.
 
@@ -274,7 +345,9 @@ def split_network(network: Network, config: MappingConfig, delays: DelayPlan) ->
         stride = config.atoms_per_core(pop)
         kind = _KINDS[pop.cell.name]
         if kind is VertexKind.NEURON:
-            needed = neuron_dtcm_bytes(stride, delays.slots[pop.index], pop.cell.name)
+            needed = neuron_dtcm_bytes(
+                stride, delays.slots[pop.index], pop.cell.name
+            ) + plastic_dtcm_bytes(network, pop, stride)
             if needed > DTCM_BYTES:
                 raise ResourceError(
                     f"population {pop.label!r} with {stride} neurons per core needs {needed} "

@@ -16,6 +16,12 @@ delay ``delay - s * stage_steps``, and its row sits in the delay partition's blo
 Weights are stored as ``round(|w| * 2 ** (15 - shift))`` with one shift per target
 population and synapse type, chosen as sPyNNaker 7.4.1 chooses it (:func:`weight_shifts`).
 
+Synapses of STDP projections go into plastic blocks of their own (one beside the static block
+of the same partition, both under one population-table entry), laid out as 7.4.1 lays plastic
+rows (``machine_models.stdp``): about the same 4 bytes per synapse, 3 header and 2 history
+words per row. Where each plastic synapse's weight lies is kept, so that the weights a run
+learned can be read back (:func:`learned_weights`).
+
 All of it is done with numpy over whole projections: one sort of every synapse by
 (target core, partition, row), never a Python loop per synapse.
 """
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +43,10 @@ from machine_models.lif import (
     synapse_words,
     weights_to_u16,
 )
+from machine_models.stdp import encode_plastic_block, plastic_row_words
 from toolchain.errors import ResourceError
 from toolchain.keys import KeySpace, Partition
-from toolchain.network import Network, NeuronCell, Population
+from toolchain.network import Network, NeuronCell, Population, StdpSynapse
 from toolchain.splitting import (
     MAX_ROW_SYNAPSES,
     SYNAPSE_TYPE_BITS,
@@ -50,7 +57,14 @@ from toolchain.splitting import (
     ceil_log2,
 )
 
-__all__ = ["CoreSynapses", "SynapseBuild", "build_synapses", "weight_shifts"]
+__all__ = [
+    "CoreSynapses",
+    "PlasticIndex",
+    "SynapseBuild",
+    "build_synapses",
+    "learned_weights",
+    "weight_shifts",
+]
 
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
@@ -63,6 +77,23 @@ class CoreSynapses:
     pop_table: PopTable
     matrix: bytes
     n_synapses: int
+    plastic_origin: npt.NDArray[np.int64] | None = None
+    """Per plastic synapse of the matrix, ``projection index << 40 | synapse index``..."""
+    plastic_halfword: npt.NDArray[np.int64] | None = None
+    """...and the u16 of the matrix region that holds its weight."""
+
+
+@dataclass(frozen=True)
+class PlasticIndex:
+    """Where the weights of one STDP projection lie, in the projection's synapse order.
+
+    Attributes:
+        vertex: per synapse, the neuron vertex (an index into the mapping's vertex list).
+        halfword: per synapse, the u16 of that core's synaptic matrix holding the weight.
+    """
+
+    vertex: npt.NDArray[np.int64]
+    halfword: npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -74,12 +105,14 @@ class SynapseBuild:
         targets: sending vertex -> vertices that must receive its packets.
         shifts: (population index, synapse type) -> weight shift.
         n_synapses: synapses built (multapses counted each).
+        plastic: projection index -> where its learned weights lie (STDP projections).
     """
 
     cores: Mapping[Vertex, CoreSynapses]
     targets: Mapping[Vertex, set[Vertex]]
     shifts: Mapping[tuple[int, int], int]
     n_synapses: int
+    plastic: Mapping[int, PlasticIndex] = field(default_factory=dict)
 
 
 def _weight_scale(post: Population) -> float:
@@ -116,6 +149,9 @@ def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, in
         _, post, weight, delay = proj.synapses(network.dt_ms)
         if weight.size == 0:
             continue
+        if isinstance(proj.synapse, StdpSynapse):
+            # 7.4.1 scales for the largest weight the rule may set (get_weight_maximum)
+            weight = np.maximum(weight, proj.synapse.w_max)
         weight = weight * _weight_scale(proj.post)
         syn_type = 0 if proj.receptor_type == "excitatory" else 1
         slot = (proj.post.index, syn_type)
@@ -171,11 +207,13 @@ def build_synapses(
 
     gkeys: list[npt.NDArray[np.int64]] = []
     words: list[npt.NDArray[np.uint32]] = []
+    origins: list[npt.NDArray[np.int64]] = []
     n_synapses = 0
-    for proj in network.projections:
+    for proj_index, proj in enumerate(network.projections):
         pre, post, weight, delay_ms = proj.synapses(network.dt_ms)
         if pre.size == 0:
             continue
+        is_plastic = isinstance(proj.synapse, StdpSynapse)
         n_synapses += pre.size
         steps = network.delay_steps(delay_ms).astype(np.int32)
         pre_stride = config.atoms_per_core(proj.pre)
@@ -214,21 +252,28 @@ def build_synapses(
                 - src_core * pre_stride
             )
             part[delayed] = keys.partition_index[Partition(proj.pre.index, True)]
-        gkeys.append(
-            ((first_post + post_slice.astype(np.int64)) * n_parts + part) << _ROW_BITS | row
-        )
+        group = (first_post + post_slice.astype(np.int64)) * n_parts + part
+        gkeys.append((group * 2 + int(is_plastic)) << _ROW_BITS | row)
         words.append(word)
+        origins.append(
+            (proj_index << _ORIGIN_BITS) + np.arange(pre.size, dtype=np.int64)
+            if is_plastic
+            else np.full(pre.size, -1, dtype=np.int64)
+        )
         del row, part, post_slice, steps, stage
     if not gkeys:
         all_keys = np.zeros(0, dtype=np.int64)
         all_words = np.zeros(0, dtype=np.uint32)
+        all_origins = np.zeros(0, dtype=np.int64)
     else:
         all_keys = np.concatenate(gkeys)
         all_words = np.concatenate(words)
-        del gkeys, words
+        all_origins = np.concatenate(origins)
+        del gkeys, words, origins
         order = np.argsort(all_keys, kind="stable")
         all_keys = all_keys[order]
         all_words = all_words[order]
+        all_origins = all_origins[order]
         del order
     groups = all_keys >> _ROW_BITS
     starts = (
@@ -238,21 +283,25 @@ def build_synapses(
     )
     ends = np.r_[starts[1:], groups.size].astype(np.int64) if groups.size else starts
 
-    per_core: dict[
-        Vertex, list[tuple[Partition, int, npt.NDArray[np.int64], npt.NDArray[np.uint32]]]
-    ] = {}
+    per_core: dict[Vertex, list[_Block]] = {}
     targets: dict[Vertex, set[Vertex]] = {}
     for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
-        group = int(groups[lo])
-        post_vertex = neuron_vertices[group // n_parts]
-        partition = part_list[group % n_parts]
+        cell_group, plastic_bit = divmod(int(groups[lo]), 2)
+        post_vertex = neuron_vertices[cell_group // n_parts]
+        partition = part_list[cell_group % n_parts]
         rows = all_keys[lo:hi] & _ROW_MASK
         pre_pop = network.populations[partition.population_index]
         stride = config.atoms_per_core(pre_pop)
         n_stages = delays.n_stages.get(pre_pop.index, 0) if partition.is_delay else 1
         rows_per_core = stride * n_stages
         per_core.setdefault(post_vertex, []).append(
-            (partition, rows_per_core, rows, all_words[lo:hi])
+            _Block(
+                partition,
+                rows_per_core,
+                rows,
+                all_words[lo:hi],
+                all_origins[lo:hi] if plastic_bit else None,
+            )
         )
         src_rows = np.unique(rows)
         for core in np.unique(src_rows // rows_per_core).tolist():
@@ -266,11 +315,57 @@ def build_synapses(
     cores: dict[Vertex, CoreSynapses] = {}
     for vertex in neuron_vertices:
         cores[vertex] = _core_synapses(per_core.get(vertex, []), keys, config)
-    return SynapseBuild(cores, targets, shifts, n_synapses)
+    plastic = _plastic_index(network, vertices, cores)
+    return SynapseBuild(cores, targets, shifts, n_synapses, plastic)
+
+
+_ORIGIN_BITS = 40
+
+
+@dataclass(frozen=True)
+class _Block:
+    """The synapses of one block: one partition's rows on one core, static or plastic."""
+
+    partition: Partition
+    rows_per_core: int
+    rows: npt.NDArray[np.int64]
+    words: npt.NDArray[np.uint32]
+    origins: npt.NDArray[np.int64] | None
+    """Per synapse of a plastic block, ``projection << 40 | synapse``; None when static."""
+
+
+def _plastic_index(
+    network: Network, vertices: Sequence[Vertex], cores: Mapping[Vertex, CoreSynapses]
+) -> dict[int, PlasticIndex]:
+    vertex_index = {v: i for i, v in enumerate(vertices)}
+    parts: dict[int, list[tuple[npt.NDArray[np.int64], int, npt.NDArray[np.int64]]]] = {}
+    for vertex, core in cores.items():
+        if core.plastic_origin is None or core.plastic_halfword is None:
+            continue
+        proj = core.plastic_origin >> _ORIGIN_BITS
+        for p in np.unique(proj).tolist():
+            sel = proj == p
+            parts.setdefault(int(p), []).append(
+                (
+                    core.plastic_origin[sel] & ((1 << _ORIGIN_BITS) - 1),
+                    vertex_index[vertex],
+                    core.plastic_halfword[sel],
+                )
+            )
+    index: dict[int, PlasticIndex] = {}
+    for p, pieces in parts.items():
+        n = network.projections[p].synapses(network.dt_ms)[0].size
+        where_vertex = np.full(n, -1, dtype=np.int64)
+        where_half = np.full(n, -1, dtype=np.int64)
+        for synapse, v, half in pieces:
+            where_vertex[synapse] = v
+            where_half[synapse] = half
+        index[p] = PlasticIndex(where_vertex, where_half)
+    return index
 
 
 def _core_synapses(
-    blocks: list[tuple[Partition, int, npt.NDArray[np.int64], npt.NDArray[np.uint32]]],
+    blocks: list[_Block],
     keys: KeySpace,
     config: MappingConfig,
 ) -> CoreSynapses:
@@ -280,19 +375,31 @@ def _core_synapses(
     offset = 0
     n_synapses = 0
     core_field = (1 << keys.n_core_bits) - 1
-    for partition, rows_per_core, rows, words in sorted(
-        blocks, key=lambda b: keys.partition_key(b[0])
+    origins: list[npt.NDArray[np.int64]] = []
+    halfwords: list[npt.NDArray[np.int64]] = []
+    for block_info in sorted(
+        blocks, key=lambda b: (keys.partition_key(b.partition), b.origins is not None)
     ):
+        partition, rows_per_core, rows, words = (
+            block_info.partition,
+            block_info.rows_per_core,
+            block_info.rows,
+            block_info.words,
+        )
         n_rows = int(rows.max()) + 1
         n_rows = math.ceil(n_rows / rows_per_core) * rows_per_core
         counts = np.bincount(rows, minlength=n_rows)
+        is_plastic = block_info.origins is not None
         row_length = max(1, int(counts.max()))
+        if is_plastic:
+            row_length = int(plastic_row_words(row_length))
         if row_length > MAX_ROW_SYNAPSES:
             worst = int(counts.argmax())
+            what = f"plastic synapses ({row_length} words)" if is_plastic else "synapses"
             raise ResourceError(
                 f"source neuron row {worst} of partition {partition.population_index}"
-                f"{' (delayed)' if partition.is_delay else ''} has {row_length} synapses to "
-                f"one core, above the {MAX_ROW_SYNAPSES} a row can hold"
+                f"{' (delayed)' if partition.is_delay else ''} has {int(counts.max())} {what} "
+                f"to one core, above the {MAX_ROW_SYNAPSES} a row can hold"
             )
         if core_field >= 1 << 8:
             raise ResourceError(
@@ -301,22 +408,78 @@ def _core_synapses(
             )
         row_ptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(counts, out=row_ptr[1:])
-        block = encode_synaptic_block(row_ptr, words, row_length).tobytes()
-        entries.append(
-            MasterPopEntry(
-                key=keys.partition_key(partition),
-                mask=keys.partition_mask,
-                start=len(addresses),
-                count=1,
-                n_colour_bits=config.n_colour_bits,
-                core_mask=core_field,
-                mask_shift=keys.core_shift,
-                n_neurons=rows_per_core,
+        if block_info.origins is not None:
+            block = encode_plastic_block(
+                row_ptr, words >> np.uint32(16), words & np.uint32(0xFFFF), row_length
+            ).tobytes()
+            # weight j of row r: u16 2 * (3 + r * (row_length + 3)) + j of the block
+            row_of = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
+            within = np.arange(words.size, dtype=np.int64) - row_ptr[row_of]
+            halfwords.append(offset // 2 + 2 * (3 + row_of * (row_length + 3)) + within)
+            origins.append(block_info.origins)
+        else:
+            block = encode_synaptic_block(row_ptr, words, row_length).tobytes()
+        key = keys.partition_key(partition)
+        if entries and entries[-1].key == key:
+            # the plastic block of a partition that also has a static one: a second address
+            last = entries.pop()
+            entries.append(replace(last, count=last.count + 1))
+        else:
+            entries.append(
+                MasterPopEntry(
+                    key=key,
+                    mask=keys.partition_mask,
+                    start=len(addresses),
+                    count=1,
+                    n_colour_bits=config.n_colour_bits,
+                    core_mask=core_field,
+                    mask_shift=keys.core_shift,
+                    n_neurons=rows_per_core,
+                )
             )
-        )
         addresses.append((offset, row_length))
         padding = -len(block) % 16
         chunks.append(block + b"\0" * padding)
         offset += len(block) + padding
         n_synapses += int(words.size)
-    return CoreSynapses(PopTable(tuple(entries), tuple(addresses)), b"".join(chunks), n_synapses)
+    return CoreSynapses(
+        PopTable(tuple(entries), tuple(addresses)),
+        b"".join(chunks),
+        n_synapses,
+        np.concatenate(origins) if origins else None,
+        np.concatenate(halfwords) if halfwords else None,
+    )
+
+
+def learned_weights(
+    network: Network,
+    projection_index: int,
+    index: PlasticIndex,
+    shifts: Mapping[tuple[int, int], int],
+    matrices: Sequence[npt.NDArray[np.uint32] | None],
+) -> npt.NDArray[np.float64]:
+    """The weights (nA, uS on conductance cells) of an STDP projection, in synapse order.
+
+    Args:
+        network: the mapped network.
+        projection_index: the projection's position in ``network.projections``.
+        index: where its weights lie (:attr:`SynapseBuild.plastic`).
+        shifts: the mapping's weight shifts.
+        matrices: per vertex of the mapping (by index), the synaptic-matrix region of its
+            core as a run left it, or None for cores that are not plastic.
+
+    Raises:
+        ResourceError: a core that holds some of the weights has no matrix.
+    """
+    proj = network.projections[projection_index]
+    syn_type = 0 if proj.receptor_type == "excitatory" else 1
+    shift = shifts[(proj.post.index, syn_type)]
+    out = np.zeros(index.vertex.size, dtype=np.float64)
+    for v in np.unique(index.vertex).tolist():
+        matrix = matrices[int(v)]
+        if matrix is None:
+            raise ResourceError(f"no synaptic matrix was read back for core {v} of {proj.label!r}")
+        sel = index.vertex == v
+        halves = np.ascontiguousarray(matrix, dtype=np.uint32).view(np.uint16)
+        out[sel] = halves[index.halfword[sel]].astype(np.float64)
+    return out * 2.0 ** (shift - 15) / _weight_scale(proj.post)

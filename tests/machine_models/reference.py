@@ -10,6 +10,11 @@ Delivery order (it decides which addition saturates a ring-buffer slot first): t
 a step in the order of their senders (spike arrays, Poisson sources, delay extensions, neuron
 cores; image order within each kind), each sender's packets in neuron order.
 
+A plastic core keeps each neuron's post-synaptic history as the chip's 16-entry array
+(a placeholder at time 0, then the last 15 spikes, the oldest shuffled out) and walks its
+window as ``post_events_get_window_delayed`` does; the fast executor keeps a longer log
+instead, so the two are written differently on purpose.
+
 The faster Poisson regime (lambda >= 20 per step) uses float64 functions that this module
 does not repeat: an image with such a source is refused.
 """
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from machine_models import delays, lif, neuron_apps, sources
+from machine_models import delays, lif, neuron_apps, sources, stdp
 from machine_models.executor import Results
 from machine_models.geometry import ChipXY
 from machine_models.image import AppId, CoreImage, CoreXYP, Image
@@ -31,6 +36,7 @@ from machine_models.regions import (
     REGION_KEYS,
     REGION_POP_TABLE,
     REGION_RECORDING,
+    REGION_SYNAPSE_DYNAMICS,
     REGION_SYNAPSE_PARAMS,
     REGION_SYNAPTIC_MATRIX,
     decode_keys,
@@ -152,6 +158,78 @@ class PoissonCore:
         return out
 
 
+def i16(x: int) -> int:
+    """The int16_t of the low 16 bits."""
+    x &= 0xFFFF
+    return x - 0x10000 if x & 0x8000 else x
+
+
+def i32(x: int) -> int:
+    """The int32_t of the low 32 bits."""
+    x &= M32
+    return x - (1 << 32) if x & 0x80000000 else x
+
+
+def mul16(a: int, b: int) -> int:
+    """STDP_FIXED_MUL_16X16: the signed low halves multiplied, then >> 11."""
+    return (i16(a) * i16(b)) >> 11
+
+
+def decay(lut: stdp.ExpLut, dt: int) -> int:
+    """maths_lut_exponential_decay on a uint32 interval."""
+    i = (dt & M32) >> lut.shift
+    return lut.values[i] if i < len(lut.values) else 0
+
+
+def mul_fixed(a: int, stdp_fixed: int) -> int:
+    """mul_accum_fixed: accum x kbits(fixed << 4), truncating."""
+    return i32((a * i32(stdp_fixed << 4)) >> 15)
+
+
+def potentiate(rule: stdp.StdpParams, lim: stdp.WeightLimits, w: int, amount: int) -> int:
+    """weight_one_term_apply_potentiation on an s16.15 weight."""
+    if rule.weight_rule is stdp.WeightRule.ADDITIVE:
+        return min(i32(w + mul_fixed(lim.a2_plus, amount)), lim.max_weight)
+    scale = i32(((lim.max_weight - w) * lim.a2_plus) >> 15)
+    return i32(w + mul_fixed(scale, amount))
+
+
+def depress(rule: stdp.StdpParams, lim: stdp.WeightLimits, w: int, amount: int) -> int:
+    """weight_one_term_apply_depression on an s16.15 weight."""
+    if rule.weight_rule is stdp.WeightRule.ADDITIVE:
+        return max(i32(w - mul_fixed(lim.a2_minus, amount)), lim.min_weight)
+    scale = i32(((w - lim.min_weight) * lim.a2_minus) >> 15)
+    return i32(w - mul_fixed(scale, amount))
+
+
+@dataclass
+class PostHistory:
+    """One neuron's ``post_event_history_t``: times and traces, entry 0 the placeholder."""
+
+    times: list[int] = field(default_factory=lambda: [0])
+    traces: list[int] = field(default_factory=lambda: [0])
+
+    def add(self, t: int, tau_minus: stdp.ExpLut) -> None:
+        """timing_add_post_spike, then post_events_add (shuffling out the oldest when full)."""
+        trace = i16(i16(mul16(self.traces[-1], decay(tau_minus, t - self.times[-1]))) + 2048)
+        if len(self.times) == stdp.MAX_POST_EVENTS:
+            del self.times[1], self.traces[1]
+        self.times.append(t)
+        self.traces.append(trace)
+
+    def window(self, begin: int, end: int) -> tuple[int, int, bool, list[tuple[int, int]]]:
+        """post_events_get_window_delayed: (prev time, prev trace, prev valid, events)."""
+        i = len(self.times) - 1
+        while i > 0 and self.times[i] > begin:
+            i -= 1
+        events = [
+            (self.times[e], self.traces[e])
+            for e in range(i + 1, len(self.times))
+            if self.times[e] <= end
+        ]
+        return self.times[i], self.traces[i], i > 0, events
+
+
 @dataclass
 class NeuronCore:
     """A neuron core (any of ``neuron_apps``): neurons, ring buffers, synaptic rows,
@@ -163,8 +241,11 @@ class NeuronCore:
     matrix: npt.NDArray[np.uint32]
     recording: lif.RecordingParams
     app: neuron_apps.NeuronApp
+    plasticity: stdp.StdpParams | None = None
     ring: dict[int, int] = field(default_factory=dict)
     saturations: int = 0
+    plastic_saturations: int = 0
+    history: list[PostHistory] = field(default_factory=list)
     spikes: list[tuple[int, int]] = field(default_factory=list)
     samples: dict[str, list[list[float]]] = field(
         default_factory=lambda: {"v": [], "gsyn_exc": [], "gsyn_inh": []}
@@ -191,8 +272,54 @@ class NeuronCore:
             self.saturations += 1
         self.ring[slot] = total
 
-    def rows(self, key: int) -> list[list[int]] | None:
-        """The fixed words of every row a key selects; None when no entry matches."""
+    def plastic_row(self, t: int, first: int) -> None:
+        """One spike through the plastic row at word ``first``, sent in step t."""
+        rule = self.plasticity
+        assert rule is not None
+        sp = self.synapse
+        m = self.matrix
+        halves = m.view(np.uint16)
+        hdr = first + 1
+        last_pre, last_trace = int(m[hdr]), i16(int(m[hdr + 1]))
+        new_trace = i16(mul16(last_trace, decay(rule.tau_plus, t - last_pre)) + 2048)
+        m[hdr] = t
+        m[hdr + 1] = (int(m[hdr + 1]) & 0xFFFF0000) | (new_trace & 0xFFFF)
+        fixed = hdr + int(m[first])
+        n_fixed, n = int(m[fixed]), int(m[fixed + 1])
+        it = sp.index_bits + sp.type_bits
+        for i in range(n):
+            control = int(halves[2 * (fixed + 2 + n_fixed) + i])
+            weight_at = 2 * (hdr + 2) + i
+            delay = (control >> it) & ((1 << sp.delay_bits) - 1)
+            syn_type = (control >> sp.index_bits) & ((1 << sp.type_bits) - 1)
+            neuron = control & ((1 << sp.index_bits) - 1)
+            shift = sp.shift_exc if syn_type == 0 else sp.shift_inh
+            lim = rule.limits[syn_type]
+            pd = delay if rule.backprop_delay else 0
+            w = i32(int(halves[weight_at]) << shift)
+            prev_time, prev_trace, valid, events = self.history[neuron].window(
+                max(last_pre - pd, 0), max(t - pd, 0)
+            )
+            for post_time, post_trace in events:
+                since = (post_time + pd - last_pre) & M32
+                if since > 0:
+                    w = potentiate(rule, lim, w, mul16(last_trace, decay(rule.tau_plus, since)))
+                prev_time, prev_trace, valid = post_time, post_trace, True
+            if valid:
+                dt = t - (prev_time + pd)
+                w = depress(rule, lim, w, mul16(prev_trace, decay(rule.tau_minus, dt)))
+            w16 = (w >> shift if w >= 0 else -((-w) >> shift)) & 0xFFFF
+            slot = self.slot(t + delay, syn_type, neuron)
+            total = self.ring.get(slot, 0) + w16
+            if total > 0xFFFF:
+                total = 0xFFFF
+                self.plastic_saturations += 1
+            self.ring[slot] = total
+            halves[weight_at] = w16
+
+    def rows(self, key: int) -> list[tuple[str, object]] | None:
+        """Every row a key selects: ("fixed", its words) or ("plastic", its first word);
+        None when no entry matches. A plastic row's fixed synapses follow it."""
         for entry in self.table.entries:
             if key & entry.mask != entry.key:
                 continue
@@ -206,8 +333,13 @@ class NeuronCore:
                 first = offset // 4 + neuron * (row_length + 3)
                 if first + 3 > self.matrix.size:
                     continue
-                n_fixed = int(self.matrix[first + 1])
-                rows.append([int(w) for w in self.matrix[first + 3 : first + 3 + n_fixed]])
+                fixed = first + 1 + int(self.matrix[first])
+                if self.matrix[first] and self.plasticity is not None:
+                    rows.append(("plastic", first))
+                n_fixed = int(self.matrix[fixed])
+                words = [int(w) for w in self.matrix[fixed + 2 : fixed + 2 + n_fixed]]
+                if words:
+                    rows.append(("fixed", words))
             return rows
         return None
 
@@ -250,6 +382,8 @@ class NeuronCore:
                     nrn["v"] = nrn["v_reset"]
                     nrn["refract_timer"] = nrn["t_refract"]
                 fired.append((n, 1))
+                if self.plasticity is not None:
+                    self.history[n].add(t, self.plasticity.tau_minus)
                 if rec.record_spikes:
                     self.spikes.append((t, n))
             self.shape(nrn)
@@ -410,8 +544,11 @@ def run_reference(image: Image, topology: Topology, n_steps: int) -> Results:
                         prov[target]["invalid_master_pop_hits"] += count
                         continue
                     for _ in range(count):
-                        for row in rows:
-                            for word in row:
+                        for kind, row in rows:
+                            if kind == "plastic":
+                                state.plastic_row(t, row)  # type: ignore[arg-type]
+                                continue
+                            for word in row:  # type: ignore[attr-defined]
                                 state.add(t, word)
                 elif isinstance(state, DelayCore) and not state.receive(t, key, count):
                     prov[target]["invalid_master_pop_hits"] += count
@@ -429,13 +566,18 @@ def _load(core: CoreImage, arrays: dict[CoreXYP, list[tuple[int, int]]]) -> obje
             )
             for nrn, r in zip(neurons, inputs, strict=True):
                 nrn.update({name: int(r[name]) for name in app.input_record.names or ()})
+        plasticity = None
+        if REGION_SYNAPSE_DYNAMICS in core.regions:
+            plasticity = stdp.decode_stdp_params(core.regions[REGION_SYNAPSE_DYNAMICS])
         return NeuronCore(
             neurons,
             lif.decode_synapse_params(core.regions[REGION_SYNAPSE_PARAMS]),
             lif.decode_pop_table(core.regions[REGION_POP_TABLE]),
-            np.frombuffer(core.regions[REGION_SYNAPTIC_MATRIX], "<u4"),
+            np.frombuffer(core.regions[REGION_SYNAPTIC_MATRIX], "<u4").copy(),
             lif.decode_recording(core.regions[REGION_RECORDING]),
             app,
+            plasticity,
+            history=[PostHistory() for _ in neurons],
         )
     if core.app == AppId.SPIKE_SOURCE_ARRAY:
         steps, neurons = sources.decode_spike_array(core.regions[REGION_DATA])
@@ -468,6 +610,7 @@ def _results(
         "gsyn_exc": {},
         "gsyn_inh": {},
     }
+    matrices: dict[CoreXYP, npt.NDArray[np.uint32]] = {}
     for core in image.cores:
         state = cores[core.xyp]
         if isinstance(state, NeuronCore):
@@ -478,8 +621,17 @@ def _results(
                     recorded[name][core.xyp] = np.array(samples, dtype=np.float64)
             prov[core.xyp]["ring_buffer_saturations"] = state.saturations
             prov[core.xyp]["late_spikes"] = 0
+            if state.plasticity is not None:
+                prov[core.xyp]["plastic_saturations"] = state.plastic_saturations
+                matrices[core.xyp] = state.matrix
         if isinstance(state, DelayCore):
             prov[core.xyp]["spikes_lost_to_saturation"] = state.lost
     return Results(
-        spikes, recorded["v"], recorded["gsyn_exc"], recorded["gsyn_inh"], prov, router_counts
+        spikes,
+        recorded["v"],
+        recorded["gsyn_exc"],
+        recorded["gsyn_inh"],
+        prov,
+        router_counts,
+        matrices,
     )

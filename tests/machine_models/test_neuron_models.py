@@ -16,7 +16,11 @@ import pytest
 from machine_models import Executor, Topology, lif, neuron_apps
 from machine_models.executor import Results
 from machine_models.image import AppId, Image
-from machine_models.regions import REGION_SYNAPSE_PARAMS
+from machine_models.regions import (
+    REGION_SYNAPSE_DYNAMICS,
+    REGION_SYNAPSE_PARAMS,
+    REGION_SYNAPTIC_MATRIX,
+)
 from machine_models.resources import dtcm_bytes
 from tests.machine_models.reference import run_reference
 from tests.machine_models.test_reference import assert_same
@@ -32,6 +36,7 @@ from toolchain import (
     SpikeSourceArray,
     SpikeSourcePoisson,
     StaticSynapse,
+    StdpSynapse,
     map_network,
     virtual_allocation,
 )
@@ -299,7 +304,10 @@ def test_izhikevich_neuron_has_the_shape_of_nest_izhikevich() -> None:
     assert abs(ours[0] - nest_times[0]) < 1.0
 
 
-def _network(seed: int) -> Image:
+def _network(seed: int, *, is_plastic: bool = False) -> Image:
+    """Four populations, one of each new kind, driven by Poisson sources and in a ring; with
+    ``is_plastic`` the drive of each learns (additive onto delta and izh, multiplicative onto
+    alpha and izc)."""
     net = Network(dt_ms=0.1, seed=seed)
     rng = np.random.default_rng(seed)
     delta = net.population(60, IFCurrDelta(tau_refrac=2.0), "delta")
@@ -311,10 +319,25 @@ def _network(seed: int) -> Image:
     for pop in (delta, alpha, izh, izc):
         pop.record(["spikes", "v", "gsyn_exc", "gsyn_inh"])
     drive = net.population(100, SpikeSourcePoisson(rate=2000.0), "drive")
-    net.project(drive, delta, FixedProbability(0.05), StaticSynapse(0.8, 0.1))
-    net.project(drive, alpha, FixedProbability(0.05), StaticSynapse(1.5, 0.1))
-    net.project(drive, izh, FixedProbability(0.05), StaticSynapse(3.0, 0.1))
-    net.project(drive, izc, FixedProbability(0.05), StaticSynapse(0.02, 0.1))
+    for pop, weight, is_multiplicative in (
+        (delta, 0.8, False),
+        (alpha, 1.5, True),
+        (izh, 3.0, False),
+        (izc, 0.02, True),
+    ):
+        synapse: StaticSynapse | StdpSynapse = StaticSynapse(weight, 0.1)
+        if is_plastic:
+            synapse = StdpSynapse(
+                weight,
+                0.1,
+                "multiplicative" if is_multiplicative else "additive",
+                tau_plus=10.0,
+                tau_minus=12.0,
+                a_plus=0.2 * weight,
+                a_minus=0.25 * weight,
+                w_max=2.0 * weight,
+            )
+        net.project(drive, pop, FixedProbability(0.05), synapse)
     net.project(delta, alpha, FixedProbability(0.1), StaticSynapse(0.5, 1.5))
     net.project(alpha, izh, FixedProbability(0.1), StaticSynapse(-1.0, 1.0), "inhibitory")
     net.project(izh, izc, FixedProbability(0.1), StaticSynapse(0.01, 0.5), "inhibitory")
@@ -328,6 +351,23 @@ def test_fast_executor_equals_the_reference_on_every_neuron_kind() -> None:
     assert_same(fast, run_reference(image, BOARD, 300))
     for app in (AppId.IF_CURR_DELTA, AppId.IF_CURR_ALPHA, AppId.IZK_CURR_EXP, AppId.IZK_COND_EXP):
         assert fast.spikes[_core(image, app)].shape[0] > 5, app
+
+
+def test_every_neuron_kind_learns_and_the_fast_executor_equals_the_reference() -> None:
+    # the post-synaptic history is kept from a neuron's spikes and plastic weights go into
+    # the same ring buffers, so STDP runs on every neuron model
+    image = _network(5, is_plastic=True)
+    fast = Executor(image, BOARD).run(300)
+    slow = run_reference(image, BOARD, 300)
+    assert_same(fast, slow)
+    for app in (AppId.IF_CURR_DELTA, AppId.IF_CURR_ALPHA, AppId.IZK_CURR_EXP, AppId.IZK_COND_EXP):
+        xyp = _core(image, app)
+        (core,) = [c for c in image.cores if c.app == app]
+        assert REGION_SYNAPSE_DYNAMICS in core.regions, app
+        assert np.array_equal(fast.synaptic_matrices[xyp], slow.synaptic_matrices[xyp]), app
+        before = np.frombuffer(core.regions[REGION_SYNAPTIC_MATRIX], "<u4")
+        assert not np.array_equal(fast.synaptic_matrices[xyp], before), app
+        assert fast.spikes[xyp].shape[0] > 5, app
 
 
 def test_each_neuron_kind_costs_its_records_in_dtcm() -> None:

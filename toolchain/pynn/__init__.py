@@ -64,20 +64,25 @@ from toolchain.pynn.procedural import connect, create, record, record_gsyn, reco
 from toolchain.pynn.projections import Projection
 from toolchain.pynn.standardmodels import (
     UNSUPPORTED,
+    AdditiveWeightDependence,
     IF_cond_exp,
     IF_curr_alpha,
     IF_curr_delta,
     IF_curr_exp,
     Izhikevich,
     Izhikevich_cond,
+    MultiplicativeWeightDependence,
+    SpikePairRule,
     SpikeSourceArray,
     SpikeSourcePoisson,
     StaticSynapse,
+    STDPMechanism,
 )
 
 globals().update(UNSUPPORTED)
 
 __all__ = [
+    "AdditiveWeightDependence",
     "AllToAllConnector",
     "ArrayConnector",
     "Assembly",
@@ -97,6 +102,7 @@ __all__ = [
     "IndexBasedProbabilityConnector",
     "Izhikevich",
     "Izhikevich_cond",
+    "MultiplicativeWeightDependence",
     "NotSupportedError",
     "NumpyRNG",
     "OneToOneConnector",
@@ -105,8 +111,10 @@ __all__ = [
     "Projection",
     "RandomDistribution",
     "RunError",
+    "STDPMechanism",
     "SmallWorldConnector",
     "Space",
+    "SpikePairRule",
     "SpikeSourceArray",
     "SpikeSourcePoisson",
     "StaticSynapse",

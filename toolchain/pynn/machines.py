@@ -199,6 +199,7 @@ class ServerMachine:
             _new_rows(held.gsyn_inh_na, gsyn_inh),
             held.core_provenance,
             held.router_provenance,
+            held.synaptic_matrices,
         )
 
     def restart(self) -> None:

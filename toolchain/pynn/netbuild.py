@@ -37,6 +37,7 @@ from toolchain.network import (
     SpikeSourceArray,
     SpikeSourcePoisson,
     StaticSynapse,
+    StdpSynapse,
 )
 from toolchain.pynn import standardmodels
 from toolchain.pynn.errors import NotSupportedError
@@ -269,12 +270,19 @@ def build_network(
         if is_one_weight:
             signed = np.broadcast_to(signed, weight.shape)
         own: list[Part] = []
+        rule = _stdp_rule(proj.synapse_type)
         for a, b, pick in _groups(pre_pop, post_pop, pre, post):
+            weights, delays = _picked(signed, pick), _picked(delay, pick)
+            synapse: StaticSynapse | StdpSynapse = (
+                StaticSynapse(weights, delays)
+                if rule is None
+                else StdpSynapse(weights, delays, **rule)
+            )
             tproj = network.project(
                 pairs[a][1],
                 pairs[b][1],
                 FromArrays(_index(pre_index, pre, pick), _index(post_index, post, pick)),
-                StaticSynapse(_picked(signed, pick), _picked(delay, pick)),
+                synapse,
                 receptor,
                 f"{proj.label}#{len(parts)}.{len(own)}",
             )
@@ -285,6 +293,43 @@ def build_network(
         weight_shifts=weight_shifts,
     )
     return Built(network, config, pairs, parts)
+
+
+def _stdp_rule(synapse_type: Any) -> dict[str, Any] | None:
+    """The toolchain's STDP parameters of a PyNN ``STDPMechanism``; None for a static synapse."""
+    if not isinstance(synapse_type, standardmodels.STDPMechanism):
+        return None
+
+    def value(component: Any, name: str) -> float:
+        base = component.parameter_space[name].base_value
+        if np.ndim(base) != 0:
+            raise NotSupportedError(
+                f"{name} varying across synapses", "one value of each STDP parameter"
+            )
+        return float(base)
+
+    timing, weight = synapse_type.timing_dependence, synapse_type.weight_dependence
+    is_additive = isinstance(weight, standardmodels.AdditiveWeightDependence)
+    return {
+        "weight_rule": "additive" if is_additive else "multiplicative",
+        "tau_plus": value(timing, "tau_plus"),
+        "tau_minus": value(timing, "tau_minus"),
+        "a_plus": value(timing, "A_plus"),
+        "a_minus": value(timing, "A_minus"),
+        "w_min": value(weight, "w_min"),
+        "w_max": value(weight, "w_max"),
+    }
+
+
+def learned_weights(proj: Any, parts: Sequence[Part], mapped: Any, results: Any) -> Any:
+    """The weights of a PyNN STDP projection as the last run left them (nA or uS)."""
+    _, _, weight, _ = proj.arrays()
+    stored = np.array(weight, dtype=np.float64, copy=True)
+    for part in parts:
+        pick = slice(None) if part.selection is None else part.selection
+        magnitude = mapped.learned_weights(part.projection, results)
+        stored[pick] = np.where(np.asarray(weight[pick]) < 0, -magnitude, magnitude)
+    return stored
 
 
 def quantised_weights(

@@ -7,7 +7,8 @@ stay) and hands them to the toolchain as ``FromArrays`` at the next run.
 
 Delays become whole time steps here, as on SpiNNaker. Weights are stored on the chip with
 16 bits and a ring-buffer shift per target population: after a run, ``get("weight")``
-answers the weights the machine used, not the ones asked for.
+answers the weights the machine used, not the ones asked for; for an ``STDPMechanism``
+projection, the weights it learned in the runs so far.
 
 A fixed number of sources per target drawn with replacement (sPyNNaker's and Brunel's
 ``FixedNumberPreConnector``) is drawn here in one call, giving PyNN's own connections.
@@ -31,7 +32,7 @@ from pyNN.space import Space
 
 from toolchain.pynn import simulator
 from toolchain.pynn.errors import NotSupportedError
-from toolchain.pynn.standardmodels import SUPPORTED_SYNAPSES, StaticSynapse
+from toolchain.pynn.standardmodels import SUPPORTED_SYNAPSES, StaticSynapse, STDPMechanism
 
 __all__ = ["Projection"]
 
@@ -58,8 +59,8 @@ def _split_lists(synapse: Any) -> tuple[Any, dict[str, npt.NDArray[np.float64]]]
     parameter spaces would read it as one value per presynaptic neuron. The synapse type
     that remains holds the list's last value, so PyNN can still guess the receptor type.
     """
-    if synapse is None:
-        return None, {}
+    if synapse is None or isinstance(synapse, STDPMechanism):
+        return synapse, {}
     lists: dict[str, npt.NDArray[np.float64]] = {}
     kept: dict[str, Any] = {}
     for name in ("weight", "delay"):
@@ -90,7 +91,7 @@ class Projection(common.Projection):  # type: ignore[misc]
         space: Any = None,
         label: str | None = None,
     ) -> None:
-        if synapse_type is not None and not isinstance(synapse_type, StaticSynapse):
+        if synapse_type is not None and not isinstance(synapse_type, StaticSynapse | STDPMechanism):
             raise NotSupportedError(
                 f"synapse type {type(synapse_type).__name__}", SUPPORTED_SYNAPSES
             )
@@ -281,9 +282,26 @@ class Projection(common.Projection):  # type: ignore[misc]
         for name in names:
             key = name[:-1] if name in ("weights", "delays") else name
             if key not in by_name:
-                raise errors.NonExistentParameterError(key, "StaticSynapse", list(_ATTRIBUTES))
+                rule = self._rule_parameter(key)
+                if rule is None:
+                    raise errors.NonExistentParameterError(
+                        key, type(self.synapse_type).__name__, list(_ATTRIBUTES)
+                    )
+                by_name[key] = np.broadcast_to(rule, pre.shape)
             columns.append(by_name[key])
         return columns
+
+    def _rule_parameter(self, name: str) -> float | None:
+        """An STDP rule's parameter (one value for the whole projection); None if none."""
+        if not isinstance(self.synapse_type, STDPMechanism):
+            return None
+        for component in (
+            self.synapse_type.timing_dependence,
+            self.synapse_type.weight_dependence,
+        ):
+            if name in component.get_parameter_names():
+                return float(component.parameter_space[name].base_value)
+        return None
 
     def _get_attributes_as_list(self, names: Any) -> list[tuple[Any, ...]]:
         columns = self._columns(names)

@@ -30,8 +30,9 @@ from toolchain.network import SpikeSourceArray
 from toolchain.pynn.config import MachineSettings, describe
 from toolchain.pynn.errors import NotSupportedError, RunError
 from toolchain.pynn.machines import Machine, ServerMachine, VirtualMachine
-from toolchain.pynn.netbuild import Built, build_network, quantised_weights
+from toolchain.pynn.netbuild import Built, build_network, learned_weights, quantised_weights
 from toolchain.pynn.reports import ReportFolder, worries
+from toolchain.pynn.standardmodels import STDPMechanism
 
 __all__ = ["CHIPS_PER_BOARD", "Session", "boards_for"]
 
@@ -231,6 +232,13 @@ class Session:
                 done += steps
                 bar.update(done - bar.n)
         assert self.mapped is not None
+        if self._built is not None:
+            for proj, parts in self._built.parts:
+                if isinstance(proj.synapse_type, STDPMechanism):
+                    # get("weight") answers what the run learned
+                    proj.set_quantised_weights(
+                        partial(learned_weights, proj, parts, self.mapped, results)
+                    )
         self.reports.write_provenance(self.mapped, results)
 
     def _file(self, results: Results, t0: int, t1: int) -> None:

@@ -20,12 +20,16 @@ from toolchain.pynn.errors import NotSupportedError
 __all__ = [
     "SUPPORTED_CELLS",
     "SUPPORTED_SYNAPSES",
+    "AdditiveWeightDependence",
     "IF_cond_exp",
     "IF_curr_alpha",
     "IF_curr_delta",
     "IF_curr_exp",
     "Izhikevich",
     "Izhikevich_cond",
+    "MultiplicativeWeightDependence",
+    "STDPMechanism",
+    "SpikePairRule",
     "SpikeSourceArray",
     "SpikeSourcePoisson",
     "StaticSynapse",
@@ -35,7 +39,10 @@ SUPPORTED_CELLS = (
     "IF_curr_exp, IF_cond_exp, IF_curr_alpha, IF_curr_delta, Izhikevich, Izhikevich_cond, "
     "SpikeSourceArray, SpikeSourcePoisson"
 )
-SUPPORTED_SYNAPSES = "StaticSynapse"
+SUPPORTED_SYNAPSES = (
+    "StaticSynapse, and STDPMechanism with SpikePairRule and AdditiveWeightDependence or "
+    "MultiplicativeWeightDependence"
+)
 
 
 def _identity(*names: str) -> Any:
@@ -185,6 +192,69 @@ class StaticSynapse(synapses.StaticSynapse):  # type: ignore[misc]
         return float(simulator.state.min_delay)
 
 
+class STDPMechanism(synapses.STDPMechanism):  # type: ignore[misc]
+    __doc__ = synapses.STDPMechanism.__doc__
+    base_translations = _identity("weight", "delay", "dendritic_delay_fraction")
+    parameter_checks: ClassVar[dict[str, Any]] = {
+        "weight": _check_weights,
+        "delay": _check_delays,
+    }
+
+    def __init__(
+        self,
+        timing_dependence: Any = None,
+        weight_dependence: Any = None,
+        voltage_dependence: Any = None,
+        dendritic_delay_fraction: float = 1.0,
+        weight: Any = 0.0,
+        delay: Any = None,
+    ) -> None:
+        if not isinstance(timing_dependence, SpikePairRule):
+            raise NotSupportedError(
+                f"timing dependence {type(timing_dependence).__name__}", "SpikePairRule"
+            )
+        if not isinstance(
+            weight_dependence, AdditiveWeightDependence | MultiplicativeWeightDependence
+        ):
+            raise NotSupportedError(
+                f"weight dependence {type(weight_dependence).__name__}",
+                "AdditiveWeightDependence or MultiplicativeWeightDependence",
+            )
+        if voltage_dependence is not None:
+            raise NotSupportedError("a voltage dependence", "none")
+        if dendritic_delay_fraction != 1.0:
+            raise NotSupportedError(
+                f"dendritic_delay_fraction={dendritic_delay_fraction}",
+                "1.0 (the whole delay is dendritic, as on SpiNNaker)",
+            )
+        super().__init__(
+            timing_dependence,
+            weight_dependence,
+            voltage_dependence,
+            dendritic_delay_fraction,
+            weight,
+            delay,
+        )
+
+    def _get_minimum_delay(self) -> float:
+        return float(simulator.state.min_delay)
+
+
+class SpikePairRule(synapses.SpikePairRule):  # type: ignore[misc]
+    __doc__ = synapses.SpikePairRule.__doc__
+    translations = _identity("tau_plus", "tau_minus", "A_plus", "A_minus")
+
+
+class AdditiveWeightDependence(synapses.AdditiveWeightDependence):  # type: ignore[misc]
+    __doc__ = synapses.AdditiveWeightDependence.__doc__
+    translations = _identity("w_max", "w_min")
+
+
+class MultiplicativeWeightDependence(synapses.MultiplicativeWeightDependence):  # type: ignore[misc]
+    __doc__ = synapses.MultiplicativeWeightDependence.__doc__
+    translations = _identity("w_max", "w_min")
+
+
 def _unsupported(base: type, supported: str) -> type:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         raise NotSupportedError(base.__name__, supported)
@@ -212,12 +282,8 @@ _UNSUPPORTED_SYNAPSES = (
     "StochasticTsodyksMarkramSynapse",
     "SimpleStochasticSynapse",
     "MultiQuantalSynapse",
-    "STDPMechanism",
     "ElectricalSynapse",
-    "SpikePairRule",
     "Vogels2011Rule",
-    "AdditiveWeightDependence",
-    "MultiplicativeWeightDependence",
     "AdditivePotentiationMultiplicativeDepression",
     "GutigWeightDependence",
 )

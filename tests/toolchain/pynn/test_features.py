@@ -37,7 +37,11 @@ def test_unsupported_features_raise_naming_the_feature_and_what_is_supported(
     sim.setup(timestep=1.0)
     with pytest.raises(NotSupportedError, match=r"IF_cond_alpha.*IF_curr_exp, IF_cond_exp"):
         sim.IF_cond_alpha()
-    with pytest.raises(NotSupportedError, match=r"STDPMechanism.*StaticSynapse"):
+    with pytest.raises(
+        NotSupportedError, match=r"Vogels2011Rule.*StaticSynapse, and STDPMechanism"
+    ):
+        sim.Vogels2011Rule()
+    with pytest.raises(NotSupportedError, match=r"timing dependence NoneType.*SpikePairRule"):
         sim.STDPMechanism()
     with pytest.raises(NotSupportedError, match="DCSource"):
         sim.DCSource(amplitude=1.0)

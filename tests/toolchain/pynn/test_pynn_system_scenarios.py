@@ -48,6 +48,7 @@ MODULES = (
     "test_ticket166",
 )
 PASSING = {
+    "test_connection_handling::test_issue652",
     "test__simulation_control::test_reset",
     "test__simulation_control::test_run_until",
     "test_connectors::test_all_to_all_static_no_self",
