@@ -4,16 +4,16 @@ A family of handlers over `ServiceState`: each translates a bound request into c
 state's methods and shapes the reply as the reference server does (the reply models in
 `protocol.messages` describe them; the tests hold every reply against its model).
 
-A handler returns its reply, or an awaitable of it when it must wait (for a commit, or for
-the changes of the job it reads to be durable); the server runs an awaitable in a task of
-its own, so every asyncio tool works inside. The reads return at once when nothing they
-depend on is pending, which is most of the time.
+A handler returns its reply, or a future of it when it must wait (for a commit, or for
+the changes of the job it reads to be durable): the change is made at once and the state's
+committer resolves the future after the commit, so a request that waits costs no task. The
+reads return at once when nothing they depend on is pending, which is most of the time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable
 from typing import Any
 
 from allocator.jobs import JobRecord, JobState
@@ -73,6 +73,10 @@ _NO_MACHINE_INFO = {
 }
 
 
+def _nothing() -> None:
+    return None
+
+
 def _host(conn: Any) -> str | None:
     host: str | None = getattr(conn, "peer_host", None)
     return host
@@ -112,7 +116,7 @@ class V1Commands:
     def allotment_version(self, args: m.AllotmentVersionArgs, conn: Any) -> m.AllotmentVersionReply:
         return allotment_version_reply()
 
-    def create_job(self, args: m.CreateJobArgs, conn: Any) -> Awaitable[int]:
+    def create_job(self, args: m.CreateJobArgs, conn: Any) -> asyncio.Future[int]:
         """Queue (or allocate at once) a job; a request that can never fit is destroyed."""
         request = _request(
             args.dims,
@@ -123,7 +127,7 @@ class V1Commands:
             args.max_dead_links,
             args.require_torus,
         )
-        return self._state.create_job(
+        return self._state.create_job_nowait(
             request,
             owner=args.owner,
             keepalive_s=args.keepalive_s,
@@ -132,21 +136,20 @@ class V1Commands:
             host=_host(conn),
         )
 
-    def job_keepalive(self, args: m.JobKeepaliveArgs, conn: Any) -> Awaitable[None] | None:
+    def job_keepalive(self, args: m.JobKeepaliveArgs, conn: Any) -> asyncio.Future[None] | None:
         self._state.touch(args.job_id, _host(conn))
         if self._state.is_durable(args.job_id):
             return None
-        return self._state.durable(args.job_id)
+        return self._state.after_commit(_nothing)
 
     def get_job_state(self, args: m.GetJobStateArgs, conn: Any) -> Any:
         record = self._state.touch(args.job_id, _host(conn))
         if self._state.is_durable(args.job_id):
             return self._job_state(args.job_id, record)
-        return self._job_state_when_durable(args.job_id)
-
-    async def _job_state_when_durable(self, job_id: int | None) -> dict[str, Any]:
-        await self._state.durable(job_id)
-        return self._job_state(job_id, self._state.live_job(job_id))
+        job_id = args.job_id
+        return self._state.after_commit(
+            lambda: self._job_state(job_id, self._state.live_job(job_id))
+        )
 
     def _job_state(self, job_id: int | None, record: JobRecord | None) -> dict[str, Any]:
         if record is not None:
@@ -165,13 +168,9 @@ class V1Commands:
 
     def get_job_machine_info(self, args: m.GetJobMachineInfoArgs, conn: Any) -> Any:
         self._state.touch(args.job_id, _host(conn))
-        if self._state.is_durable(args.job_id):
-            return self._machine_info(args.job_id)
-        return self._machine_info_when_durable(args.job_id)
-
-    async def _machine_info_when_durable(self, job_id: int | None) -> dict[str, Any]:
-        await self._state.durable(job_id)
-        return self._machine_info(job_id)
+        return self._state.when_durable(
+            args.job_id, functools.partial(self._machine_info, args.job_id)
+        )
 
     def _machine_info(self, job_id: int | None) -> dict[str, Any]:
         record = self._state.live_job(job_id)
@@ -197,17 +196,21 @@ class V1Commands:
             "boards": [list(b) for b in record.boards],
         }
 
-    def power_on_job_boards(self, args: m.PowerOnJobBoardsArgs, conn: Any) -> Awaitable[None]:
-        return self._state.set_power(args.job_id, True, _host(conn))
+    def power_on_job_boards(self, args: m.PowerOnJobBoardsArgs, conn: Any) -> asyncio.Future[None]:
+        return self._state.set_power_nowait(args.job_id, True, _host(conn))
 
-    def power_off_job_boards(self, args: m.PowerOffJobBoardsArgs, conn: Any) -> Awaitable[None]:
-        return self._state.set_power(args.job_id, False, _host(conn))
+    def power_off_job_boards(
+        self, args: m.PowerOffJobBoardsArgs, conn: Any
+    ) -> asyncio.Future[None]:
+        return self._state.set_power_nowait(args.job_id, False, _host(conn))
 
-    async def destroy_job(self, args: m.DestroyJobArgs, conn: Any) -> None:
-        await self._state.destroy(args.job_id, args.reason)
+    def destroy_job(self, args: m.DestroyJobArgs, conn: Any) -> asyncio.Future[None]:
+        return self._state.destroy_nowait(args.job_id, args.reason)
 
-    async def list_jobs(self, args: m.ListJobsArgs, conn: Any) -> list[dict[str, Any]]:
-        await self._state.flush()
+    def list_jobs(self, args: m.ListJobsArgs, conn: Any) -> asyncio.Future[list[dict[str, Any]]]:
+        return self._state.after_commit(self._job_list)
+
+    def _job_list(self) -> list[dict[str, Any]]:
         return [
             {
                 "job_id": r.job_id,
