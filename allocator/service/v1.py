@@ -23,6 +23,7 @@ from allocator.requests import JobRequest
 from allocator.service.state import ServiceState
 from machine_models.geometry import BoardCFB, BoardXYZ, ChipXY
 from protocol import messages as m
+from protocol.codec import EncodedJson, encode_json
 from protocol.commands import V1_VERSION, allotment_version_reply
 
 __all__ = ["V1Commands"]
@@ -54,7 +55,8 @@ def _request(
     )
 
 
-_MAX_CACHED_CONNECTIONS = 4096
+_MAX_CACHED_MACHINE_INFOS = 4096
+_InfoKey = tuple[str, tuple[BoardXYZ, ...], int, int]
 
 _UNKNOWN_STATE = {
     "state": int(JobState.UNKNOWN),
@@ -87,9 +89,9 @@ class V1Commands:
 
     def __init__(self, state: ServiceState) -> None:
         self._state = state
-        # (machine, boards) -> the Ethernet chips of an allocation, as the reply lists them:
-        # the same regions recur, and a reply is encoded before anyone could change it
-        self._connections: dict[tuple[str, tuple[BoardXYZ, ...]], tuple[Machine, Any]] = {}
+        # (machine, boards, width, height) -> get_job_machine_info's reply, encoded: the
+        # same regions recur, and the reply follows from them (and the machine) alone
+        self._machine_infos: dict[_InfoKey, tuple[Machine, EncodedJson]] = {}
 
     def handlers(self) -> dict[str, Any]:
         """Command name -> handler, for the command table."""
@@ -172,29 +174,32 @@ class V1Commands:
             args.job_id, functools.partial(self._machine_info, args.job_id)
         )
 
-    def _machine_info(self, job_id: int | None) -> dict[str, Any]:
+    def _machine_info(self, job_id: int | None) -> dict[str, Any] | EncodedJson:
         record = self._state.live_job(job_id)
         if record is None or not record.is_allocated:
             return dict(_NO_MACHINE_INFO)
         assert record.machine_name is not None
+        assert record.width_chips is not None
+        assert record.height_chips is not None
         machine = self._state.machine(record.machine_name)
         assert machine is not None
-        key = (record.machine_name, record.boards)
-        cached = self._connections.get(key)
+        key = (record.machine_name, record.boards, record.width_chips, record.height_chips)
+        cached = self._machine_infos.get(key)
         if cached is not None and cached[0] is machine:  # not a machine since reloaded
-            connections = cached[1]
-        else:
-            if len(self._connections) >= _MAX_CACHED_CONNECTIONS:
-                self._connections.clear()
-            connections = job_connections(machine, record.boards)
-            self._connections[key] = (machine, connections)
-        return {
-            "width": record.width_chips,
-            "height": record.height_chips,
-            "connections": connections,
-            "machine_name": record.machine_name,
-            "boards": [list(b) for b in record.boards],
-        }
+            return cached[1]
+        if len(self._machine_infos) >= _MAX_CACHED_MACHINE_INFOS:
+            self._machine_infos.clear()
+        info = encode_json(
+            {
+                "width": record.width_chips,
+                "height": record.height_chips,
+                "connections": job_connections(machine, record.boards),
+                "machine_name": record.machine_name,
+                "boards": [list(b) for b in record.boards],
+            }
+        )
+        self._machine_infos[key] = (machine, info)
+        return info
 
     def power_on_job_boards(self, args: m.PowerOnJobBoardsArgs, conn: Any) -> asyncio.Future[None]:
         return self._state.set_power_nowait(args.job_id, True, _host(conn))
