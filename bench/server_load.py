@@ -241,6 +241,9 @@ def own_server(
                     str(directory / "allotment.toml"),
                     "--db",
                     url,
+                    # The allocation server alone: the batch service is no part of this
+                    # load, and its fixed port would collide with another run's.
+                    "--no-batch",
                 ],
                 cwd=directory,
                 env=env,
