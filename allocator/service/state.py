@@ -609,6 +609,9 @@ class ServiceState:
             try:
                 await self._store.flush()
             except BaseException as error:
+                # Those that came during the commit too: the service stops now.
+                waiting.extend(self._after_commit)
+                self._after_commit.clear()
                 for after in waiting:
                     after.fail(error)
                 raise
