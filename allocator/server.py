@@ -17,20 +17,27 @@ request that caused them.
 
 How a request runs. Each connection is a bare `asyncio.Protocol`: no stream reader, no
 future per read. ``data_received`` queues the lines and schedules one callback, which binds
-each line and calls its handler. A handler returns its reply, or an awaitable of it when it
-must wait (a commit, or the durability of what it reads); most reads are answered at once,
-with no task at all. An awaitable runs in a task of the server's task group from its first
-step, so that every asyncio tool (``asyncio.timeout``, ``TaskGroup``) works in a handler and
-shutdown cancels and awaits it; later lines of that connection wait in the queue until it
-is answered::
+each line and calls its handler. A handler returns its reply, or something to wait for:
+
+- an `asyncio.Future` of the reply, which the server answers from the future's callback,
+  with no task: the hot v1 changes (create, destroy, power) make their change at once and
+  the service's committer resolves the future after the commit;
+- any other awaitable (a coroutine), which runs in a task of the server's task group from
+  its first step, so that every asyncio tool (``asyncio.timeout``, ``TaskGroup``) works in
+  a handler and shutdown cancels and awaits it.
+
+Most reads are answered at once. Later lines of a connection wait in the queue until the
+one before them is answered::
 
     data_received --> queue --call_soon--> bind, call the handler --reply--> write
                                                    |
+                                                   +--future--> done callback: reply,
+                                                   |            next queued line
                                                    +--awaitable--> task: await, reply,
                                                                    next queued line
 
 The hop through ``call_soon`` keeps notifications causal: the service announces a commit
-with ``call_soon`` just before the reply of the request that made it, so the announcement
+with ``call_soon`` just before the replies of the requests it held, so the announcement
 goes out before any request that a client sends after reading that reply is handled.
 
 A command may take raw bytes after its line (the dispatch extension's image upload): its
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import socket
@@ -597,6 +605,13 @@ class _LineProtocol(asyncio.Protocol):
                     command = "unknown"  # as the metrics label: names sent are unbounded
                     raise CommandError(message)
                 value = route.handler(bind_spec(route.spec, args, kwargs), conn)
+                if isinstance(value, asyncio.Future):
+                    # A reply that waits for a commit: no task, answered when it is settled.
+                    self._is_busy = True
+                    value.add_done_callback(
+                        functools.partial(self._settled, command=command, started=started)
+                    )
+                    return
                 if inspect.isawaitable(value):
                     task_group = self._server._task_group
                     assert task_group is not None, "connections exist only inside serve()"
@@ -628,6 +643,19 @@ class _LineProtocol(asyncio.Protocol):
         except Exception as exc:
             reply, outcome = self._server._error_reply(exc, command, self._conn)
         self._is_busy = False
+        self._reply(reply, command, outcome, started)
+        self._run()
+
+    def _settled(self, future: asyncio.Future[Any], *, command: str, started: float) -> None:
+        """Answer a handler's future, then go on with the queued lines."""
+        self._is_busy = False
+        if future.cancelled():  # the server is stopping: nobody is answered
+            return
+        try:
+            reply = encode_reply(future.result())
+            outcome = "ok"
+        except Exception as exc:
+            reply, outcome = self._server._error_reply(exc, command, self._conn)
         self._reply(reply, command, outcome, started)
         self._run()
 

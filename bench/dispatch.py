@@ -242,7 +242,7 @@ def main() -> None:
         result = asyncio.run(_bench(args.host, args.port, args.network, args.repeat))
     else:
         # Without the batch service: its start-up work is no part of the path measured.
-        with own_server(None, DISPATCH_TOML, extra_args=["--no-batch"]) as (host, port, _pid):
+        with own_server(None, DISPATCH_TOML) as (host, port, _pid):
             result = asyncio.run(_bench(host, port, args.network, args.repeat))
     print(json.dumps(result))
 

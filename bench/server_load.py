@@ -214,7 +214,7 @@ def own_server(
 ) -> Iterator[tuple[str, int, int]]:
     """Start a server subprocess on a temporary SQLite file (or `db_url`) and stop it after.
 
-    `extra_args` go on its command line (``--no-batch``: without the batch service).
+    `extra_args` go on its command line.
     Yields the host and port it listens on and its process id.
     """
     with tempfile.TemporaryDirectory(prefix="allotment-bench-") as tmp:
@@ -242,6 +242,9 @@ def own_server(
                     str(directory / "allotment.toml"),
                     "--db",
                     url,
+                    # The allocation server alone: the batch service is no part of this
+                    # load, and its fixed port would collide with another run's.
+                    "--no-batch",
                     *extra_args,
                 ],
                 cwd=directory,

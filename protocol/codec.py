@@ -9,7 +9,7 @@ pydantic validation a second time; reply models are dumped once, straight to JSO
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -37,11 +37,13 @@ from protocol.messages import (
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "EncodedJson",
     "ReplyWithBody",
     "decode_request",
     "decode_request_parts",
     "decode_server_message",
     "encode_exception",
+    "encode_json",
     "encode_notification",
     "encode_reply",
     "encode_request",
@@ -71,7 +73,35 @@ def _reject_constant(name: str) -> NoReturn:
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _decode = _decoder.decode
-_encode = json.JSONEncoder().encode
+
+
+def _not_serializable(value: object) -> NoReturn:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """`json.JSONEncoder().encode`, with its C encoder built once rather than per call.
+
+    The same text (`json.dumps` with its defaults) without building an encoder object for
+    every reply, nor the markers dict of the circular-reference check: replies are trees
+    built here, and a cycle (a bug) still fails, with a RecursionError.
+    """
+    plain: Callable[[Any], str] = json.JSONEncoder().encode
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator in this interpreter
+        return plain
+    quote = json.encoder.encode_basestring_ascii
+    chunks_of = make(None, _not_serializable, quote, None, ": ", ", ", False, False, True)
+
+    def encode(value: Any) -> str:
+        if type(value) is str:
+            return quote(value)
+        return "".join(chunks_of(value, 0))
+
+    return encode
+
+
+_encode = _make_encoder()
 
 
 def _type_name(value: object) -> str:
@@ -171,14 +201,37 @@ class ReplyWithBody:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedJson:
+    """A reply value encoded once (`encode_json`), for a reply that is given over and over.
+
+    Attributes:
+        text: the value's JSON text, as `json.dumps` writes it.
+    """
+
+    text: bytes
+
+    def decode(self) -> Any:
+        """The value back as plain JSON data."""
+        return _decode(self.text.decode("utf-8"))
+
+
+def encode_json(value: Any) -> EncodedJson:
+    """Encode a reply value now, for `encode_reply` to write as it is, as often as needed."""
+    return EncodedJson(_encode(to_jsonable(value)).encode())
+
+
 def encode_reply(value: Any) -> bytes:
     """Encode `{"return": value}` plus newline (and the raw body of a `ReplyWithBody`).
 
     Args:
-        value: plain JSON data, a reply model, a list of reply models, or a `ReplyWithBody`.
+        value: plain JSON data, a reply model, a list of reply models, an `EncodedJson`,
+            or a `ReplyWithBody`.
     """
     if value is None:
         return _NULL_REPLY  # keepalives, destroys, watches: skip the encoder (a microsecond)
+    if type(value) is EncodedJson:
+        return b'{"return": ' + value.text + b"}\n"
     if type(value) is ReplyWithBody:
         return encode_reply(value.value) + value.body
     return b'{"return": ' + _encode(to_jsonable(value)).encode() + b"}\n"

@@ -123,6 +123,36 @@ class Live:
         )
 
 
+@dataclass(slots=True)
+class _AfterCommit:
+    """A reply that waits for a commit: the committer settles it (`_reply_after_commit`)."""
+
+    future: asyncio.Future[Any]
+    value: Any
+    then: Callable[[], Any] | None
+    job_ids: tuple[int, ...]
+    machine_names: tuple[str, ...]
+
+    def settle(self) -> None:
+        if self.future.done():  # cancelled: the connection or the server went away
+            return
+        if self.then is None:
+            self.future.set_result(self.value)
+            return
+        try:
+            self.future.set_result(self.then())
+        except Exception as error:  # the server's error boundary answers it
+            self.future.set_exception(error)
+
+    def fail(self, error: BaseException) -> None:
+        if self.future.done():
+            return
+        if isinstance(error, Exception):
+            self.future.set_exception(error)
+        else:  # cancelled: nobody answers it
+            self.future.cancel()
+
+
 class AdminTargetError(AllocatorError):
     """An operator command named a machine, board or job that is not there; nothing changed.
 
@@ -198,6 +228,16 @@ class ServiceState:
         # Set when changes made outside a request wait for the committer task.
         self._has_background_changes = asyncio.Event()
         self._is_committing = False  # the committer task is in a commit
+        # Replies the committer gives once the changes staged before them are durable.
+        self._after_commit: list[_AfterCommit] = []
+        # While a request makes its changes (synchronously), what it changed: changes it
+        # sets off (boards powered at once, freed at once) are committed with it.
+        self._request_changes: tuple[list[int], set[str]] | None = None
+        # Committed changes not yet announced: one announcement per commit, however many
+        # requests it held.
+        self._unannounced_jobs: dict[int, None] = {}
+        self._unannounced_machines: dict[str, None] = {}
+        self._is_announce_scheduled = False
         # job id -> store watermark of the job's latest staged change: a read about one
         # job waits only for that job's own changes to be durable.
         self._marks: dict[int, int] = {}
@@ -329,11 +369,31 @@ class ServiceState:
 
     async def _commit(self, job_ids: Iterable[int], machine_names: Iterable[str]) -> None:
         await self._store.flush()
-        jobs = tuple(job_ids)
-        machines = tuple(machine_names)
-        if jobs or machines:
-            # After the replies of this commit: call_soon runs after the woken handlers.
-            asyncio.get_running_loop().call_soon(self._announce, jobs, machines)
+        self._announce_soon(job_ids, machine_names)
+
+    def _announce_soon(self, job_ids: Iterable[int], machine_names: Iterable[str]) -> None:
+        """Announce committed changes after the replies of their commit.
+
+        The requests answered by one commit all wake in the same turn of the event loop,
+        before the one callback this schedules: the commit is announced once, with every
+        job and machine it changed, after its replies and before any later request.
+        """
+        self._unannounced_jobs.update(dict.fromkeys(job_ids))
+        self._unannounced_machines.update(dict.fromkeys(machine_names))
+        if self._is_announce_scheduled or not (
+            self._unannounced_jobs or self._unannounced_machines
+        ):
+            return
+        self._is_announce_scheduled = True
+        asyncio.get_running_loop().call_soon(self._announce_committed)
+
+    def _announce_committed(self) -> None:
+        self._is_announce_scheduled = False
+        jobs = tuple(self._unannounced_jobs)
+        machines = tuple(self._unannounced_machines)
+        self._unannounced_jobs.clear()
+        self._unannounced_machines.clear()
+        self._announce(jobs, machines)
 
     def _announce(self, jobs: tuple[int, ...], machines: tuple[str, ...]) -> None:
         for listener in self._listeners:
@@ -519,25 +579,72 @@ class ServiceState:
 
         The committer takes the changes made in the same turn of the event loop (or while
         it was committing earlier ones) together; a request that commits first takes them
-        with it, and the committer then finds nothing left to wait for.
+        with it, and the committer then finds nothing left to wait for. Changes that a
+        request sets off as it makes its own (zero power delays, no cool-down) are simply
+        part of that request's commit.
         """
+        if self._request_changes is not None:
+            changed, changed_machines = self._request_changes
+            changed.extend(job_ids)
+            changed_machines.update(machines)
+            return
         self._pending_jobs.update(job_ids)
         self._pending_machines.update(machines)
         self._has_background_changes.set()
 
     async def _committer(self) -> None:
-        """The one task that commits background changes: woken for them, not started."""
+        """The one task that commits background changes and answers requests after commits.
+
+        Woken for them, not started: a request answered after a commit (`_reply_after_commit`)
+        costs a future, not a task of its own.
+        """
         while True:
             await self._has_background_changes.wait()
             await asyncio.sleep(0)  # gather everything changed in this turn of the loop
             self._has_background_changes.clear()
             jobs, self._pending_jobs = self._pending_jobs, set()
             machines, self._pending_machines = self._pending_machines, set()
+            waiting, self._after_commit = self._after_commit, []
             self._is_committing = True
             try:
-                await self._commit(sorted(jobs), sorted(machines))
+                await self._store.flush()
+            except BaseException as error:
+                # Those that came during the commit too: the service stops now.
+                waiting.extend(self._after_commit)
+                self._after_commit.clear()
+                for after in waiting:
+                    after.fail(error)
+                raise
             finally:
                 self._is_committing = False
+            announced_jobs: dict[int, None] = dict.fromkeys(sorted(jobs))
+            announced_machines: dict[str, None] = dict.fromkeys(sorted(machines))
+            for after in waiting:
+                announced_jobs.update(dict.fromkeys(after.job_ids))
+                announced_machines.update(dict.fromkeys(after.machine_names))
+                after.settle()
+            self._announce_soon(announced_jobs, announced_machines)
+
+    def _reply_after_commit(
+        self,
+        value: Any,
+        job_ids: Iterable[int] = (),
+        machine_names: Iterable[str] = (),
+        *,
+        then: Callable[[], Any] | None = None,
+    ) -> asyncio.Future[Any]:
+        """A future of a request's reply, given once everything staged so far is durable.
+
+        The committer commits (together with whatever else is staged) and then resolves
+        it with `value`, or with what `then()` returns at that point, and announces the
+        jobs and machines; a failed commit fails it with the store's error.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._after_commit.append(
+            _AfterCommit(future, value, then, tuple(job_ids), tuple(machine_names))
+        )
+        self._has_background_changes.set()
+        return future
 
     # --- timers -----------------------------------------------------------------------
 
@@ -747,6 +854,62 @@ class ServiceState:
 
         Returns the job id once the job is durable.
         """
+        changed: list[int] = []
+        machines: set[str] = set()
+        job_id = self._create(request, owner, keepalive_s, args, kwargs, host, changed, machines)
+        await self._commit(changed, machines)
+        return job_id
+
+    def create_job_nowait(
+        self,
+        request: JobRequest,
+        *,
+        owner: str,
+        keepalive_s: float | None,
+        args: tuple[int, ...],
+        kwargs: Mapping[str, Any],
+        host: str | None,
+    ) -> asyncio.Future[int]:
+        """`create_job` for a request's handler: a future of the job id, once durable.
+
+        The change is made at once; the committer resolves the future after its commit,
+        with no task per request.
+        """
+        changed: list[int] = []
+        machines: set[str] = set()
+        job_id = self._create(request, owner, keepalive_s, args, kwargs, host, changed, machines)
+        return self._reply_after_commit(job_id, changed, machines)
+
+    def _create(
+        self,
+        request: JobRequest,
+        owner: str,
+        keepalive_s: float | None,
+        args: tuple[int, ...],
+        kwargs: Mapping[str, Any],
+        host: str | None,
+        changed: list[int],
+        machines: set[str],
+    ) -> int:
+        self._request_changes = (changed, machines)
+        try:
+            return self._create_job(
+                request, owner, keepalive_s, args, kwargs, host, changed, machines
+            )
+        finally:
+            self._request_changes = None
+
+    def _create_job(
+        self,
+        request: JobRequest,
+        owner: str,
+        keepalive_s: float | None,
+        args: tuple[int, ...],
+        kwargs: Mapping[str, Any],
+        host: str | None,
+        changed: list[int],
+        machines: set[str],
+    ) -> int:
         now = self._clock.now()
         job_id = self._next_job_id
         self._next_job_id += 1
@@ -769,8 +932,7 @@ class ServiceState:
                 host or "?",
                 request.describe(),
             )
-        changed = [job_id]
-        machines: set[str] = set()
+        changed.append(job_id)
         if not candidates:
             self._retire(jobs_.cancel(record, now, jobs_.REASON_NO_SUITABLE_MACHINES))
         else:
@@ -778,8 +940,7 @@ class ServiceState:
             self._live[job_id] = job
             self._queue[job_id] = job
             self._put(job, record)
-            machines = self._schedule(changed)
-        await self._commit(changed, machines)
+            machines |= self._schedule(changed)
         return job_id
 
     def touch(self, job_id: int | None, host: str | None) -> JobRecord | None:
@@ -808,16 +969,55 @@ class ServiceState:
 
     async def set_power(self, job_id: int | None, is_on: bool, host: str | None) -> None:
         """Switch a live allocated job's boards on (which resets them) or off."""
-        job = self._live.get(job_id) if job_id is not None else None
         changed: list[int] = []
-        if job is not None:
-            self.touch(job_id, host)
-            if job.record.is_allocated:
-                self._put(job, jobs_.set_power(job.record, is_on))
-                self._start_power(job, is_on)
-                changed.append(job.record.job_id)
-                self._tell_job_listeners("boards_powered", job.record.job_id, is_on)
-        await self._commit(changed, ())
+        machines: set[str] = set()
+        self._set_power(job_id, is_on, host, changed, machines)
+        await self._commit(changed, machines)
+
+    def set_power_nowait(
+        self, job_id: int | None, is_on: bool, host: str | None
+    ) -> asyncio.Future[None]:
+        """`set_power` for a request's handler: a future resolved once the change is durable."""
+        changed: list[int] = []
+        machines: set[str] = set()
+        self._set_power(job_id, is_on, host, changed, machines)
+        return self._reply_after_commit(None, changed, machines)
+
+    def _set_power(
+        self,
+        job_id: int | None,
+        is_on: bool,
+        host: str | None,
+        changed: list[int],
+        machines: set[str],
+    ) -> None:
+        job = self._live.get(job_id) if job_id is not None else None
+        if job is None:
+            return
+        self.touch(job_id, host)
+        if not job.record.is_allocated:
+            return
+        self._request_changes = (changed, machines)
+        try:
+            self._put(job, jobs_.set_power(job.record, is_on))
+            self._start_power(job, is_on)
+            changed.append(job.record.job_id)
+            self._tell_job_listeners("boards_powered", job.record.job_id, is_on)
+        finally:
+            self._request_changes = None
+
+    def after_commit(self, then: Callable[[], Any]) -> asyncio.Future[Any]:
+        """A future of ``then()``, called once every change staged so far is durable.
+
+        For a read that must not show what is not committed yet, with no task of its own.
+        """
+        return self._reply_after_commit(None, then=then)
+
+    def when_durable(self, job_id: int | None, then: Callable[[], Any]) -> Any:
+        """``then()`` now if every change of the job is durable, else a future of it."""
+        if self.is_durable(job_id):
+            return then()
+        return self._reply_after_commit(None, then=then)
 
     async def destroy(
         self, job_id: int | None, reason: str | None, *, reschedule: bool = False
@@ -827,15 +1027,38 @@ class ServiceState:
         Its boards come free only once powered off and cooled down (which schedules);
         `reschedule` runs a scheduling pass at once too (a reservation may have gone).
         """
-        job = self._live.get(job_id) if job_id is not None else None
         changed: list[int] = []
         machines: set[str] = set()
-        if job is not None:
+        was_live = self._destroy(job_id, reason, reschedule, changed, machines)
+        await self._commit(changed, machines)
+        return was_live
+
+    def destroy_nowait(self, job_id: int | None, reason: str | None) -> asyncio.Future[None]:
+        """`destroy` for a request's handler: a future resolved once the change is durable."""
+        changed: list[int] = []
+        machines: set[str] = set()
+        self._destroy(job_id, reason, False, changed, machines)
+        return self._reply_after_commit(None, changed, machines)
+
+    def _destroy(
+        self,
+        job_id: int | None,
+        reason: str | None,
+        reschedule: bool,
+        changed: list[int],
+        machines: set[str],
+    ) -> bool:
+        job = self._live.get(job_id) if job_id is not None else None
+        if job is None:
+            return False
+        self._request_changes = (changed, machines)
+        try:
             self._end(job, jobs_.destroy(job.record, self._clock.now(), reason), changed, machines)
             if reschedule:
                 machines |= self._schedule(changed)
-        await self._commit(changed, machines)
-        return job is not None
+        finally:
+            self._request_changes = None
+        return True
 
     # --- operator changes ---------------------------------------------------------------
 

@@ -4,16 +4,16 @@ A family of handlers over `ServiceState`: each translates a bound request into c
 state's methods and shapes the reply as the reference server does (the reply models in
 `protocol.messages` describe them; the tests hold every reply against its model).
 
-A handler returns its reply, or an awaitable of it when it must wait (for a commit, or for
-the changes of the job it reads to be durable); the server runs an awaitable in a task of
-its own, so every asyncio tool works inside. The reads return at once when nothing they
-depend on is pending, which is most of the time.
+A handler returns its reply, or a future of it when it must wait (for a commit, or for
+the changes of the job it reads to be durable): the change is made at once and the state's
+committer resolves the future after the commit, so a request that waits costs no task. The
+reads return at once when nothing they depend on is pending, which is most of the time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Awaitable
 from typing import Any
 
 from allocator.jobs import JobRecord, JobState
@@ -23,6 +23,7 @@ from allocator.requests import JobRequest
 from allocator.service.state import ServiceState
 from machine_models.geometry import BoardCFB, BoardXYZ, ChipXY
 from protocol import messages as m
+from protocol.codec import EncodedJson, encode_json
 from protocol.commands import V1_VERSION, allotment_version_reply
 
 __all__ = ["V1Commands"]
@@ -54,7 +55,8 @@ def _request(
     )
 
 
-_MAX_CACHED_CONNECTIONS = 4096
+_MAX_CACHED_MACHINE_INFOS = 4096
+_InfoKey = tuple[str, tuple[BoardXYZ, ...], int, int]
 
 _UNKNOWN_STATE = {
     "state": int(JobState.UNKNOWN),
@@ -73,6 +75,10 @@ _NO_MACHINE_INFO = {
 }
 
 
+def _nothing() -> None:
+    return None
+
+
 def _host(conn: Any) -> str | None:
     host: str | None = getattr(conn, "peer_host", None)
     return host
@@ -83,9 +89,9 @@ class V1Commands:
 
     def __init__(self, state: ServiceState) -> None:
         self._state = state
-        # (machine, boards) -> the Ethernet chips of an allocation, as the reply lists them:
-        # the same regions recur, and a reply is encoded before anyone could change it
-        self._connections: dict[tuple[str, tuple[BoardXYZ, ...]], tuple[Machine, Any]] = {}
+        # (machine, boards, width, height) -> get_job_machine_info's reply, encoded: the
+        # same regions recur, and the reply follows from them (and the machine) alone
+        self._machine_infos: dict[_InfoKey, tuple[Machine, EncodedJson]] = {}
 
     def handlers(self) -> dict[str, Any]:
         """Command name -> handler, for the command table."""
@@ -112,7 +118,7 @@ class V1Commands:
     def allotment_version(self, args: m.AllotmentVersionArgs, conn: Any) -> m.AllotmentVersionReply:
         return allotment_version_reply()
 
-    def create_job(self, args: m.CreateJobArgs, conn: Any) -> Awaitable[int]:
+    def create_job(self, args: m.CreateJobArgs, conn: Any) -> asyncio.Future[int]:
         """Queue (or allocate at once) a job; a request that can never fit is destroyed."""
         request = _request(
             args.dims,
@@ -123,7 +129,7 @@ class V1Commands:
             args.max_dead_links,
             args.require_torus,
         )
-        return self._state.create_job(
+        return self._state.create_job_nowait(
             request,
             owner=args.owner,
             keepalive_s=args.keepalive_s,
@@ -132,21 +138,20 @@ class V1Commands:
             host=_host(conn),
         )
 
-    def job_keepalive(self, args: m.JobKeepaliveArgs, conn: Any) -> Awaitable[None] | None:
+    def job_keepalive(self, args: m.JobKeepaliveArgs, conn: Any) -> asyncio.Future[None] | None:
         self._state.touch(args.job_id, _host(conn))
         if self._state.is_durable(args.job_id):
             return None
-        return self._state.durable(args.job_id)
+        return self._state.after_commit(_nothing)
 
     def get_job_state(self, args: m.GetJobStateArgs, conn: Any) -> Any:
         record = self._state.touch(args.job_id, _host(conn))
         if self._state.is_durable(args.job_id):
             return self._job_state(args.job_id, record)
-        return self._job_state_when_durable(args.job_id)
-
-    async def _job_state_when_durable(self, job_id: int | None) -> dict[str, Any]:
-        await self._state.durable(job_id)
-        return self._job_state(job_id, self._state.live_job(job_id))
+        job_id = args.job_id
+        return self._state.after_commit(
+            lambda: self._job_state(job_id, self._state.live_job(job_id))
+        )
 
     def _job_state(self, job_id: int | None, record: JobRecord | None) -> dict[str, Any]:
         if record is not None:
@@ -165,49 +170,52 @@ class V1Commands:
 
     def get_job_machine_info(self, args: m.GetJobMachineInfoArgs, conn: Any) -> Any:
         self._state.touch(args.job_id, _host(conn))
-        if self._state.is_durable(args.job_id):
-            return self._machine_info(args.job_id)
-        return self._machine_info_when_durable(args.job_id)
+        return self._state.when_durable(
+            args.job_id, functools.partial(self._machine_info, args.job_id)
+        )
 
-    async def _machine_info_when_durable(self, job_id: int | None) -> dict[str, Any]:
-        await self._state.durable(job_id)
-        return self._machine_info(job_id)
-
-    def _machine_info(self, job_id: int | None) -> dict[str, Any]:
+    def _machine_info(self, job_id: int | None) -> dict[str, Any] | EncodedJson:
         record = self._state.live_job(job_id)
         if record is None or not record.is_allocated:
             return dict(_NO_MACHINE_INFO)
         assert record.machine_name is not None
+        assert record.width_chips is not None
+        assert record.height_chips is not None
         machine = self._state.machine(record.machine_name)
         assert machine is not None
-        key = (record.machine_name, record.boards)
-        cached = self._connections.get(key)
+        key = (record.machine_name, record.boards, record.width_chips, record.height_chips)
+        cached = self._machine_infos.get(key)
         if cached is not None and cached[0] is machine:  # not a machine since reloaded
-            connections = cached[1]
-        else:
-            if len(self._connections) >= _MAX_CACHED_CONNECTIONS:
-                self._connections.clear()
-            connections = job_connections(machine, record.boards)
-            self._connections[key] = (machine, connections)
-        return {
-            "width": record.width_chips,
-            "height": record.height_chips,
-            "connections": connections,
-            "machine_name": record.machine_name,
-            "boards": [list(b) for b in record.boards],
-        }
+            return cached[1]
+        if len(self._machine_infos) >= _MAX_CACHED_MACHINE_INFOS:
+            self._machine_infos.clear()
+        info = encode_json(
+            {
+                "width": record.width_chips,
+                "height": record.height_chips,
+                "connections": job_connections(machine, record.boards),
+                "machine_name": record.machine_name,
+                "boards": [list(b) for b in record.boards],
+            }
+        )
+        self._machine_infos[key] = (machine, info)
+        return info
 
-    def power_on_job_boards(self, args: m.PowerOnJobBoardsArgs, conn: Any) -> Awaitable[None]:
-        return self._state.set_power(args.job_id, True, _host(conn))
+    def power_on_job_boards(self, args: m.PowerOnJobBoardsArgs, conn: Any) -> asyncio.Future[None]:
+        return self._state.set_power_nowait(args.job_id, True, _host(conn))
 
-    def power_off_job_boards(self, args: m.PowerOffJobBoardsArgs, conn: Any) -> Awaitable[None]:
-        return self._state.set_power(args.job_id, False, _host(conn))
+    def power_off_job_boards(
+        self, args: m.PowerOffJobBoardsArgs, conn: Any
+    ) -> asyncio.Future[None]:
+        return self._state.set_power_nowait(args.job_id, False, _host(conn))
 
-    async def destroy_job(self, args: m.DestroyJobArgs, conn: Any) -> None:
-        await self._state.destroy(args.job_id, args.reason)
+    def destroy_job(self, args: m.DestroyJobArgs, conn: Any) -> asyncio.Future[None]:
+        return self._state.destroy_nowait(args.job_id, args.reason)
 
-    async def list_jobs(self, args: m.ListJobsArgs, conn: Any) -> list[dict[str, Any]]:
-        await self._state.flush()
+    def list_jobs(self, args: m.ListJobsArgs, conn: Any) -> asyncio.Future[list[dict[str, Any]]]:
+        return self._state.after_commit(self._job_list)
+
+    def _job_list(self) -> list[dict[str, Any]]:
         return [
             {
                 "job_id": r.job_id,

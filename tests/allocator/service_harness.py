@@ -13,6 +13,7 @@ from allocator.clock import FakeClock
 from allocator.config import ServerConfig
 from allocator.service import Service
 from allocator.store import Store
+from protocol.codec import EncodedJson
 from protocol.commands import bind_spec
 
 
@@ -61,7 +62,9 @@ async def call(service: Service, conn: Any, command: str, *args: Any, **kwargs: 
     result = route.handler(bind_spec(route.spec, list(args), kwargs), conn)
     if inspect.isawaitable(result):
         # In a task of its own, as the server runs it.
-        return await asyncio.ensure_future(result)
+        result = await asyncio.ensure_future(result)
+    if isinstance(result, EncodedJson):  # encoded once, as the client reads it
+        return result.decode()
     return result
 
 

@@ -6,6 +6,7 @@ Time comes from a `FakeClock`; the store is a real SQLite file (and PostgreSQL w
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -221,6 +222,28 @@ async def test_notifications_follow_commits(h: Harness) -> None:
     h.changes.clear()
     await h.advance(5.0)  # power on finished -> job changed
     assert any(job_id in jobs for jobs, _ in h.changes)
+
+
+async def test_one_commit_is_announced_once_with_every_job_it_changed(db_url: str) -> None:
+    instant = _config(
+        server={"seconds_before_free": 0.0},
+        power={"power_on_delay_s": 0.0, "power_off_delay_s": 0.0},
+    )
+    async with running(instant, db_url, FakeClock()) as h:
+        await h.settle()
+        h.changes.clear()
+        # Three creates read together share one commit: one announcement after their
+        # replies, naming the three jobs and the machine.
+        created = await asyncio.gather(*(h.call("create_job", owner=o) for o in "abc"))
+        await h.settle()
+        assert h.changes == [(tuple(created), ("small",))]
+        # With no power delay a job is ready in the commit that created it: the power-on
+        # it set off is part of that commit and its announcement, not a second one.
+        assert [(await h.state(job_id))["state"] for job_id in created] == [3, 3, 3]
+        h.changes.clear()
+        await asyncio.gather(*(h.call("destroy_job", job_id, "done") for job_id in created))
+        await h.settle()
+        assert h.changes == [(tuple(created), ("small",))]
 
 
 async def test_list_jobs_and_machines(h: Harness) -> None:

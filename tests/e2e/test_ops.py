@@ -215,12 +215,29 @@ def test_operator_commands_against_a_running_server(
 
 
 async def _collect(
-    broker: Any, prefix: str, until: Callable[[list[tuple[str, Any]]], bool]
+    broker: Any,
+    prefix: str,
+    until: Callable[[list[tuple[str, Any]]], bool],
+    caught_up: asyncio.Event | None = None,
 ) -> list[tuple[str, Any]]:
+    """Subscribe to every topic under `prefix` and gather messages until `until(seen)`.
+
+    `caught_up` is set once the subscription is live and the retained messages it brought
+    have all arrived: a marker published right after the SUBACK comes back behind them.
+    """
     seen: list[tuple[str, Any]] = []
+    marker = f"{prefix}/test-marker/{uuid.uuid4().hex}"
     async with aiomqtt.Client(broker.host, broker.port) as sub, asyncio.timeout(WAIT_S):
-        await sub.subscribe(f"{prefix}/#", qos=1)
+        # QoS 0 down to this client: the broker queues a bounded number of QoS 1
+        # messages per client and drops the rest, and the retained ones alone (a message
+        # per board) fill that queue; on loopback TCP QoS 0 loses nothing.
+        await sub.subscribe(f"{prefix}/#", qos=0)
+        await sub.publish(marker, b"caught up", qos=1)
         async for message in sub.messages:
+            if str(message.topic) == marker:
+                if caught_up is not None:
+                    caught_up.set()
+                continue
             payload = bytes(message.payload)
             try:
                 body = json.loads(payload)
@@ -230,6 +247,18 @@ async def _collect(
             if until(seen):
                 return seen
     return seen
+
+
+async def _caught_up(collector: asyncio.Task[Any], caught_up: asyncio.Event) -> None:
+    """Return once `caught_up` is set; raise what the collector raised if it ended first."""
+    waiter = asyncio.create_task(caught_up.wait())
+    try:
+        await asyncio.wait([collector, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not caught_up.is_set():
+        collector.result()  # raises what ended it
+        raise AssertionError("the MQTT collector ended before its subscription caught up")
 
 
 async def test_mqtt_events_for_jobs_boards_and_a_retained_summary(
@@ -266,8 +295,9 @@ async def test_mqtt_events_for_jobs_boards_and_a_retained_summary(
             isinstance(b, dict) and b.get("kind") == "job" and b.get("state") == 4 for _, b in seen
         )
 
-    collector = asyncio.create_task(_collect(mqtt_broker, prefix, destroyed_seen))
-    await asyncio.sleep(0.5)  # let the subscription reach the broker before the job starts
+    caught_up = asyncio.Event()
+    collector = asyncio.create_task(_collect(mqtt_broker, prefix, destroyed_seen, caught_up))
+    await _caught_up(collector, caught_up)  # subscribed, and the retained messages are in
     job_id = await asyncio.to_thread(job_cycle)
     seen = await collector
     job_events = [b for t, b in seen if t.startswith(f"{prefix}/") and "/jobs/" in t]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -138,9 +139,30 @@ def test_any_json_object_gives_a_request_or_a_decode_error(obj: dict[str, object
     assert decode_request_parts(line) == (request.command, request.args, request.kwargs)
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(_json)
+def test_any_reply_value_encodes_as_json_dumps_does(value: object) -> None:
+    assert encode_reply(value) == json.dumps({"return": value}).encode() + b"\n"
+
+
+def test_unencodable_reply_values_fail_as_json_dumps_does() -> None:
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
+        encode_reply({"x": object()})
+
+
+class _Board(NamedTuple):
+    x: int
+    y: int
+    z: int
+
+
 def test_replies_are_byte_identical_to_json_dumps() -> None:
     value = {"a": [1, 2.5, None, True], "é": "ü"}
     assert encode_reply(value) == json.dumps({"return": value}).encode() + b"\n"
+    board = _Board(1, 2, 0)  # named tuples are arrays, floats are repr'd, as json.dumps does
+    value = {"b": [board, (3, 4)], "f": [1e300, -0.0, 0.1, float("nan")], "s": '\n"\x00'}
+    assert encode_reply(value) == json.dumps({"return": value}).encode() + b"\n"
+    assert encode_reply("text") == json.dumps({"return": "text"}).encode() + b"\n"
     assert encode_reply(None) == b'{"return": null}\n'
     assert encode_exception("job 7 does not exist") == b'{"exception": "job 7 does not exist"}\n'
 
