@@ -69,6 +69,7 @@ async def serve(
     db_url: str,
     wrap_database: Callable[[Database], Database] | None = None,
     ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
+    stopping_hook: Callable[[], None] | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit status.
 
@@ -81,6 +82,9 @@ async def serve(
         ready_hook: called once with the listening addresses before the ready line is
             logged; what it returns is added to that line (`allotment serve` starts the
             batch service there).
+        stopping_hook: called (in a thread) once a stop is asked for, while the server still
+            answers (`allotment serve` stops the batch service there, which frees its
+            standby jobs over the protocol).
 
     Raises:
         StartupError: the configuration, an address or the database is unusable.
@@ -130,7 +134,15 @@ async def serve(
         stack.push_async_callback(store.close)
         try:
             return await _run(
-                config, config_path, store, server, db_url, metrics, publisher, ready_hook
+                config,
+                config_path,
+                store,
+                server,
+                db_url,
+                metrics,
+                publisher,
+                ready_hook,
+                stopping_hook,
             )
         except ExceptionGroup as group:
             failure, rest = group.split(StoreError)
@@ -175,6 +187,7 @@ async def _run(
     metrics: Metrics,
     publisher: EventPublisher | None,
     ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
+    stopping_hook: Callable[[], None] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -256,6 +269,9 @@ async def _run(
             server_task = tg.create_task(server.serve(on_ready=ready))
             await stop.wait()
             log.info("stopping")
+            if stopping_hook is not None:
+                # blocking (it waits for child processes): off the loop, which keeps serving
+                await asyncio.to_thread(stopping_hook)
             server_task.cancel()
             dispatch_task.cancel()
             service_task.cancel()

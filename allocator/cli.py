@@ -170,6 +170,8 @@ def _batch_arguments(args: argparse.Namespace, spalloc_port: int) -> list[str]:
         *("--job-timeout-h", str(args.job_timeout_h)),
         *("--job-memory-mb", str(args.job_memory_mb)),
         *("--job-output-mb", str(args.job_output_mb)),
+        *("--standby-jobs", str(args.standby_jobs)),
+        *("--standby-boards", str(args.standby_boards)),
         *(["--virtual"] if args.batch_virtual else []),
         *(["--no-warmup"] if args.no_warmup else []),
     ]
@@ -195,6 +197,10 @@ def _serve(args: argparse.Namespace) -> int:
         children.append(child)
         return f"batch service at {child.url}"
 
+    def stop_batch() -> None:
+        while children:
+            children.pop().stop()
+
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(
@@ -204,6 +210,7 @@ def _serve(args: argparse.Namespace) -> int:
                     config_path=args.config,
                     db_url=args.db,
                     ready_hook=None if args.no_batch else start_batch,
+                    stopping_hook=stop_batch,
                 )
             )
     except StartupError as error:
@@ -213,8 +220,7 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for child in children:
-            child.stop()
+        stop_batch()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ directory, mints a token, and through the real `nmpi` client:
    overhead without a simulation;
 3. submits N small scripts at once and times until all have ended: `jobs_per_minute`.
 
+On the allocation server's boards (without `--batch-virtual`) the runner keeps a powered
+standby allocation (`--standby-jobs`, default 1, as `allotment serve`); `--standby-jobs 0`
+measures every PyNN job powering its own boards (the modelled power-on delay, 5 s by default).
+
 Prints one JSON line. The client's own `wait=True` polls every 2 s, so through it a job
 takes at least 2 s; the figures here are the service's.
 
@@ -37,7 +41,9 @@ _READY = re.compile(r"batch service at (http://\S+?)\)")
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.savefig('plot.png')\n"
 
 
-def _start(where: Path, runners: int, is_virtual: bool) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    where: Path, runners: int, is_virtual: bool, standby_jobs: int
+) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -55,6 +61,7 @@ def _start(where: Path, runners: int, is_virtual: bool) -> tuple[subprocess.Pope
             "--runners",
             str(runners),
             *(["--batch-virtual"] if is_virtual else []),
+            *("--standby-jobs", str(standby_jobs)),
         ],
         cwd=where,
         stdout=subprocess.DEVNULL,
@@ -88,6 +95,12 @@ def main() -> None:
         action="store_true",
         help="PyNN scripts run virtually in the job (allotment serve --batch-virtual)",
     )
+    parser.add_argument(
+        "--standby-jobs",
+        type=int,
+        default=1,
+        help="powered allocations the runner keeps ready (0: every job powers its own boards)",
+    )
     args = parser.parse_args()
 
     import nmpi
@@ -98,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         where = Path(scratch)
         nmpi.nmpi_user.TOKENFILE = str(where / ".hbptoken")
-        process, url = _start(where, args.runners, args.batch_virtual)
+        process, url = _start(where, args.runners, args.batch_virtual, args.standby_jobs)
         try:
             store = JobStore.open(f"sqlite:///{where / 'allotment.db'}")
             token = store.create_token("bench", ["bench"])
@@ -150,6 +163,7 @@ def main() -> None:
                 "jobs_seconds": round(elapsed_s, 3),
                 "jobs_per_minute": round(60 * args.jobs / elapsed_s, 1),
                 "runners": args.runners,
+                "standby_jobs": args.standby_jobs,
                 "load_average": os.getloadavg()[0],
             }
         )

@@ -62,6 +62,18 @@ def add_runner_options(parser: argparse._ActionsContainer) -> None:
         "--job-output-mb", type=int, default=1024, help="limit on what one job writes"
     )
     parser.add_argument(
+        "--standby-jobs",
+        type=int,
+        default=1,
+        help="powered allocations kept ready for starting jobs, 0 for none (default %(default)s)",
+    )
+    parser.add_argument(
+        "--standby-boards",
+        type=int,
+        default=1,
+        help="boards of each standby allocation (default %(default)s)",
+    )
+    parser.add_argument(
         "--no-warmup",
         action="store_true",
         help="do not compile the PyNN backend's kernels at start (each job then compiles them)",
@@ -74,6 +86,10 @@ def runner_config(
     """The RunnerConfig from options added by `add_runner_options`."""
     if args.runners < 0:
         raise SystemExit("allotment: error: --runners must be 0 or more")
+    if args.standby_jobs < 0:
+        raise SystemExit("allotment: error: --standby-jobs must be 0 or more")
+    if args.standby_boards < 1:
+        raise SystemExit("allotment: error: --standby-boards must be 1 or more")
     timeout_h: float = args.job_timeout_h
     return RunnerConfig(
         jobs_dir=args.jobs_dir,
@@ -85,6 +101,8 @@ def runner_config(
         spalloc_host=spalloc_host,
         spalloc_port=spalloc_port,
         is_warming_up=not args.no_warmup,
+        standby_jobs=args.standby_jobs,
+        standby_boards=args.standby_boards,
     )
 
 

@@ -42,6 +42,7 @@ from jobqueue import shims
 from jobqueue.errors import SandboxUnavailableError
 from jobqueue.sandbox import Limits, bwrap_path, sandboxed_command
 from jobqueue.source import SourceError, prepare
+from jobqueue.standby import Standby, StandbyPool
 from jobqueue.store import JobStore, OutputFile, error_block
 from jobqueue.usage import UsageMonitor, core_hours
 
@@ -76,6 +77,9 @@ class RunnerConfig:
         poll_s: how often to look for work submitted through another process.
         is_warming_up: compile the PyNN backend's kernels once at start into a cache each
             job gets a copy of (`jobqueue.warmup`).
+        standby_jobs: powered allocations kept ready on the allocation server and handed
+            to starting jobs (`jobqueue.standby`); 0 for none.
+        standby_boards: boards of each standby allocation.
     """
 
     jobs_dir: Path
@@ -91,6 +95,8 @@ class RunnerConfig:
     stale_s: float = 15.0
     poll_s: float = 1.0
     is_warming_up: bool = True
+    standby_jobs: int = 1
+    standby_boards: int = 1
     python: str = field(default=sys.executable)
 
 
@@ -101,6 +107,7 @@ class _Run:
     job: dict[str, Any]
     workdir: Path
     chunks: list[str] = field(default_factory=list)
+    standby: Standby | None = None
     n_chars: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -129,6 +136,13 @@ class Runner:
         self._running: dict[int, _Run] = {}
         self._running_lock = threading.Lock()
         self._usage = UsageMonitor(config.spalloc_host, config.spalloc_port)
+        self._standby = StandbyPool(
+            config.spalloc_host,
+            config.spalloc_port,
+            owner=f"nmpi-standby {self.runner_id}",
+            n_jobs=config.standby_jobs,
+            n_boards=config.standby_boards,
+        )
         self._shims = shims.install(config.jobs_dir.parent / f".{config.jobs_dir.name}-shims")
         self._numba_cache = config.jobs_dir.parent / f".{config.jobs_dir.name}-numba"
         self._warmed = threading.Event()
@@ -149,6 +163,7 @@ class Runner:
         """Start the dispatcher and heartbeat threads."""
         self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._usage.start()
+        self._standby.start()
         if self.config.is_warming_up and not (self._numba_cache / _WARM).exists():
             thread = threading.Thread(target=self._warm_up, name="batch-warmup", daemon=True)
             thread.start()
@@ -169,6 +184,7 @@ class Runner:
         self._wake.set()
         for thread in list(self._threads):
             thread.join(timeout=10)
+        self._standby.stop()
         self._usage.stop()
 
     def _warm_up(self) -> None:
@@ -280,7 +296,12 @@ class Runner:
             log.exception("job %d failed in the runner", job_id)
             reason = f"the runner failed: {error}"
         finally:
-            board_seconds = self._usage.release(owner)
+            is_standby_used = True
+            if run.standby is not None:
+                is_standby_used = self._standby.finish(run.standby)
+                provenance["standby_spalloc_job"] = run.standby.job_id
+                provenance["standby_used"] = is_standby_used
+            board_seconds = self._usage.release(owner, is_charging_handed=is_standby_used)
             provenance["board_seconds"] = board_seconds
             text = run.text()
             if status == "error":
@@ -317,7 +338,11 @@ class Runner:
             prepared = prepare(job["code"], job["command"], workdir)
         except SourceError as error:
             return "error", str(error), []
-        self._write_cfg(prepared.cwd, owner)
+        run.standby = self._standby.take()
+        if run.standby is not None:
+            self._usage.hand_over(owner, run.standby.job_id, run.standby.handed_at)
+            log.info("job %d is handed standby spalloc job %d", job["id"], run.standby.job_id)
+        self._write_cfg(prepared.cwd, owner, run.standby)
         if (self._numba_cache / _WARM).exists():
             shutil.copytree(self._numba_cache, workdir / _JOB_NUMBA_CACHE)
         before = _files(workdir)
@@ -414,8 +439,12 @@ class Runner:
             run.append(f"\n{reason}\n")
         return reason
 
-    def _write_cfg(self, cwd: Path, owner: str) -> None:
-        """Point the PyNN backend at the allocation server, as the executor's spynnaker.cfg."""
+    def _write_cfg(self, cwd: Path, owner: str, standby: Standby | None) -> None:
+        """Point the PyNN backend at the allocation server, as the executor's spynnaker.cfg.
+
+        A standby handed over is named too (allotment's keys `spalloc_job` and
+        `spalloc_job_owner`): the backend runs on it when the network fits its boards.
+        """
         if self.config.spalloc_host is None:
             lines = ["[Machine]", "virtual_board = True"]
         else:
@@ -426,6 +455,8 @@ class Runner:
                 f"spalloc_user = {owner}",
                 "virtual_board = False",
             ]
+            if standby is not None:
+                lines += [f"spalloc_job = {standby.job_id}", f"spalloc_job_owner = {standby.owner}"]
         (cwd / "spynnaker.cfg").write_text("\n".join(lines) + "\n")
 
     def _environment(self, job: dict[str, Any], cwd: Path) -> dict[str, str]:

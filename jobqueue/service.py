@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 from dataclasses import replace
 
@@ -75,6 +76,9 @@ def serve(*, host: str, port: int, db_url: str, runner: RunnerConfig) -> int:
             tg.create_task(announce())
             await server.serve(sockets=[sock])
 
+    # uvicorn raises the SIGTERM it caught again once it has stopped; with the default
+    # handler that would kill the process before the runner stops (and frees its standby)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     if worker is not None:
         worker.start()
     try:
@@ -90,7 +94,6 @@ def serve(*, host: str, port: int, db_url: str, runner: RunnerConfig) -> int:
 
 def run_runner(*, db_url: str, runner: RunnerConfig) -> int:
     """Run a runner alone (no HTTP) until SIGTERM/SIGINT: how a site adds runner hosts."""
-    import signal
     import threading
 
     try:

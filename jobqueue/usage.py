@@ -5,6 +5,10 @@ job (`spalloc_user` in the `spynnaker.cfg` the runner writes). While any job run
 of its own (with its own event loop, because the protocol client is async and the runner is
 threaded) asks the allocation server for `list_jobs` every `interval_s` and credits each
 allocation that has boards with boards x the time since it was last seen.
+
+A standby allocation handed to a job (`jobqueue.standby`) keeps its standby owner; it is
+credited to the job from the moment of hand-over (never for the time it waited as a
+standby), and kept apart so that `release` can leave it out when the job never used it.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class UsageMonitor:
         self._lock = threading.Lock()
         self._board_seconds: dict[str, float] = {}
         self._last_seen: dict[int, float] = {}
+        self._handed: dict[int, str] = {}  # spalloc job id -> the owner it was handed to
+        self._handed_seconds: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,10 +71,28 @@ class UsageMonitor:
         with self._lock:
             self._board_seconds.setdefault(owner, 0.0)
 
-    def release(self, owner: str) -> float:
-        """Stop counting for `owner` and return its board-seconds."""
+    def hand_over(self, owner: str, job_id: int, handed_at: float) -> None:
+        """Count spalloc job `job_id` for `owner` from `handed_at` (a `time.monotonic()`)."""
         with self._lock:
-            return self._board_seconds.pop(owner, 0.0)
+            self._board_seconds.setdefault(owner, 0.0)
+            self._handed[job_id] = owner
+            self._handed_seconds.setdefault(owner, 0.0)
+            self._last_seen[job_id] = handed_at
+
+    def release(self, owner: str, *, is_charging_handed: bool = True) -> float:
+        """Stop counting for `owner` and return its board-seconds.
+
+        Args:
+            owner: the owner given to `watch`.
+            is_charging_handed: include the allocation handed over to it (False when the
+                job never used it).
+        """
+        with self._lock:
+            for job_id in [j for j, o in self._handed.items() if o == owner]:
+                del self._handed[job_id]
+                self._last_seen.pop(job_id, None)
+            handed = self._handed_seconds.pop(owner, 0.0)
+            return self._board_seconds.pop(owner, 0.0) + (handed if is_charging_handed else 0.0)
 
     def _run(self) -> None:
         asyncio.run(self._poll_forever())
@@ -99,13 +123,19 @@ class UsageMonitor:
     def _credit(self, entries: list[JobListEntry], now: float) -> None:
         with self._lock:
             for entry in entries:
-                if entry.owner not in self._board_seconds or not entry.boards:
+                handed_to = self._handed.get(entry.job_id)
+                if not entry.boards or (
+                    handed_to is None and entry.owner not in self._board_seconds
+                ):
                     continue
                 last = self._last_seen.get(entry.job_id)
                 # first sight: the allocation is counted from one interval ago at most
                 elapsed = self._interval_s if last is None else now - last
-                self._board_seconds[entry.owner] += len(entry.boards) * elapsed
+                if handed_to is not None:
+                    self._handed_seconds[handed_to] += len(entry.boards) * elapsed
+                else:
+                    self._board_seconds[entry.owner] += len(entry.boards) * elapsed
                 self._last_seen[entry.job_id] = now
             live = {entry.job_id for entry in entries}
-            for job_id in [j for j in self._last_seen if j not in live]:
+            for job_id in [j for j in self._last_seen if j not in live and j not in self._handed]:
                 del self._last_seen[job_id]

@@ -146,6 +146,58 @@ class RemoteMachine:
         self.job_id = await self._client.create_job(
             *dims, owner=self._owner, keepalive_s=self._keepalive_s
         )
+        await self._attach(timeout_s)
+
+    @classmethod
+    def adopt(
+        cls,
+        host: str,
+        port: int,
+        *,
+        job_id: int,
+        owner: str,
+        keepalive_s: float = 60.0,
+        timeout_s: float | None = None,
+    ) -> RemoteMachine:
+        """Take over a job someone else created (a batch runner's powered standby).
+
+        Waits until the job is ready, as `allocate` does, then keeps it alive; `close`
+        destroys it.
+
+        Args:
+            host: the server's name or address.
+            port: its spalloc port.
+            job_id: the job to take over.
+            owner: the owner it was created with (its first image load names it).
+            keepalive_s: how often it must be kept alive (its creator's keepalive or less).
+            timeout_s: most seconds to wait for its boards (None: as long as it takes).
+
+        Raises:
+            RemoteError: the server cannot be reached, or the job is gone or never ready.
+        """
+        machine = cls(host, port, owner=owner, keepalive_s=keepalive_s)
+        try:
+            machine._call(machine._adopt(job_id, timeout_s), None)
+        except BaseException:
+            machine._forget_job()
+            machine.close()
+            raise
+        return machine
+
+    async def _adopt(self, job_id: int, timeout_s: float | None) -> None:
+        self._client = await AllotmentClient.connect(
+            self._host, self._port, timeout_s=_CALL_TIMEOUT_S
+        )
+        self.job_id = job_id
+        await self._attach(timeout_s)
+
+    def _forget_job(self) -> None:
+        """Leave the job as it is on close (a job not taken over is not ours to destroy)."""
+        self.__dict__.pop("job_id", None)
+
+    async def _attach(self, timeout_s: float | None) -> None:
+        """Wait until the job is ready, read its boards and start keeping it alive."""
+        assert self._client is not None
         await self._client.notify_job(self.job_id)
         try:
             async with asyncio.timeout(timeout_s):

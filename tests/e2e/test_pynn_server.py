@@ -143,3 +143,81 @@ def test_a_lost_server_is_a_clear_error_not_a_hang(tmp_path: Path, script_dir: P
     with pytest.raises(RemoteError, match=str(lonely.port)):
         sim.run(50.0)
     sim.end()
+
+
+async def _standby(server: ServerProcess, owner: str, n_boards: int = 1) -> int:
+    """A job made the way a batch runner makes its standby: allocated, powered, waited on."""
+    client = await AllotmentClient.connect(server.host, server.port, timeout_s=30.0)
+    try:
+        dims = () if n_boards == 1 else (n_boards,)
+        job_id = await client.create_job(*dims, owner=owner, keepalive_s=60.0)
+        await client.notify_job(job_id)
+        while (await client.get_job_state(job_id)).state != 3:
+            await client.receive_notification(timeout_s=30.0)
+        return job_id
+    finally:
+        await client.aclose()
+
+
+def _hand_over(where: Path, server: ServerProcess, job_id: int, owner: str) -> None:
+    _configure(where, server)
+    with (where / "spynnaker.cfg").open("a") as cfg:
+        cfg.write(f"spalloc_job = {job_id}\nspalloc_job_owner = {owner}\n")
+
+
+def _small_run(sim: ModuleType) -> int:
+    """Map and run a small network; the server job it ran on."""
+    from toolchain.pynn import simulator
+
+    sim.setup(timestep=1.0)
+    cells = sim.Population(5, sim.IF_curr_exp(i_offset=2.0), label="cells")
+    cells.record("spikes")
+    sim.run(50.0)
+    assert sum(len(s) for s in cells.get_data().segments[0].spiketrains) > 0
+    session = simulator.state.session
+    assert session is not None
+    job_id: int = session.machine.job_id  # type: ignore[attr-defined]
+    sim.end()
+    return job_id
+
+
+@pytest.mark.timeout(240)
+def test_a_job_handed_over_in_spynnaker_cfg_is_the_one_the_script_runs_on(
+    server: ServerProcess, script_dir: Path
+) -> None:
+    import allotment.pynn as sim
+
+    standby = anyio.run(_standby, server, "standby-owner")
+    _hand_over(script_dir, server, standby, "standby-owner")
+    assert _small_run(sim) == standby
+    assert anyio.run(_job_state, server, standby) == 4  # destroyed at end(), as its own
+
+
+@pytest.mark.timeout(240)
+def test_a_handed_over_job_that_is_gone_or_too_small_is_replaced_by_a_new_one(
+    server: ServerProcess, script_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import allotment.pynn as sim
+
+    gone = anyio.run(_standby, server, "standby-owner")
+    anyio.run(_destroy, server, gone)
+    _hand_over(script_dir, server, gone, "standby-owner")
+    ran_on = _small_run(sim)
+    assert ran_on != gone
+    assert anyio.run(_job_state, server, ran_on) == 4
+    assert f"not using job {gone} handed over" in capfd.readouterr().err
+
+    small = anyio.run(_standby, server, "standby-owner")
+    _hand_over(script_dir, server, small, "standby-owner")
+    sim.setup(timestep=1.0, n_boards_required=2)
+    sim.Population(5, sim.IF_curr_exp(i_offset=2.0), label="cells")
+    sim.run(10.0)
+    from toolchain.pynn import simulator
+
+    assert simulator.state.session is not None
+    assert simulator.state.session.machine.job_id != small  # type: ignore[attr-defined]
+    sim.end()
+    assert anyio.run(_job_state, server, small) == 4
+    assert (
+        f"job {small} handed over has 1 of the 2 boards the network needs" in capfd.readouterr().err
+    )

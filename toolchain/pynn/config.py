@@ -4,6 +4,10 @@
 ``virtual_board`` are looked up in ``./spynnaker.cfg`` first, then ``~/.spynnaker.cfg``;
 a keyword argument of ``setup()`` with the same name wins over both. With no server (or
 ``virtual_board = True``) the network runs virtually, on the chip model in this process.
+
+Two keys of allotment's own hand the script a job already allocated for it (what a batch
+runner writes for a powered standby): ``spalloc_job`` (its id) and ``spalloc_job_owner``
+(the owner it was created with). The backend runs on that job when the network fits it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ __all__ = ["CONFIG_NAMES", "MachineSettings", "describe", "read_settings"]
 CONFIG_NAMES = ("spynnaker.cfg",)
 DEFAULT_SPALLOC_PORT = 22244
 _NONE = ("", "none")
+_FILE_KEYS = (
+    "spalloc_server",
+    "spalloc_port",
+    "spalloc_user",
+    "virtual_board",
+    "spalloc_job",
+    "spalloc_job_owner",
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,8 @@ class MachineSettings:
         spalloc_port: its port.
         spalloc_user: owner name of the job.
         virtual_board: run in-process even if a server is named.
+        spalloc_job: a job already allocated for this script, used if the network fits.
+        spalloc_job_owner: the owner that job was created with.
         n_boards_required: boards to ask for at least (sPyNNaker's setup argument).
         n_chips_required: chips to ask for at least.
         sources: the configuration files that were read.
@@ -41,6 +55,8 @@ class MachineSettings:
     spalloc_port: int = DEFAULT_SPALLOC_PORT
     spalloc_user: str = "allotment"
     virtual_board: bool = False
+    spalloc_job: int | None = None
+    spalloc_job_owner: str | None = None
     n_boards_required: int | None = None
     n_chips_required: int | None = None
     sources: tuple[str, ...] = ()
@@ -90,7 +106,7 @@ def read_settings(
         if not parser.has_section("Machine"):
             continue
         section = parser["Machine"]
-        for key in ("spalloc_server", "spalloc_port", "spalloc_user", "virtual_board"):
+        for key in _FILE_KEYS:
             if key in section:
                 values[key] = (section[key], str(path))
     settings: dict[str, Any] = {"sources": tuple(sources)}
@@ -103,6 +119,13 @@ def read_settings(
             except ValueError:
                 raise NotSupportedError(
                     f"[Machine] spalloc_port = {text!r} in {where}", "a port number"
+                ) from None
+        elif key == "spalloc_job":
+            try:
+                settings[key] = None if text.strip().lower() in _NONE else int(text)
+            except ValueError:
+                raise NotSupportedError(
+                    f"[Machine] spalloc_job = {text!r} in {where}", "a job id"
                 ) from None
         elif key == "virtual_board":
             settings[key] = _bool(text, key, where)

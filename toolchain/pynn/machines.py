@@ -16,6 +16,7 @@ script runs; images go up and results come back through the dispatch commands::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
@@ -26,6 +27,7 @@ from machine_models.executor import Executor, Results
 from machine_models.image import CoreXYP, Image
 from machine_models.topology import Topology
 from toolchain.allocation import virtual_allocation
+from toolchain.errors import RemoteError
 from toolchain.pynn.errors import NotSupportedError
 from toolchain.remote import RemoteMachine
 
@@ -131,16 +133,30 @@ class ServerMachine:
     and destroyed at ``end()`` (or at exit). A lost server or a destroyed job raises
     :class:`~toolchain.errors.RemoteError` naming the server, never hangs.
 
+    A job handed over (``standby``: its id and owner, already allocated and powered by a
+    batch runner) is taken for the first mapping if it has the boards asked for; one that
+    is too small is destroyed, one that is gone is passed over, and the boards are then
+    allocated as usual (a line on stderr says so).
+
     Args:
         host: the server's address.
         port: its spalloc port.
         owner: the job's owner (``spalloc_user``).
         keepalive_s: the job's keepalive.
+        standby: a job handed over for this script: ``(job_id, owner)``.
     """
 
-    def __init__(self, host: str, port: int, owner: str, keepalive_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        owner: str,
+        keepalive_s: float = 60.0,
+        standby: tuple[int, str] | None = None,
+    ) -> None:
         self._host, self._port, self._owner = host, port, owner
         self._keepalive_s = keepalive_s
+        self._standby = standby
         self._remote: RemoteMachine | None = None
         self._step = 0
         self._is_fresh = True
@@ -157,8 +173,12 @@ class ServerMachine:
         return None if self._remote is None else self._remote.job_id
 
     def allocate(self, n_boards: int) -> Topology:
-        """Create a job of ``n_boards`` boards and wait until they are powered."""
+        """Create a job of ``n_boards`` boards (or take the one handed over) once powered."""
         self.close()
+        adopted = self._adopt(n_boards)
+        if adopted is not None:
+            self._remote = adopted
+            return adopted.topology
         self._remote = RemoteMachine.allocate(
             self._host,
             self._port,
@@ -168,6 +188,34 @@ class ServerMachine:
             timeout_s=ALLOCATE_TIMEOUT_S,
         )
         return self._remote.topology
+
+    def _adopt(self, n_boards: int) -> RemoteMachine | None:
+        """The job handed over, if there is one, it is still there, and it is big enough."""
+        if self._standby is None:
+            return None
+        (job_id, owner), self._standby = self._standby, None
+        try:
+            remote = RemoteMachine.adopt(
+                self._host,
+                self._port,
+                job_id=job_id,
+                owner=owner,
+                keepalive_s=self._keepalive_s,
+                timeout_s=ALLOCATE_TIMEOUT_S,
+            )
+        except RemoteError as error:
+            print(f"allotment: not using job {job_id} handed over: {error}", file=sys.stderr)
+            return None
+        n_held = len(remote.topology.ethernet_chips)
+        if n_held < n_boards:
+            remote.close()
+            print(
+                f"allotment: job {job_id} handed over has {n_held} of the {n_boards} boards"
+                " the network needs: destroyed it",
+                file=sys.stderr,
+            )
+            return None
+        return remote
 
     def load(self, image: Image, topology: Topology, *, is_carrying_state: bool) -> None:
         """Upload the image; the next run starts afresh from it."""

@@ -73,6 +73,13 @@ def _array_spikes(
     return np.concatenate(index), np.concatenate(times)
 
 
+def _handed_over(settings: MachineSettings) -> tuple[int, str] | None:
+    """The job spynnaker.cfg hands this script (id, owner), if any."""
+    if settings.spalloc_job is None:
+        return None
+    return settings.spalloc_job, settings.spalloc_job_owner or settings.spalloc_user
+
+
 class Session:
     """The mapped network of a script and the machine running it.
 
@@ -98,7 +105,10 @@ class Session:
             VirtualMachine()
             if settings.is_virtual or settings.spalloc_server is None
             else ServerMachine(
-                settings.spalloc_server, settings.spalloc_port, settings.spalloc_user
+                settings.spalloc_server,
+                settings.spalloc_port,
+                settings.spalloc_user,
+                standby=_handed_over(settings),
             )
         )
         self._built: Built | None = None

@@ -51,3 +51,15 @@ def test_a_bad_value_names_the_key_and_the_file(tmp_path: Path) -> None:
     _write(tmp_path / "spynnaker.cfg", "virtual_board = maybe\n")
     with pytest.raises(NotSupportedError, match="virtual_board"):
         read_settings({}, cwd=tmp_path, home=tmp_path)
+
+
+def test_a_job_handed_over_is_read_with_its_owner(tmp_path: Path) -> None:
+    _write(
+        tmp_path / "spynnaker.cfg", "spalloc_server = x\nspalloc_job = 12\nspalloc_job_owner = sb\n"
+    )
+    settings = read_settings({}, cwd=tmp_path, home=tmp_path)
+    assert (settings.spalloc_job, settings.spalloc_job_owner) == (12, "sb")
+    assert read_settings({}, cwd=tmp_path / "none", home=tmp_path / "none").spalloc_job is None
+    _write(tmp_path / "spynnaker.cfg", "spalloc_job = twelve\n")
+    with pytest.raises(NotSupportedError, match="spalloc_job = 'twelve'"):
+        read_settings({}, cwd=tmp_path, home=tmp_path)
