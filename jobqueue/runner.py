@@ -214,7 +214,10 @@ class Runner:
                 timeout=900,
             )
         except (subprocess.SubprocessError, OSError) as error:
-            log.warning("warming up the PyNN backend's kernels failed: %s", error)
+            if self._stop.is_set():  # stopped with the service: no failure to report
+                log.info("warming up the PyNN backend's kernels stopped with the runner")
+            else:
+                log.warning("warming up the PyNN backend's kernels failed: %s", error)
             return
         (scratch / _WARM).touch()
         shutil.rmtree(self._numba_cache, ignore_errors=True)

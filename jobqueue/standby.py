@@ -224,7 +224,8 @@ class StandbyPool:
             job_id = await client.create_job(*dims, owner=self.owner, keepalive_s=self._keepalive_s)
             with self._lock:
                 self._waiting[job_id] = 0
-            log.info("standby job %d asked for (%d boards)", job_id, self._n_boards)
+            n = self._n_boards
+            log.info("standby job %d asked for (%d board%s)", job_id, n, "" if n == 1 else "s")
 
     async def _finish(self, standby: Standby) -> bool:
         client = await self._connected()
