@@ -2,8 +2,9 @@
 
 A script names the server in ``spynnaker.cfg`` as sPyNNaker users do; the backend asks for
 boards sized from the mapped network, runs through the dispatch commands and frees the job
-at ``end()``. Its spikes equal virtual mode's bit for bit. A lost server and a destroyed job
-raise a clear ``RemoteError``, never hang.
+at ``end()``. Its spikes equal virtual mode's bit for bit. Parameters changed between runs
+carry the running state over on the server too (``load_image`` with ``keep_state``). A
+lost server and a destroyed job raise a clear ``RemoteError``, never hang.
 """
 
 from __future__ import annotations
@@ -65,6 +66,55 @@ def _script(sim: ModuleType) -> tuple[list[list[float]], np.ndarray]:
     sim.run(200.0)
     seg = cells.get_data().segments[0]
     return [s.magnitude.tolist() for s in seg.spiketrains], seg.filter(name="v")[0].magnitude
+
+
+def _changing_script(sim: ModuleType) -> tuple[list[list[list[float]]], list[np.ndarray]]:
+    """Run; change a neuron parameter, a Poisson rate, spike times and what is recorded; run
+    on; reset; run."""
+    cells = sim.Population(30, sim.IF_curr_exp(), label="cells")
+    steady = sim.Population(5, sim.IF_curr_exp(i_offset=2.0), label="steady")
+    drive = sim.Population(30, sim.SpikeSourcePoisson(rate=20.0, seed=5), label="drive")
+    kicks = sim.Population(3, sim.SpikeSourceArray(spike_times=[5.0, 60.0]), label="kicks")
+    sim.Projection(drive, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=15.0))
+    sim.Projection(kicks, cells, sim.AllToAllConnector(), sim.StaticSynapse(weight=4.0))
+    cells.record(["spikes", "v"])
+    sim.run(100.0)
+    cells[:10].set(i_offset=1.5)
+    drive.set(rate=90.0)
+    kicks.set(spike_times=[5.0, 150.0, 170.0])
+    steady.record(["spikes", "v"])
+    sim.run(100.0)
+    cells.set(i_offset=0.0)
+    sim.run(50.0)
+    sim.reset()
+    drive.set(rate=20.0)
+    sim.run(60.0)
+    segments = [*cells.get_data().segments, *steady.get_data().segments]
+    spikes = [[s.magnitude.tolist() for s in seg.spiketrains] for seg in segments]
+    return spikes, [seg.filter(name="v")[0].magnitude for seg in segments]
+
+
+@pytest.mark.timeout(240)
+def test_parameters_changed_between_runs_carry_the_state_on_the_server_as_in_virtual_mode(
+    server: ServerProcess, script_dir: Path
+) -> None:
+    import allotment.pynn as sim
+
+    sim.setup(timestep=1.0)
+    virtual_spikes, virtual_v = _changing_script(sim)
+    sim.end()
+
+    _configure(script_dir, server)
+    sim.setup(timestep=1.0)
+    spikes, v = _changing_script(sim)
+    sim.end()
+    assert len(spikes) == 4  # each population's segments before reset() and after
+    first, unchanged = spikes[0], spikes[1]
+    assert sum(len(s) for s in spikes[2]) > 0, "recorded from the second run on"
+    assert sum(len(s) for s in first) > 2 * sum(len(s) for s in unchanged), "the changes show"
+    assert spikes == virtual_spikes
+    for mine, theirs in zip(v, virtual_v, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
 
 
 async def _job_state(server: ServerProcess, job_id: int) -> int:
