@@ -528,7 +528,10 @@ class DispatchCommands:
         except BaseException:
             if not hand_over.outcome.done():
                 self.pool.stop(ticket, RunState.STOPPED, "the load of its image was given up")
-            self._file_thread.submit(storage.remove_folder, folder / snapshot)
+            # Removed once the worker has left it: killed, or done saving into it.
+            hand_over.outcome.add_done_callback(
+                lambda _: self._submit_file_work(storage.remove_folder, folder / snapshot)
+            )
             raise
         finally:
             job.handing_over = None
@@ -904,6 +907,11 @@ class DispatchCommands:
         if job.last_save is not None and not job.last_save.done():
             with contextlib.suppress(Exception):
                 await asyncio.shield(job.last_save)
+
+    def _submit_file_work(self, function: Callable[..., object], *args: Any) -> None:
+        """Queue work on the file thread without waiting (none once it has shut down)."""
+        with contextlib.suppress(RuntimeError):
+            self._file_thread.submit(function, *args)
 
     async def _in_thread(self, function: Callable[..., _T], *args: Any) -> _T:
         # The file thread: ordered, and off the event loop.

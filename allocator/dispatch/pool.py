@@ -312,6 +312,12 @@ class WorkerPool:
             worker.ticket = None
             ticket.events.run_ended(ticket, RunState.FAILED, message.reason or "the run failed")
             self._pump()
+        elif message.kind == "failed" and worker.saving is not None:
+            # The results were written but the state was not (its folder went, the disk
+            # filled): the worker is free again, and the state is not there to continue.
+            unsaved, worker.saving = worker.saving, None
+            unsaved.events.state_saved(unsaved, False)
+            self._pump()
 
     def _worker_ended(self, worker: _Worker, code: int) -> None:
         ticket, worker.ticket = worker.ticket, None
