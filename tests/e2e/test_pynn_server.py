@@ -117,6 +117,50 @@ def test_parameters_changed_between_runs_carry_the_state_on_the_server_as_in_vir
         np.testing.assert_array_equal(mine, theirs)
 
 
+def _learning_script(sim: ModuleType) -> tuple[list[list[float]], np.ndarray, np.ndarray]:
+    """STDP onto cells whose offset and drive change between runs: the learning goes on."""
+    pre = sim.Population(20, sim.SpikeSourcePoisson(rate=30.0, seed=2), label="pre")
+    post = sim.Population(10, sim.IF_curr_exp(i_offset=0.5), label="post")
+    rule = sim.STDPMechanism(
+        timing_dependence=sim.SpikePairRule(
+            tau_plus=20.0, tau_minus=20.0, A_plus=0.05, A_minus=0.05
+        ),
+        weight_dependence=sim.AdditiveWeightDependence(w_min=0.0, w_max=5.0),
+        weight=2.0,
+        delay=1.0,
+    )
+    projection = sim.Projection(pre, post, sim.AllToAllConnector(), rule)
+    post.record("spikes")
+    sim.run(100.0)
+    learned = projection.get("weight", format="array")
+    post.set(i_offset=1.2)
+    pre.set(rate=60.0)
+    sim.run(100.0)
+    spikes = [s.magnitude.tolist() for s in post.get_data().segments[0].spiketrains]
+    return spikes, learned, projection.get("weight", format="array")
+
+
+@pytest.mark.timeout(240)
+def test_plastic_weights_learn_on_across_a_parameter_change_on_the_server(
+    server: ServerProcess, script_dir: Path
+) -> None:
+    import allotment.pynn as sim
+
+    sim.setup(timestep=1.0)
+    virtual_spikes, virtual_first, virtual_last = _learning_script(sim)
+    sim.end()
+
+    _configure(script_dir, server)
+    sim.setup(timestep=1.0)
+    spikes, first, last = _learning_script(sim)
+    sim.end()
+    assert sum(len(s) for s in spikes) > 0
+    assert not np.array_equal(first, last), "the second run learned on"
+    assert spikes == virtual_spikes
+    np.testing.assert_array_equal(first, virtual_first)
+    np.testing.assert_array_equal(last, virtual_last)
+
+
 async def _job_state(server: ServerProcess, job_id: int) -> int:
     client = await AllotmentClient.connect(server.host, server.port, timeout_s=30.0)
     try:
