@@ -4,7 +4,9 @@ Starts `allotment serve` (allocation server and batch service) on free ports in 
 directory, mints a token, and through the real `nmpi` client:
 
 0. submits one trivial job and waits for it: `first_job_s`, which includes the runner's
-   one-off compilation of the PyNN backend's kernels on a fresh jobs directory;
+   one-off compilation of the PyNN backend's kernels when the shared kernel cache of this
+   code is cold (`jobqueue.kernel_cache`; set `ALLOTMENT_KERNEL_CACHE` to measure a cold
+   one), and the dispatch workers' start;
 1. submits the seed's simple example (bench/seed_simple_example.py, a PyNN script) inline
    with `wait=False` and polls every 0.1 s until it ends: `seed_submit_to_finished_s`
    (null, with `seed_error`, when the job does not finish, e.g. without the PyNN backend);

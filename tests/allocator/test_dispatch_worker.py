@@ -1,12 +1,15 @@
-"""The worker's preload: an upload decoded ahead of its run is used only for its own image."""
+"""The worker's preload (an upload decoded ahead of its run is used only for its own image) and
+its warm-up (a pool started with the server has its workers' kernels loaded before any run)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
 import pytest
 
+from allocator.dispatch.pool import WorkerPool
 from allocator.dispatch.topology import TopologySpec
 from allocator.dispatch.worker import PreloadOrder, RunOrder, _Preloaded
 from machine_models import Executor, Image
@@ -94,3 +97,14 @@ def test_a_preload_of_a_file_that_is_gone_keeps_nothing(tmp_path: Path) -> None:
     preloaded = _Preloaded()
     preloaded.load(PreloadOrder(path=str(tmp_path / "gone"), sha256="0" * 64, topology=ONE_BOARD))
     assert preloaded.take(_order("0" * 64)) is None
+
+
+async def test_workers_started_with_the_server_report_their_kernels_loaded() -> None:
+    pool = WorkerPool(2, memory_bytes=1 << 32, wall_s=60.0, is_starting_with_server=True)
+    async with asyncio.TaskGroup() as tg:
+        running = tg.create_task(pool.run())
+        assert pool.n_warmed == 0
+        await pool.wait_warmed()
+        assert pool.n_warmed == 2
+        assert len(pool.worker_pids) == 2
+        running.cancel()
