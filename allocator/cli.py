@@ -174,6 +174,7 @@ def _batch_arguments(args: argparse.Namespace, spalloc_port: int) -> list[str]:
         *("--standby-boards", str(args.standby_boards)),
         *(["--virtual"] if args.batch_virtual else []),
         *(["--no-warmup"] if args.no_warmup else []),
+        *(["--kernel-cache", str(args.kernel_cache)] if args.kernel_cache else []),
     ]
 
 

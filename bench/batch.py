@@ -4,10 +4,15 @@ Starts `allotment serve` (allocation server and batch service) on free ports in 
 directory, mints a token, and through the real `nmpi` client:
 
 0. submits one trivial job and waits for it: `first_job_s`, which includes the runner's
-   one-off compilation of the PyNN backend's kernels on a fresh jobs directory;
-1. submits the seed's simple example (bench/seed_simple_example.py, a PyNN script) inline
-   with `wait=False` and polls every 0.1 s until it ends: `seed_submit_to_finished_s`
-   (null, with `seed_error`, when the job does not finish, e.g. without the PyNN backend);
+   one-off compilation of the PyNN backend's kernels when the shared kernel cache of this
+   code is cold (`jobqueue.kernel_cache`; set `ALLOTMENT_KERNEL_CACHE` to measure a cold
+   one), and the dispatch workers' start;
+1. on the allocation server's boards, waits until the runner's standby allocation is ready
+   (`standby_ready_s` after the service's ready line: on a fresh service a job submitted
+   before that powers boards of its own), then submits the seed's simple example
+   (bench/seed_simple_example.py, a PyNN script) inline with `wait=False` and polls every
+   0.1 s until it ends: `seed_submit_to_finished_s` (null, with `seed_error`, when the job
+   does not finish, e.g. without the PyNN backend), and whether it ran on the standby;
 2. the same for a plain matplotlib script (`plot_submit_to_finished_s`), the service's own
    overhead without a simulation;
 3. submits N small scripts at once and times until all have ended: `jobs_per_minute`.
@@ -37,13 +42,13 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEED = REPO_ROOT / "bench" / "seed_simple_example.py"
-_READY = re.compile(r"batch service at (http://\S+?)\)")
+_READY = re.compile(r"listening on (\S+):(\d+) .*batch service at (http://\S+?)\)")
 PLOT = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.savefig('plot.png')\n"
 
 
 def _start(
     where: Path, runners: int, is_virtual: bool, standby_jobs: int
-) -> tuple[subprocess.Popen[str], str]:
+) -> tuple[subprocess.Popen[str], str, int]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -72,7 +77,7 @@ def _start(
     for line in process.stderr:
         match = _READY.search(line)
         if match:
-            return process, match.group(1)
+            return process, match.group(3), int(match.group(2))
     raise SystemExit("allotment serve did not start")
 
 
@@ -83,6 +88,27 @@ def _time_one(client: Any, code: str, timeout_s: float) -> tuple[float, dict[str
         job: dict[str, Any] = client.get_job(uri, with_log=True)
         if job["status"] in ("finished", "error") or time.perf_counter() - started > timeout_s:
             return time.perf_counter() - started, job
+        time.sleep(0.1)
+
+
+def _wait_for_standby(port: int, timeout_s: float) -> None:
+    """Wait until the allocation server has a ready (powered) standby allocation."""
+    import anyio
+
+    from protocol.client import AllotmentClient
+
+    async def is_ready() -> bool:
+        client = await AllotmentClient.connect("127.0.0.1", port, timeout_s=10)
+        try:
+            jobs = await client.list_jobs()
+        finally:
+            await client.aclose()
+        return any(j.owner.startswith("nmpi-standby ") and j.state == 3 for j in jobs)
+
+    deadline = time.monotonic() + timeout_s
+    while not anyio.run(is_ready):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no standby allocation was ready within {timeout_s:g} s")
         time.sleep(0.1)
 
 
@@ -111,7 +137,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         where = Path(scratch)
         nmpi.nmpi_user.TOKENFILE = str(where / ".hbptoken")
-        process, url = _start(where, args.runners, args.batch_virtual, args.standby_jobs)
+        process, url, port = _start(where, args.runners, args.batch_virtual, args.standby_jobs)
+        ready_at = time.perf_counter()
+        standby_ready_s = None
         try:
             store = JobStore.open(f"sqlite:///{where / 'allotment.db'}")
             token = store.create_token("bench", ["bench"])
@@ -121,6 +149,9 @@ def main() -> None:
             )
             # the first job waits for the runner's one-off compilation of the kernels
             warmup_s, _ = _time_one(client, "print('first')", 600)
+            if args.standby_jobs and not args.batch_virtual:
+                _wait_for_standby(port, 120)
+                standby_ready_s = time.perf_counter() - ready_at
             seed_s, seed_job = _time_one(client, SEED.read_text(), 300)
             files = [f["path"] for f in (seed_job["output_data"] or {}).get("files", [])]
             plot_s, _ = _time_one(client, PLOT, 120)
@@ -157,6 +188,8 @@ def main() -> None:
                 "seed_error": error,
                 "pynn_mode": "virtual" if args.batch_virtual else "server",
                 "first_job_s": round(warmup_s, 3),
+                "standby_ready_s": None if standby_ready_s is None else round(standby_ready_s, 3),
+                "seed_standby_used": (seed_job.get("provenance") or {}).get("standby_used"),
                 "plot_submit_to_finished_s": round(plot_s, 3),
                 "jobs": args.jobs,
                 "jobs_finished": n_finished,

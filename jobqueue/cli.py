@@ -76,7 +76,15 @@ def add_runner_options(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--no-warmup",
         action="store_true",
-        help="do not compile the PyNN backend's kernels at start (each job then compiles them)",
+        help="do not compile the PyNN backend's kernels at start (each job then compiles them,"
+        " unless the shared cache of this code is warm already)",
+    )
+    parser.add_argument(
+        "--kernel-cache",
+        type=Path,
+        default=None,
+        help="the directory of the shared kernel caches (default $ALLOTMENT_KERNEL_CACHE, else"
+        " $XDG_CACHE_HOME/allotment/kernels)",
     )
 
 
@@ -101,6 +109,7 @@ def runner_config(
         spalloc_host=spalloc_host,
         spalloc_port=spalloc_port,
         is_warming_up=not args.no_warmup,
+        kernel_cache_dir=args.kernel_cache,
         standby_jobs=args.standby_jobs,
         standby_boards=args.standby_boards,
     )

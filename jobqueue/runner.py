@@ -40,6 +40,7 @@ from typing import Any
 
 from jobqueue import shims
 from jobqueue.errors import SandboxUnavailableError
+from jobqueue.kernel_cache import KernelCache, default_root
 from jobqueue.sandbox import Limits, bwrap_path, sandboxed_command
 from jobqueue.source import SourceError, prepare
 from jobqueue.standby import Standby, StandbyPool
@@ -51,7 +52,6 @@ __all__ = ["Runner", "RunnerConfig"]
 log = logging.getLogger("allotment.batch")
 
 _SKIPPED_DIRS = {"reports", "application_generated_data_files", "__pycache__"}
-_WARM = ".warm"
 _WARM_UP_WAIT_S = 180.0
 _JOB_NUMBA_CACHE = ".numba-cache"
 _MAX_LOG_CHARS = 10_000_000
@@ -75,8 +75,9 @@ class RunnerConfig:
         heartbeat_s: how often a running job's log and heartbeat are written.
         stale_s: a job whose runner has been silent this long is ended as error.
         poll_s: how often to look for work submitted through another process.
-        is_warming_up: compile the PyNN backend's kernels once at start into a cache each
-            job gets a copy of (`jobqueue.warmup`).
+        is_warming_up: compile the PyNN backend's kernels at start, unless the shared cache
+            of this code is warm already (`jobqueue.kernel_cache`); each job gets a copy.
+        kernel_cache_dir: the root of the shared kernel caches (None: `default_root()`).
         standby_jobs: powered allocations kept ready on the allocation server and handed
             to starting jobs (`jobqueue.standby`); 0 for none.
         standby_boards: boards of each standby allocation.
@@ -95,6 +96,7 @@ class RunnerConfig:
     stale_s: float = 15.0
     poll_s: float = 1.0
     is_warming_up: bool = True
+    kernel_cache_dir: Path | None = None
     standby_jobs: int = 1
     standby_boards: int = 1
     python: str = field(default=sys.executable)
@@ -144,7 +146,7 @@ class Runner:
             n_boards=config.standby_boards,
         )
         self._shims = shims.install(config.jobs_dir.parent / f".{config.jobs_dir.name}-shims")
-        self._numba_cache = config.jobs_dir.parent / f".{config.jobs_dir.name}-numba"
+        self._kernels = KernelCache(config.kernel_cache_dir or default_root())
         self._warmed = threading.Event()
         # what the job's Python needs, in case it lies under the sandbox's private /tmp
         self._visible = [
@@ -164,7 +166,7 @@ class Runner:
         self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._usage.start()
         self._standby.start()
-        if self.config.is_warming_up and not (self._numba_cache / _WARM).exists():
+        if self.config.is_warming_up and not self._kernels.is_warm:
             thread = threading.Thread(target=self._warm_up, name="batch-warmup", daemon=True)
             thread.start()
         else:
@@ -188,22 +190,19 @@ class Runner:
         self._usage.stop()
 
     def _warm_up(self) -> None:
-        """Fill the kernel cache (trusted code of ours, outside any job); mark it when done."""
+        """Fill the shared kernel cache (trusted code of ours, outside any job)."""
         try:
-            self._fill_cache()
+            if self._kernels.fill(self._compile_kernels):
+                log.info("the PyNN backend's kernels are compiled into %s", self._kernels.path)
+        except OSError as error:
+            log.warning("the kernel cache %s cannot be filled: %s", self._kernels.root, error)
         finally:
             self._warmed.set()
 
-    def _fill_cache(self) -> None:
-        scratch = self._numba_cache.with_name(self._numba_cache.name + ".new")
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        env = {
-            **os.environ,
-            "NUMBA_CACHE_DIR": str(scratch),
-            "MPLBACKEND": "Agg",
-            "PYTHONUNBUFFERED": "1",
-        }
+    def _compile_kernels(self, cache_dir: Path | None) -> bool:
+        env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+        if cache_dir is not None:
+            env["NUMBA_CACHE_DIR"] = str(cache_dir)
         try:
             subprocess.run(
                 [self.config.python, "-m", "jobqueue.warmup"],
@@ -218,17 +217,14 @@ class Runner:
                 log.info("warming up the PyNN backend's kernels stopped with the runner")
             else:
                 log.warning("warming up the PyNN backend's kernels failed: %s", error)
-            return
-        (scratch / _WARM).touch()
-        shutil.rmtree(self._numba_cache, ignore_errors=True)
-        scratch.rename(self._numba_cache)
-        log.info("the PyNN backend's kernels are compiled into %s", self._numba_cache)
+            return False
+        return True
 
     # dispatching ------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        # Jobs wait for the warm-up (once per jobs directory): compiling the kernels in the
-        # first jobs too would only share the same cores among more compilers.
+        # Jobs wait for the warm-up (once per version of the code): compiling the kernels in
+        # the first jobs too would only share the same cores among more compilers.
         deadline = time.monotonic() + _WARM_UP_WAIT_S
         while not self._warmed.wait(0.2) and not self._stop.is_set():
             if time.monotonic() > deadline:
@@ -346,8 +342,8 @@ class Runner:
             self._usage.hand_over(owner, run.standby.job_id, run.standby.handed_at)
             log.info("job %d is handed standby spalloc job %d", job["id"], run.standby.job_id)
         self._write_cfg(prepared.cwd, owner, run.standby)
-        if (self._numba_cache / _WARM).exists():
-            shutil.copytree(self._numba_cache, workdir / _JOB_NUMBA_CACHE)
+        # A copy: a job can never change what the next one loads.
+        self._kernels.copy_to(workdir / _JOB_NUMBA_CACHE)
         before = _files(workdir)
         config = job["hardware_config"] or {}
         try:

@@ -6,6 +6,9 @@ is skipped with a visible reason, or fails when ALLOTMENT_REQUIRE_SERVICES=1 (CI
 * ALLOTMENT_TEST_PG_URL, e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test; each test
   gets a fresh database of its own on that server, dropped afterwards.
 * ALLOTMENT_TEST_MQTT, "host:port" of a broker such as Mosquitto.
+
+Every process the tests start keeps the jobs' shared kernel cache (`jobqueue.kernel_cache`)
+in one directory of the session, never in the user's cache: the suite compiles it once.
 """
 
 from __future__ import annotations
@@ -65,6 +68,15 @@ async def _admin(dsn: str, *statements: str) -> None:
             await conn.execute(statement)
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's kernel cache root, named to every process the tests start."""
+    root = tmp_path_factory.mktemp("kernel-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALLOTMENT_KERNEL_CACHE", str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")

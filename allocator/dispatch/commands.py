@@ -193,6 +193,7 @@ class DispatchCommands:
             memory_bytes=settings.run_memory_bytes,
             wall_s=settings.run_wall_s,
             nice=settings.worker_nice,
+            is_starting_with_server=settings.start_workers == "with_server",
             observer=observer,
         )
         self._jobs: dict[int, _Job] = {}

@@ -91,6 +91,7 @@ class RunTicket:
 class _Worker:
     process: asyncio.subprocess.Process
     is_ready: bool = False
+    is_warmed: bool = False
     ticket: RunTicket | None = None
     saving: RunTicket | None = None
     started_at: float = 0.0
@@ -113,6 +114,8 @@ class WorkerPool:
         wall_s: a run that takes longer than this fails.
         nice: the workers' niceness (0 to 19): on a busy machine the scheduler lets the
             server's event loop in first, so that its replies do not wait behind a run.
+        is_starting_with_server: start the workers as soon as the pool runs (they load the
+            chip model's kernels while nothing waits for them); else at the first image.
         observer: counts worker crashes.
         command: the worker's command line (default: this Python, ``-m allocator.dispatch.worker``).
         clock: monotonic seconds.
@@ -125,6 +128,7 @@ class WorkerPool:
         memory_bytes: int,
         wall_s: float,
         nice: int = 0,
+        is_starting_with_server: bool = False,
         observer: PoolObserver | None = None,
         command: Sequence[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -133,6 +137,7 @@ class WorkerPool:
         self._memory_bytes = memory_bytes
         self._wall_s = wall_s
         self._observer = observer
+        self._is_starting_with_server = is_starting_with_server
         self._command = (
             tuple(command)
             if command
@@ -143,6 +148,7 @@ class WorkerPool:
         self._workers: set[_Worker] = set()
         self._task_group: asyncio.TaskGroup | None = None
         self._is_started = False
+        self._warmed = asyncio.Event()
 
     def __repr__(self) -> str:
         return (
@@ -165,6 +171,17 @@ class WorkerPool:
         """The process ids of the workers (for operators and tests)."""
         return sorted(w.process.pid for w in self._workers)
 
+    @property
+    def n_warmed(self) -> int:
+        """Workers that have loaded the chip model's kernels (see `allocator.dispatch.worker`)."""
+        return sum(1 for w in self._workers if w.is_warmed)
+
+    async def wait_warmed(self) -> None:
+        """Wait until every worker has started and loaded its kernels (operators, tests)."""
+        while self.n_warmed < self._n_workers:
+            self._warmed.clear()
+            await self._warmed.wait()
+
     def running_pid(self, ticket: RunTicket) -> int | None:
         """The process id of the worker running this run, if it is running."""
         return next((w.process.pid for w in self._workers if w.ticket is ticket), None)
@@ -174,7 +191,7 @@ class WorkerPool:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._task_group = tg
-                if self._queue:
+                if self._queue or self._is_starting_with_server:
                     self._start_workers()
                 try:
                     await asyncio.Future()  # until cancelled
@@ -296,6 +313,9 @@ class WorkerPool:
         if message.kind == "ready":
             worker.is_ready = True
             self._pump()
+        elif message.kind == "warmed":
+            worker.is_warmed = True
+            self._warmed.set()
         elif message.kind == "started" and ticket is not None:
             ticket.events.run_started(ticket, message.first_step)
         elif message.kind == "progress" and ticket is not None:

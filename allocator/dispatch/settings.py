@@ -9,13 +9,14 @@ A file may say::
     run_memory_bytes = 4294967296               # a worker above this fails its run
     run_wall_s = 3600.0                         # a run longer than this fails
     worker_nice = 0                             # 5: the server wins the CPU from runs
+    start_workers = "with_server"               # or "on_upload": at the first image
     results_grace_s = 3600.0                    # results kept this long after the job ends
     dead_chips = [["spinn-1200", 13, 4]]        # machine, chip x, chip y (machine coordinates)
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,4 +37,7 @@ class DispatchSettings(BaseModel):
     results_grace_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 3600.0
     upload_idle_s: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 30.0
     worker_nice: Annotated[int, Field(ge=0, le=19)] = 0
+    start_workers: Literal["with_server", "on_upload"] = "with_server"
+    """When the workers start and load the chip model's kernels: with the server (a fresh
+    server's first run does not wait for them), or when the first image is uploaded."""
     dead_chips: tuple[tuple[str, int, int], ...] = ()

@@ -4,6 +4,7 @@ The server starts ``python -m allocator.dispatch.worker`` and talks to it over i
 streams, one JSON line each way (`RunOrder` in, `WorkerMessage` out)::
 
     worker: {"kind": "ready"}
+    worker: {"kind": "warmed"}                         the chip model's kernels are loaded
     server: {"run_id": 3, "job_id": 7, "folder": ..., "n_steps": 10000, ...}
     worker: {"kind": "started", "first_step": 200}
     worker: {"kind": "progress", "steps_done": 100}  ... (about four a second)
@@ -23,6 +24,11 @@ steps onto the new image, before the server accepts it: the worker builds the ne
 executor (the preloaded one, when it has it), hands it the state the previous run pickled
 (`Executor.adopt_state`, which refuses another layout, naming what differs), and saves it
 and the results so far as a snapshot of their own; the next run continues from there.
+
+Once ready, the worker runs a tiny image a few steps (`machine_models.warmup`), on one thread:
+numba loads the compiled kernels (from its cache) on their first call, and that had better
+happen before the first run than in it. Orders that come meanwhile wait in the pipe; a
+warm-up that fails is logged and changes nothing else.
 
 The run goes in chunks so that progress can be reported; consecutive runs of the executor
 give the same results as one long run, so the chunks change nothing. A continuation starts
@@ -50,6 +56,7 @@ from machine_models.errors import ImageFormatError, MachineModelError
 from machine_models.executor import Executor, Results
 from machine_models.image import Image
 from machine_models.results_file import decode_results, encode_results, join_results
+from machine_models.warmup import warm_kernels
 
 __all__ = ["PreloadOrder", "RunOrder", "WorkerMessage", "main"]
 
@@ -93,7 +100,7 @@ class PreloadOrder(_Frozen):
 class WorkerMessage(_Frozen):
     """What a worker tells the server."""
 
-    kind: Literal["ready", "started", "progress", "done", "saved", "failed"]
+    kind: Literal["ready", "warmed", "started", "progress", "done", "saved", "failed"]
     steps_done: int = 0
     first_step: int = 0
     reason: str | None = None
@@ -215,6 +222,17 @@ def _run(order: RunOrder, out: IO[bytes], preloaded: _Preloaded) -> None:
     _send(out, WorkerMessage(kind="saved", steps_done=done, first_step=first_step))
 
 
+def _warm(out: IO[bytes]) -> None:
+    started = time.perf_counter()
+    try:
+        warm_kernels()
+    except Exception:
+        log.warning("loading the chip model's kernels failed", exc_info=True)
+        return
+    log.info("kernels loaded in %.2f s", time.perf_counter() - started)
+    _send(out, WorkerMessage(kind="warmed"))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve run orders from standard input until it closes (``--nice N``: lower priority)."""
     args = argv if argv is not None else sys.argv[1:]
@@ -223,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(int(args[1]))
     out = sys.stdout.buffer
     _send(out, WorkerMessage(kind="ready"))
+    _warm(out)
     preloaded = _Preloaded()
     for line in sys.stdin.buffer:
         if not line.strip():

@@ -1,8 +1,11 @@
-"""The worker's preload: an upload decoded ahead of its run is used only for its own image;
-a keep-state load's hand-over continues the state on the new image, or refuses another layout."""
+"""The worker's preload (an upload decoded ahead of its run is used only for its own image),
+a keep-state load's hand-over (it continues the state on the new image, or refuses another
+layout) and its warm-up (a pool started with the server has its workers' kernels loaded
+before any run)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from allocator.dispatch.pool import WorkerPool
 from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE
 from allocator.dispatch.topology import TopologySpec
 from allocator.dispatch.worker import PreloadOrder, RunOrder, _Preloaded, _run
@@ -177,3 +181,14 @@ def test_a_hand_over_to_another_layout_fails_naming_it_and_writes_nothing(
         _run(_hand_over(tmp_path, digest, path), out, _Preloaded())
     assert not (tmp_path / "snap-1-kept").exists()
     assert (tmp_path / "snap-1" / STATE_FILE).exists()
+
+
+async def test_workers_started_with_the_server_report_their_kernels_loaded() -> None:
+    pool = WorkerPool(2, memory_bytes=1 << 32, wall_s=60.0, is_starting_with_server=True)
+    async with asyncio.TaskGroup() as tg:
+        running = tg.create_task(pool.run())
+        assert pool.n_warmed == 0
+        await pool.wait_warmed()
+        assert pool.n_warmed == 2
+        assert len(pool.worker_pids) == 2
+        running.cancel()

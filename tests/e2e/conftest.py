@@ -46,6 +46,9 @@ keepalive_check_s = 0.1
 power_on_delay_s = 0.0
 power_off_delay_s = 0.0
 
+[dispatch]
+start_workers = "on_upload"
+
 [[machines]]
 name = "spinn-1200"
 tags = ["default"]

@@ -52,13 +52,11 @@ LONG_RUN_STEPS = 10_000_000
 
 OPERATOR_TOKEN = "op-token"
 DISPATCH_TOML = (
-    SERVER_TOML.replace("[server]\n", f'[server]\noperator_token = "{OPERATOR_TOKEN}"\n')
+    SERVER_TOML.replace("[server]\n", f'[server]\noperator_token = "{OPERATOR_TOKEN}"\n').replace(
+        "[dispatch]\n",
+        "[dispatch]\nworkers = 2\nresults_grace_s = 0.0\nmax_image_bytes = 20000000\n",
+    )
     + """
-[dispatch]
-workers = 2
-results_grace_s = 0.0
-max_image_bytes = 20000000
-
 [[machines]]
 name = "torus"
 tags = ["torus"]

@@ -22,7 +22,9 @@ from protocol.client import AllotmentClient
 from tests.e2e.conftest import SERVER_TOML, ServerProcess, write_server_config
 from toolchain.errors import RemoteError
 
-DISPATCH_TOML = SERVER_TOML + "\n[dispatch]\nworkers = 1\nresults_grace_s = 0.0\n"
+DISPATCH_TOML = SERVER_TOML.replace(
+    "[dispatch]\n", "[dispatch]\nworkers = 1\nresults_grace_s = 0.0\n"
+)
 
 
 def _start(where: Path) -> ServerProcess:

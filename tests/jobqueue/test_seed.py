@@ -40,7 +40,7 @@ def test_the_seeds_simple_example_runs_virtually_with_its_figure_and_reports(
 def test_the_seeds_simple_example_runs_on_boards_of_the_allocation_server(
     full_service: Any, nmpi_client: Any, tmp_path: Path
 ) -> None:
-    service = full_service()
+    service = full_service(is_warming_up=True)
     client = nmpi_client(service, service.token())
     job = run_job(client, SEED.read_text())
     _check_outputs(client, job, tmp_path)

@@ -1,0 +1,113 @@
+"""The shared kernel cache: keyed by the code, filled once under a lock, copied from numba's."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from numba.core.caching import _CacheLocator
+
+import machine_models
+from jobqueue.kernel_cache import KernelCache, code_key, default_root, numba_subpath
+
+PACKAGE_DIR = Path(machine_models.__file__).parent
+
+
+def _package(tmp_path: Path) -> Path:
+    package = tmp_path / "src" / "machine_models"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kernels.py").write_text("RATE = 1\n")
+    return package
+
+
+def test_the_subpath_is_the_one_numba_files_the_chip_models_cache_under() -> None:
+    kernels = PACKAGE_DIR / "kernels.py"
+    assert numba_subpath(PACKAGE_DIR) == _CacheLocator.get_suitable_cache_subpath(str(kernels))
+
+
+def test_the_key_changes_with_any_module_of_the_package_and_with_its_place(tmp_path: Path) -> None:
+    package = _package(tmp_path)
+    key = code_key([package])
+    assert code_key([package]) == key
+    (package / "kernels.py").write_text("RATE = 2\n")
+    assert code_key([package]) != key
+    (package / "kernels.py").write_text("RATE = 1\n")
+    assert code_key([package]) == key
+    moved = shutil.copytree(package, tmp_path / "elsewhere" / "machine_models")
+    assert code_key([moved]) != key
+
+
+def test_the_root_comes_from_the_environment_then_the_xdg_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALLOTMENT_KERNEL_CACHE", str(tmp_path / "named"))
+    assert default_root() == tmp_path / "named"
+    monkeypatch.delenv("ALLOTMENT_KERNEL_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_root() == tmp_path / "xdg" / "allotment" / "kernels"
+
+
+def test_concurrent_fills_compile_once_and_copy_numbas_cache_of_the_tree_after(
+    tmp_path: Path,
+) -> None:
+    package = _package(tmp_path)
+    in_tree = package / "__pycache__"
+    in_tree.mkdir()
+    (in_tree / "f-1.py311.nbi").write_bytes(b"index")
+    (in_tree / "f-1.py311.nbi.tmp.0123").write_bytes(b"half")
+    (in_tree / "kernels.cpython-311.pyc").write_bytes(b"bytecode")
+    compiled: list[Path | None] = []
+    entered = threading.Barrier(2)
+
+    def compile_into(where: Path | None) -> bool:
+        compiled.append(where)
+        (in_tree / "f-1.py311.1.nbc").write_bytes(b"data")  # as numba would, in the tree
+        return True
+
+    def fill() -> None:
+        entered.wait()
+        assert KernelCache(tmp_path / "root", package_dirs=[package]).fill(compile_into)
+
+    threads = [threading.Thread(target=fill) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cache = KernelCache(tmp_path / "root", package_dirs=[package])
+    assert compiled == [None]  # once, into numba's own cache of the (writable) tree
+    assert cache.is_warm
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == [cache.key, f"{cache.key}.lock"]
+    copied = cache.path / numba_subpath(package)
+    assert sorted(p.name for p in copied.iterdir()) == ["f-1.py311.1.nbc", "f-1.py311.nbi"]
+    assert cache.copy_to(tmp_path / "job")
+    assert (tmp_path / "job" / numba_subpath(package) / "f-1.py311.1.nbc").read_bytes() == b"data"
+
+
+def test_with_numba_cache_dir_set_the_entries_are_copied_from_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = _package(tmp_path)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    entries = tmp_path / "numba" / numba_subpath(package)
+
+    def compile_into(where: Path | None) -> bool:
+        entries.mkdir(parents=True)
+        (entries / "f-1.py311.nbi").write_bytes(b"index")
+        return where is None
+
+    cache = KernelCache(tmp_path / "root", package_dirs=[package])
+    assert cache.fill(compile_into)
+    assert (cache.path / numba_subpath(package) / "f-1.py311.nbi").read_bytes() == b"index"
+
+
+def test_a_failed_fill_leaves_no_cache_and_nothing_half_made(tmp_path: Path) -> None:
+    package = _package(tmp_path)
+    cache = KernelCache(tmp_path / "root", package_dirs=[package])
+    assert not cache.fill(lambda scratch: False)
+    assert not cache.is_warm
+    assert [p.name for p in (tmp_path / "root").iterdir()] == [f"{cache.key}.lock"]
+    assert not cache.copy_to(tmp_path / "job")
+    assert not (tmp_path / "job").exists()
