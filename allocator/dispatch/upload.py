@@ -9,8 +9,10 @@ hashes and writes them, so the loop never hashes or touches the disk::
               +-- pause_reading above 16 MiB in flight, resume below 4 MiB
 
 The image is never held whole in memory. `finished` resolves with the hex digest once every
-byte is written and synced, or raises `UploadError` if the connection was lost or the upload
-was aborted; its owner then removes the temporary file.
+byte is written (others can read the file whole), or raises `UploadError` if the connection
+was lost or the upload was aborted; its owner then removes the temporary file. The file's
+sync to the disk follows on the same thread, while the owner validates it: `synced` says
+when the bytes are durable (an image is accepted only after that).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class ImageUpload:
         self._is_aborted = False
         self._last_data_at = clock()
         self.finished: asyncio.Future[str] = self._loop.create_future()
+        self._synced: asyncio.Future[None] = self._loop.create_future()
         self._writes: list[asyncio.Future[None]] = []
         if n_bytes == 0:
             self._submit_last()
@@ -121,14 +124,23 @@ class ImageUpload:
         """Bytes of the body received so far."""
         return self._n_received
 
+    async def synced(self) -> None:
+        """Wait until the bytes are on the disk (after `finished`).
+
+        Raises:
+            UploadError: the file could not be synced, or the upload was aborted.
+        """
+        await asyncio.shield(self._synced)
+
     def abort(self, reason: str) -> None:
         """Give up: `finished` raises `UploadError(reason)`; the file is closed."""
         if self._is_aborted:
             return
         self._is_aborted = True
-        if not self.finished.done():
-            self.finished.set_exception(UploadError(reason))
-            self.finished.exception()  # retrieved here: a lost connection may await nothing
+        for future in (self.finished, self._synced):
+            if not future.done():
+                future.set_exception(UploadError(reason))
+                future.exception()  # retrieved here: a lost connection may await nothing
         self._resume()
         self._batch.clear()
         self._thread.submit(self._discard)
@@ -147,8 +159,10 @@ class ImageUpload:
 
     def _submit_last(self) -> None:
         self._submit()
-        future = self._loop.run_in_executor(self._thread, self._close)
-        future.add_done_callback(self._closed)
+        written = self._loop.run_in_executor(self._thread, self._flush)
+        written.add_done_callback(self._flushed)
+        synced = self._loop.run_in_executor(self._thread, self._close)
+        synced.add_done_callback(self._closed)
 
     def _written(self, future: asyncio.Future[None], size: int) -> None:
         self._in_flight_bytes -= size
@@ -161,7 +175,7 @@ class ImageUpload:
         if self._is_paused and self._in_flight_bytes < _RESUME_BYTES:
             self._resume()
 
-    def _closed(self, future: asyncio.Future[str]) -> None:
+    def _flushed(self, future: asyncio.Future[str]) -> None:
         if self._is_aborted:
             return
         error = future.exception()
@@ -169,6 +183,15 @@ class ImageUpload:
             self.abort(f"the image could not be stored: {error}")
             return
         self.finished.set_result(future.result())
+
+    def _closed(self, future: asyncio.Future[None]) -> None:
+        if self._is_aborted:
+            return
+        error = future.exception()
+        if error is not None:
+            self.abort(f"the image could not be stored: {error}")
+            return
+        self._synced.set_result(None)
         self._thread.shutdown(wait=False)
 
     def _resume(self) -> None:
@@ -185,13 +208,16 @@ class ImageUpload:
             self._hash.update(chunk)
             self._file.write(chunk)
 
-    def _close(self) -> str:
+    def _flush(self) -> str:
         if self._file is None:
             self._file = self.path.open("wb")
         self._file.flush()
+        return self._hash.hexdigest()
+
+    def _close(self) -> None:
+        assert self._file is not None
         os.fsync(self._file.fileno())
         self._file.close()
-        return self._hash.hexdigest()
 
     def _discard(self) -> None:
         if self._file is not None:

@@ -387,6 +387,31 @@ async def test_image_for_a_dead_chip_is_refused_naming_the_chip(server: ServerPr
             await client.load_image(job_id, image.encode(), owner="runner")
 
 
+async def test_with_every_worker_busy_a_bad_image_is_still_refused_naming_the_chip(
+    server: ServerProcess,
+) -> None:
+    # No worker is free to validate: the server validates on a thread of its own, with the
+    # same verdict and nothing kept.
+    async with await _client(server) as client:
+        runs = [await _loaded_job(client) for _ in range(2)]
+        for job_id, _, token in runs:
+            await _until_running(client, job_id, token)
+        job_id, image = await _job_and_image(client)
+        moved = dataclasses.replace(
+            image, cores=(dataclasses.replace(image.cores[0], chip=ChipXY(9, 2)), *image.cores[1:])
+        )
+        with pytest.raises(ServerError) as refused:
+            await client.load_image(job_id, moved.encode(), owner="runner")
+        assert str(refused.value) == (
+            f"image for job {job_id} rejected: chip (9, 2) is not on the allocated boards"
+        )
+        await _eventually_empty(server, job_id)
+        loaded = await client.load_image(job_id, image.encode(), owner="runner")
+        assert loaded.n_cores == len(image.cores)
+        for run_job, _, token in runs:
+            assert (await client.stop_run(run_job, token)).state is RunState.STOPPED
+
+
 def _header(job_id: int, n_bytes: int, sha256: str, owner: str = "runner") -> bytes:
     line = {
         "command": "load_image",
