@@ -65,6 +65,7 @@ from machine_models.geometry import BoardXYZ, ChipXY, Link
 from machine_models.results_file import index_bytes_needed, read_index
 from protocol.codec import ReplyWithBody, encode_notification, encode_reply
 from protocol.dispatch import (
+    DIGEST_TRAILER_BYTES,
     MAX_FETCH_BYTES,
     PART_ALL,
     PART_INDEX,
@@ -378,9 +379,14 @@ class DispatchCommands:
         path = folder / f"upload-{secrets.token_hex(8)}.tmp"
         try:
             await self._in_thread(folder.mkdir, 0o700, True, True)
-            upload = ImageUpload(path, args.n_bytes, conn.transport)
+            upload = ImageUpload(
+                path,
+                args.n_bytes,
+                conn.transport,
+                trailer_bytes=0 if args.sha256 is not None else DIGEST_TRAILER_BYTES,
+            )
             self.pool.prepare()  # workers warm up while the bytes come
-            if args.n_bytes:
+            if upload.n_total_bytes:
                 try:
                     conn.take_body(upload)
                 except Exception:
@@ -390,10 +396,11 @@ class DispatchCommands:
             began = time.perf_counter()
             digest = await self._received(upload, conn)
             received = time.perf_counter()
-            if digest != args.sha256:
+            announced = args.sha256 or upload.trailer.decode("ascii", "replace")
+            if digest != announced:
                 raise UploadError(
                     f"the {args.n_bytes} bytes received for job {job_id} have sha256 {digest},"
-                    f" not {args.sha256} as announced"
+                    f" not {announced} as announced"
                 )
             spec = self._topology(self._ready_record(job_id))
             order = PreloadOrder(path=str(path.resolve()), sha256=digest, topology=spec)
@@ -455,7 +462,7 @@ class DispatchCommands:
                 if upload.idle_s >= idle_s:
                     upload.abort(
                         f"no bytes came for {idle_s:g} s after {upload.n_received} of"
-                        f" {upload.n_bytes}"
+                        f" {upload.n_total_bytes}"
                     )
                     conn.transport.close()  # the rest of the body would be read as requests
                     return await upload.finished

@@ -473,6 +473,47 @@ async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
         assert loaded.sha256 == sha
 
 
+async def test_a_digest_after_the_body_is_checked_like_one_in_the_header(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        job_id, decoded = await _job_and_image(client)
+    image = decoded.encode()
+    sha = hashlib.sha256(image).hexdigest()
+    header = (
+        json.dumps(
+            {
+                "command": "load_image",
+                "args": [job_id],
+                "kwargs": {"n_bytes": len(image), "owner": "runner"},
+            }
+        ).encode()
+        + b"\n"
+    )
+    raw = RawClient(server.host, server.port)
+    try:
+        raw.send_line(header)
+        assert raw.read_reply() == {"return": {"accepting_bytes": len(image)}}
+        raw.sock.sendall(image + b"f" * 64)
+        reply = raw.read_reply()
+        assert reply == {
+            "exception": f"the {len(image)} bytes received for job {job_id} have sha256 {sha},"
+            f" not {'f' * 64} as announced"
+        }
+        await _eventually_empty(server, job_id)
+        raw.send_line(header)
+        assert raw.read_reply() == {"return": {"accepting_bytes": len(image)}}
+        raw.sock.sendall(image + sha.encode())
+        reply = raw.read_reply()
+        assert reply is not None
+        assert reply["return"]["sha256"] == sha
+        # The stream stays framed: the next line is a request.
+        assert raw.call("get_job_state", job_id)["state"] == 3
+    finally:
+        raw.close()
+    assert (_job_folder(server, job_id) / "image.bin").read_bytes() == image
+
+
 async def test_a_body_sent_before_the_go_ahead_closes_the_connection(
     server: ServerProcess,
 ) -> None:
