@@ -188,6 +188,9 @@ class WorkerPool:
         finally:
             self._task_group = None
             for worker in list(self._workers):
+                self._answer_check(
+                    worker, WorkerMessage(kind="unchecked", reason="the server is stopping")
+                )
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
 
