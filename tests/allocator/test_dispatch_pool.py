@@ -112,3 +112,30 @@ def test_a_worker_that_ends_while_validating_leaves_the_upload_unchecked(tmp_pat
     verdict = asyncio.run(scenario())
     assert verdict.kind == "unchecked"
     assert verdict.reason == "the worker validating it ended (exit code 3)"
+
+
+def test_a_worker_building_a_preload_takes_no_second_one(tmp_path: Path) -> None:
+    order = _upload(tmp_path, _image())
+    info = {"sha256": order.sha256, "n_bytes": 1, "n_cores": 1, "n_chips": 1, "timestep_us": 1}
+    # A worker that answers its verdict and then stays busy building (it never says
+    # "preloaded" until its standard input closes).
+    fake = (
+        sys.executable,
+        "-c",
+        "import json, sys\n"
+        "print(json.dumps({'kind': 'ready'}), flush=True)\n"
+        "sys.stdin.readline()\n"
+        f"print(json.dumps({{'kind': 'valid', 'image': {info!r}}}), flush=True)\n"
+        "sys.stdin.read()\n",
+    )
+
+    async def scenario() -> tuple[WorkerMessage, bool]:
+        async with _pool(fake) as pool:
+            verdict = await _verdict(pool, order)
+            return verdict, pool.preload(order) is None
+
+    verdict, is_refused = asyncio.run(scenario())
+    assert verdict.kind == "valid"
+    assert verdict.image is not None
+    assert verdict.image.sha256 == order.sha256
+    assert is_refused
