@@ -485,8 +485,11 @@ class Executor:
         and counters. Parameters come from this executor's image.
 
         Raises:
-            ExecutionError: the two images do not lay the network out the same way.
+            ExecutionError: the two images do not lay the network out the same way (another
+                timestep, a core placed elsewhere or running another application, state of
+                another size); the message names the first difference.
         """
+        self._check_same_layout(previous)
         mine_lif, their_lif = self._lif, previous._lif
         pairs: list[tuple[str, npt.NDArray[Any], npt.NDArray[Any]]] = [
             ("ring buffers", mine_lif.ring, their_lif.ring),
@@ -523,6 +526,26 @@ class Executor:
             lo, hi = (int(ends[c - 1]) if c else 0), int(ends[c])
             offset = np.searchsorted(ssa.steps[lo:hi], self.step, side="left")
             ssa.cursor[c] = lo + int(offset)
+
+    def _check_same_layout(self, previous: Executor) -> None:
+        """The timestep and each core's place and application must be the running ones."""
+        theirs, mine = previous.image.timestep_us, self.image.timestep_us
+        if theirs != mine:
+            raise ExecutionError(
+                f"cannot continue a run on another layout: the timestep is {theirs} us,"
+                f" not {mine} us"
+            )
+        running = {core.xyp: core.app for core in previous.image.cores}
+        loaded = {core.xyp: core.app for core in self.image.cores}
+        for xyp in sorted(running.keys() | loaded.keys()):
+            was, now = running.get(xyp), loaded.get(xyp)
+            if was == now:
+                continue
+            where = f"core ({xyp.x}, {xyp.y}, {xyp.p})"
+            before = "is idle" if was is None else f"runs {was.name}"
+            after = "leaves it idle" if now is None else f"places {now.name} on it"
+            what = f"{where} {before} but the new image {after}"
+            raise ExecutionError(f"cannot continue a run on another layout: {what}")
 
     @property
     def window_steps(self) -> int:

@@ -514,6 +514,7 @@ class AllotmentClient:
         *,
         owner: str | None = None,
         token: str | None = None,
+        keep_state: bool = False,
         timeout_s: float | None = _UNSET,
     ) -> d.ImageLoaded:
         """Upload an image onto a job's boards; the server validates it before accepting it.
@@ -527,6 +528,8 @@ class AllotmentClient:
             data: the encoded image (`machine_models.Image.encode`).
             owner: the job's owner: needed on the first load of a job.
             token: the token an earlier load answered: needed on every later one.
+            keep_state: the next run goes on from the running state with the new image's
+                parameters (the image must lay the network out as the running one does).
             timeout_s: limit for the whole upload (default: the client's limit plus a second
                 per 10 MB).
 
@@ -534,7 +537,8 @@ class AllotmentClient:
             What was stored, with the token every later dispatch command needs.
 
         Raises:
-            ServerError: the server refused the header or the image (the message says why).
+            ServerError: the server refused the header or the image, or could not carry
+                the state over to it (the message says why; the previous image stays).
         """
         view = memoryview(data).cast("B")
         limit = self._timeout_s if timeout_s is _UNSET else timeout_s
@@ -545,6 +549,8 @@ class AllotmentClient:
             kwargs["owner"] = owner
         if token is not None:
             kwargs["token"] = token
+        if keep_state:
+            kwargs["keep_state"] = True
         header = encode_request("load_image", [job_id], kwargs)
         go_ahead = _Slot("load_image")
         done = _Slot("load_image")

@@ -102,6 +102,10 @@ class LoadImageArgs(_Frozen):
     With `sha256` None the digest follows the body instead: `DIGEST_TRAILER_BYTES` hex
     digits right after its last byte, so that the client hashes while it sends.
     `owner` must be the job's owner on the first load; `token` is needed on every later one.
+    With `is_keeping_state` (``keep_state`` on the wire) the next run continues the running
+    state (time, potentials, queues, random generators) with the new image's parameters,
+    and the results go on from those recorded since the last fresh run; an image that lays
+    the network out otherwise is refused, and the previous image and state stay.
     """
 
     job_id: int | None
@@ -109,6 +113,7 @@ class LoadImageArgs(_Frozen):
     sha256: str | None = None
     owner: str | None = None
     token: str | None = None
+    is_keeping_state: bool = False
 
 
 class StartRunArgs(_Frozen):
@@ -156,7 +161,12 @@ class UploadReady(_Frozen):
 
 
 class ImageLoaded(_Frozen):
-    """An image passed validation and is stored as the job's image."""
+    """An image passed validation and is stored as the job's image.
+
+    Attributes:
+        state_step: the step the next run continues from: the state kept by a keep-state
+            load, 0 when the next run starts from the image.
+    """
 
     job_id: int
     token: str
@@ -165,6 +175,7 @@ class ImageLoaded(_Frozen):
     n_cores: int
     n_chips: int
     timestep_us: int
+    state_step: int = 0
 
 
 class RunStatus(_Frozen):
@@ -250,10 +261,12 @@ _SPECS: Final = (
             Param("sha256", None, check=_check_optional_sha256),
             Param("owner", None, check_optional_str),
             Param("token", None, check_optional_str),
+            Param("keep_state", False, check_bool, field="is_keeping_state"),
         ),
         LoadImageArgs,
         ImageLoaded,
-        "upload a job's image (raw bytes after the go-ahead); answers the job's token",
+        "upload a job's image (raw bytes after the go-ahead); answers the job's token;"
+        " keep_state carries the running state over to it",
     ),
     CommandSpec(
         "start_run",

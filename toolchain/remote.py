@@ -59,6 +59,8 @@ _POLL_S: Final = 5.0
 """While a run goes, the server is asked for its status at least this often."""
 _UPLOAD_BYTES_PER_S: Final = 5e6
 """The slowest upload the time limit of `load` allows for."""
+_HAND_OVER_S: Final = 600.0
+"""What a keep-state load may take beyond the upload: a free worker, the state handed over."""
 
 
 class RemoteMachine:
@@ -273,22 +275,38 @@ class RemoteMachine:
 
     # --- the job runner's calls ---------------------------------------------------------
 
-    def load(self, image: Image) -> None:
+    def load(self, image: Image, *, keep_state: bool = False) -> None:
         """Upload an image onto the boards; the server validates it against the allocation.
 
+        Args:
+            image: the image, mapped on `topology`.
+            keep_state: the next run goes on from where the last one left the chips (time,
+                potentials, queues, random generators) with this image's parameters, and
+                `results` goes on from the last fresh run; the image must lay the network
+                out as the running one does. The server hands the state over on one of its
+                workers before it answers, so the load may wait for one to be free.
+
         Raises:
-            RemoteError: the server refused it (the message names the chip or core) or the
+            RemoteError: the server refused it (the message names the chip or core, or what
+                keeps the state from going over; the previous image and state stay) or the
                 upload failed.
         """
         data = image.encode()
         limit = _CALL_TIMEOUT_S + len(data) / _UPLOAD_BYTES_PER_S
-        self._call(self._load(data, limit), limit + _CALL_TIMEOUT_S)
+        if keep_state:
+            limit += _HAND_OVER_S
+        self._call(self._load(data, limit, keep_state), limit + _CALL_TIMEOUT_S)
         self._image = image
 
-    async def _load(self, data: bytes, limit: float) -> None:
+    async def _load(self, data: bytes, limit: float, keep_state: bool) -> None:
         client = self._require_client()
         loaded = await client.load_image(
-            self.job_id, data, owner=self._owner, token=self._token, timeout_s=limit
+            self.job_id,
+            data,
+            owner=self._owner,
+            token=self._token,
+            keep_state=keep_state,
+            timeout_s=limit,
         )
         self._token = loaded.token
 

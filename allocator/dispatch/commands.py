@@ -40,6 +40,7 @@ from allocator.dispatch.errors import (
     NoImageError,
     NoResultsError,
     RunBusyError,
+    StateNotKeptError,
     TokenError,
     UploadError,
 )
@@ -135,6 +136,8 @@ class _Job:
     is_uploading: bool = False
     saving: RunTicket | None = None
     """The finished run whose state a worker is saving now, while it still counts."""
+    handing_over: RunTicket | None = None
+    """A keep-state load's hand-over of the state to its image, while a worker does it."""
     machine: str | None = None
     progress_at: float = 0.0
     progress_steps: int = 0
@@ -264,6 +267,13 @@ class DispatchCommands:
                 state = job_folder(self._directory, record.job_id) / record.snapshot / STATE_FILE
                 if await self._in_thread(state.exists):
                     job.record = job.record.model_copy(update={"is_state_saved": True})
+            # Only the recorded snapshot is ever continued: others are of runs or state
+            # hand-overs that were in flight.
+            await self._in_thread(
+                storage.remove_old_snapshots,
+                job_folder(self._directory, record.job_id),
+                job.record.snapshot,
+            )
             service_record = self._jobs_of_service.job_record(record.job_id)
             job.machine = None if service_record is None else service_record.machine_name
             if service_record is None or not service_record.is_live:
@@ -341,8 +351,9 @@ class DispatchCommands:
         self._file_thread.submit(_remove_files, folder, snapshot)
 
     def _stop_run(self, job: _Job, state: RunState, reason: str) -> None:
-        if job.ticket is not None:
-            self.pool.stop(job.ticket, state, reason)
+        for ticket in (job.ticket, job.handing_over):
+            if ticket is not None:
+                self.pool.stop(ticket, state, reason)
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a change's save (and what follows it) as a task of the family's group."""
@@ -370,6 +381,8 @@ class DispatchCommands:
             self._check_token(job, args.token)
             if job.ticket is not None and job.last_run is not None:
                 raise RunBusyError(job_id, job.last_run.run_id, job.status_word())
+            if args.is_keeping_state:
+                self._require_state(job, "load the image without keep_state")
         if job_id in self._uploading:
             raise DispatchError(f"job {job_id} is already receiving an image")
         if args.n_bytes > self._settings.max_image_bytes:
@@ -403,12 +416,22 @@ class DispatchCommands:
                     f" not {announced} as announced"
                 )
             spec = self._topology(self._ready_record(job_id))
-            order = PreloadOrder(path=str(path.resolve()), sha256=digest, topology=spec)
+            upload_path = str(path.resolve())
+            order = PreloadOrder(path=upload_path, sha256=digest, topology=spec)
             info = await self._validated(job_id, path, order)
             await upload.synced()
             validated = time.perf_counter()
             record = self._ready_record(job_id)  # it may have gone while the bytes came
             job = self._jobs.get(job_id)
+            kept: str | None = None
+            if (
+                args.is_keeping_state
+                and job is not None
+                and job.record.ended_at is None
+                and job.record.state_step > 0
+            ):
+                kept = await self._hand_over(job, upload_path, digest, spec)
+                record = self._ready_record(job_id)
             token = secrets.token_urlsafe(24)
             if job is None or job.record.ended_at is not None:
                 job = _Job(JobFolderRecord(job_id=job_id, token_sha256=_digest(token)))
@@ -417,22 +440,23 @@ class DispatchCommands:
                 self._check_token(job, args.token)
                 token = args.token or ""
             job.machine = record.machine_name
-            # The first run after a load starts from the image: no state to continue from.
             job.saving = None
-            job.record = job.record.model_copy(
-                update={
-                    "image": info,
-                    "topology": spec,
-                    "is_state_saved": False,
-                    "state_step": 0,
-                    "ended_at": None,
-                }
-            )
+            previous = job.record.snapshot
+            update: dict[str, Any] = {"image": info, "topology": spec, "ended_at": None}
+            if kept is None:
+                # The first run after a load starts from the image: no state to continue from.
+                update |= {"is_state_saved": False, "state_step": 0}
+            else:
+                # The next run continues from the state handed over to this image.
+                update |= {"snapshot": kept, "is_state_saved": True}
+            job.record = job.record.model_copy(update=update)
             await self._in_thread(path.replace, folder / IMAGE_FILE)
-            if job.record.snapshot is not None:
+            if kept is None and previous is not None:
                 # The state there was of the image replaced: it must never be continued.
-                await self._in_thread(_remove_state, folder / job.record.snapshot)
+                await self._in_thread(_remove_state, folder / previous)
             await self._save(job)
+            if kept is not None and previous is not None:
+                await self._in_thread(storage.remove_folder, folder / previous)
             log.info(
                 "image of job %d accepted: %d bytes received in %.3f s, validated in %.3f s,"
                 " stored in %.3f s",
@@ -450,7 +474,72 @@ class DispatchCommands:
             self._uploading.discard(job_id)
         if self._observer is not None:
             self._observer.image_accepted(info.n_bytes)
-        return ImageLoaded(job_id=job_id, token=token, **info.model_dump())
+        return ImageLoaded(
+            job_id=job_id, token=token, state_step=job.record.state_step, **info.model_dump()
+        )
+
+    def _require_state(self, job: _Job, what_to_do: str) -> None:
+        """A run since the last fresh one left a state that is (or is being) saved."""
+        record = job.record
+        is_kept = record.snapshot is not None and (record.is_state_saved or job.saving is not None)
+        if record.state_step > 0 and not is_kept:
+            raise NoImageError(
+                job.job_id,
+                "lost the state its last run left (the worker ended while saving it);"
+                f" {what_to_do}",
+            )
+
+    async def _hand_over(self, job: _Job, upload: str, sha256: str, spec: TopologySpec) -> str:
+        """Have a worker carry the job's state over to an uploaded image; its new snapshot.
+
+        The worker continues the last snapshot for no steps on the new image (see
+        `allocator.dispatch.worker`) and saves the state and the results so far as a
+        snapshot of their own, which the record names only once the image is accepted.
+
+        Raises:
+            StateNotKeptError: the state cannot go over (another layout, named; the state
+                lost, the worker gone); nothing of the job changed.
+        """
+        self._require_state(job, "load the image without keep_state")
+        previous, last = job.record.snapshot, job.last_run
+        assert previous is not None
+        assert last is not None
+        folder = job_folder(self._directory, job.job_id)
+        snapshot = f"{previous}-kept-{secrets.token_hex(4)}"
+        order = RunOrder(
+            run_id=last.run_id,
+            job_id=job.job_id,
+            folder=str(folder.resolve()),
+            topology=spec,
+            n_steps=0,
+            is_fresh=False,
+            previous_snapshot=previous,
+            snapshot=snapshot,
+            image_sha256=sha256,  # the preload of the upload, if a worker made one
+            new_image=upload,
+        )
+        hand_over = _HandOver(self.queue_moved)
+        ticket = RunTicket(order, hand_over)
+        job.handing_over = ticket
+        try:
+            self.pool.submit(ticket)
+            reason = await asyncio.shield(hand_over.outcome)
+            self._ready_record(job.job_id)  # destroyed, powered off or reset meanwhile
+            if reason is None and (job.record.snapshot != previous or job.record.image is None):
+                reason = "the state went while the image was loading"
+            if reason is not None:
+                raise StateNotKeptError(job.job_id, reason)
+        except BaseException:
+            if not hand_over.outcome.done():
+                self.pool.stop(ticket, RunState.STOPPED, "the load of its image was given up")
+            # Removed once the worker has left it: killed, or done saving into it.
+            hand_over.outcome.add_done_callback(
+                lambda _: self._submit_file_work(storage.remove_folder, folder / snapshot)
+            )
+            raise
+        finally:
+            job.handing_over = None
+        return snapshot
 
     async def _received(self, upload: ImageUpload, conn: Any) -> str:
         """Wait for the whole body; a stalled upload is aborted and its connection closed."""
@@ -513,6 +602,11 @@ class DispatchCommands:
         job = self._job_with_token(args.job_id, args.token)
         await self._durable(job)
         self._ready_record(job.job_id)
+        if job.job_id in self._uploading:
+            raise DispatchError(
+                f"job {job.job_id} is receiving an image; start the run once load_image has"
+                " answered"
+            )
         if job.record.image is None or job.record.topology is None:
             raise NoImageError(job.job_id)
         last = job.last_run
@@ -844,9 +938,42 @@ class DispatchCommands:
             with contextlib.suppress(Exception):
                 await asyncio.shield(job.last_save)
 
+    def _submit_file_work(self, function: Callable[..., object], *args: Any) -> None:
+        """Queue work on the file thread without waiting (none once it has shut down)."""
+        with contextlib.suppress(RuntimeError):
+            self._file_thread.submit(function, *args)
+
     async def _in_thread(self, function: Callable[..., _T], *args: Any) -> _T:
         # The file thread: ordered, and off the event loop.
         return await asyncio.get_running_loop().run_in_executor(self._file_thread, function, *args)
+
+
+class _HandOver:
+    """The pool's events of a state hand-over (`DispatchCommands._hand_over`): its outcome,
+    None once the state is saved, else why it failed."""
+
+    def __init__(self, queue_moved: Callable[[], None]) -> None:
+        self.outcome: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self.queue_moved = queue_moved  # the other runs' positions move on as usual
+
+    def _end(self, reason: str | None) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(reason)
+
+    def run_started(self, ticket: RunTicket, first_step: int) -> None:
+        pass
+
+    def run_progress(self, ticket: RunTicket, steps_done: int) -> None:
+        pass
+
+    def run_done(self, ticket: RunTicket, steps_done: int) -> None:
+        pass  # the outcome waits for the state to be on disk
+
+    def run_ended(self, ticket: RunTicket, state: RunState, reason: str) -> None:
+        self._end(reason)
+
+    def state_saved(self, ticket: RunTicket, is_saved: bool) -> None:
+        self._end(None if is_saved else "the worker ended while saving the state")
 
 
 def _is_ready(record: JobRecord) -> bool:

@@ -15,6 +15,7 @@ __all__ = [
     "NoImageError",
     "NoResultsError",
     "RunBusyError",
+    "StateNotKeptError",
     "TokenError",
     "UploadError",
 ]
@@ -53,6 +54,14 @@ class ImageRejectedError(DispatchError):
 
     def __init__(self, job_id: int, detail: str) -> None:
         super().__init__(f"image for job {job_id} rejected: {detail}")
+
+
+class StateNotKeptError(DispatchError):
+    """A keep-state load's image cannot take over the running state; the previous image and
+    state stay. Map the changed network afresh and load it without keep_state."""
+
+    def __init__(self, job_id: int, detail: str) -> None:
+        super().__init__(f"image for job {job_id} cannot take over the running state: {detail}")
 
 
 class NoImageError(DispatchError):

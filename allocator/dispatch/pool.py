@@ -76,8 +76,15 @@ class RunTicket:
     def run_id(self) -> int:
         return self.order.run_id
 
+    @property
+    def what(self) -> str:
+        """The run, or the state hand-over of a keep-state load, in words (for messages)."""
+        if self.order.new_image is not None:
+            return f"the state hand-over of job {self.job_id} to its new image"
+        return f"run {self.run_id} of job {self.job_id}"
+
     def __repr__(self) -> str:
-        return f"<RunTicket job {self.job_id} run {self.run_id}>"
+        return f"<RunTicket {self.what}>"
 
 
 @dataclass(eq=False)
@@ -319,6 +326,12 @@ class WorkerPool:
             worker.ticket = None
             ticket.events.run_ended(ticket, RunState.FAILED, message.reason or "the run failed")
             self._pump()
+        elif message.kind == "failed" and worker.saving is not None:
+            # The results were written but the state was not (its folder went, the disk
+            # filled): the worker is free again, and the state is not there to continue.
+            unsaved, worker.saving = worker.saving, None
+            unsaved.events.state_saved(unsaved, False)
+            self._pump()
         elif message.kind in ("valid", "invalid", "unchecked"):
             if message.kind != "valid":
                 worker.preloaded = None  # the worker keeps nothing of it
@@ -348,8 +361,7 @@ class WorkerPool:
             else:
                 state, reason = (
                     RunState.FAILED,
-                    f"the worker process running run {ticket.run_id} of job {ticket.job_id}"
-                    f" ended ({_describe_exit(code)})",
+                    f"the worker process running {ticket.what} ended ({_describe_exit(code)})",
                 )
                 if self._observer is not None:
                     self._observer.worker_crashed()
@@ -395,12 +407,7 @@ class WorkerPool:
             stdin = worker.process.stdin
             assert stdin is not None
             stdin.write(ticket.order.model_dump_json().encode() + b"\n")
-            log.info(
-                "run %d of job %d went to worker %d",
-                ticket.run_id,
-                ticket.job_id,
-                worker.process.pid,
-            )
+            log.info("%s went to worker %d", ticket.what, worker.process.pid)
             moved = True
         if moved:
             for ticket in self._queue:
@@ -415,7 +422,7 @@ class WorkerPool:
                 ticket = worker.ticket
                 if ticket is None or worker.is_killed:
                     continue
-                where = f"run {ticket.run_id} of job {ticket.job_id}"
+                where = ticket.what
                 if now - worker.started_at > self._wall_s:
                     self._kill(
                         worker,

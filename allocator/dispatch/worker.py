@@ -27,6 +27,12 @@ same digest on the same network::
 The executor is only a cache: a run that finds no match (the image was rejected, replaced,
 or the file was gone) decodes the image file as before.
 
+A load that keeps the state (``load_image`` with ``keep_state``) is a continuation of no
+steps onto the new image, before the server accepts it: the worker builds the new image's
+executor (the preloaded one, when it has it), hands it the state the previous run pickled
+(`Executor.adopt_state`, which refuses another layout, naming what differs), and saves it
+and the results so far as a snapshot of their own; the next run continues from there.
+
 The run goes in chunks so that progress can be reported; consecutive runs of the executor
 give the same results as one long run, so the chunks change nothing. A continuation starts
 from the state the previous run pickled; a fresh run decodes the image again. The state is
@@ -80,6 +86,8 @@ class RunOrder(_Frozen):
     snapshot: str
     image_sha256: str | None = None
     """The digest of the job's image, to match a preloaded executor (fresh runs)."""
+    new_image: str | None = None
+    """An image file the state goes on in (a keep-state load, not yet the job's image)."""
 
 
 class PreloadOrder(_Frozen):
@@ -170,7 +178,7 @@ class _Preloaded:
         self._key = (order.sha256, order.topology)
 
     def take(self, order: RunOrder) -> Executor | None:
-        """The preloaded executor if it is of this fresh run's image and network (once)."""
+        """The preloaded executor if it is of this order's image and network (once)."""
         key, executor = self._key, self._executor
         self._key = self._executor = None
         if key is None or order.image_sha256 is None or key != (order.image_sha256, order.topology):
@@ -180,8 +188,8 @@ class _Preloaded:
 
 def _load(order: RunOrder, preloaded: _Preloaded) -> tuple[Executor, Results | None]:
     """The executor to run, and the results recorded before it (for a continuation)."""
-    ready = preloaded.take(order) if order.is_fresh else None
-    if ready is not None:
+    ready = preloaded.take(order) if order.is_fresh or order.new_image is not None else None
+    if ready is not None and order.is_fresh:
         return ready, None
     folder = Path(order.folder)
     if not order.is_fresh and order.previous_snapshot is not None:
@@ -197,6 +205,11 @@ def _load(order: RunOrder, preloaded: _Preloaded) -> tuple[Executor, Results | N
             ) from None
         if not isinstance(executor, Executor):
             raise _RunFailed(f"the saved state of job {order.job_id} is not an executor")
+        if order.new_image is not None:
+            if ready is None:
+                ready = Executor(decode_file(Path(order.new_image)), order.topology.build())
+            ready.adopt_state(executor)  # refuses another layout, naming what differs
+            executor = ready
         return executor, earlier
     return Executor(decode_file(folder / IMAGE_FILE), order.topology.build()), None
 

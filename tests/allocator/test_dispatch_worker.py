@@ -1,32 +1,40 @@
-"""The worker's preload: an upload validated and decoded ahead of its run, used for that run."""
+"""The worker's preload: an upload validated and decoded ahead of its run, used for that run;
+a keep-state load's hand-over continues the state on the new image, or refuses another layout."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
+import json
+import pickle
 from pathlib import Path
 
 import pytest
 
-from allocator.dispatch.storage import ImageInfo
+from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE, ImageInfo
 from allocator.dispatch.topology import TopologySpec
-from allocator.dispatch.worker import PreloadOrder, RunOrder, WorkerMessage, _Preloaded
+from allocator.dispatch.worker import PreloadOrder, RunOrder, WorkerMessage, _Preloaded, _run
 from machine_models import Executor, Image
+from machine_models.errors import ExecutionError
 from machine_models.geometry import ChipXY
+from machine_models.results_file import decode_results, join_results
 from toolchain import IFCurrExp, Network, OneToOne, SpikeSourcePoisson, StaticSynapse, map_network
 from toolchain.allocation import virtual_allocation
 
 ONE_BOARD = TopologySpec(width_chips=8, height_chips=8, ethernet_chips=((0, 0),))
 
 
-def _image_file(tmp_path: Path) -> tuple[Path, str, bytes]:
+def _image_file(
+    tmp_path: Path, *, n: int = 50, rate_hz: float = 80.0, name: str = "upload.tmp"
+) -> tuple[Path, str, bytes]:
     net = Network(dt_ms=1.0, seed=5)
-    drive = net.population(50, SpikeSourcePoisson(rate=80.0), "drive")
-    cells = net.population(50, IFCurrExp(), "cells")
+    drive = net.population(n, SpikeSourcePoisson(rate=rate_hz), "drive")
+    cells = net.population(n, IFCurrExp(), "cells")
     net.project(drive, cells, OneToOne(), StaticSynapse(weight=2.0, delay=1.0))
     cells.record("spikes")
     data = map_network(net, virtual_allocation(1)).image.encode()
-    path = tmp_path / "upload.tmp"
+    path = tmp_path / name
     path.write_bytes(data)
     return path, hashlib.sha256(data).hexdigest(), data
 
@@ -135,3 +143,76 @@ def test_a_preload_of_a_file_that_is_gone_is_unchecked_and_keeps_nothing(tmp_pat
     assert [a.kind for a in answers] == ["unchecked"]
     assert "No such file" in (answers[0].reason or "")
     assert preloaded.take(_order("0" * 64)) is None
+
+
+def _first_run(tmp_path: Path) -> bytes:
+    """Run 1 of the standard image, 60 steps, in the job folder ``tmp_path``; its image."""
+    _, _, data = _image_file(tmp_path, name=IMAGE_FILE)
+    _run(_order(None, folder=str(tmp_path), n_steps=60), io.BytesIO(), _Preloaded())
+    return data
+
+
+def _hand_over(tmp_path: Path, digest: str, path: Path) -> RunOrder:
+    return _order(
+        digest,
+        folder=str(tmp_path),
+        n_steps=0,
+        is_fresh=False,
+        previous_snapshot="snap-1",
+        snapshot="snap-1-kept",
+        new_image=str(path),
+    )
+
+
+def test_a_hand_over_continues_the_state_on_the_preloaded_new_image(tmp_path: Path) -> None:
+    data = _first_run(tmp_path)
+    path, digest, new_data = _image_file(tmp_path, rate_hz=150.0)
+    preloaded, _ = _preload(path, digest)
+    path.unlink()  # only the preload can build the new image's executor now
+    out = io.BytesIO()
+    _run(_hand_over(tmp_path, digest, path), out, preloaded)
+    kinds = [json.loads(line)["kind"] for line in out.getvalue().splitlines()]
+    assert kinds == ["started", "done", "saved"]
+    with (tmp_path / "snap-1-kept" / STATE_FILE).open("rb") as f:
+        handed_over = pickle.load(f)
+    assert handed_over.step == 60
+    assert handed_over.image == Image.decode(new_data)
+    kept = (tmp_path / "snap-1-kept" / RESULTS_FILE).read_bytes()
+    assert kept == (tmp_path / "snap-1" / RESULTS_FILE).read_bytes(), "the results so far"
+    old = Executor(Image.decode(data), ONE_BOARD.build())
+    before = old.run(60)
+    new = Executor(Image.decode(new_data), ONE_BOARD.build())
+    new.adopt_state(old)
+    expected = join_results([before, new.run(40)])
+    _run(
+        _order(
+            None,
+            run_id=2,
+            folder=str(tmp_path),
+            n_steps=40,
+            is_fresh=False,
+            previous_snapshot="snap-1-kept",
+            snapshot="snap-2",
+        ),
+        io.BytesIO(),
+        _Preloaded(),
+    )
+    remote, _ = decode_results((tmp_path / "snap-2" / RESULTS_FILE).read_bytes())
+    assert sum(len(s) for s in expected.spikes.values()) > 0
+    for core, spikes in expected.spikes.items():
+        assert remote.spikes[core].tobytes() == spikes.tobytes(), core
+
+
+def test_a_hand_over_to_another_layout_fails_naming_it_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    _first_run(tmp_path)
+    path, digest, _ = _image_file(tmp_path, n=70)
+    out = io.BytesIO()
+    with pytest.raises(
+        ExecutionError,
+        match=r"another layout: ring buffers differ in size \(\(128,\) vs \(256,\)\)",
+    ):
+        _run(_hand_over(tmp_path, digest, path), out, _Preloaded())
+    assert not (tmp_path / "snap-1-kept").exists()
+    assert (tmp_path / "snap-1" / STATE_FILE).exists()

@@ -27,6 +27,7 @@ import pytest
 from machine_models import Executor, Image
 from machine_models.executor import Results
 from machine_models.geometry import ChipXY, Link, chip_to_board
+from machine_models.results_file import join_results
 from protocol.client import AllotmentClient
 from protocol.dispatch import RunState, RunStatus
 from protocol.errors import ServerError
@@ -256,6 +257,111 @@ def test_run_on_server_does_the_whole_path(server: ServerProcess) -> None:
         _network(seed=2), 120, host=server.host, port=server.port, owner="runner"
     )
     _assert_same(results, _in_process(mapped, 120)[0])
+
+
+# --- loads that keep the running state ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_keep_state_load_of_the_same_image_goes_on_as_one_long_run(
+    server: ServerProcess, backend: str
+) -> None:
+    async def scenario() -> tuple[MappedNetwork, Results, int]:
+        async with await _client(server) as client:
+            job_id, mapped, token = await _loaded_job(client)
+            await _run(client, job_id, token, 120)
+            again = await client.load_image(
+                job_id, mapped.image.encode(), token=token, keep_state=True
+            )
+            status = await _run(client, job_id, token, 80)
+            assert (status.first_step, status.steps_done) == (120, 80)
+            remote, _ = _decode(await client.fetch_results(job_id, token))
+            await client.destroy_job(job_id)
+            return mapped, remote, again.state_step
+
+    mapped, remote, state_step = anyio.run(scenario, backend=backend)
+    assert state_step == 120
+    (one_run,) = _in_process(mapped, 200)
+    _assert_same(remote, one_run)
+
+
+async def test_a_keep_state_load_runs_on_with_the_new_parameters(server: ServerProcess) -> None:
+    async with await _client(server) as client:
+        info = await _ready_job(client)
+        job_id, topology = info["job_id"], allocation_from_machine_info(info)
+        slow = map_network(_network(rate_hz=20.0), topology)
+        fast = map_network(_network(rate_hz=90.0), topology)
+        token = (await client.load_image(job_id, slow.image.encode(), owner="runner")).token
+        await _run(client, job_id, token, 100)
+        await client.load_image(job_id, fast.image.encode(), token=token, keep_state=True)
+        await _run(client, job_id, token, 100)
+        remote, _ = _decode(await client.fetch_results(job_id, token))
+    first = Executor(slow.image, slow.topology)
+    before = first.run(100)
+    second = Executor(fast.image, fast.topology)
+    second.adopt_state(first)
+    after = second.run(100)
+    _assert_same(remote, join_results([before, after]))
+    unchanged = Executor(slow.image, slow.topology).run(200)
+    n_spikes = sum(len(rows) for rows in remote.spikes.values())
+    assert n_spikes > sum(len(rows) for rows in unchanged.spikes.values()), "the rate went up"
+
+
+async def test_a_keep_state_load_of_another_layout_is_refused_and_the_run_goes_on(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        info = await _ready_job(client)
+        job_id, topology = info["job_id"], allocation_from_machine_info(info)
+        mapped = map_network(_network(), topology)
+        token = (await client.load_image(job_id, mapped.image.encode(), owner="runner")).token
+        await _run(client, job_id, token, 100)
+        sha256 = hashlib.sha256(mapped.image.encode()).hexdigest()
+        bigger = map_network(_network(n=120), topology).image
+        with pytest.raises(
+            ServerError,
+            match=rf"image for job {job_id} cannot take over the running state: cannot continue"
+            r" a run on another layout: packet counters differ in size \(\(100,\) vs \(120,\)\)",
+        ):
+            await client.load_image(job_id, bigger.encode(), token=token, keep_state=True)
+        more = _network()
+        more.population(10, IFCurrExp(), "extra").record("spikes")
+        elsewhere = map_network(more, topology).image
+        with pytest.raises(
+            ServerError, match=r"core \(\d+, \d+, \d+\) is idle but the new image places IF_"
+        ):
+            await client.load_image(job_id, elsewhere.encode(), token=token, keep_state=True)
+        await _eventually_empty_but(server, job_id, {"record.json", "image.bin", "snap-1"})
+        record = json.loads((_job_folder(server, job_id) / "record.json").read_bytes())
+        assert (record["image"]["sha256"], record["snapshot"], record["state_step"]) == (
+            sha256,
+            "snap-1",
+            100,
+        )
+        status = await _run(client, job_id, token, 100)
+        assert (status.first_step, status.state) == (100, RunState.DONE)
+        remote, _ = _decode(await client.fetch_results(job_id, token))
+    (one_run,) = _in_process(mapped, 200)
+    _assert_same(remote, one_run)
+
+
+async def test_a_keep_state_load_before_any_run_loads_afresh(server: ServerProcess) -> None:
+    async with await _client(server) as client:
+        job_id, mapped, token = await _loaded_job(client)
+        other = map_network(_network(n=120, seed=8), mapped.topology)
+        loaded = await client.load_image(job_id, other.image.encode(), token=token, keep_state=True)
+        assert loaded.state_step == 0
+        await _run(client, job_id, token, 50)
+        remote, _ = _decode(await client.fetch_results(job_id, token))
+    _assert_same(remote, _in_process(other, 50)[0])
+
+
+async def _eventually_empty_but(server: ServerProcess, job_id: int, kept: set[str]) -> None:
+    for _ in range(200):
+        if set(_leftovers(server, job_id)) == kept:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"left behind: {_leftovers(server, job_id)}, not {sorted(kept)}")
 
 
 # --- access -------------------------------------------------------------------------------------

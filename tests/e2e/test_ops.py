@@ -280,15 +280,35 @@ async def test_mqtt_events_for_jobs_boards_and_a_retained_summary(
     assert summary["n_boards"] == 1200
     assert summary["n_boards_by_state"]["allocated"] == 0
 
-    def job_cycle() -> int:
+    # Board states are reported at most once per interval, coalesced: a job created and
+    # destroyed inside one interval may never show its boards as allocated. So the job is
+    # destroyed only once its board has been seen allocated (an explicit sync point).
+    created: list[int] = []
+
+    def create() -> int:
         raw = RawClient(server.host, server.port)
         try:
             job_id: int = raw.call("create_job", 1, 1, owner="mqtt")
+            created.append(job_id)
             raw.wait_for_state(job_id, 3)
-            raw.call("destroy_job", job_id, "finished")
             return job_id
         finally:
             raw.close()
+
+    def destroy(job_id: int) -> None:
+        raw = RawClient(server.host, server.port)
+        try:
+            raw.call("destroy_job", job_id, "finished")
+        finally:
+            raw.close()
+
+    def board_held(seen: list[tuple[str, Any]]) -> bool:
+        return bool(created) and any(
+            f"/{machine}/boards/" in t
+            and b["state"] in ("allocated", "powering")
+            and b["job_id"] == created[0]
+            for t, b in seen
+        )
 
     def destroyed_seen(seen: list[tuple[str, Any]]) -> bool:
         return any(
@@ -296,10 +316,15 @@ async def test_mqtt_events_for_jobs_boards_and_a_retained_summary(
         )
 
     caught_up = asyncio.Event()
-    collector = asyncio.create_task(_collect(mqtt_broker, prefix, destroyed_seen, caught_up))
+    collector = asyncio.create_task(_collect(mqtt_broker, prefix, board_held, caught_up))
     await _caught_up(collector, caught_up)  # subscribed, and the retained messages are in
-    job_id = await asyncio.to_thread(job_cycle)
-    seen = await collector
+    job_id = await asyncio.to_thread(create)
+    seen = await collector  # its board was reported held by the job
+    caught_up = asyncio.Event()
+    collector = asyncio.create_task(_collect(mqtt_broker, prefix, destroyed_seen, caught_up))
+    await _caught_up(collector, caught_up)
+    await asyncio.to_thread(destroy, job_id)
+    seen += await collector
     job_events = [b for t, b in seen if t.startswith(f"{prefix}/") and "/jobs/" in t]
     states = [e["state"] for e in job_events if e["job_id"] == job_id]
     assert 3 in states
@@ -307,9 +332,6 @@ async def test_mqtt_events_for_jobs_boards_and_a_retained_summary(
     destroyed = next(e for e in job_events if e["state"] == 4)
     assert destroyed["reason"] == "finished"
     assert destroyed["machine"] == machine
-    board_events = [b for t, b in seen if f"/{machine}/boards/" in t]
-    assert any(b["state"] in ("allocated", "powering") and b["job_id"] == job_id
-               for b in board_events)  # fmt: skip
 
     def summary_idle(seen: list[tuple[str, Any]]) -> bool:
         return any(

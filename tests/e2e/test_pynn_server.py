@@ -2,8 +2,9 @@
 
 A script names the server in ``spynnaker.cfg`` as sPyNNaker users do; the backend asks for
 boards sized from the mapped network, runs through the dispatch commands and frees the job
-at ``end()``. Its spikes equal virtual mode's bit for bit. A lost server and a destroyed job
-raise a clear ``RemoteError``, never hang.
+at ``end()``. Its spikes equal virtual mode's bit for bit. Parameters changed between runs
+carry the running state over on the server too (``load_image`` with ``keep_state``). A
+lost server and a destroyed job raise a clear ``RemoteError``, never hang.
 """
 
 from __future__ import annotations
@@ -65,6 +66,99 @@ def _script(sim: ModuleType) -> tuple[list[list[float]], np.ndarray]:
     sim.run(200.0)
     seg = cells.get_data().segments[0]
     return [s.magnitude.tolist() for s in seg.spiketrains], seg.filter(name="v")[0].magnitude
+
+
+def _changing_script(sim: ModuleType) -> tuple[list[list[list[float]]], list[np.ndarray]]:
+    """Run; change a neuron parameter, a Poisson rate, spike times and what is recorded; run
+    on; reset; run."""
+    cells = sim.Population(30, sim.IF_curr_exp(), label="cells")
+    steady = sim.Population(5, sim.IF_curr_exp(i_offset=2.0), label="steady")
+    drive = sim.Population(30, sim.SpikeSourcePoisson(rate=20.0, seed=5), label="drive")
+    kicks = sim.Population(3, sim.SpikeSourceArray(spike_times=[5.0, 60.0]), label="kicks")
+    sim.Projection(drive, cells, sim.OneToOneConnector(), sim.StaticSynapse(weight=15.0))
+    sim.Projection(kicks, cells, sim.AllToAllConnector(), sim.StaticSynapse(weight=4.0))
+    cells.record(["spikes", "v"])
+    sim.run(100.0)
+    cells[:10].set(i_offset=1.5)
+    drive.set(rate=90.0)
+    kicks.set(spike_times=[5.0, 150.0, 170.0])
+    steady.record(["spikes", "v"])
+    sim.run(100.0)
+    cells.set(i_offset=0.0)
+    sim.run(50.0)
+    sim.reset()
+    drive.set(rate=20.0)
+    sim.run(60.0)
+    segments = [*cells.get_data().segments, *steady.get_data().segments]
+    spikes = [[s.magnitude.tolist() for s in seg.spiketrains] for seg in segments]
+    return spikes, [seg.filter(name="v")[0].magnitude for seg in segments]
+
+
+@pytest.mark.timeout(240)
+def test_parameters_changed_between_runs_carry_the_state_on_the_server_as_in_virtual_mode(
+    server: ServerProcess, script_dir: Path
+) -> None:
+    import allotment.pynn as sim
+
+    sim.setup(timestep=1.0)
+    virtual_spikes, virtual_v = _changing_script(sim)
+    sim.end()
+
+    _configure(script_dir, server)
+    sim.setup(timestep=1.0)
+    spikes, v = _changing_script(sim)
+    sim.end()
+    assert len(spikes) == 4  # each population's segments before reset() and after
+    first, unchanged = spikes[0], spikes[1]
+    assert sum(len(s) for s in spikes[2]) > 0, "recorded from the second run on"
+    assert sum(len(s) for s in first) > 2 * sum(len(s) for s in unchanged), "the changes show"
+    assert spikes == virtual_spikes
+    for mine, theirs in zip(v, virtual_v, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def _learning_script(sim: ModuleType) -> tuple[list[list[float]], np.ndarray, np.ndarray]:
+    """STDP onto cells whose offset and drive change between runs: the learning goes on."""
+    pre = sim.Population(20, sim.SpikeSourcePoisson(rate=30.0, seed=2), label="pre")
+    post = sim.Population(10, sim.IF_curr_exp(i_offset=0.5), label="post")
+    rule = sim.STDPMechanism(
+        timing_dependence=sim.SpikePairRule(
+            tau_plus=20.0, tau_minus=20.0, A_plus=0.05, A_minus=0.05
+        ),
+        weight_dependence=sim.AdditiveWeightDependence(w_min=0.0, w_max=5.0),
+        weight=2.0,
+        delay=1.0,
+    )
+    projection = sim.Projection(pre, post, sim.AllToAllConnector(), rule)
+    post.record("spikes")
+    sim.run(100.0)
+    learned = projection.get("weight", format="array")
+    post.set(i_offset=1.2)
+    pre.set(rate=60.0)
+    sim.run(100.0)
+    spikes = [s.magnitude.tolist() for s in post.get_data().segments[0].spiketrains]
+    return spikes, learned, projection.get("weight", format="array")
+
+
+@pytest.mark.timeout(240)
+def test_plastic_weights_learn_on_across_a_parameter_change_on_the_server(
+    server: ServerProcess, script_dir: Path
+) -> None:
+    import allotment.pynn as sim
+
+    sim.setup(timestep=1.0)
+    virtual_spikes, virtual_first, virtual_last = _learning_script(sim)
+    sim.end()
+
+    _configure(script_dir, server)
+    sim.setup(timestep=1.0)
+    spikes, first, last = _learning_script(sim)
+    sim.end()
+    assert sum(len(s) for s in spikes) > 0
+    assert not np.array_equal(first, last), "the second run learned on"
+    assert spikes == virtual_spikes
+    np.testing.assert_array_equal(first, virtual_first)
+    np.testing.assert_array_equal(last, virtual_last)
 
 
 async def _job_state(server: ServerProcess, job_id: int) -> int:

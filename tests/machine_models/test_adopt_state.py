@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from machine_models import Executor, Topology
@@ -38,3 +40,27 @@ def test_a_different_layout_cannot_be_adopted() -> None:
     big = Executor(recurrent_network(n_per_core=100), BOARD)
     with pytest.raises(ExecutionError, match="differ in size"):
         big.adopt_state(small)
+
+
+def test_a_core_placed_elsewhere_cannot_be_adopted_and_the_core_is_named() -> None:
+    image = recurrent_network()
+    running = Executor(image, BOARD)
+    running.run(5)
+    moved = dataclasses.replace(
+        image,
+        cores=tuple(
+            dataclasses.replace(core, p=9) if core.xyp == (0, 0, 3) else core
+            for core in image.cores
+        ),
+    )
+    with pytest.raises(ExecutionError, match=r"core \(0, 0, 3\) runs SPIKE_SOURCE_ARRAY but"):
+        Executor(moved, BOARD).adopt_state(running)
+    assert running.step == 5
+
+
+def test_another_timestep_cannot_be_adopted() -> None:
+    image = recurrent_network()
+    running = Executor(image, BOARD)
+    slower = dataclasses.replace(image, timestep_us=2 * image.timestep_us)
+    with pytest.raises(ExecutionError, match="the timestep is 1000 us, not 2000 us"):
+        Executor(slower, BOARD).adopt_state(running)

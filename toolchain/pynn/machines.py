@@ -12,6 +12,9 @@ script runs; images go up and results come back through the dispatch commands::
     sim.run(100) ---> RemoteMachine.run(1000) ----> start_run, run_status ... done
                  <--- this run's part of <-------- fetch_results (all since the fresh run)
                       results()
+    pop.set(...)
+    sim.run(100) ---> RemoteMachine.load(keep_state) -> load_image: the state goes over
+                      RemoteMachine.run(1000) ----> start_run (on from the state kept)
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from machine_models.image import CoreXYP, Image
 from machine_models.topology import Topology
 from toolchain.allocation import virtual_allocation
 from toolchain.errors import RemoteError
-from toolchain.pynn.errors import NotSupportedError
 from toolchain.remote import RemoteMachine
 
 __all__ = ["ALLOCATE_TIMEOUT_S", "Machine", "ServerMachine", "VirtualMachine"]
@@ -218,14 +220,12 @@ class ServerMachine:
         return remote
 
     def load(self, image: Image, topology: Topology, *, is_carrying_state: bool) -> None:
-        """Upload the image; the next run starts afresh from it."""
-        if is_carrying_state:
-            raise NotSupportedError(
-                "changing parameters between runs on a server without reset()",
-                "changes before the first run or after reset(), or virtual mode",
-            )
-        self._require().load(image)
-        self.restart()
+        """Upload the image: the next run starts afresh from it, or, carrying the state,
+        goes on from where the last one left the chips (the server's ``keep_state``)."""
+        is_kept = is_carrying_state and not self._is_fresh
+        self._require().load(image, keep_state=is_kept)
+        if not is_kept:
+            self.restart()
 
     def chunk_steps(self, n_steps: int) -> int:
         """One run on the server: it reports its own progress."""
