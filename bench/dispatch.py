@@ -10,7 +10,8 @@ during every server path and records its latency.
 
 It prints one JSON line: ``image_mb``, ``upload_mb_per_s`` (image bytes over the time
 ``load_image`` took, validation included), ``queue_wait_s`` (start_run until the worker
-started it), ``run_s_server`` (the worker's run, from started to done), ``run_s_inprocess``
+started it, with its executor built or taken from the preload), ``run_s_server`` (the
+worker's run, from started to done), ``run_s_inprocess``
 (``Executor(image, topology)`` plus ``run``), ``fetch_s`` (results fetched and decoded),
 ``overhead_fraction`` ((whole server path - in-process run) / in-process run, the whole path
 being load + queue + run + fetch), ``probe_p50_ms``, ``probe_p99_ms``, ``spikes_identical``,
@@ -79,7 +80,9 @@ async def _server_path(
         if not isinstance(notification, RunProgress):
             continue
         status = notification.run_progress
-        if status.state is RunState.RUNNING and not started_at:
+        if status.state is RunState.RUNNING and status.steps_done == 0:
+            # The last of these is the worker's own start, once it has its executor (the
+            # first comes when the pool hands the run over, maybe during a preload).
             started_at = time.perf_counter()
         if status.state is not None and status.state.is_over:
             if status.state is not RunState.DONE:

@@ -76,6 +76,10 @@ _UPLOAD_BYTES_PER_S: Final = 10e6
 _adapters: dict[str, TypeAdapter[Any]] = {}
 
 
+def _sha256_hex(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _adapter(command: str) -> TypeAdapter[Any]:
     adapter = _adapters.get(command)
     if adapter is None:
@@ -243,6 +247,28 @@ class AllotmentClient:
             if not is_sent:
                 # Partly written or not at all: the stream can no longer be trusted.
                 self._fail(f"{command!r} was interrupted while being sent")
+
+    async def _send_hashed(self, command: str, view: memoryview) -> None:
+        """Send `view` in chunks, then its sha256 as a trailer; call with the send lock held.
+
+        The digest is computed on a thread (hashlib lets go of the GIL) while the chunks go.
+        """
+        digest: list[str] = []
+
+        async def hash_view() -> None:
+            digest.append(await anyio.to_thread.run_sync(_sha256_hex, view))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hash_view)
+                for start in range(0, len(view), _BODY_CHUNK_BYTES):
+                    await self._send(command, view[start : start + _BODY_CHUNK_BYTES])
+        except BaseExceptionGroup as group:
+            # Only a send can fail (hashing cannot): raise what it raised, not the group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        await self._send(command, digest[0].encode("ascii"))
 
     async def _wait(self, slot: _Slot) -> ReturnReply | ExceptionReply:
         while slot.message is None:
@@ -494,7 +520,8 @@ class AllotmentClient:
         """Upload an image onto a job's boards; the server validates it before accepting it.
 
         The header line goes first; the bytes follow, in chunks, only once the server has
-        accepted the header (so a refused upload costs nothing).
+        accepted the header (so a refused upload costs nothing), and their sha256 after them:
+        it is computed on a thread while they are sent.
 
         Args:
             job_id: a job in state ready with its boards powered on.
@@ -517,10 +544,7 @@ class AllotmentClient:
         limit = self._timeout_s if timeout_s is _UNSET else timeout_s
         if timeout_s is _UNSET and limit is not None:
             limit += len(view) / _UPLOAD_BYTES_PER_S
-        kwargs: dict[str, Any] = {
-            "n_bytes": len(view),
-            "sha256": hashlib.sha256(view).hexdigest(),
-        }
+        kwargs: dict[str, Any] = {"n_bytes": len(view)}  # the digest follows the bytes
         if owner is not None:
             kwargs["owner"] = owner
         if token is not None:
@@ -541,8 +565,7 @@ class AllotmentClient:
                     if isinstance(reply, ExceptionReply):
                         raise ServerError(reply.exception)
                     self._pending.append(done)
-                    for start in range(0, len(view), _BODY_CHUNK_BYTES):
-                        await self._send("load_image", view[start : start + _BODY_CHUNK_BYTES])
+                    await self._send_hashed("load_image", view)
                 result = await self._wait(done)
         except TimeoutError:
             self._fail("load_image timed out in the middle of an upload")

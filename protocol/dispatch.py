@@ -6,6 +6,7 @@ base64 inside it (``docs/dispatch.md`` has the whole exchange)::
     load_image   client: {"command": "load_image", "kwargs": {job_id, n_bytes, sha256, ...}}
                  server: {"return": {"accepting_bytes": N}}      (or an exception: send nothing)
                  client: N raw bytes
+                         (+ 64 hex digits of the sha256 if the header had none: a trailer)
                  server: {"return": {"token": ..., ...}}         (or an exception)
 
     fetch_results client: {"command": "fetch_results", "kwargs": {job_id, token, part, ...}}
@@ -42,6 +43,7 @@ from protocol.commands import (
 from protocol.errors import CommandError
 
 __all__ = [
+    "DIGEST_TRAILER_BYTES",
     "DISPATCH_COMMAND_NAMES",
     "MAX_FETCH_BYTES",
     "PART_ALL",
@@ -59,6 +61,9 @@ __all__ = [
     "UploadReady",
 ]
 
+_SHA256_HEX_CHARS: Final = 64
+DIGEST_TRAILER_BYTES: Final = _SHA256_HEX_CHARS
+"""The length of the sha256 (lowercase hex) that follows a body announced without one."""
 MAX_FETCH_BYTES: Final = 1024 * 1024
 """The most bytes one `fetch_results` reply carries; a client asks again from the next offset.
 
@@ -67,7 +72,6 @@ PART_ALL: Final = "all"
 """The part naming the whole results file (every recording and the provenance)."""
 PART_INDEX: Final = "index"
 """The part naming the results file's index (which parts exist, their types and shapes)."""
-_SHA256_HEX_CHARS: Final = 64
 
 
 class _Frozen(BaseModel):
@@ -95,6 +99,8 @@ class RunState(StrEnum):
 class LoadImageArgs(_Frozen):
     """Announce an image of `n_bytes` bytes with this sha256 (hex) for `job_id`.
 
+    With `sha256` None the digest follows the body instead: `DIGEST_TRAILER_BYTES` hex
+    digits right after its last byte, so that the client hashes while it sends.
     `owner` must be the job's owner on the first load; `token` is needed on every later one.
     With `is_keeping_state` (``keep_state`` on the wire) the next run continues the running
     state (time, potentials, queues, random generators) with the new image's parameters,
@@ -104,7 +110,7 @@ class LoadImageArgs(_Frozen):
 
     job_id: int | None
     n_bytes: int
-    sha256: str
+    sha256: str | None = None
     owner: str | None = None
     token: str | None = None
     is_keeping_state: bool = False
@@ -225,6 +231,10 @@ def _check_sha256(command: str, name: str, value: Any) -> str:
     return text
 
 
+def _check_optional_sha256(command: str, name: str, value: Any) -> str | None:
+    return None if value is None else _check_sha256(command, name, value)
+
+
 def _check_count(command: str, name: str, value: Any) -> int:
     number = check_int(command, name, value)
     if number < 0:
@@ -248,7 +258,7 @@ _SPECS: Final = (
         (
             _JOB_ID,
             Param("n_bytes", check=_check_count),
-            Param("sha256", check=_check_sha256),
+            Param("sha256", None, check=_check_optional_sha256),
             Param("owner", None, check_optional_str),
             Param("token", None, check_optional_str),
             Param("keep_state", False, check_bool, field="is_keeping_state"),

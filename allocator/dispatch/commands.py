@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import mmap
 import secrets
 import time
 import weakref
@@ -58,16 +57,16 @@ from allocator.dispatch.storage import (
 )
 from allocator.dispatch.topology import TopologySpec, job_topology
 from allocator.dispatch.upload import ImageUpload
+from allocator.dispatch.validation import validated
 from allocator.dispatch.worker import PreloadOrder, RunOrder
 from allocator.jobs import JobRecord, JobState
 from allocator.machine import Machine
-from machine_models.errors import ImageFormatError, MachineModelError
+from machine_models.errors import MachineModelError
 from machine_models.geometry import BoardXYZ, ChipXY, Link
-from machine_models.image import Image
-from machine_models.resources import validate
 from machine_models.results_file import index_bytes_needed, read_index
 from protocol.codec import ReplyWithBody, encode_notification, encode_reply
 from protocol.dispatch import (
+    DIGEST_TRAILER_BYTES,
     MAX_FETCH_BYTES,
     PART_ALL,
     PART_INDEX,
@@ -394,9 +393,14 @@ class DispatchCommands:
         path = folder / f"upload-{secrets.token_hex(8)}.tmp"
         try:
             await self._in_thread(folder.mkdir, 0o700, True, True)
-            upload = ImageUpload(path, args.n_bytes, conn.transport)
+            upload = ImageUpload(
+                path,
+                args.n_bytes,
+                conn.transport,
+                trailer_bytes=0 if args.sha256 is not None else DIGEST_TRAILER_BYTES,
+            )
             self.pool.prepare()  # workers warm up while the bytes come
-            if args.n_bytes:
+            if upload.n_total_bytes:
                 try:
                     conn.take_body(upload)
                 except Exception:
@@ -406,17 +410,17 @@ class DispatchCommands:
             began = time.perf_counter()
             digest = await self._received(upload, conn)
             received = time.perf_counter()
-            if digest != args.sha256:
+            announced = args.sha256 or upload.trailer.decode("ascii", "replace")
+            if digest != announced:
                 raise UploadError(
                     f"the {args.n_bytes} bytes received for job {job_id} have sha256 {digest},"
-                    f" not {args.sha256} as announced"
+                    f" not {announced} as announced"
                 )
             spec = self._topology(self._ready_record(job_id))
-            # An idle worker decodes the image and builds its executor while it is validated
-            # here, so that a fresh run of it starts without that work.
             upload_path = str(path.resolve())
-            self.pool.preload(PreloadOrder(path=upload_path, sha256=digest, topology=spec))
-            info = await asyncio.to_thread(_validated, job_id, path, args.sha256, spec)
+            order = PreloadOrder(path=upload_path, sha256=digest, topology=spec)
+            info = await self._validated(job_id, path, order)
+            await upload.synced()
             validated = time.perf_counter()
             record = self._ready_record(job_id)  # it may have gone while the bytes came
             job = self._jobs.get(job_id)
@@ -548,10 +552,36 @@ class DispatchCommands:
                 if upload.idle_s >= idle_s:
                     upload.abort(
                         f"no bytes came for {idle_s:g} s after {upload.n_received} of"
-                        f" {upload.n_bytes}"
+                        f" {upload.n_total_bytes}"
                     )
                     conn.transport.close()  # the rest of the body would be read as requests
                     return await upload.finished
+
+    async def _validated(self, job_id: int, path: Path, order: PreloadOrder) -> ImageInfo:
+        """Validate an upload: in an idle worker if there is one, else on a thread here.
+
+        The worker decodes and validates in a process of its own, so that the event loop's
+        process does no CPU-heavy work for an upload (a thread here would hold the GIL for
+        most of it), and then builds the executor from the same decoded image, so that a
+        fresh run of it starts without that work.
+
+        Raises:
+            ImageRejectedError: the image is malformed or does not fit (naming what).
+        """
+        verdict = self.pool.preload(order)
+        if verdict is not None:
+            message = await verdict
+            if message.kind == "valid" and message.image is not None:
+                return message.image
+            if message.kind == "invalid":
+                raise ImageRejectedError(job_id, message.reason or "invalid")
+            log.warning(
+                "a worker could not validate the image of job %d (%s); validating it here",
+                job_id,
+                message.reason,
+            )
+        # No worker free: a thread, so that the upload does not wait for a run to end.
+        return await asyncio.to_thread(_validated, job_id, path, order.sha256, order.topology)
 
     def _topology(self, record: JobRecord) -> TopologySpec:
         assert record.machine_name is not None
@@ -972,35 +1002,12 @@ async def _logged(awaitable: Coroutine[Any, Any, None]) -> None:
 
 
 def _validated(job_id: int, path: Path, sha256: str, spec: TopologySpec) -> ImageInfo:
-    """Decode and validate an uploaded image file (in a thread: this is the heavy part)."""
-    n_bytes = path.stat().st_size
+    """Decode and validate an uploaded image file (on a thread: this is the heavy part)."""
     try:
-        image = _decode_file(path, n_bytes)
-        validate(image, spec.build())
+        _image, info = validated(path, sha256, spec)
     except MachineModelError as error:
         raise ImageRejectedError(job_id, str(error)) from None
-    chips = {core.chip for core in image.cores} | set(image.tables)
-    return ImageInfo(
-        sha256=sha256,
-        n_bytes=n_bytes,
-        n_cores=len(image.cores),
-        n_chips=len(chips),
-        timestep_us=image.timestep_us,
-    )
-
-
-def _decode_file(path: Path, n_bytes: int) -> Image:
-    """Decode an image file, mapped rather than read: it is not held twice in memory."""
-    if n_bytes == 0:
-        return Image.decode(b"")
-    message = ""
-    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        try:
-            return Image.decode(mapped)  # type: ignore[arg-type]
-        except ImageFormatError as error:
-            # Leave the except block before the map closes: the traceback holds a view of it.
-            message = str(error)
-    raise ImageFormatError(message.removeprefix("malformed image: "))
+    return info
 
 
 def _part_range(path: Path, part: str) -> tuple[int | None, int]:

@@ -99,6 +99,10 @@ class _Worker:
     is_killed: bool = field(default=False)
     preloaded: tuple[str, TopologySpec] | None = None
     """The image digest and network of the executor this worker built ahead of its run."""
+    checking: asyncio.Future[WorkerMessage] | None = None
+    """The verdict on the upload this worker validates now."""
+    is_preloading: bool = False
+    """A preload order is in hand (validating, then building its executor)."""
 
     @property
     def is_idle(self) -> bool:
@@ -149,6 +153,8 @@ class WorkerPool:
         self._task_group: asyncio.TaskGroup | None = None
         self._is_started = False
         self._warmed = asyncio.Event()
+        self.has_started: asyncio.Event = asyncio.Event()
+        """Set once a worker has started and said it is ready (a sync point for tests)."""
 
     def __repr__(self) -> str:
         return (
@@ -206,6 +212,9 @@ class WorkerPool:
         finally:
             self._task_group = None
             for worker in list(self._workers):
+                self._answer_check(
+                    worker, WorkerMessage(kind="unchecked", reason="the server is stopping")
+                )
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
 
@@ -220,24 +229,28 @@ class WorkerPool:
         self.prepare()
         self._pump()
 
-    def preload(self, order: PreloadOrder) -> bool:
-        """Have an idle worker decode an upload ahead of its run; False if none is idle.
+    def preload(self, order: PreloadOrder) -> asyncio.Future[WorkerMessage] | None:
+        """Have an idle worker validate an upload and build its executor ahead of its run.
 
-        The worker only caches what it builds (see `allocator.dispatch.worker`): the server's
-        own validation still decides whether the image is accepted.
+        Returns:
+            The worker's verdict (a `WorkerMessage` of kind ``valid``, ``invalid`` or
+            ``unchecked``, the last also when the worker ends first), or None if no worker
+            is free: the caller validates the upload itself.
         """
-        idle = [w for w in self._workers if w.is_idle]
+        idle = [w for w in self._workers if w.is_idle and not w.is_preloading]
         if not idle:
-            return False
+            return None
         worker = min(idle, key=lambda w: w.preloaded is not None)
         for other in idle:
             if other is not worker and other.preloaded == (order.sha256, order.topology):
                 other.preloaded = None  # a worker keeps one preload; only the newest counts
         worker.preloaded = (order.sha256, order.topology)
+        worker.is_preloading = True
+        worker.checking = asyncio.get_running_loop().create_future()
         stdin = worker.process.stdin
         assert stdin is not None
         stdin.write(order.model_dump_json().encode() + b"\n")
-        return True
+        return worker.checking
 
     def queue_position(self, ticket: RunTicket) -> int | None:
         """Runs ahead of this one (0: next); None unless it is queued."""
@@ -312,6 +325,7 @@ class WorkerPool:
         ticket = worker.ticket
         if message.kind == "ready":
             worker.is_ready = True
+            self.has_started.set()
             self._pump()
         elif message.kind == "warmed":
             worker.is_warmed = True
@@ -338,8 +352,27 @@ class WorkerPool:
             unsaved, worker.saving = worker.saving, None
             unsaved.events.state_saved(unsaved, False)
             self._pump()
+        elif message.kind in ("valid", "invalid", "unchecked"):
+            if message.kind != "valid":
+                worker.preloaded = None  # the worker keeps nothing of it
+            self._answer_check(worker, message)
+        elif message.kind == "preloaded":
+            worker.is_preloading = False
+            self._pump()
+
+    def _answer_check(self, worker: _Worker, message: WorkerMessage) -> None:
+        checking, worker.checking = worker.checking, None
+        if checking is not None and not checking.done():
+            checking.set_result(message)
 
     def _worker_ended(self, worker: _Worker, code: int) -> None:
+        self._answer_check(
+            worker,
+            WorkerMessage(
+                kind="unchecked",
+                reason=f"the worker validating it ended ({_describe_exit(code)})",
+            ),
+        )
         ticket, worker.ticket = worker.ticket, None
         saving, worker.saving = worker.saving, None
         if ticket is not None:
@@ -381,7 +414,11 @@ class WorkerPool:
             if ticket.job_id in saving:
                 continue
             key = (ticket.order.image_sha256, ticket.order.topology)
-            worker = next((w for w in idle if w.preloaded == key), idle[-1])
+            # Its own preload first, else a worker that is not busy building another one.
+            worker = next(
+                (w for w in idle if w.preloaded == key),
+                min(idle, key=lambda w: w.is_preloading),
+            )
             idle.remove(worker)
             worker.preloaded = None  # a worker's next run uses its preload up, or drops it
             self._queue.remove(ticket)

@@ -13,11 +13,20 @@ streams, one JSON line each way (`RunOrder` in, `WorkerMessage` out)::
     (or)    {"kind": "failed", "reason": "core (0, 0, 3): region 2 is missing"}
 
 Before a fresh run, the server may send a `PreloadOrder` for an upload whose bytes it has
-received and hashed but is still validating: the worker decodes it and builds its executor
-meanwhile, on a core of its own, and keeps that one executor for the next fresh run of an
-image with the same digest on the same network. It answers nothing: the preload is a cache,
-and a run that finds no match (the image was rejected, replaced, or the file was gone)
-decodes the image file as before.
+received and hashed: the worker decodes and validates it (the server's process does no
+CPU-heavy work for an upload), answers the verdict, and then builds the executor from the
+same decoded image, keeping that one executor for the next fresh run of an image with the
+same digest on the same network::
+
+    server: {"kind": "preload", "path": ".../upload-1f.tmp", "sha256": ..., "topology": ...}
+    worker: {"kind": "valid", "image": {"n_cores": 96, ...}}   (or)
+            {"kind": "invalid", "reason": "chip (9, 2) is not on the allocated boards"}
+            {"kind": "unchecked", "reason": "..."}     the file could not be read: the
+                                                       server validates it itself
+    worker: {"kind": "preloaded"}                      done with the order (after any verdict)
+
+The executor is only a cache: a run that finds no match (the image was rejected, replaced,
+or the file was gone) decodes the image file as before.
 
 A load that keeps the state (``load_image`` with ``keep_state``) is a continuation of no
 steps onto the new image, before the server accepts it: the worker builds the new image's
@@ -39,22 +48,22 @@ saved after "done", so the job runner can fetch its results while the worker sti
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import pickle
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE
+from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE, ImageInfo
 from allocator.dispatch.topology import TopologySpec
-from machine_models.errors import ImageFormatError, MachineModelError
+from allocator.dispatch.validation import decode_file, validated
+from machine_models.errors import MachineModelError
 from machine_models.executor import Executor, Results
-from machine_models.image import Image
 from machine_models.results_file import decode_results, encode_results, join_results
 from machine_models.warmup import warm_kernels
 
@@ -100,10 +109,24 @@ class PreloadOrder(_Frozen):
 class WorkerMessage(_Frozen):
     """What a worker tells the server."""
 
-    kind: Literal["ready", "warmed", "started", "progress", "done", "saved", "failed"]
+    kind: Literal[
+        "ready",
+        "warmed",
+        "started",
+        "progress",
+        "done",
+        "saved",
+        "failed",
+        "valid",
+        "invalid",
+        "unchecked",
+        "preloaded",
+    ]
     steps_done: int = 0
     first_step: int = 0
     reason: str | None = None
+    image: ImageInfo | None = None
+    """What a valid upload holds (``valid`` only)."""
 
 
 _ORDERS: Final = TypeAdapter(RunOrder | PreloadOrder)
@@ -134,14 +157,32 @@ class _Preloaded:
         self._key: tuple[str, TopologySpec] | None = None
         self._executor: Executor | None = None
 
-    def load(self, order: PreloadOrder) -> None:
-        """Decode the upload and build its executor; on any failure keep nothing."""
+    def load(self, order: PreloadOrder, answer: Callable[[WorkerMessage], None]) -> None:
+        """Validate the upload, `answer` the verdict, then build its executor.
+
+        Only a valid image's executor is kept; on any failure nothing is.
+        """
         self._key = self._executor = None
         try:
-            image = _decode_file(Path(order.path))
+            image, info = validated(Path(order.path), order.sha256, order.topology)
+        except MachineModelError as error:
+            answer(WorkerMessage(kind="invalid", reason=str(error)))
+            return
+        except OSError as error:
+            # Not the image's fault as far as the worker can tell (the file is gone, or
+            # unreadable here): the server checks the upload itself.
+            answer(WorkerMessage(kind="unchecked", reason=str(error)))
+            return
+        except Exception as error:
+            # A bug: the server checks the upload itself and answers what that finds.
+            traceback.print_exc(file=sys.stderr)
+            answer(WorkerMessage(kind="unchecked", reason=f"{type(error).__name__}: {error}"))
+            return
+        answer(WorkerMessage(kind="valid", image=info))
+        try:
             self._executor = Executor(image, order.topology.build())
-        except (MachineModelError, OSError, ValueError):
-            return  # the server's validation names what is wrong; the run decodes again
+        except (MachineModelError, ValueError):
+            return  # the run builds it again and fails with the reason
         self._key = (order.sha256, order.topology)
 
     def take(self, order: RunOrder) -> Executor | None:
@@ -151,21 +192,6 @@ class _Preloaded:
         if key is None or order.image_sha256 is None or key != (order.image_sha256, order.topology):
             return None
         return executor
-
-
-def _decode_file(path: Path) -> Image:
-    """Decode an image file through a map of it: its bytes are not read into memory first."""
-    with path.open("rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return Image.decode(b"")
-        message = ""
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            try:
-                return Image.decode(mapped)  # type: ignore[arg-type]
-            except ImageFormatError as error:
-                # Leave the except block before the map closes: the traceback holds a view.
-                message = str(error)
-    raise ImageFormatError(message.removeprefix("malformed image: "))
 
 
 def _load(order: RunOrder, preloaded: _Preloaded) -> tuple[Executor, Results | None]:
@@ -189,11 +215,11 @@ def _load(order: RunOrder, preloaded: _Preloaded) -> tuple[Executor, Results | N
             raise _RunFailed(f"the saved state of job {order.job_id} is not an executor")
         if order.new_image is not None:
             if ready is None:
-                ready = Executor(_decode_file(Path(order.new_image)), order.topology.build())
+                ready = Executor(decode_file(Path(order.new_image)), order.topology.build())
             ready.adopt_state(executor)  # refuses another layout, naming what differs
             executor = ready
         return executor, earlier
-    return Executor(_decode_file(folder / IMAGE_FILE), order.topology.build()), None
+    return Executor(decode_file(folder / IMAGE_FILE), order.topology.build()), None
 
 
 def _run(order: RunOrder, out: IO[bytes], preloaded: _Preloaded) -> None:
@@ -248,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         received = _ORDERS.validate_json(line)
         if isinstance(received, PreloadOrder):
-            preloaded.load(received)
+            try:
+                preloaded.load(received, lambda message: _send(out, message))
+            finally:
+                _send(out, WorkerMessage(kind="preloaded"))
             continue
         order = received
         try:

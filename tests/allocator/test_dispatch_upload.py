@@ -58,3 +58,39 @@ def test_a_lost_connection_fails_the_upload(tmp_path: Path) -> None:
             await upload.finished
 
     asyncio.run(scenario())
+
+
+def test_a_trailer_is_kept_apart_from_the_file_and_finished_waits_for_it(tmp_path: Path) -> None:
+    data = b"image bytes" * 100_000
+    digest = hashlib.sha256(data).hexdigest().encode()
+
+    async def scenario() -> tuple[str, bytes, bool]:
+        upload = ImageUpload(tmp_path / "u.tmp", len(data), FakeTransport(), trailer_bytes=64)
+        # The last image byte and half the trailer in one chunk: not finished yet.
+        assert upload.feed(data[:-1]) == len(data) - 1
+        assert upload.feed(data[-1:] + digest[:32]) == 33
+        assert not upload.is_complete
+        await upload.synced()  # the image is written and synced without the trailer
+        is_early = upload.finished.done()
+        assert upload.feed(digest[32:] + b"next request") == 32
+        assert upload.is_complete
+        return await upload.finished, upload.trailer, is_early
+
+    finished, trailer, is_early = asyncio.run(scenario())
+    assert not is_early
+    assert finished == digest.decode()
+    assert trailer == digest
+    assert (tmp_path / "u.tmp").read_bytes() == data
+
+
+def test_an_empty_image_with_a_trailer(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"").hexdigest().encode()
+
+    async def scenario() -> tuple[str, bytes]:
+        upload = ImageUpload(tmp_path / "u.tmp", 0, FakeTransport(), trailer_bytes=64)
+        assert not upload.is_complete
+        assert upload.feed(digest) == 64
+        return await upload.finished, upload.trailer
+
+    assert asyncio.run(scenario()) == (digest.decode(), digest)
+    assert (tmp_path / "u.tmp").read_bytes() == b""

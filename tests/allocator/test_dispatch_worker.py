@@ -1,4 +1,4 @@
-"""The worker's preload (an upload decoded ahead of its run is used only for its own image),
+"""The worker's preload (an upload validated and decoded ahead of its run, used for that run),
 a keep-state load's hand-over (it continues the state on the new image, or refuses another
 layout) and its warm-up (a pool started with the server has its workers' kernels loaded
 before any run)."""
@@ -6,6 +6,7 @@ before any run)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -15,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from allocator.dispatch.pool import WorkerPool
-from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE
+from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE, ImageInfo
 from allocator.dispatch.topology import TopologySpec
-from allocator.dispatch.worker import PreloadOrder, RunOrder, _Preloaded, _run
+from allocator.dispatch.worker import PreloadOrder, RunOrder, WorkerMessage, _Preloaded, _run
 from machine_models import Executor, Image
 from machine_models.errors import ExecutionError
+from machine_models.geometry import ChipXY
 from machine_models.results_file import decode_results, join_results
 from toolchain import IFCurrExp, Network, OneToOne, SpikeSourcePoisson, StaticSynapse, map_network
 from toolchain.allocation import virtual_allocation
@@ -39,6 +41,14 @@ def _image_file(
     path = tmp_path / name
     path.write_bytes(data)
     return path, hashlib.sha256(data).hexdigest(), data
+
+
+def _preload(path: Path, sha256: str) -> tuple[_Preloaded, list[WorkerMessage]]:
+    """A preload of the file at `path` and the verdicts it answered."""
+    preloaded = _Preloaded()
+    answers: list[WorkerMessage] = []
+    preloaded.load(PreloadOrder(path=str(path), sha256=sha256, topology=ONE_BOARD), answers.append)
+    return preloaded, answers
 
 
 def _order(sha256: str | None, topology: TopologySpec = ONE_BOARD, **kw: object) -> RunOrder:
@@ -61,8 +71,20 @@ def test_a_preloaded_executor_runs_as_one_built_from_the_image_and_is_taken_once
     tmp_path: Path,
 ) -> None:
     path, digest, data = _image_file(tmp_path)
-    preloaded = _Preloaded()
-    preloaded.load(PreloadOrder(path=str(path), sha256=digest, topology=ONE_BOARD))
+    preloaded, answers = _preload(path, digest)
+    image = Image.decode(data)
+    assert answers == [
+        WorkerMessage(
+            kind="valid",
+            image=ImageInfo(
+                sha256=digest,
+                n_bytes=len(data),
+                n_cores=len(image.cores),
+                n_chips=len({core.chip for core in image.cores} | set(image.tables)),
+                timestep_us=image.timestep_us,
+            ),
+        )
+    ]
     path.unlink()  # the server renames the upload into place: the preload no longer needs it
     executor = preloaded.take(_order(digest))
     assert executor is not None
@@ -88,8 +110,7 @@ def test_a_preload_of_another_image_or_network_is_dropped(tmp_path: Path, order:
     path, digest, _ = _image_file(tmp_path)
     if order.image_sha256 is None and order.topology != ONE_BOARD:
         order = order.model_copy(update={"image_sha256": digest})
-    preloaded = _Preloaded()
-    preloaded.load(PreloadOrder(path=str(path), sha256=digest, topology=ONE_BOARD))
+    preloaded, _ = _preload(path, digest)
     assert preloaded.take(order) is None
     assert preloaded.take(_order(digest)) is None  # dropped, not kept for later
 
@@ -98,14 +119,33 @@ def test_a_preload_of_another_image_or_network_is_dropped(tmp_path: Path, order:
 def test_a_preload_of_a_malformed_upload_keeps_nothing(tmp_path: Path, cut: int) -> None:
     path, digest, data = _image_file(tmp_path)
     path.write_bytes(data[:cut])
-    preloaded = _Preloaded()
-    preloaded.load(PreloadOrder(path=str(path), sha256=digest, topology=ONE_BOARD))
+    preloaded, answers = _preload(path, digest)
+    assert [a.kind for a in answers] == ["invalid"]
+    assert (answers[0].reason or "").startswith("malformed image: ")
     assert preloaded.take(_order(digest)) is None
 
 
-def test_a_preload_of_a_file_that_is_gone_keeps_nothing(tmp_path: Path) -> None:
-    preloaded = _Preloaded()
-    preloaded.load(PreloadOrder(path=str(tmp_path / "gone"), sha256="0" * 64, topology=ONE_BOARD))
+def test_an_image_that_does_not_fit_is_invalid_naming_the_chip_and_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    path, _, data = _image_file(tmp_path)
+    image = Image.decode(data)
+    moved = dataclasses.replace(
+        image, cores=(dataclasses.replace(image.cores[0], chip=ChipXY(9, 2)), *image.cores[1:])
+    ).encode()
+    path.write_bytes(moved)
+    digest = hashlib.sha256(moved).hexdigest()
+    preloaded, answers = _preload(path, digest)
+    assert answers == [
+        WorkerMessage(kind="invalid", reason="chip (9, 2) is not on the allocated boards")
+    ]
+    assert preloaded.take(_order(digest)) is None
+
+
+def test_a_preload_of_a_file_that_is_gone_is_unchecked_and_keeps_nothing(tmp_path: Path) -> None:
+    preloaded, answers = _preload(tmp_path / "gone", "0" * 64)
+    assert [a.kind for a in answers] == ["unchecked"]
+    assert "No such file" in (answers[0].reason or "")
     assert preloaded.take(_order("0" * 64)) is None
 
 
@@ -131,8 +171,7 @@ def _hand_over(tmp_path: Path, digest: str, path: Path) -> RunOrder:
 def test_a_hand_over_continues_the_state_on_the_preloaded_new_image(tmp_path: Path) -> None:
     data = _first_run(tmp_path)
     path, digest, new_data = _image_file(tmp_path, rate_hz=150.0)
-    preloaded = _Preloaded()
-    preloaded.load(PreloadOrder(path=str(path), sha256=digest, topology=ONE_BOARD))
+    preloaded, _ = _preload(path, digest)
     path.unlink()  # only the preload can build the new image's executor now
     out = io.BytesIO()
     _run(_hand_over(tmp_path, digest, path), out, preloaded)

@@ -491,6 +491,31 @@ async def test_image_for_a_dead_chip_is_refused_naming_the_chip(server: ServerPr
             await client.load_image(job_id, image.encode(), owner="runner")
 
 
+async def test_with_every_worker_busy_a_bad_image_is_still_refused_naming_the_chip(
+    server: ServerProcess,
+) -> None:
+    # No worker is free to validate: the server validates on a thread of its own, with the
+    # same verdict and nothing kept.
+    async with await _client(server) as client:
+        runs = [await _loaded_job(client) for _ in range(2)]
+        for job_id, _, token in runs:
+            await _until_running(client, job_id, token)
+        job_id, image = await _job_and_image(client)
+        moved = dataclasses.replace(
+            image, cores=(dataclasses.replace(image.cores[0], chip=ChipXY(9, 2)), *image.cores[1:])
+        )
+        with pytest.raises(ServerError) as refused:
+            await client.load_image(job_id, moved.encode(), owner="runner")
+        assert str(refused.value) == (
+            f"image for job {job_id} rejected: chip (9, 2) is not on the allocated boards"
+        )
+        await _eventually_empty(server, job_id)
+        loaded = await client.load_image(job_id, image.encode(), owner="runner")
+        assert loaded.n_cores == len(image.cores)
+        for run_job, _, token in runs:
+            assert (await client.stop_run(run_job, token)).state is RunState.STOPPED
+
+
 def _header(job_id: int, n_bytes: int, sha256: str, owner: str = "runner") -> bytes:
     line = {
         "command": "load_image",
@@ -550,6 +575,47 @@ async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
         await _eventually_empty(server, job_id)
         loaded = await client.load_image(job_id, image, owner="runner")
         assert loaded.sha256 == sha
+
+
+async def test_a_digest_after_the_body_is_checked_like_one_in_the_header(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        job_id, decoded = await _job_and_image(client)
+    image = decoded.encode()
+    sha = hashlib.sha256(image).hexdigest()
+    header = (
+        json.dumps(
+            {
+                "command": "load_image",
+                "args": [job_id],
+                "kwargs": {"n_bytes": len(image), "owner": "runner"},
+            }
+        ).encode()
+        + b"\n"
+    )
+    raw = RawClient(server.host, server.port)
+    try:
+        raw.send_line(header)
+        assert raw.read_reply() == {"return": {"accepting_bytes": len(image)}}
+        raw.sock.sendall(image + b"f" * 64)
+        reply = raw.read_reply()
+        assert reply == {
+            "exception": f"the {len(image)} bytes received for job {job_id} have sha256 {sha},"
+            f" not {'f' * 64} as announced"
+        }
+        await _eventually_empty(server, job_id)
+        raw.send_line(header)
+        assert raw.read_reply() == {"return": {"accepting_bytes": len(image)}}
+        raw.sock.sendall(image + sha.encode())
+        reply = raw.read_reply()
+        assert reply is not None
+        assert reply["return"]["sha256"] == sha
+        # The stream stays framed: the next line is a request.
+        assert raw.call("get_job_state", job_id)["state"] == 3
+    finally:
+        raw.close()
+    assert (_job_folder(server, job_id) / "image.bin").read_bytes() == image
 
 
 async def test_a_body_sent_before_the_go_ahead_closes_the_connection(
