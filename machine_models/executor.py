@@ -9,7 +9,8 @@ each receiving core's master population table once; a spike then costs a walk ov
 precomputed list of rows. Router and per-core packet counters are exact: the kernels count
 packets per key, and the per-key counts of the trace are multiplied in after the run. Every
 packet sent in a step is handled in that step, so no spike is ever late. The run goes in
-chunks whose thread count :class:`threads.ThreadPolicy` picks from measured times.
+chunks whose thread count :class:`threads.ThreadPolicy` picks from measured times; each thread
+count has its own grouping of the cores (one thread walks as few groups as a one-thread run).
 Plastic cores (``stdp``) update their rows in place as packets reach them and keep a log of
 each neuron's spikes long enough for the chip's 15-event history to be read a window behind;
 their matrices come back in :attr:`Results.synaptic_matrices`.
