@@ -696,6 +696,43 @@ def _deliver_direct(lo, hi, row, t, nvar, var, c, em_j, em_k, g_ptr, f_a, syn, r
         _add_payload(ring, sat, c, idx, np.int64(word >> np.uint32(16)), em_k[j])
 
 
+@numba.njit(cache=True, inline="always")
+def _lif_views(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """Neurons ``nb:hi``'s LIF state and parameters, as views that :func:`_lif_fire` indexes
+    by the loop counter alone (no negative-index fix-up per access: SIMD loops)."""
+    return (
+        lif.v[nb:hi],
+        lif.refract_timer[nb:hi],
+        lif.spk[nb:hi],
+        lif.r_membrane[nb:hi],
+        lif.v_rest[nb:hi],
+        lif.exp_tc[nb:hi],
+        lif.v_thresh[nb:hi],
+        lif.v_reset[nb:hi],
+        lif.t_refract[nb:hi],
+    )
+
+
+@numba.njit(cache=True, inline="always")
+def _lif_fire(n, current, views):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The LIF step of neuron n of ``views`` (:func:`_lif_views`) driven by ``current``
+    (spec 3.7): the closed-form membrane update, or the refractory hold (the update of a
+    refractory neuron is computed and discarded: no branch in the loop), the threshold
+    (>=), the reset."""
+    v_, ref_, spk_, r_m_, v_rest_, exp_tc_, v_thr_, v_reset_, t_ref_ = views
+    vm = np.int64(v_[n])
+    r = np.int64(ref_[n])
+    alpha = _mul_accum(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
+    free = alpha - _mul_accum(np.int64(exp_tc_[n]), alpha - vm)
+    active = r <= 0
+    vm = free if active else vm
+    r = r if active else r - 1
+    fired = vm >= v_thr_[n]
+    v_[n] = np.int64(v_reset_[n]) if fired else vm
+    ref_[n] = np.int64(t_ref_[n]) if fired else r
+    spk_[n] = fired
+
+
 @numba.njit(cache=True)
 def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Update neurons ``nb:hi``: input current, closed-form LIF, threshold, synapse decay.
@@ -704,27 +741,18 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
     ``input_type_conductance.h`` does, in s16.15 with truncating multiplies:
     ``g = isyn >> 10``, ``I = g_e * (E_e - V) - (-g_i) * (E_i - V) + I_offset``.
     """
-    # the update of a refractory neuron is computed and discarded: no branch in the loop
-    v_ = lif.v[nb:hi]
-    ref_ = lif.refract_timer[nb:hi]
+    views = _lif_views(nb, hi, lif)
+    v_ = views[0]
     ie_ = lif.isyn_exc[nb:hi]
     ii_ = lif.isyn_inh[nb:hi]
     i_off_ = lif.i_offset[nb:hi]
-    r_m_ = lif.r_membrane[nb:hi]
-    v_rest_ = lif.v_rest[nb:hi]
-    exp_tc_ = lif.exp_tc[nb:hi]
-    v_thr_ = lif.v_thresh[nb:hi]
-    v_reset_ = lif.v_reset[nb:hi]
-    t_ref_ = lif.t_refract[nb:hi]
     ed_ = lif.exc_decay[nb:hi]
     idc_ = lif.inh_decay[nb:hi]
-    spk_ = lif.spk[nb:hi]
     ee_ = lif.e_rev_e[nb:hi]
     ei_ = lif.e_rev_i[nb:hi]
     for n in range(hi - nb):
-        vm = np.int64(v_[n])
-        r = np.int64(ref_[n])
         if is_cond:
+            vm = np.int64(v_[n])
             g_e = np.int64(ie_[n]) >> COND_SHIFT
             g_i = np.int64(ii_[n]) >> COND_SHIFT
             exc = _mul_accum(g_e, np.int64(ee_[n]) - vm)
@@ -732,58 +760,28 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
             current = exc - inh + np.int64(i_off_[n])
         else:
             current = np.int64(ie_[n]) - np.int64(ii_[n]) + np.int64(i_off_[n])
-        alpha = _mul_accum(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
-        free = alpha - _mul_accum(np.int64(exp_tc_[n]), alpha - vm)
-        active = r <= 0
-        vm = free if active else vm
-        r = r if active else r - 1
-        fired = vm >= v_thr_[n]
-        v_[n] = np.int64(v_reset_[n]) if fired else vm
-        ref_[n] = np.int64(t_ref_[n]) if fired else r
-        spk_[n] = fired
+        _lif_fire(n, current, views)
         ie_[n] = (np.int64(ie_[n]) * np.int64(ed_[n])) >> 32
         ii_[n] = (np.int64(ii_[n]) * np.int64(idc_[n])) >> 32
-
-
-@numba.njit(cache=True, inline="always")
-def _lif_membrane(vm, r, current, r_m, v_rest, exp_tc):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """The closed-form LIF step (spec 3.7): the new V and refractory timer."""
-    alpha = _mul_accum(current, r_m) + v_rest
-    free = alpha - _mul_accum(exp_tc, alpha - vm)
-    active = r <= 0
-    return (free if active else vm), (r if active else r - 1)
 
 
 @numba.njit(cache=True)
 def _lif_delta_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Update IF_curr_delta neurons ``nb:hi``: each summed input, times 1 / h (7.4.1's
     ``input_type_delta.h``), is the current of this step only; then the inputs are zeroed."""
-    v_ = lif.v[nb:hi]
-    ref_ = lif.refract_timer[nb:hi]
+    views = _lif_views(nb, hi, lif)
     ie_ = lif.isyn_exc[nb:hi]
     ii_ = lif.isyn_inh[nb:hi]
     scale_ = lif.input_scale[nb:hi]
-    spk_ = lif.spk[nb:hi]
+    i_off_ = lif.i_offset[nb:hi]
     for n in range(hi - nb):
-        g = nb + n
         scale = np.int64(scale_[n])
         current = (
             _mul_accum(np.int64(ie_[n]), scale)
             - _mul_accum(np.int64(ii_[n]), scale)
-            + np.int64(lif.i_offset[g])
+            + np.int64(i_off_[n])
         )
-        vm, r = _lif_membrane(
-            np.int64(v_[n]),
-            np.int64(ref_[n]),
-            current,
-            np.int64(lif.r_membrane[g]),
-            np.int64(lif.v_rest[g]),
-            np.int64(lif.exp_tc[g]),
-        )
-        fired = vm >= lif.v_thresh[g]
-        v_[n] = np.int64(lif.v_reset[g]) if fired else vm
-        ref_[n] = np.int64(lif.t_refract[g]) if fired else r
-        spk_[n] = fired
+        _lif_fire(n, current, views)
         ie_[n] = 0
         ii_[n] = 0
 
@@ -832,26 +830,12 @@ def _alpha_values(lin, exp, out):  # type: ignore[no-untyped-def]  # pragma: no 
 def _lif_alpha_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Update IF_curr_alpha neurons ``nb:hi``: current L x E per synapse type, the LIF step,
     then the alpha shaping L += q k, E *= d (7.4.1's ``alpha_shaping``)."""
-    v_ = lif.v[nb:hi]
-    ref_ = lif.refract_timer[nb:hi]
-    spk_ = lif.spk[nb:hi]
+    views = _lif_views(nb, hi, lif)
     for n in range(hi - nb):
         g = nb + n
         exc = _mul_accum(np.int64(lif.exc_lin[g]), np.int64(lif.exc_exp[g]))
         inh = _mul_accum(np.int64(lif.inh_lin[g]), np.int64(lif.inh_exp[g]))
-        current = exc - inh + np.int64(lif.i_offset[g])
-        vm, r = _lif_membrane(
-            np.int64(v_[n]),
-            np.int64(ref_[n]),
-            current,
-            np.int64(lif.r_membrane[g]),
-            np.int64(lif.v_rest[g]),
-            np.int64(lif.exp_tc[g]),
-        )
-        fired = vm >= lif.v_thresh[g]
-        v_[n] = np.int64(lif.v_reset[g]) if fired else vm
-        ref_[n] = np.int64(lif.t_refract[g]) if fired else r
-        spk_[n] = fired
+        _lif_fire(n, exc - inh + np.int64(lif.i_offset[g]), views)
         lif.exc_lin[g] = np.int64(lif.exc_lin[g]) + _mul_accum(
             np.int64(lif.exc_q[g]), np.int64(lif.exc_k[g])
         )
