@@ -652,7 +652,7 @@ class Executor:
                     self._ssa,
                     self._po,
                     self._de,
-                    self._st,
+                    self._st if self._st.post_count.size else None,
                 )
                 if policy is not None:
                     policy.record(use, reached - t, time.perf_counter() - started)

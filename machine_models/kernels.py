@@ -611,8 +611,10 @@ def _deliver(
                             sat[c] += 1
                         ring[idx] = total
         elif f_kind[j] == FAN_PLASTIC:
-            for _ in range(count):
-                _plastic_row(st, c, f_a[j], t, ring, lif_p)
+            # st is None on a network without plastic cores: the branch is compiled out
+            if st is not None:
+                for _ in range(count):
+                    _plastic_row(st, c, f_a[j], t, ring, lif_p)
         else:
             slot = t & (de_p[c, DE_SLOTS] - 1)
             idx = de_p[c, DE_CB] + slot * de_p[c, DE_NN] + f_a[j]
@@ -986,10 +988,12 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k, st):  # type: ignore[no-untyped-d
             em_j[off + m] = n
             em_k[off + m] = 1
             m += 1
-    if st.table[c, ST_PLASTIC]:
-        post0 = st.table[c, ST_POST]
-        for i in range(m):
-            _add_post_event(st, c, post0 + em_j[off + i], t)
+    # nested, not "and": numba prunes a branch on "st is not None" alone
+    if st is not None:  # noqa: SIM102
+        if st.table[c, ST_PLASTIC]:
+            post0 = st.table[c, ST_POST]
+            for i in range(m):
+                _add_post_event(st, c, post0 + em_j[off + i], t)
     return m
 
 
@@ -1170,7 +1174,9 @@ def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de, st):  # 
     when the spike record would overflow).
 
     The named tuples' arrays are taken out here, before the parallel loops: their bodies use
-    plain arrays only.
+    plain arrays only. ``st`` is None when no core is plastic: then this compiles without the
+    plastic paths, and the calls per emitting core and group do not carry the plastic
+    cores' arrays.
     """
     src, a_ptr, a_items, em_n, em_j, em_k = (
         emit.src,
