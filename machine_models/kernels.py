@@ -699,40 +699,21 @@ def _deliver_direct(lo, hi, row, t, nvar, var, c, em_j, em_k, g_ptr, f_a, syn, r
 
 
 @numba.njit(cache=True, inline="always")
-def _lif_views(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """Neurons ``nb:hi``'s LIF state and parameters, as views that :func:`_lif_fire` indexes
-    by the loop counter alone (no negative-index fix-up per access: SIMD loops)."""
-    return (
-        lif.v[nb:hi],
-        lif.refract_timer[nb:hi],
-        lif.spk[nb:hi],
-        lif.r_membrane[nb:hi],
-        lif.v_rest[nb:hi],
-        lif.exp_tc[nb:hi],
-        lif.v_thresh[nb:hi],
-        lif.v_reset[nb:hi],
-        lif.t_refract[nb:hi],
-    )
+def _lif_fire(vm, r, current, r_m, v_rest, exp_tc, v_thresh, v_reset, t_refract):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The LIF step of one neuron driven by ``current`` (spec 3.7): the closed-form membrane
+    update, or the refractory hold (the update of a refractory neuron is computed and
+    discarded: no branch in the loop), the threshold (>=), the reset.
 
-
-@numba.njit(cache=True, inline="always")
-def _lif_fire(n, current, views):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """The LIF step of neuron n of ``views`` (:func:`_lif_views`) driven by ``current``
-    (spec 3.7): the closed-form membrane update, or the refractory hold (the update of a
-    refractory neuron is computed and discarded: no branch in the loop), the threshold
-    (>=), the reset."""
-    v_, ref_, spk_, r_m_, v_rest_, exp_tc_, v_thr_, v_reset_, t_ref_ = views
-    vm = np.int64(v_[n])
-    r = np.int64(ref_[n])
-    alpha = _mul_accum(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
-    free = alpha - _mul_accum(np.int64(exp_tc_[n]), alpha - vm)
+    Returns:
+        The new V, the new refractory timer and whether the neuron fired.
+    """
+    alpha = _mul_accum(current, r_m) + v_rest
+    free = alpha - _mul_accum(exp_tc, alpha - vm)
     active = r <= 0
     vm = free if active else vm
     r = r if active else r - 1
-    fired = vm >= v_thr_[n]
-    v_[n] = np.int64(v_reset_[n]) if fired else vm
-    ref_[n] = np.int64(t_ref_[n]) if fired else r
-    spk_[n] = fired
+    fired = vm >= v_thresh
+    return (v_reset if fired else vm), (t_refract if fired else r), fired
 
 
 @numba.njit(cache=True)
@@ -743,18 +724,25 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
     ``input_type_conductance.h`` does, in s16.15 with truncating multiplies:
     ``g = isyn >> 10``, ``I = g_e * (E_e - V) - (-g_i) * (E_i - V) + I_offset``.
     """
-    views = _lif_views(nb, hi, lif)
-    v_ = views[0]
+    v_ = lif.v[nb:hi]
+    ref_ = lif.refract_timer[nb:hi]
     ie_ = lif.isyn_exc[nb:hi]
     ii_ = lif.isyn_inh[nb:hi]
     i_off_ = lif.i_offset[nb:hi]
+    r_m_ = lif.r_membrane[nb:hi]
+    v_rest_ = lif.v_rest[nb:hi]
+    exp_tc_ = lif.exp_tc[nb:hi]
+    v_thr_ = lif.v_thresh[nb:hi]
+    v_reset_ = lif.v_reset[nb:hi]
+    t_ref_ = lif.t_refract[nb:hi]
     ed_ = lif.exc_decay[nb:hi]
     idc_ = lif.inh_decay[nb:hi]
+    spk_ = lif.spk[nb:hi]
     ee_ = lif.e_rev_e[nb:hi]
     ei_ = lif.e_rev_i[nb:hi]
     for n in range(hi - nb):
+        vm = np.int64(v_[n])
         if is_cond:
-            vm = np.int64(v_[n])
             g_e = np.int64(ie_[n]) >> COND_SHIFT
             g_i = np.int64(ii_[n]) >> COND_SHIFT
             exc = _mul_accum(g_e, np.int64(ee_[n]) - vm)
@@ -762,7 +750,17 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
             current = exc - inh + np.int64(i_off_[n])
         else:
             current = np.int64(ie_[n]) - np.int64(ii_[n]) + np.int64(i_off_[n])
-        _lif_fire(n, current, views)
+        v_[n], ref_[n], spk_[n] = _lif_fire(
+            vm,
+            np.int64(ref_[n]),
+            current,
+            np.int64(r_m_[n]),
+            np.int64(v_rest_[n]),
+            np.int64(exp_tc_[n]),
+            np.int64(v_thr_[n]),
+            np.int64(v_reset_[n]),
+            np.int64(t_ref_[n]),
+        )
         ie_[n] = (np.int64(ie_[n]) * np.int64(ed_[n])) >> 32
         ii_[n] = (np.int64(ii_[n]) * np.int64(idc_[n])) >> 32
 
@@ -771,19 +769,31 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
 def _lif_delta_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Update IF_curr_delta neurons ``nb:hi``: each summed input, times 1 / h (7.4.1's
     ``input_type_delta.h``), is the current of this step only; then the inputs are zeroed."""
-    views = _lif_views(nb, hi, lif)
+    v_ = lif.v[nb:hi]
+    ref_ = lif.refract_timer[nb:hi]
     ie_ = lif.isyn_exc[nb:hi]
     ii_ = lif.isyn_inh[nb:hi]
     scale_ = lif.input_scale[nb:hi]
-    i_off_ = lif.i_offset[nb:hi]
+    spk_ = lif.spk[nb:hi]
     for n in range(hi - nb):
+        g = nb + n
         scale = np.int64(scale_[n])
         current = (
             _mul_accum(np.int64(ie_[n]), scale)
             - _mul_accum(np.int64(ii_[n]), scale)
-            + np.int64(i_off_[n])
+            + np.int64(lif.i_offset[g])
         )
-        _lif_fire(n, current, views)
+        v_[n], ref_[n], spk_[n] = _lif_fire(
+            np.int64(v_[n]),
+            np.int64(ref_[n]),
+            current,
+            np.int64(lif.r_membrane[g]),
+            np.int64(lif.v_rest[g]),
+            np.int64(lif.exp_tc[g]),
+            np.int64(lif.v_thresh[g]),
+            np.int64(lif.v_reset[g]),
+            np.int64(lif.t_refract[g]),
+        )
         ie_[n] = 0
         ii_[n] = 0
 
@@ -832,12 +842,24 @@ def _alpha_values(lin, exp, out):  # type: ignore[no-untyped-def]  # pragma: no 
 def _lif_alpha_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Update IF_curr_alpha neurons ``nb:hi``: current L x E per synapse type, the LIF step,
     then the alpha shaping L += q k, E *= d (7.4.1's ``alpha_shaping``)."""
-    views = _lif_views(nb, hi, lif)
+    v_ = lif.v[nb:hi]
+    ref_ = lif.refract_timer[nb:hi]
+    spk_ = lif.spk[nb:hi]
     for n in range(hi - nb):
         g = nb + n
         exc = _mul_accum(np.int64(lif.exc_lin[g]), np.int64(lif.exc_exp[g]))
         inh = _mul_accum(np.int64(lif.inh_lin[g]), np.int64(lif.inh_exp[g]))
-        _lif_fire(n, exc - inh + np.int64(lif.i_offset[g]), views)
+        v_[n], ref_[n], spk_[n] = _lif_fire(
+            np.int64(v_[n]),
+            np.int64(ref_[n]),
+            exc - inh + np.int64(lif.i_offset[g]),
+            np.int64(lif.r_membrane[g]),
+            np.int64(lif.v_rest[g]),
+            np.int64(lif.exp_tc[g]),
+            np.int64(lif.v_thresh[g]),
+            np.int64(lif.v_reset[g]),
+            np.int64(lif.t_refract[g]),
+        )
         lif.exc_lin[g] = np.int64(lif.exc_lin[g]) + _mul_accum(
             np.int64(lif.exc_q[g]), np.int64(lif.exc_k[g])
         )
