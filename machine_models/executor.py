@@ -9,7 +9,8 @@ each receiving core's master population table once; a spike then costs a walk ov
 precomputed list of rows. Router and per-core packet counters are exact: the kernels count
 packets per key, and the per-key counts of the trace are multiplied in after the run. Every
 packet sent in a step is handled in that step, so no spike is ever late. The run goes in
-chunks whose thread count :class:`threads.ThreadPolicy` picks from measured times.
+chunks whose thread count :class:`threads.ThreadPolicy` picks from measured times; each thread
+count has its own grouping of the cores (one thread walks as few groups as a one-thread run).
 Plastic cores (``stdp``) update their rows in place as packets reach them and keep a log of
 each neuron's spikes long enough for the chip's 15-event history to be read a window behind;
 their matrices come back in :attr:`Results.synaptic_matrices`.
@@ -73,6 +74,16 @@ class Results:
     core_provenance: Mapping[CoreXYP, Mapping[str, int]]
     router_provenance: Mapping[ChipXY, Mapping[str, int]]
     synaptic_matrices: Mapping[CoreXYP, npt.NDArray[np.uint32]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The cores grouped for a thread count: emitting cores (CSR ``a_ptr``, ``a_items``) and
+    the fan-out split by the groups of receiving cores."""
+
+    a_ptr: npt.NDArray[np.int64]
+    a_items: npt.NDArray[np.int64]
+    fanout: kernels.Fanout
 
 
 def _spread(
@@ -353,14 +364,8 @@ class Executor:
 
     # ------------------------------------------------------------------ running
     def _plan(self) -> None:
-        """Group the cores for the threads and find how far cores may run without exchanging.
-
-        Emitting cores are spread over the groups by their work per step, receiving cores
-        (neuron and delay-extension cores) by the synaptic words that reach them; the fan-out
-        is split so that each group walks only the rows of its own receiving cores. Grouping
-        changes only which thread does what, never a result.
-        """
-        n_groups = max(1, min(GROUPS_PER_THREAD * int(numba.get_num_threads()), MAX_GROUPS))
+        """List the emitting cores, find how far cores may run without exchanging, and group
+        the cores for one thread and for the threads numba has now (:meth:`_layout`)."""
         arrays, poisson = self._array_loader, self._poisson_loader
         delay, neuron = self._delay_loader, self._lif_loader
         n_lif, n_po, n_de, n_ssa = (
@@ -370,9 +375,9 @@ class Executor:
             len(arrays.cores),
         )
         # emitting cores in delivery order: arrays, Poisson sources, delay extensions, neurons
-        senders = (arrays, poisson, delay, neuron)
+        self._senders = (arrays, poisson, delay, neuron)
         kinds = np.repeat(
-            np.array([loader.kind for loader in senders]), [n_ssa, n_po, n_de, n_lif]
+            np.array([loader.kind for loader in self._senders]), [n_ssa, n_po, n_de, n_lif]
         ).astype(_I64)
         index = np.concatenate([np.arange(k) for k in (n_ssa, n_po, n_de, n_lif)]).astype(_I64)
         lif_p = self._lif.table
@@ -381,13 +386,13 @@ class Executor:
         ).astype(_I64)
         de_p = self._de.table
         de_keys = de_p[:, kernels.DE_NN] * de_p[:, kernels.DE_STAGES]
-        capacity = np.concatenate(
+        self._capacity = np.concatenate(
             [np.zeros(n_ssa, _I64), poisson.n_sources, de_keys, lif_p[:, kernels.LIF_NN]]
         ).astype(_I64)
-        seg = np.concatenate([[0], np.cumsum(capacity)]).astype(_I64)
+        seg = np.concatenate([[0], np.cumsum(self._capacity)]).astype(_I64)
         self._src = np.stack([kinds, index, emit, seg[:-1]], axis=1).astype(_I64)
         self._stride = max(1, int(seg[-1]))
-        work = np.concatenate(
+        self._work = np.concatenate(
             [
                 np.ones(n_ssa),
                 2.0 * np.asarray(poisson.n_sources, np.float64),
@@ -395,9 +400,52 @@ class Executor:
                 1.0 * lif_p[:, kernels.LIF_NN],
             ]
         )
-        self._a_ptr, self._a_items = _spread(work, n_groups)
-        self._work_per_step = float(work.sum())
+        self._work_per_step = float(self._work.sum())
+        fan = self._fan
+        kind, core = fan["kind"], fan["core"]
+        # cores may run apart for as many steps as the shortest synapse or delay stage
+        shortest = int(kernels.min_row_delay(self._syn, kind, core, fan["a"], fan["b"], lif_p))
+        if n_de:
+            shortest = min(shortest, int(de_p[:, kernels.DE_DPS].min()))
+        longest = self._max_window_steps
+        if self._st.post_count.size:
+            shortest = min(
+                shortest,
+                int(kernels.min_plastic_delay(self._st.words, kind, core, fan["a"], lif_p)),
+            )
+            # a neuron's history keeps the chip's events plus those of one window ahead
+            longest = min(longest, kernels.POST_SLOTS - kernels.CHIP_POST_EVENTS - 1)
+        self._window = max(1, min(shortest, longest))
+        self._ssa = arrays.finish(self._window)
+        self._layouts: dict[int, _Layout] = {}
+        for n_threads in sorted({1, int(numba.get_num_threads())}):
+            self._layout(n_threads)
 
+    def _layout(self, n_threads: int) -> _Layout:
+        """The grouping of the cores that chunks on ``n_threads`` threads run (built once).
+
+        Each thread count has its own: a chunk on one thread walks as few groups as a run
+        with one thread only would, instead of the many that keep n threads busy (every
+        group walks every packet that reaches it, so more groups cost a single thread more).
+        """
+        layout = self._layouts.get(n_threads)
+        if layout is None:
+            n_groups = max(1, min(GROUPS_PER_THREAD * n_threads, MAX_GROUPS))
+            layout = self._layouts[n_threads] = self._group(n_groups)
+        return layout
+
+    def _group(self, n_groups: int) -> _Layout:
+        """Group the cores into ``n_groups`` for the threads.
+
+        Emitting cores are spread over the groups by their work per step, receiving cores
+        (neuron and delay-extension cores) by the synaptic words that reach them; the fan-out
+        is split so that each group walks only the rows of its own receiving cores. Grouping
+        changes only which thread does what, never a result.
+        """
+        n_lif, n_de = len(self._lif_loader.cores), len(self._delay_loader.cores)
+        kinds = self._src[:, kernels.SRC_KIND]
+        emit = self._src[:, kernels.SRC_EMIT]
+        a_ptr, a_items = _spread(self._work, n_groups)
         fan = self._fan
         ptr, kind, core = fan["ptr"], fan["kind"], fan["core"]
         n_rows = ptr.size - 1
@@ -418,62 +466,50 @@ class Executor:
         ]
         row_kept, group_kept = row[order], group[order]
         counts = np.bincount(group_kept * n_rows + row_kept, minlength=n_groups * n_rows)
-        self._g_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(_I64)
-        self._g_fan = {k: np.ascontiguousarray(fan[k][order]) for k in ("kind", "core", "a", "b")}
+        g_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(_I64)
+        g_fan = {k: np.ascontiguousarray(fan[k][order]) for k in ("kind", "core", "a", "b")}
         # which emitting core reaches which group
         q_of_core = np.full(len(self._cores), -1, _I64)
-        q_of_core[[ci for loader in senders for ci in loader.cores]] = np.arange(kinds.size)
+        q_of_core[[ci for loader in self._senders for ci in loader.cores]] = np.arange(kinds.size)
         q_of_row = q_of_core[np.repeat(self._emit_core, self._nvar)]
         # REACH_NONE, REACH_ROWS, or the one neuron core that the keys of the emitting core
         # reach in the group, each through one one-synapse row or none (one-to-one payloads,
         # delivered directly)
-        self._reach = np.full((kinds.size, n_groups), kernels.REACH_NONE, _I64)
-        self._reach[q_of_row[row_kept], group_kept] = kernels.REACH_ROWS
-        g_kind, g_core, g_len = self._g_fan["kind"], self._g_fan["core"], self._g_fan["b"]
+        reach = np.full((kinds.size, n_groups), kernels.REACH_NONE, _I64)
+        reach[q_of_row[row_kept], group_kept] = kernels.REACH_ROWS
+        g_kind, g_core, g_len = g_fan["kind"], g_fan["core"], g_fan["b"]
+        capacity = self._capacity
         for qp in np.flatnonzero(kinds == kernels.KIND_POISSON).tolist():
             lo = int(emit[qp]) * self._nvar
             hi = (int(emit[qp]) + int(capacity[qp])) * self._nvar
-            for grp in np.flatnonzero(self._reach[qp] == kernels.REACH_ROWS).tolist():
-                first = self._g_ptr[grp * n_rows + lo : grp * n_rows + hi]
-                n_entries = self._g_ptr[grp * n_rows + lo + 1 : grp * n_rows + hi + 1] - first
+            for grp in np.flatnonzero(reach[qp] == kernels.REACH_ROWS).tolist():
+                first = g_ptr[grp * n_rows + lo : grp * n_rows + hi]
+                n_entries = g_ptr[grp * n_rows + lo + 1 : grp * n_rows + hi + 1] - first
                 if np.any(n_entries > 1):
                     continue
                 first = first[n_entries == 1]
                 if np.all(g_kind[first] == kernels.FAN_ROW) and np.all(g_len[first] == 1):
                     targets = np.unique(g_core[first])
                     if targets.size == 1:
-                        self._reach[qp, grp] = int(targets[0])
+                        reach[qp, grp] = int(targets[0])
         de_parts = [
             [int(r) - n_lif for r in b_items[b_ptr[g] : b_ptr[g + 1]] if r >= n_lif]
             for g in range(n_groups)
         ]
-        self._b_ptr = np.cumsum([0] + [len(part) for part in de_parts]).astype(_I64)
-        self._b_items = np.array([c for part in de_parts for c in part], dtype=_I64)
-        # cores may run apart for as many steps as the shortest synapse or delay stage
-        shortest = int(kernels.min_row_delay(self._syn, kind, core, fan["a"], fan["b"], lif_p))
-        if n_de:
-            shortest = min(shortest, int(de_p[:, kernels.DE_DPS].min()))
-        longest = self._max_window_steps
-        if self._st.post_count.size:
-            shortest = min(
-                shortest,
-                int(kernels.min_plastic_delay(self._st.words, kind, core, fan["a"], lif_p)),
-            )
-            # a neuron's history keeps the chip's events plus those of one window ahead
-            longest = min(longest, kernels.POST_SLOTS - kernels.CHIP_POST_EVENTS - 1)
-        self._window = max(1, min(shortest, longest))
-        self._ssa = arrays.finish(self._window)
-        self._fanout = kernels.Fanout(
-            self._reach,
-            self._g_ptr,
-            self._g_fan["kind"],
-            self._g_fan["core"],
-            self._g_fan["a"],
-            self._g_fan["b"],
+        de_ptr = np.cumsum([0] + [len(part) for part in de_parts]).astype(_I64)
+        de_items = np.array([c for part in de_parts for c in part], dtype=_I64)
+        fanout = kernels.Fanout(
+            reach,
+            g_ptr,
+            g_fan["kind"],
+            g_fan["core"],
+            g_fan["a"],
+            g_fan["b"],
             self._syn,
-            self._b_ptr,
-            self._b_items,
+            de_ptr,
+            de_items,
         )
+        return _Layout(a_ptr, a_items, fanout)
 
     def adopt_state(self, previous: Executor) -> None:
         """Continue where ``previous`` stopped, with this executor's parameters.
@@ -603,8 +639,8 @@ class Executor:
         )
         emit = kernels.Emitters(
             self._src,
-            self._a_ptr,
-            self._a_items,
+            self._layouts[1].a_ptr,
+            self._layouts[1].a_items,
             np.zeros((window, self._src.shape[0]), _I64),
             np.zeros(window * self._stride, _I64),
             np.zeros(window * self._stride, _I64),
@@ -623,6 +659,8 @@ class Executor:
                     policy.next_chunk() if policy is not None else (1, threads.CHUNK_WINDOWS)
                 )
                 numba.set_num_threads(use)
+                layout = self._layout(use)
+                emit = emit._replace(a_ptr=layout.a_ptr, a_items=layout.a_items)
                 stop = min(t1, t + n_windows * window)
                 started = time.perf_counter()
                 reached = kernels.run_windows(
@@ -631,13 +669,13 @@ class Executor:
                     window,
                     self._nvar,
                     emit,
-                    self._fanout,
+                    layout.fanout,
                     self._lif,
                     rec,
                     self._ssa,
                     self._po,
                     self._de,
-                    self._st,
+                    self._st if self._st.post_count.size else None,
                 )
                 if policy is not None:
                     policy.record(use, reached - t, time.perf_counter() - started)

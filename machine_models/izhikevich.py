@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from machine_models import fixedpoint as fx
-from machine_models.lif import exp_init_factor
+from machine_models.lif import fill_exp_synapses, per_neuron
 from machine_models.regions import to_s1615
 
 __all__ = [
@@ -79,10 +79,6 @@ class IzhParams:
     tau_syn_i: npt.ArrayLike = 5.0
 
 
-def _full(value: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
-    return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy()
-
-
 def encode_izh_params(params: IzhParams, timestep_us: int) -> bytes:
     """Encode an Izhikevich core's neuron region, with the words the core derives at load.
 
@@ -102,16 +98,9 @@ def encode_izh_params(params: IzhParams, timestep_us: int) -> bytes:
         ("u", params.u_init),
         ("i_offset", params.i_offset),
     ):
-        rec[name] = to_s1615(_full(value, n))
+        rec[name] = to_s1615(per_neuron(value, n))
     rec["this_h"] = h
     rec["reset_h"] = fx.kdivui(h, 1)
     rec["v_thresh"] = to_s1615(IZH_THRESHOLD_MV)
-    for prefix, tau in (("exc", params.tau_syn_e), ("inh", params.tau_syn_i)):
-        tau_bits = to_s1615(_full(tau, n))
-        rec[f"{prefix}_decay"] = fx.per_value(
-            lambda t: fx.expulr(-fx.kdivk(h, t)), tau_bits, dtype=np.uint32
-        )
-        rec[f"{prefix}_init"] = fx.per_value(
-            lambda t: exp_init_factor(h, t), tau_bits, dtype=np.uint32
-        )
+    fill_exp_synapses(rec, params.tau_syn_e, params.tau_syn_i, h)
     return struct.pack("<I", n) + rec.tobytes()

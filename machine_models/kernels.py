@@ -611,8 +611,10 @@ def _deliver(
                             sat[c] += 1
                         ring[idx] = total
         elif f_kind[j] == FAN_PLASTIC:
-            for _ in range(count):
-                _plastic_row(st, c, f_a[j], t, ring, lif_p)
+            # st is None on a network without plastic cores: the branch is compiled out
+            if st is not None:
+                for _ in range(count):
+                    _plastic_row(st, c, f_a[j], t, ring, lif_p)
         else:
             slot = t & (de_p[c, DE_SLOTS] - 1)
             idx = de_p[c, DE_CB] + slot * de_p[c, DE_NN] + f_a[j]
@@ -696,6 +698,24 @@ def _deliver_direct(lo, hi, row, t, nvar, var, c, em_j, em_k, g_ptr, f_a, syn, r
         _add_payload(ring, sat, c, idx, np.int64(word >> np.uint32(16)), em_k[j])
 
 
+@numba.njit(cache=True, inline="always")
+def _lif_fire(vm, r, current, r_m, v_rest, exp_tc, v_thresh, v_reset, t_refract):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+    """The LIF step of one neuron driven by ``current`` (spec 3.7): the closed-form membrane
+    update, or the refractory hold (the update of a refractory neuron is computed and
+    discarded: no branch in the loop), the threshold (>=), the reset.
+
+    Returns:
+        The new V, the new refractory timer and whether the neuron fired.
+    """
+    alpha = _mul_accum(current, r_m) + v_rest
+    free = alpha - _mul_accum(exp_tc, alpha - vm)
+    active = r <= 0
+    vm = free if active else vm
+    r = r if active else r - 1
+    fired = vm >= v_thresh
+    return (v_reset if fired else vm), (t_refract if fired else r), fired
+
+
 @numba.njit(cache=True)
 def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
     """Update neurons ``nb:hi``: input current, closed-form LIF, threshold, synapse decay.
@@ -704,7 +724,6 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
     ``input_type_conductance.h`` does, in s16.15 with truncating multiplies:
     ``g = isyn >> 10``, ``I = g_e * (E_e - V) - (-g_i) * (E_i - V) + I_offset``.
     """
-    # the update of a refractory neuron is computed and discarded: no branch in the loop
     v_ = lif.v[nb:hi]
     ref_ = lif.refract_timer[nb:hi]
     ie_ = lif.isyn_exc[nb:hi]
@@ -723,7 +742,6 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
     ei_ = lif.e_rev_i[nb:hi]
     for n in range(hi - nb):
         vm = np.int64(v_[n])
-        r = np.int64(ref_[n])
         if is_cond:
             g_e = np.int64(ie_[n]) >> COND_SHIFT
             g_i = np.int64(ii_[n]) >> COND_SHIFT
@@ -732,26 +750,19 @@ def _lif_update(nb, hi, lif, is_cond):  # type: ignore[no-untyped-def]  # pragma
             current = exc - inh + np.int64(i_off_[n])
         else:
             current = np.int64(ie_[n]) - np.int64(ii_[n]) + np.int64(i_off_[n])
-        alpha = _mul_accum(current, np.int64(r_m_[n])) + np.int64(v_rest_[n])
-        free = alpha - _mul_accum(np.int64(exp_tc_[n]), alpha - vm)
-        active = r <= 0
-        vm = free if active else vm
-        r = r if active else r - 1
-        fired = vm >= v_thr_[n]
-        v_[n] = np.int64(v_reset_[n]) if fired else vm
-        ref_[n] = np.int64(t_ref_[n]) if fired else r
-        spk_[n] = fired
+        v_[n], ref_[n], spk_[n] = _lif_fire(
+            vm,
+            np.int64(ref_[n]),
+            current,
+            np.int64(r_m_[n]),
+            np.int64(v_rest_[n]),
+            np.int64(exp_tc_[n]),
+            np.int64(v_thr_[n]),
+            np.int64(v_reset_[n]),
+            np.int64(t_ref_[n]),
+        )
         ie_[n] = (np.int64(ie_[n]) * np.int64(ed_[n])) >> 32
         ii_[n] = (np.int64(ii_[n]) * np.int64(idc_[n])) >> 32
-
-
-@numba.njit(cache=True, inline="always")
-def _lif_membrane(vm, r, current, r_m, v_rest, exp_tc):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
-    """The closed-form LIF step (spec 3.7): the new V and refractory timer."""
-    alpha = _mul_accum(current, r_m) + v_rest
-    free = alpha - _mul_accum(exp_tc, alpha - vm)
-    active = r <= 0
-    return (free if active else vm), (r if active else r - 1)
 
 
 @numba.njit(cache=True)
@@ -772,18 +783,17 @@ def _lif_delta_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: n
             - _mul_accum(np.int64(ii_[n]), scale)
             + np.int64(lif.i_offset[g])
         )
-        vm, r = _lif_membrane(
+        v_[n], ref_[n], spk_[n] = _lif_fire(
             np.int64(v_[n]),
             np.int64(ref_[n]),
             current,
             np.int64(lif.r_membrane[g]),
             np.int64(lif.v_rest[g]),
             np.int64(lif.exp_tc[g]),
+            np.int64(lif.v_thresh[g]),
+            np.int64(lif.v_reset[g]),
+            np.int64(lif.t_refract[g]),
         )
-        fired = vm >= lif.v_thresh[g]
-        v_[n] = np.int64(lif.v_reset[g]) if fired else vm
-        ref_[n] = np.int64(lif.t_refract[g]) if fired else r
-        spk_[n] = fired
         ie_[n] = 0
         ii_[n] = 0
 
@@ -839,19 +849,17 @@ def _lif_alpha_update(nb, hi, lif):  # type: ignore[no-untyped-def]  # pragma: n
         g = nb + n
         exc = _mul_accum(np.int64(lif.exc_lin[g]), np.int64(lif.exc_exp[g]))
         inh = _mul_accum(np.int64(lif.inh_lin[g]), np.int64(lif.inh_exp[g]))
-        current = exc - inh + np.int64(lif.i_offset[g])
-        vm, r = _lif_membrane(
+        v_[n], ref_[n], spk_[n] = _lif_fire(
             np.int64(v_[n]),
             np.int64(ref_[n]),
-            current,
+            exc - inh + np.int64(lif.i_offset[g]),
             np.int64(lif.r_membrane[g]),
             np.int64(lif.v_rest[g]),
             np.int64(lif.exp_tc[g]),
+            np.int64(lif.v_thresh[g]),
+            np.int64(lif.v_reset[g]),
+            np.int64(lif.t_refract[g]),
         )
-        fired = vm >= lif.v_thresh[g]
-        v_[n] = np.int64(lif.v_reset[g]) if fired else vm
-        ref_[n] = np.int64(lif.t_refract[g]) if fired else r
-        spk_[n] = fired
         lif.exc_lin[g] = np.int64(lif.exc_lin[g]) + _mul_accum(
             np.int64(lif.exc_q[g]), np.int64(lif.exc_k[g])
         )
@@ -1002,10 +1010,12 @@ def _lif_step(c, t, off, lif, rec, em_j, em_k, st):  # type: ignore[no-untyped-d
             em_j[off + m] = n
             em_k[off + m] = 1
             m += 1
-    if st.table[c, ST_PLASTIC]:
-        post0 = st.table[c, ST_POST]
-        for i in range(m):
-            _add_post_event(st, c, post0 + em_j[off + i], t)
+    # nested, not "and": numba prunes a branch on "st is not None" alone
+    if st is not None:  # noqa: SIM102
+        if st.table[c, ST_PLASTIC]:
+            post0 = st.table[c, ST_POST]
+            for i in range(m):
+                _add_post_event(st, c, post0 + em_j[off + i], t)
     return m
 
 
@@ -1186,7 +1196,9 @@ def run_windows(t0, t1, window, nvar, emit, fan, lif, rec, ssa, po, de, st):  # 
     when the spike record would overflow).
 
     The named tuples' arrays are taken out here, before the parallel loops: their bodies use
-    plain arrays only.
+    plain arrays only. ``st`` is None when no core is plastic: then this compiles without the
+    plastic paths, and the calls per emitting core and group do not carry the plastic
+    cores' arrays.
     """
     src, a_ptr, a_items, em_n, em_j, em_k = (
         emit.src,

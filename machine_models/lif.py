@@ -70,6 +70,8 @@ __all__ = [
     "encode_recording",
     "encode_synapse_params",
     "encode_synaptic_block",
+    "fill_exp_synapses",
+    "per_neuron",
     "ring_buffer_shift",
     "synapse_words",
     "weights_to_u16",
@@ -149,8 +151,26 @@ class LifParams:
     isyn_inh: npt.ArrayLike = 0.0
 
 
-def _full(value: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
+def per_neuron(value: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
+    """A parameter (one value or one per neuron) as ``n`` float64 values."""
     return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy()
+
+
+def fill_exp_synapses(
+    rec: npt.NDArray[np.void], tau_syn_e: npt.ArrayLike, tau_syn_i: npt.ArrayLike, h: int
+) -> None:
+    """Write the exponential synapses' words of every neuron of ``rec`` (spec 3.6): per type
+    d = expulr(-kdivk(h, tau)) in ``*_decay`` and the init factor in ``*_init``, from the
+    s16.15 step ``h`` and tau as the core derives them."""
+    n = rec.size
+    for prefix, tau in (("exc", tau_syn_e), ("inh", tau_syn_i)):
+        tau_bits = to_s1615(per_neuron(tau, n))
+        rec[f"{prefix}_decay"] = fx.per_value(
+            lambda t: fx.expulr(-fx.kdivk(h, t)), tau_bits, dtype=np.uint32
+        )
+        rec[f"{prefix}_init"] = fx.per_value(
+            lambda t: exp_init_factor(h, t), tau_bits, dtype=np.uint32
+        )
 
 
 def encode_neuron_params(params: LifParams, timestep_us: int) -> bytes:
@@ -165,16 +185,9 @@ def encode_neuron_params(params: LifParams, timestep_us: int) -> bytes:
     n = params.n_neurons
     h = int(to_s1615(timestep_us / 1000.0))
     rec = _lif_neuron(params, h, NEURON_DTYPE)
-    rec["isyn_exc"] = to_s1615(_full(params.isyn_exc, n))
-    rec["isyn_inh"] = to_s1615(_full(params.isyn_inh, n))
-    for prefix, tau in (("exc", params.tau_syn_e), ("inh", params.tau_syn_i)):
-        tau_bits = to_s1615(_full(tau, n))
-        rec[f"{prefix}_decay"] = fx.per_value(
-            lambda t: fx.expulr(-fx.kdivk(h, t)), tau_bits, dtype=np.uint32
-        )
-        rec[f"{prefix}_init"] = fx.per_value(
-            lambda t: exp_init_factor(h, t), tau_bits, dtype=np.uint32
-        )
+    rec["isyn_exc"] = to_s1615(per_neuron(params.isyn_exc, n))
+    rec["isyn_inh"] = to_s1615(per_neuron(params.isyn_inh, n))
+    fill_exp_synapses(rec, params.tau_syn_e, params.tau_syn_i, h)
     return struct.pack("<I", n) + rec.tobytes()
 
 
@@ -182,17 +195,19 @@ def _lif_neuron(params: LifParams, h: int, dtype: np.dtype[np.void]) -> npt.NDAr
     """The LIF neuron's words of a record of ``dtype`` (synapse fields left zero)."""
     n = params.n_neurons
     rec = np.zeros(n, dtype=dtype)
-    tau_m = to_s1615(_full(params.tau_m, n)).astype(np.int64)
-    rec["v"] = to_s1615(_full(params.v_init, n))
-    rec["v_rest"] = to_s1615(_full(params.v_rest, n))
-    rec["r_membrane"] = fx.per_value(fx.kdivk, tau_m, to_s1615(_full(params.cm, n)), dtype=np.int32)
+    tau_m = to_s1615(per_neuron(params.tau_m, n)).astype(np.int64)
+    rec["v"] = to_s1615(per_neuron(params.v_init, n))
+    rec["v_rest"] = to_s1615(per_neuron(params.v_rest, n))
+    rec["r_membrane"] = fx.per_value(
+        fx.kdivk, tau_m, to_s1615(per_neuron(params.cm, n)), dtype=np.int32
+    )
     rec["exp_tc"] = fx.per_value(lambda tau: fx.expk(-fx.kdivk(h, tau)), tau_m, dtype=np.int32)
-    rec["i_offset"] = to_s1615(_full(params.i_offset, n))
-    rec["v_reset"] = to_s1615(_full(params.v_reset, n))
-    rec["v_thresh"] = to_s1615(_full(params.v_thresh, n))
+    rec["i_offset"] = to_s1615(per_neuron(params.i_offset, n))
+    rec["v_reset"] = to_s1615(per_neuron(params.v_reset, n))
+    rec["v_thresh"] = to_s1615(per_neuron(params.v_thresh, n))
     rec["t_refract"] = fx.per_value(
         lambda ref: fx.ceil_accum(fx.kdivk(ref, h)),
-        to_s1615(_full(params.tau_refrac, n)),
+        to_s1615(per_neuron(params.tau_refrac, n)),
         dtype=np.int32,
     )
     return rec
@@ -206,8 +221,8 @@ def encode_delta_params(params: LifParams, timestep_us: int) -> bytes:
     """
     h = int(to_s1615(timestep_us / 1000.0))
     rec = _lif_neuron(params, h, DELTA_DTYPE)
-    rec["isyn_exc"] = to_s1615(_full(params.isyn_exc, params.n_neurons))
-    rec["isyn_inh"] = to_s1615(_full(params.isyn_inh, params.n_neurons))
+    rec["isyn_exc"] = to_s1615(per_neuron(params.isyn_exc, params.n_neurons))
+    rec["isyn_inh"] = to_s1615(per_neuron(params.isyn_inh, params.n_neurons))
     return struct.pack("<I", params.n_neurons) + rec.tobytes()
 
 
@@ -241,7 +256,7 @@ def encode_alpha_params(params: LifParams, timestep_us: int) -> bytes:
     h = int(to_s1615(timestep_us / 1000.0))
     rec = _lif_neuron(params, h, ALPHA_DTYPE)
     for prefix, tau in (("exc", params.tau_syn_e), ("inh", params.tau_syn_i)):
-        tau_bits = to_s1615(_full(tau, n))
+        tau_bits = to_s1615(per_neuron(tau, n))
         rec[f"{prefix}_k"] = fx.per_value(
             lambda t: alpha_constants(h, t)[0], tau_bits, dtype=np.int32
         )
@@ -274,8 +289,8 @@ def decode_neuron_params(
 def encode_input_params(n_neurons: int, e_rev_e: npt.ArrayLike, e_rev_i: npt.ArrayLike) -> bytes:
     """Encode a conductance core's input-type region: reversal potentials (mV) as s16.15."""
     rec = np.zeros(n_neurons, dtype=INPUT_DTYPE)
-    rec["e_rev_e"] = to_s1615(_full(e_rev_e, n_neurons))
-    rec["e_rev_i"] = to_s1615(_full(e_rev_i, n_neurons))
+    rec["e_rev_e"] = to_s1615(per_neuron(e_rev_e, n_neurons))
+    rec["e_rev_i"] = to_s1615(per_neuron(e_rev_i, n_neurons))
     return struct.pack("<I", n_neurons) + rec.tobytes()
 
 

@@ -12,7 +12,10 @@ thread count and length from the time per step it has measured::
     windows:  1    4    1    4    24         4    24          4
               warm-up and probes             probes of the loser, ever rarer while it loses
 
-Probes are short, so that trying a thread count that has collapsed again costs little. The
+Probes are short, so that trying a thread count that has collapsed again costs little. When
+the count in use falls behind the other's estimate through its own chunks (one slow chunk, a
+burst of another process), that estimate is as old as its last probe: the count just left is
+measured once more, a probe's length, before the other runs for long. The
 results never depend on the choice (the kernels give the same bits on any number of
 threads); only the wall time does. The first chunk of each count is not measured: it may
 include starting the threads or loading compiled code.
@@ -52,6 +55,7 @@ class ThreadPolicy:
     _best: int = 0
     _since_probe: int = 0
     _interval: int = FIRST_PROBE_INTERVAL
+    _recheck: bool = False
 
     def next_chunk(self) -> tuple[int, int]:
         """The thread count and the length in windows of the next chunk."""
@@ -59,7 +63,7 @@ class ThreadPolicy:
             seen = self._seen.get(threads, 0)
             if seen < 2:  # a warm-up chunk and a measured one of each
                 return threads, WARM_UP_WINDOWS if seen == 0 else PROBE_WINDOWS
-        if self._since_probe >= self._interval:
+        if self._recheck or self._since_probe >= self._interval:
             return (1 if self._best == self.n_threads else self.n_threads), PROBE_WINDOWS
         return self._best, CHUNK_WINDOWS
 
@@ -83,6 +87,14 @@ class ThreadPolicy:
         self._best = min(self._per_step, key=self._per_step.__getitem__)
         if not was_best or threads == was_best:
             self._since_probe += 1
+            # the count in use slowed below the other's estimate, which is as old as its last
+            # probe: measure the count it leaves once more before running the other for long
+            # (one slow chunk, another process's burst, must not cost a probe interval)
+            self._recheck = bool(was_best) and self._best != was_best
+            return
+        if self._recheck:
+            # that measurement: it settles the best, the probes keep their schedule
+            self._recheck = False
             return
         # a probe of the loser
         self._since_probe = 0

@@ -120,17 +120,85 @@ def _weight_scale(post: Population) -> float:
     return post.cell.weight_scale if isinstance(post.cell, NeuronCell) else 1.0
 
 
+POISSON_SIGMA_SUMMATION_LIMIT = 3.0
+"""Standard deviations above the mean spike count at which 7.4.1 ends the Poisson sum of the
+weight variance (its ``POSSION_SIGMA_SUMMATION_LIMIT``)."""
+
+
+@dataclass
+class _RunningStats:
+    """7.4.1's ``RunningStats``: mean and variance of items added in batches by their own."""
+
+    n_items: int = 0
+    mean: float = 0.0
+    mean_2: float = 0.0
+
+    def add_items(self, mean: float, variance: float, n_items: int) -> None:
+        """Add ``n_items`` items of that mean and (sample) variance."""
+        if n_items <= 0:
+            return
+        total = self.n_items + n_items
+        delta = mean - self.mean
+        self.mean_2 += variance * (n_items - 1.0) + delta * delta * self.n_items * n_items / total
+        self.mean = (self.n_items * self.mean + n_items * mean) / total
+        self.n_items = total
+
+    @property
+    def variance(self) -> float:
+        return 0.0 if self.n_items <= 1 else self.mean_2 / (self.n_items - 1.0)
+
+
+def _log_poisson_below(lam: float, upper: int) -> float:
+    """log of sum_{k < upper} lam**k / k!, summed in logs (no overflow for large ``lam``)."""
+    terms = [k * math.log(lam) - math.lgamma(k + 1) for k in range(upper)]
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+def expected_upper_bound(
+    weight_mean: float,
+    weight_sd: float,
+    spikes_per_second: float,
+    n_synapses: int,
+    sigma: float,
+    steps_per_second: float,
+) -> float:
+    """7.4.1's ``_ring_buffer_expected_upper_bound``: mean + sigma sd of one step's summed input.
+
+    ``n_synapses`` sources at ``spikes_per_second`` bring lam = n r / steps spikes a step.
+    The variance has a Poisson part, lam x mean**2, and a weight part, the weight variance
+    times the expected count over counts up to U = round(lam + 3 sqrt(lam)):
+    sum_{k <= U} P(k) k sd**2 = lam sd**2 P(count < U). 7.4.1 writes the last factor as
+    ``exp(-lam) (exp(lam) gammaincc(U + 1, lam) - lam**U / U!)``, the same sum, and leaves the
+    weight part out where log(lam**U / U!) is 0 or beyond +-701 (so always when U is 0, a
+    handful of synapses at a fine timestep).
+    """
+    lam = n_synapses * spikes_per_second / steps_per_second
+    poisson_variance = lam * weight_mean**2
+    upper = round(lam + POISSON_SIGMA_SUMMATION_LIMIT * math.sqrt(lam))
+    weight_variance = 0.0
+    if weight_sd > 0 and lam > 0:
+        big_ratio = math.log(lam) * upper - math.lgamma(1 + upper)
+        if -701.0 < big_ratio < 701.0 and big_ratio != 0.0:
+            weight_variance = math.exp(
+                -lam + math.log(lam) + 2.0 * math.log(weight_sd) + _log_poisson_below(lam, upper)
+            )
+    return lam * weight_mean + sigma * math.sqrt(poisson_variance + weight_variance)
+
+
 def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, int], int]:
     """The ring-buffer weight shift of every (target population, synapse type), as 7.4.1 picks it.
 
-    For each synapse type W is the largest summed weight one step may bring (spec 3.5):
+    For each synapse type W is the largest summed weight one step may bring (spec 3.5), from
+    each projection's largest in-degree n, the mean, variance and largest of its |weights|
+    (an STDP projection counts as all at the rule's ``w_max``, 7.4.1's ``get_weight_mean``),
+    and the variance of its delays (``population_vertex.py``'s ``_Stats``):
 
-    * when every projection of that type has one delay for all its synapses (the usual case),
-      the worst case: the sum over those projections of max in-degree x max |weight|, every
-      source counting as one spike per step;
-    * otherwise mean + ``ring_buffer_sigma`` standard deviations of the summed input with every
-      source firing at ``spikes_per_second``, capped by that worst case, at least the largest
-      weight.
+    * when no projection of that type has delays that vary, the worst case: the sum over the
+      projections of n x max |weight|, every source counting as one spike per step;
+    * otherwise :func:`expected_upper_bound` of all the type's synapses pooled (7.4.1's
+      ``RunningStats``, n the sum of the projections' n) with every source firing at
+      ``spikes_per_second``, capped by that worst case, at least the largest weight.
 
     The shift is then ceil(log2 W), one more when W is a power of two, at least 0.
     ``config.weight_shifts``, when given, is used as it is (a run continued after a
@@ -138,37 +206,29 @@ def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, in
     """
     if config.weight_shifts is not None:
         return dict(config.weight_shifts)
-    dt_s = network.dt_ms / 1000.0
-    mean: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
-    var: dict[tuple[int, int], npt.NDArray[np.float64]] = {}
+    steps_per_second = 1000.0 / network.dt_ms
+    spikes_per_step = max(1.0, config.spikes_per_second / steps_per_second)
+    weights: dict[tuple[int, int], _RunningStats] = {}
+    delays: dict[tuple[int, int], _RunningStats] = {}
     biggest: dict[tuple[int, int], float] = {}
     worst: dict[tuple[int, int], float] = {}
-    has_one_delay: dict[tuple[int, int], bool] = {}
-    lam = config.spikes_per_second * dt_s
     for proj in network.projections:
         _, post, weight, delay = proj.synapses(network.dt_ms)
         if weight.size == 0:
             continue
+        magnitude = np.abs(weight) * _weight_scale(proj.post)
+        w_max = float(magnitude.max())
+        w_mean, w_var = float(magnitude.mean()), float(magnitude.var())
         if isinstance(proj.synapse, StdpSynapse):
-            # 7.4.1 scales for the largest weight the rule may set (get_weight_maximum)
-            weight = np.maximum(weight, proj.synapse.w_max)
-        weight = weight * _weight_scale(proj.post)
-        syn_type = 0 if proj.receptor_type == "excitatory" else 1
-        slot = (proj.post.index, syn_type)
-        size = proj.post.size
-        in_degree = np.bincount(post, minlength=size)
-        w_max = float(weight.max())
-        worst[slot] = worst.get(slot, 0.0) + float(in_degree.max()) * w_max
+            # 7.4.1 scales for the largest weight the rule may set, every weight at it
+            w_max = max(w_max, proj.synapse.w_max * _weight_scale(proj.post))
+            w_mean, w_var = w_max, 0.0
+        slot = (proj.post.index, 0 if proj.receptor_type == "excitatory" else 1)
+        n_conns = int(np.bincount(post, minlength=proj.post.size).max())
+        weights.setdefault(slot, _RunningStats()).add_items(w_mean, w_var, n_conns)
+        delays.setdefault(slot, _RunningStats()).add_items(0.0, float(np.var(delay)), n_conns)
+        worst[slot] = worst.get(slot, 0.0) + spikes_per_step * w_max * n_conns
         biggest[slot] = max(biggest.get(slot, 0.0), w_max)
-        has_one_delay[slot] = has_one_delay.get(slot, True) and float(delay.min()) == float(
-            delay.max()
-        )
-        mean[slot] = mean.get(slot, np.zeros(size)) + np.bincount(
-            post, weights=weight * lam, minlength=size
-        )
-        var[slot] = var.get(slot, np.zeros(size)) + np.bincount(
-            post, weights=weight * weight * lam, minlength=size
-        )
     shifts: dict[tuple[int, int], int] = {}
     for pop in network.populations:
         for syn_type in (0, 1):
@@ -176,10 +236,18 @@ def weight_shifts(network: Network, config: MappingConfig) -> dict[tuple[int, in
             if slot not in worst:
                 shifts[slot] = 0
                 continue
-            if has_one_delay[slot]:
-                bound = worst[slot]
+            if delays[slot].variance == 0.0:
+                bound = max(worst[slot], biggest[slot])
             else:
-                spread = float((mean[slot] + config.ring_buffer_sigma * np.sqrt(var[slot])).max())
+                stats = weights[slot]
+                spread = expected_upper_bound(
+                    stats.mean,
+                    math.sqrt(stats.variance),
+                    config.spikes_per_second,
+                    stats.n_items,
+                    config.ring_buffer_sigma,
+                    steps_per_second,
+                )
                 bound = max(min(spread, worst[slot]), biggest[slot])
             shifts[slot] = ring_buffer_shift(bound)
     return shifts

@@ -4,6 +4,7 @@ lengths and thread counts."""
 from __future__ import annotations
 
 import numba
+import numpy as np
 import pytest
 
 from machine_models import Executor, Image, Topology, executor, validate
@@ -112,3 +113,28 @@ def test_the_kernels_neuron_fields_are_the_regions() -> None:
             if record is not None:
                 assert set(record.names or ()) <= set(kernels.NEURON_FIELDS)
     assert set(kernels.NEURON_STATE_FIELDS) <= set(kernels.NEURON_FIELDS)
+
+
+def test_chunks_on_one_thread_walk_the_groups_of_a_one_thread_run() -> None:
+    # more groups keep n threads busy but cost one thread a walk over each group's packets:
+    # a chunk on one thread runs the grouping that a run on one thread alone would
+    most = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    if most < 2:
+        pytest.skip("needs two numba threads")
+    image = recurrent_network(seed=4, min_delay=6)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        alone = Executor(image, BOARD)
+        numba.set_num_threads(2)
+        both = Executor(image, BOARD)
+    finally:
+        numba.set_num_threads(before)
+    assert sorted(alone._layouts) == [1]
+    assert sorted(both._layouts) == [1, 2]
+    one, two = alone._layout(1), both._layout(1)
+    for mine, theirs in zip(
+        (one.a_ptr, one.a_items, *one.fanout), (two.a_ptr, two.a_items, *two.fanout), strict=True
+    ):
+        assert np.array_equal(mine, theirs)
+    assert both._layout(2).a_ptr.size - 1 == 2 * (one.a_ptr.size - 1)

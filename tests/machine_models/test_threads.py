@@ -64,6 +64,23 @@ def test_a_load_that_leaves_is_noticed() -> None:
     assert chosen[300:].count(2) > 290
 
 
+def test_one_slow_chunk_costs_one_probe_not_a_probe_interval() -> None:
+    # one core busy: two threads 1.2 times slower than one; every tenth chunk another
+    # process's burst makes one thread three times slower for that chunk
+    chosen, ratio = simulate(400, lambda c, t: (3.0 if c % 10 == 5 else 1.0) if t == 1 else 1.2)
+    # each burst is followed by one short measurement of one thread, not 16 chunks on two
+    assert chosen[4:].count(2) <= 30
+    assert ratio < 1.005
+    # the probes of the loser keep their schedule through the bursts
+    assert chosen[4:].count(2) >= 10
+
+
+def test_a_slow_chunk_on_a_quiet_machine_keeps_the_threads() -> None:
+    chosen, ratio = simulate(400, lambda c, t: (3.0 if c % 10 == 5 else 0.6) if t == 2 else 1.0)
+    assert chosen[4:].count(2) > 380
+    assert ratio < 0.9
+
+
 def _wait_policy_in_child(env: dict[str, str]) -> str:
     """What a fresh process that imports the package and runs a parallel kernel has set."""
     import os
