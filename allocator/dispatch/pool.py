@@ -39,6 +39,8 @@ __all__ = ["PoolObserver", "RunEvents", "RunTicket", "WorkerPool"]
 log = logging.getLogger("allotment.dispatch")
 
 _CHECK_S: Final = 0.25
+_EXIT_GRACE_S: Final = 2.0
+"""How long a worker whose output closed may take to exit before it is killed."""
 _PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -299,9 +301,16 @@ class WorkerPool:
             self._workers.add(worker)
             try:
                 await self._serve(worker)
+                # Its output closed: the worker is ending. Let it end by itself, so that its
+                # own exit status is read: killing it first has `Popen` reap it, and asyncio
+                # then reports the status as 255.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_EXIT_GRACE_S):
+                        await process.wait()
             finally:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
                 code = await process.wait()
                 self._workers.discard(worker)
                 self._worker_ended(worker, code)
