@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from allocator.dispatch.storage import IMAGE_FILE, RESULTS_FILE, STATE_FILE, ImageInfo
 from allocator.dispatch.topology import TopologySpec
 from allocator.dispatch.validation import decode_file, validated
+from allocator.logoutput import ServerFormatter
 from machine_models.errors import MachineModelError
 from machine_models.executor import Executor, Results
 from machine_models.results_file import decode_results, encode_results, join_results
@@ -255,14 +256,16 @@ def _warm(out: IO[bytes]) -> None:
     except Exception:
         log.warning("loading the chip model's kernels failed", exc_info=True)
         return
-    log.info("kernels loaded in %.2f s", time.perf_counter() - started)
+    log.info("worker %d: kernels loaded in %.2f s", os.getpid(), time.perf_counter() - started)
     _send(out, WorkerMessage(kind="warmed"))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Serve run orders from standard input until it closes (``--nice N``: lower priority)."""
     args = argv if argv is not None else sys.argv[1:]
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ServerFormatter())  # the server's own layout, on the same stderr
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     if args[:1] == ["--nice"] and len(args) == 2:
         os.nice(int(args[1]))
     out = sys.stdout.buffer
