@@ -11,7 +11,8 @@ Usage: ``python bench/brunel.py [--network brunel-exp|brunel-exp-small] [--seed 
 ``--busy N`` keeps N cores busy (N processes spinning) while the benchmark runs, as other runs
 and the server do beside a worker. ``--compare R`` runs the benchmark R times with numba's
 default thread count and R times with ``NUMBA_NUM_THREADS=1``, alternating (ABAB, BABA ...),
-each in a fresh process, prints every run's line and then a summary line comparing run_s.
+each in a fresh process after one untimed warm-up run, prints every run's line and then a
+summary line comparing run_s.
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ def compare(args: argparse.Namespace) -> None:
     env_one = dict(os.environ, NUMBA_NUM_THREADS="1")
     env_default = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
     runs: dict[str, list[float]] = {"default": [], "one_thread": []}
+    # One untimed run first: on a fresh checkout it fills numba's on-disk cache, whose
+    # one-off compile would otherwise land in the first timed round's run_s.
+    subprocess.run(base, env=env_default, capture_output=True, text=True, check=True)
     with busy_cores(args.busy):
         for round_index in range(args.compare):
             order = ["default", "one_thread"]
