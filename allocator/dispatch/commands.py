@@ -452,10 +452,15 @@ class DispatchCommands:
                 update |= {"snapshot": kept, "is_state_saved": True}
             job.record = job.record.model_copy(update=update)
             await self._in_thread(path.replace, folder / IMAGE_FILE)
+            discarded: Path | None = None
             if kept is None and previous is not None:
-                # The state there was of the image replaced: it must never be continued.
-                await self._in_thread(_remove_state, folder / previous)
+                # The state there was of the image replaced: it must never be continued. A
+                # rename takes it out of the way at once; removing a big file takes a while,
+                # so that is done after the reply (a restart removes what a crash left).
+                discarded = await self._in_thread(_set_aside_state, folder / previous)
             await self._save(job)
+            if discarded is not None:
+                self._file_thread.submit(_remove_file, discarded)
             if kept is not None and previous is not None:
                 await self._in_thread(storage.remove_folder, folder / previous)
             log.info(
@@ -1045,3 +1050,25 @@ def _remove_files(folder: Path, snapshot: str | None) -> None:
 def _remove_state(snapshot: Path) -> None:
     with contextlib.suppress(OSError):
         (snapshot / STATE_FILE).unlink(missing_ok=True)
+
+
+def _set_aside_state(snapshot: Path) -> Path | None:
+    """Rename a snapshot's state to a leftover temporary name in the job's folder, or None.
+
+    The job folder's ``*.tmp`` files are removed when the server starts, so a state set
+    aside is never continued even if the server stops before `_remove_file` takes it.
+    """
+    aside = snapshot.parent / f"discarded-{secrets.token_hex(8)}.tmp"
+    try:
+        (snapshot / STATE_FILE).rename(aside)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        _remove_state(snapshot)  # could not rename: remove it in place, as before
+        return None
+    return aside
+
+
+def _remove_file(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

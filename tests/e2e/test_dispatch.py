@@ -354,6 +354,29 @@ async def test_a_keep_state_load_before_any_run_loads_afresh(server: ServerProce
     _assert_same(remote, _in_process(other, 50)[0])
 
 
+async def test_a_new_image_drops_the_old_state_and_runs_from_the_image(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
+        assert (await _run(client, job_id, token, 60)).state is RunState.DONE
+        folder = _job_folder(server, job_id)
+        for _ in range(200):  # the worker saves the state after the run is done
+            if list(folder.glob("snap-*/state.pickle")):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"no state saved: {_leftovers(server, job_id)}")
+        other = map_network(_network(n=120, seed=8), mapped.topology)
+        await client.load_image(job_id, other.image.encode(), token=token)
+        # Out of the snapshot before the reply, whatever the removal's progress.
+        assert not list(folder.glob("snap-*/state.pickle"))
+        await _eventually_empty_but(server, job_id, {"record.json", "image.bin", "snap-1"})
+        assert (await _run(client, job_id, token, 50)).state is RunState.DONE
+        remote, _ = _decode(await client.fetch_results(job_id, token))
+    _assert_same(remote, _in_process(other, 50)[0])
+
+
 async def _eventually_empty_but(server: ServerProcess, job_id: int, kept: set[str]) -> None:
     for _ in range(200):
         if set(_leftovers(server, job_id)) == kept:
@@ -687,10 +710,14 @@ async def test_server_killed_during_a_run_then_restarted(start_server: Any) -> N
         assert (await _run(client, job_id, token, 80)).state is RunState.DONE
         await _until_running(client, job_id, token)
     first.kill()
+    # A state set aside by an image's load and not yet removed when the server died.
+    aside = _job_folder(first, job_id) / "discarded-0123456789abcdef.tmp"
+    aside.write_bytes(b"a replaced image's state")
     second = first.restarted()
     try:
         async with await _client(second) as client:
             status = await client.run_status(job_id, token)
+            assert not aside.exists()
             assert status.state is RunState.FAILED
             assert status.reason == "the server restarted while run 2 was in flight"
             earlier, _ = _decode(await client.fetch_results(job_id, token))
