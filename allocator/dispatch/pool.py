@@ -204,6 +204,8 @@ class WorkerPool:
                 try:
                     await asyncio.Future()  # until cancelled
                 except asyncio.CancelledError:
+                    # Stopping: no new workers, and the ends of these are no crashes.
+                    self._task_group = None
                     for worker in self._workers:
                         if worker.ticket is not None and worker.kill_reason is None:
                             worker.kill_reason = (

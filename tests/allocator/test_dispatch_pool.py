@@ -87,3 +87,33 @@ async def test_a_state_that_fails_to_save_is_reported_and_the_worker_serves_the_
         pool.submit(events.ticket(2, n_steps=5))
         assert await asyncio.wait_for(events.saved[2], 30) is True
         running.cancel()
+
+
+class _Crashes:
+    count = 0
+
+    def worker_crashed(self) -> None:
+        self.count += 1
+
+
+@pytest.mark.timeout(60)
+async def test_workers_stopped_with_the_server_are_no_crash(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    crashes = _Crashes()
+    pool = WorkerPool(
+        2,
+        memory_bytes=1 << 30,
+        wall_s=60.0,
+        observer=crashes,
+        command=[sys.executable, "-c", _SCRIPTED_WORKER],
+    )
+    events = _Recorder()
+    with caplog.at_level("INFO", logger="allotment.dispatch"):
+        async with asyncio.TaskGroup() as tg:
+            pool.submit(events.ticket(1, n_steps=5))
+            running = tg.create_task(pool.run())
+            assert await asyncio.wait_for(events.saved[1], 30) is True
+            running.cancel()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    assert crashes.count == 0
