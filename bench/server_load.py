@@ -65,6 +65,10 @@ height = 20
 board_locations = "spinn1m-ethernet-chips.csv"
 """
 
+LOAD_TOML = SERVER_TOML + '\n[dispatch]\nstart_workers = "on_upload"\n'
+"""The allocation load's server: no image is loaded, so no dispatch worker starts (a worker
+warming its kernels at start would take CPU from the first seconds of the load)."""
+
 
 class LoadClient(asyncio.Protocol):
     """One connection that issues requests one at a time and times them.
@@ -210,7 +214,7 @@ async def run_load(
 
 @contextlib.contextmanager
 def own_server(
-    db_url: str | None, config_text: str = SERVER_TOML, *, extra_args: Sequence[str] = ()
+    db_url: str | None, config_text: str = LOAD_TOML, *, extra_args: Sequence[str] = ()
 ) -> Iterator[tuple[str, int, int]]:
     """Start a server subprocess on a temporary SQLite file (or `db_url`) and stop it after.
 
