@@ -77,18 +77,7 @@ def build(n_neurons: int, ce: int, ci: int, seed: int) -> tuple[Image, int]:
             ),
             ((0, row_len), (block.size * 4, 1)),
         )
-        params = lif.LifParams(
-            PER_CORE,
-            v_init=rng.uniform(10, 20, PER_CORE),
-            v_rest=0.0,
-            cm=0.25,
-            tau_m=20.0,
-            v_reset=10.0,
-            v_thresh=20.0,
-            tau_refrac=2.0,
-            tau_syn_e=0.5,
-            tau_syn_i=0.5,
-        )
+        params = lif.brunel_cell(PER_CORE, rng.uniform(10, 20, PER_CORE))
         cores.append(
             CoreImage(
                 chip,

@@ -56,6 +56,7 @@ __all__ = [
     "RecordingParams",
     "SynapseParams",
     "alpha_constants",
+    "brunel_cell",
     "decode_input_params",
     "decode_neuron_params",
     "decode_pop_table",
@@ -149,6 +150,22 @@ class LifParams:
     tau_syn_i: npt.ArrayLike = 5.0
     isyn_exc: npt.ArrayLike = 0.0
     isyn_inh: npt.ArrayLike = 0.0
+
+
+def brunel_cell(n_neurons: int, v_init: npt.ArrayLike) -> LifParams:
+    """Neurons of Brunel (2000) model A, the benchmark specification's cell, for one core."""
+    return LifParams(
+        n_neurons,
+        v_init=v_init,
+        v_rest=0.0,
+        cm=0.25,
+        tau_m=20.0,
+        v_reset=10.0,
+        v_thresh=20.0,
+        tau_refrac=2.0,
+        tau_syn_e=0.5,
+        tau_syn_i=0.5,
+    )
 
 
 def per_neuron(value: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:

@@ -50,18 +50,7 @@ def warm_up_image() -> Image:
         (lif.MasterPopEntry(_POISSON_KEY, _KEY_MASK, 0, 1, _COLOUR_BITS, 0, 0, 0),),
         ((0, 1),),
     )
-    params = lif.LifParams(
-        _N_NEURONS,
-        v_init=np.full(_N_NEURONS, 15.0),
-        v_rest=0.0,
-        cm=0.25,
-        tau_m=20.0,
-        v_reset=10.0,
-        v_thresh=20.0,
-        tau_refrac=2.0,
-        tau_syn_e=0.5,
-        tau_syn_i=0.5,
-    )
+    params = lif.brunel_cell(_N_NEURONS, np.full(_N_NEURONS, 15.0))
     chip = ChipXY(0, 0)
     neurons = CoreImage(
         chip,

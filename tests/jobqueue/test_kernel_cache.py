@@ -111,3 +111,35 @@ def test_a_failed_fill_leaves_no_cache_and_nothing_half_made(tmp_path: Path) -> 
     assert [p.name for p in (tmp_path / "root").iterdir()] == [f"{cache.key}.lock"]
     assert not cache.copy_to(tmp_path / "job")
     assert not (tmp_path / "job").exists()
+
+
+def test_where_the_tree_is_read_only_the_warm_up_compiles_into_the_new_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = _package(tmp_path)
+    # As for a tree installed read-only (the tests run as any user, so the check is faked).
+    monkeypatch.setattr("jobqueue.kernel_cache._is_writable", lambda cache_dir: False)
+    compiled: list[Path | None] = []
+
+    def compile_into(where: Path | None) -> bool:
+        compiled.append(where)
+        assert where is not None
+        entries = where / numba_subpath(package)  # numba's layout under NUMBA_CACHE_DIR
+        entries.mkdir(parents=True)
+        (entries / "f-1.py311.nbi").write_bytes(b"index")
+        (entries / "f-1.py311.1.nbc").write_bytes(b"data")
+        return True
+
+    cache = KernelCache(tmp_path / "root", package_dirs=[package])
+    assert cache.fill(compile_into)
+    (where,) = compiled
+    assert where is not None
+    assert where.parent == tmp_path / "root"
+    assert where != cache.path
+    assert not where.exists()  # the scratch folder became the cache
+    assert cache.is_warm
+    copied = cache.path / numba_subpath(package)
+    assert sorted(p.name for p in copied.iterdir()) == ["f-1.py311.1.nbc", "f-1.py311.nbi"]
+    assert not (package / "__pycache__").exists()
+    assert cache.fill(compile_into)
+    assert len(compiled) == 1  # warm: not compiled again
