@@ -197,15 +197,20 @@ class ImageUpload:
         if self._is_paused and self._in_flight_bytes < _RESUME_BYTES:
             self._resume()
 
-    def _flushed(self, future: asyncio.Future[str]) -> None:
+    def _stored(self, future: asyncio.Future[Any]) -> bool:
+        """Whether a step of storing the file (flush, sync) went well; if not, abort."""
         if self._is_aborted:
-            return
+            return False
         error = future.exception()
         if error is not None:
             self.abort(f"the image could not be stored: {error}")
-            return
-        self._digest = future.result()
-        self._resolve()
+            return False
+        return True
+
+    def _flushed(self, future: asyncio.Future[str]) -> None:
+        if self._stored(future):
+            self._digest = future.result()
+            self._resolve()
 
     def _resolve(self) -> None:
         """`finished` once the image is hashed and written and its trailer has come."""
@@ -213,14 +218,9 @@ class ImageUpload:
             self.finished.set_result(self._digest)
 
     def _closed(self, future: asyncio.Future[None]) -> None:
-        if self._is_aborted:
-            return
-        error = future.exception()
-        if error is not None:
-            self.abort(f"the image could not be stored: {error}")
-            return
-        self._synced.set_result(None)
-        self._thread.shutdown(wait=False)
+        if self._stored(future):
+            self._synced.set_result(None)
+            self._thread.shutdown(wait=False)
 
     def _resume(self) -> None:
         if self._is_paused:
