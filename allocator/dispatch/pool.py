@@ -79,9 +79,14 @@ class RunTicket:
         return self.order.run_id
 
     @property
+    def is_run(self) -> bool:
+        """Whether this is a run, not the state hand-over of a keep-state load."""
+        return self.order.new_image is None
+
+    @property
     def what(self) -> str:
         """The run, or the state hand-over of a keep-state load, in words (for messages)."""
-        if self.order.new_image is not None:
+        if not self.is_run:
             return f"the state hand-over of job {self.job_id} to its new image"
         return f"run {self.run_id} of job {self.job_id}"
 
@@ -166,13 +171,13 @@ class WorkerPool:
 
     @property
     def n_queued(self) -> int:
-        """Runs waiting for a worker."""
-        return len(self._queue)
+        """Runs waiting for a worker (a keep-state load's hand-over is no run)."""
+        return sum(1 for ticket in self._queue if ticket.is_run)
 
     @property
     def n_running(self) -> int:
-        """Runs on a worker now."""
-        return sum(1 for w in self._workers if w.ticket is not None)
+        """Runs on a worker now (a keep-state load's hand-over is no run)."""
+        return sum(1 for w in self._workers if w.ticket is not None and w.ticket.is_run)
 
     @property
     def worker_pids(self) -> list[int]:

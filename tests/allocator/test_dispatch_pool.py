@@ -117,3 +117,16 @@ async def test_workers_stopped_with_the_server_are_no_crash(
             running.cancel()
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
     assert crashes.count == 0
+
+
+async def test_a_state_hand_over_is_not_counted_as_a_run() -> None:
+    pool = WorkerPool(1, memory_bytes=1 << 30, wall_s=60.0, command=[sys.executable, "-c", ""])
+    events = _Recorder()
+    run = events.ticket(1, n_steps=5)
+    hand_over = events.ticket(2, n_steps=0)
+    hand_over.order = hand_over.order.model_copy(update={"new_image": "upload-1.tmp"})
+    for ticket in (hand_over, run):
+        pool.submit(ticket)  # queued: the pool is not running, so no worker takes them
+    assert (hand_over.is_run, run.is_run) == (False, True)
+    assert pool.n_queued == 1
+    assert pool.queue_position(run) == 1  # it waits behind the hand-over all the same
