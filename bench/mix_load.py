@@ -81,7 +81,7 @@ def _client(
     weights = [weight for _, weight in mix]
     latencies: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
-    cycles = 0
+    cycles = with_boards = 0
     client = ProtocolClient(host, port)
     client.connect(CONNECT_TIMEOUT_S)
     barrier.wait()
@@ -110,14 +110,23 @@ def _client(
             timed("get_job_state", client.get_job_state, job_id)
             timed("job_keepalive", client.job_keepalive, job_id)
             timed("job_keepalive", client.job_keepalive, job_id)
-            timed("get_job_machine_info", client.get_job_machine_info, job_id)
+            info = timed("get_job_machine_info", client.get_job_machine_info, job_id)
+            if isinstance(info, dict) and info.get("width") is not None:
+                with_boards += 1
             timed("destroy_job", client.destroy_job, job_id, "bench")
             cycles += 1
             if cycles % 10 == 0:
                 timed("list_jobs", client.list_jobs)
     finally:
         client.close()
-    results.put({"latencies": dict(latencies), "errors": dict(errors), "cycles": cycles})
+    results.put(
+        {
+            "latencies": dict(latencies),
+            "errors": dict(errors),
+            "cycles": cycles,
+            "with_boards": with_boards,
+        }
+    )
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:
@@ -176,6 +185,7 @@ def run_mix(
             errors[what] += count
     n_requests = sum(len(v) for v in latencies.values())
     n_cycles = sum(report["cycles"] for report in reports)
+    n_with_boards = sum(report["with_boards"] for report in reports)
     per_command = latency_summary(latencies)
     return {
         "benchmark": "server_load_mix",
@@ -187,6 +197,9 @@ def run_mix(
         "requests_per_s": round(n_requests / elapsed_s, 1),
         "job_cycles": n_cycles,
         "job_cycles_per_s": round(n_cycles / elapsed_s, 1),
+        # The share of jobs whose boards get_job_machine_info named (allocated by then): a
+        # server that leaves jobs queued answers the cycle's requests with less work.
+        "allocated_at_machine_info": round(n_with_boards / n_cycles, 3) if n_cycles else None,
         "latency": per_command,
         "server_cpu_us_per_request": (
             None
