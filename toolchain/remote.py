@@ -85,6 +85,8 @@ class RemoteMachine:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._keepalive_error: str | None = None
         self._is_closed = False
+        self._has_run = False
+        """Whether a run has ended done since the last plain load (so a state is kept)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="allotment-remote", daemon=True
@@ -295,10 +297,18 @@ class RemoteMachine:
         limit = _CALL_TIMEOUT_S + len(data) / _UPLOAD_BYTES_PER_S
         if keep_state:
             limit += _HAND_OVER_S
-        self._call(self._load(data, limit, keep_state), limit + _CALL_TIMEOUT_S)
+        state_step = self._call(self._load(data, limit, keep_state), limit + _CALL_TIMEOUT_S)
         self._image = image
+        if keep_state and self._has_run and state_step == 0:
+            # The server keeps a state whenever a run left one: none means it went.
+            raise RemoteError(
+                f"job {self.job_id} kept no running state (the image loaded, but the next"
+                " run starts from it): load it without keep_state, or run afresh"
+            )
+        if not keep_state:
+            self._has_run = False
 
-    async def _load(self, data: bytes, limit: float, keep_state: bool) -> None:
+    async def _load(self, data: bytes, limit: float, keep_state: bool) -> int:
         client = self._require_client()
         loaded = await client.load_image(
             self.job_id,
@@ -309,6 +319,7 @@ class RemoteMachine:
             timeout_s=limit,
         )
         self._token = loaded.token
+        return loaded.state_step
 
     def run(
         self,
@@ -355,6 +366,7 @@ class RemoteMachine:
                 f"run {status.run_id} of job {self.job_id} on {self._where} {status.state}:"
                 f" {status.reason}"
             )
+        self._has_run = True
         if progress is not None:
             progress(status.steps_done, status.steps_total)
 

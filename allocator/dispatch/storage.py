@@ -80,6 +80,9 @@ class JobFolderRecord(_Frozen):
     snapshot: str | None = None
     state_step: int = 0
     is_state_saved: bool = False
+    state_lost: str | None = None
+    """Why the running state went with the image (boards reset or powered off), until the
+    next image: a keep-state load is refused with it rather than quietly starting afresh."""
     ended_at: float | None = None
 
 

@@ -223,7 +223,15 @@ class ServerMachine:
         """Upload the image: the next run starts afresh from it, or, carrying the state,
         goes on from where the last one left the chips (the server's ``keep_state``)."""
         is_kept = is_carrying_state and not self._is_fresh
-        self._require().load(image, keep_state=is_kept)
+        try:
+            self._require().load(image, keep_state=is_kept)
+        except RemoteError as error:
+            if not is_kept:
+                raise
+            raise RemoteError(
+                f"{error} (sim.reset() starts the network again from time 0 with the new"
+                " parameters)"
+            ) from None
         if not is_kept:
             self.restart()
 
