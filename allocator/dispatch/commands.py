@@ -281,7 +281,7 @@ class DispatchCommands:
                 if record.ended_at is None:
                     job.record = job.record.model_copy(update={"ended_at": now})
             elif record.image is not None and not _is_ready(service_record):
-                self._forget_image(job)
+                self._forget_image(job, f"job {record.job_id}'s boards were powered off")
             job.status = self._status_of_record(job)
             await self._save(job)
 
@@ -332,20 +332,27 @@ class DispatchCommands:
 
     def _end_job(self, job: _Job, why: str) -> None:
         self._stop_run(job, RunState.STOPPED, why)
-        self._forget_image(job)
+        self._forget_image(job, why)
         job.record = job.record.model_copy(update={"ended_at": self._wall_clock()})
         self._background(self._save(job))
 
     def _lose_image(self, job: _Job, why: str) -> None:
         self._stop_run(job, RunState.STOPPED, f"{why}; the image is gone, load it again")
-        self._forget_image(job)
+        self._forget_image(job, why)
         self._background(self._save(job))
 
-    def _forget_image(self, job: _Job) -> None:
-        """The boards lost what they held: no image, no state to continue from."""
+    def _forget_image(self, job: _Job, why: str) -> None:
+        """The boards lost what they held: no image, no state to continue from (`why`)."""
         job.saving = None  # a state still being saved is of the image that is gone
+        had_state = job.record.state_step > 0 or job.record.state_lost is not None
         job.record = job.record.model_copy(
-            update={"image": None, "topology": None, "is_state_saved": False, "state_step": 0}
+            update={
+                "image": None,
+                "topology": None,
+                "is_state_saved": False,
+                "state_step": 0,
+                "state_lost": why if had_state else None,
+            }
         )
         folder = job_folder(self._directory, job.job_id)
         snapshot = job.record.snapshot
@@ -384,6 +391,7 @@ class DispatchCommands:
                 raise RunBusyError(job_id, job.last_run.run_id, job.status_word())
             if args.is_keeping_state:
                 self._require_state(job, "load the image without keep_state")
+                _require_not_lost(job)
         if job_id in self._uploading:
             raise DispatchError(f"job {job_id} is already receiving an image")
         if args.n_bytes > self._settings.max_image_bytes:
@@ -425,6 +433,8 @@ class DispatchCommands:
             record = self._ready_record(job_id)  # it may have gone while the bytes came
             job = self._jobs.get(job_id)
             kept: str | None = None
+            if args.is_keeping_state and job is not None and job.record.ended_at is None:
+                _require_not_lost(job)  # the boards may have lost it while the bytes came
             if (
                 args.is_keeping_state
                 and job is not None
@@ -446,7 +456,7 @@ class DispatchCommands:
             update: dict[str, Any] = {"image": info, "topology": spec, "ended_at": None}
             if kept is None:
                 # The first run after a load starts from the image: no state to continue from.
-                update |= {"is_state_saved": False, "state_step": 0}
+                update |= {"is_state_saved": False, "state_step": 0, "state_lost": None}
             else:
                 # The next run continues from the state handed over to this image.
                 update |= {"snapshot": kept, "is_state_saved": True}
@@ -458,9 +468,11 @@ class DispatchCommands:
                 # rename takes it out of the way at once; removing a big file takes a while,
                 # so that is done after the reply (a restart removes what a crash left).
                 discarded = await self._in_thread(_set_aside_state, folder / previous)
-            await self._save(job)
-            if discarded is not None:
-                self._file_thread.submit(_remove_file, discarded)
+            try:
+                await self._save(job)
+            finally:
+                if discarded is not None:  # saved or not, it is never continued
+                    self._file_thread.submit(_remove_file, discarded)
             if kept is not None and previous is not None:
                 await self._in_thread(storage.remove_folder, folder / previous)
             log.info(
@@ -511,7 +523,8 @@ class DispatchCommands:
         assert previous is not None
         assert last is not None
         folder = job_folder(self._directory, job.job_id)
-        snapshot = f"{previous}-kept-{secrets.token_hex(4)}"
+        # Named after the run, not the snapshot it continues: loads in a row keep it short.
+        snapshot = f"snap-{last.run_id}-kept-{secrets.token_hex(4)}"
         order = RunOrder(
             run_id=last.run_id,
             job_id=job.job_id,
@@ -702,7 +715,12 @@ class DispatchCommands:
             raise NoResultsError(f"job {job.job_id}'s results have no part {args.part!r}")
         offset = min(args.offset, size)
         n_bytes = min(limit, size - offset)
-        data, digest = await self._in_thread(_read_range, path, start + offset, n_bytes)
+        try:
+            data, digest = await self._in_thread(_read_range, path, start + offset, n_bytes)
+        except FileNotFoundError:  # replaced by a later run or load meanwhile: ask again
+            raise NoResultsError(
+                f"the results of job {job.job_id} changed while they were read; fetch again"
+            ) from None
         header = ResultsChunk(
             part=args.part,
             snapshot=snapshot,
@@ -1045,6 +1063,14 @@ def _remove_files(folder: Path, snapshot: str | None) -> None:
     (folder / IMAGE_FILE).unlink(missing_ok=True)
     if snapshot is not None:
         _remove_state(folder / snapshot)
+
+
+def _require_not_lost(job: _Job) -> None:
+    """Refuse a keep-state load of a job whose boards lost the state its last run left."""
+    if job.record.state_lost is not None:
+        raise StateNotKeptError(
+            job.job_id, f"{job.record.state_lost} since its last run, and the state went with them"
+        )
 
 
 def _remove_state(snapshot: Path) -> None:

@@ -246,7 +246,9 @@ class WorkerPool:
             ``unchecked``, the last also when the worker ends first), or None if no worker
             is free: the caller validates the upload itself.
         """
-        idle = [w for w in self._workers if w.is_idle and not w.is_preloading]
+        # A worker still loading its kernels (a compile, on a fresh install) would keep the
+        # verdict waiting: the caller's own check is quicker then.
+        idle = [w for w in self._workers if w.is_idle and w.is_warmed and not w.is_preloading]
         if not idle:
             return None
         worker = min(idle, key=lambda w: w.preloaded is not None)
@@ -308,6 +310,7 @@ class WorkerPool:
             self._workers.add(worker)
             try:
                 await self._serve(worker)
+                worker.is_ready = False  # ending: no more orders for it
                 # Its output closed: the worker is ending. Let it end by itself, so that its
                 # own exit status is read: killing it first has `Popen` reap it, and asyncio
                 # then reports the status as 255.

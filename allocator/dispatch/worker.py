@@ -184,6 +184,10 @@ class _Preloaded:
             self._executor = Executor(image, order.topology.build())
         except (MachineModelError, ValueError):
             return  # the run builds it again and fails with the reason
+        except Exception:
+            # The verdict is given: a run builds it again (and fails with its reason).
+            log.warning("building the executor of a preload failed", exc_info=True)
+            return
         self._key = (order.sha256, order.topology)
 
     def take(self, order: RunOrder) -> Executor | None:
@@ -197,7 +201,9 @@ class _Preloaded:
 
 def _load(order: RunOrder, preloaded: _Preloaded) -> tuple[Executor, Results | None]:
     """The executor to run, and the results recorded before it (for a continuation)."""
-    ready = preloaded.take(order) if order.is_fresh or order.new_image is not None else None
+    # Taken whatever the order: a preload that does not serve it is dropped, not kept beside.
+    taken = preloaded.take(order)
+    ready = taken if order.is_fresh or order.new_image is not None else None
     if ready is not None and order.is_fresh:
         return ready, None
     folder = Path(order.folder)

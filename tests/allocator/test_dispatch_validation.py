@@ -43,7 +43,8 @@ def _upload(tmp_path: Path, image: Image) -> PreloadOrder:
 
 @asynccontextmanager
 async def _pool(command: Sequence[str] | None = None) -> AsyncIterator[WorkerPool]:
-    """A running pool of one worker that has said it is ready."""
+    """A running pool of one worker that has said it is ready and has loaded its kernels
+    (a preload goes to such a worker only)."""
     pool = WorkerPool(1, memory_bytes=1 << 34, wall_s=60.0, command=command)
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(pool.run())
@@ -51,6 +52,7 @@ async def _pool(command: Sequence[str] | None = None) -> AsyncIterator[WorkerPoo
         pool.prepare()
         async with asyncio.timeout(WAIT_S):
             await pool.has_started.wait()
+            await pool.wait_warmed()
         try:
             yield pool
         finally:
@@ -102,7 +104,8 @@ def test_a_worker_that_ends_while_validating_leaves_the_upload_unchecked(tmp_pat
     fake = (
         sys.executable,
         "-c",
-        'import sys; print(\'{"kind": "ready"}\', flush=True); sys.stdin.readline(); sys.exit(3)',
+        'import sys; print(\'{"kind": "ready"}\', flush=True);'
+        ' print(\'{"kind": "warmed"}\', flush=True); sys.stdin.readline(); sys.exit(3)',
     )
 
     async def scenario() -> WorkerMessage:
@@ -124,6 +127,7 @@ def test_a_worker_building_a_preload_takes_no_second_one(tmp_path: Path) -> None
         "-c",
         "import json, sys\n"
         "print(json.dumps({'kind': 'ready'}), flush=True)\n"
+        "print(json.dumps({'kind': 'warmed'}), flush=True)\n"
         "sys.stdin.readline()\n"
         f"print(json.dumps({{'kind': 'valid', 'image': {info!r}}}), flush=True)\n"
         "sys.stdin.read()\n",
@@ -139,3 +143,27 @@ def test_a_worker_building_a_preload_takes_no_second_one(tmp_path: Path) -> None
     assert verdict.image is not None
     assert verdict.image.sha256 == order.sha256
     assert is_refused
+
+
+def test_a_worker_still_loading_its_kernels_gets_no_preload(tmp_path: Path) -> None:
+    order = _upload(tmp_path, _image())
+    # Ready, but its kernels still loading (it never says "warmed").
+    fake = (
+        sys.executable,
+        "-c",
+        'import sys; print(\'{"kind": "ready"}\', flush=True); sys.stdin.read()',
+    )
+
+    async def scenario() -> bool:
+        pool = WorkerPool(1, memory_bytes=1 << 34, wall_s=60.0, command=fake)
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(pool.run())
+            await asyncio.sleep(0)
+            pool.prepare()
+            async with asyncio.timeout(WAIT_S):
+                await pool.has_started.wait()
+            refused = pool.preload(order) is None
+            task.cancel()
+        return refused
+
+    assert asyncio.run(scenario())

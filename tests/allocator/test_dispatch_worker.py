@@ -215,7 +215,8 @@ def test_a_hand_over_to_another_layout_fails_naming_it_and_writes_nothing(
     out = io.BytesIO()
     with pytest.raises(
         ExecutionError,
-        match=r"another layout: ring buffers differ in size \(\(128,\) vs \(256,\)\)",
+        match=r"another layout: core \(0, 0, 2\) holds other neurons"
+        r" \(base and count \[0, 50\], now \[0, 70\]\)",
     ):
         _run(_hand_over(tmp_path, digest, path), out, _Preloaded())
     assert not (tmp_path / "snap-1-kept").exists()

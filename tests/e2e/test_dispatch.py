@@ -319,7 +319,8 @@ async def test_a_keep_state_load_of_another_layout_is_refused_and_the_run_goes_o
         with pytest.raises(
             ServerError,
             match=rf"image for job {job_id} cannot take over the running state: cannot continue"
-            r" a run on another layout: packet counters differ in size \(\(100,\) vs \(120,\)\)",
+            r" a run on another layout: core \(0, 0, 2\) holds other neurons"
+            r" \(base and count \[0, 100\], now \[0, 120\]\)",
         ):
             await client.load_image(job_id, bigger.encode(), token=token, keep_state=True)
         more = _network()
@@ -881,6 +882,35 @@ async def test_reset_stops_the_run_and_drops_the_image(server: ServerProcess) ->
         status = await client.wait_for_run(job_id, token, timeout_s=WAIT_S)
     assert status.state is RunState.STOPPED
     assert status.reason == (f"job {job_id}'s boards were reset; the image is gone, load it again")
+
+
+async def test_a_keep_state_load_after_a_reset_is_refused_naming_the_reset(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        job_id, mapped, token = await _loaded_job(client)
+        assert (await _run(client, job_id, token, 40)).state is RunState.DONE
+        await _until_running(client, job_id, token)
+        await client.power_on_job_boards(job_id)  # on while on: a reset
+        assert (await client.wait_for_run(job_id, token, timeout_s=WAIT_S)).state is (
+            RunState.STOPPED
+        )
+        while (await client.get_job_state(job_id)).state != 3:
+            await client.receive_notification(timeout_s=WAIT_S)
+        image = mapped.image.encode()
+        with pytest.raises(ServerError) as refused:
+            await client.load_image(job_id, image, token=token, keep_state=True)
+        assert str(refused.value) == (
+            f"image for job {job_id} cannot take over the running state: job {job_id}'s"
+            " boards were reset since its last run, and the state went with them"
+        )
+        with pytest.raises(ServerError, match=f"job {job_id} has no image loaded"):
+            await client.start_run(job_id, token, 10)
+        # Loaded again without keep_state, the job runs from the image.
+        assert (await client.load_image(job_id, image, token=token)).state_step == 0
+        assert (await _run(client, job_id, token, 30)).state is RunState.DONE
+        remote, _ = _decode(await client.fetch_results(job_id, token))
+    _assert_same(remote, _in_process(mapped, 30)[0])
 
 
 async def test_runs_queue_for_the_workers_with_their_position_visible(
