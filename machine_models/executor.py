@@ -582,6 +582,25 @@ class Executor:
             after = "leaves it idle" if now is None else f"places {now.name} on it"
             what = f"{where} {before} but the new image {after}"
             raise ExecutionError(f"cannot continue a run on another layout: {what}")
+        # The same cores running the same applications; each must hold as many of its
+        # neurons, sources and delay stages (totals alone could hide neurons moved between
+        # cores, whose state would then land on other neurons).
+        for what, loader, table, columns in (
+            ("neurons", "_lif_loader", "_lif", (kernels.LIF_NB, kernels.LIF_NN)),
+            ("Poisson sources", "_poisson_loader", "_po", (kernels.PO_NB, kernels.PO_NN)),
+            ("delay stages", "_delay_loader", "_de", (kernels.DE_NN, kernels.DE_STAGES)),
+        ):
+            theirs_t = getattr(previous, table).table[:, columns]
+            mine_t = getattr(self, table).table[:, columns]
+            if theirs_t.shape != mine_t.shape or np.array_equal(theirs_t, mine_t):
+                continue  # another shape is another layout, named by the state's sizes
+            row = int(np.nonzero((theirs_t != mine_t).any(axis=1))[0][0])
+            xyp = self._cores[getattr(self, loader).cores[row]].xyp
+            raise ExecutionError(
+                f"cannot continue a run on another layout: core ({xyp.x}, {xyp.y}, {xyp.p})"
+                f" holds other {what} (base and count {theirs_t[row].tolist()}, now"
+                f" {mine_t[row].tolist()})"
+            )
 
     @property
     def window_steps(self) -> int:

@@ -38,8 +38,30 @@ def test_a_different_layout_cannot_be_adopted() -> None:
     small = Executor(recurrent_network(n_per_core=50), BOARD)
     small.run(5)
     big = Executor(recurrent_network(n_per_core=100), BOARD)
-    with pytest.raises(ExecutionError, match="differ in size"):
+    with pytest.raises(
+        ExecutionError, match=r"core \(0, 0, 1\) holds other neurons \(base and count \[0, 50\]"
+    ):
         big.adopt_state(small)
+
+
+def test_neurons_moved_between_cores_cannot_be_adopted_though_the_totals_agree() -> None:
+    from toolchain import IFCurrExp, Network, map_network, virtual_allocation
+
+    def two_cores(first: int, second: int) -> Executor:
+        net = Network(dt_ms=1.0, seed=3)
+        net.population(first, IFCurrExp(), "a")
+        net.population(second, IFCurrExp(), "b")
+        mapped = map_network(net, virtual_allocation(1))
+        return Executor(mapped.image, mapped.topology)
+
+    running = two_cores(10, 12)
+    running.run(5)
+    swapped = two_cores(12, 10)  # 22 neurons on the same two cores, 12 + 10 now
+    with pytest.raises(
+        ExecutionError, match=r"holds other neurons \(base and count \[0, 10\], now \[0, 12\]\)"
+    ):
+        swapped.adopt_state(running)
+    assert running.step == 5
 
 
 def test_a_core_placed_elsewhere_cannot_be_adopted_and_the_core_is_named() -> None:
