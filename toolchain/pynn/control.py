@@ -120,12 +120,15 @@ def setup(
 
 def _end_session() -> None:
     state = simulator.state
-    for population, variables, filename in state.write_on_end:
-        population.write_data(get_io(filename), variables)
-    state.write_on_end = []
-    if state.session is not None:
-        state.session.end()
-        state.session = None
+    try:
+        for population, variables, filename in state.write_on_end:
+            population.write_data(get_io(filename), variables)
+    finally:
+        # A file that cannot be written still ends the session: the boards are freed.
+        state.write_on_end = []
+        if state.session is not None:
+            session, state.session = state.session, None
+            session.end()
 
 
 def end(compatible_output: bool = True) -> None:

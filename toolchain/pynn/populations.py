@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pyNN import common, errors
 from pyNN.parameters import ParameterSpace, simplify
 from pyNN.standardmodels import StandardCellType
@@ -69,42 +70,45 @@ class PopulationView(_Parameters, common.PopulationView):  # type: ignore[misc]
     _assembly_class = Assembly
     _simulator = simulator
 
+    def _root_cells(self) -> tuple[Population, npt.NDArray[np.int64]]:
+        """The population this view is of (through views of views) and its cells' indices
+        there (a view's own mask indexes its parent, which may be a view itself)."""
+        root = self.parent
+        while isinstance(root, PopulationView):
+            root = root.parent
+        return root, np.asarray(self.all_cells, dtype=np.int64) - int(root.first_id)
+
     def _get_native_parameters(self, *names: str) -> ParameterSpace:
+        root, cells = self._root_cells()
         values = {}
         for name in names:
-            value = self.parent._parameters[name]
+            value = root._parameters[name]
             if isinstance(value, np.ndarray):
-                value = value[self.mask]
+                value = value[cells]
             values[name] = simplify(value)
         return ParameterSpace(values, shape=(self.size,))
 
     def _set_parameters(self, parameter_space: ParameterSpace) -> None:
-        parent = self.parent
+        root, cells = self._root_cells()
         for name, value in parameter_space.items():
-            full = np.broadcast_to(np.asarray(parent._parameters[name]), (parent.size,)).copy()
+            full = np.broadcast_to(np.asarray(root._parameters[name]), (root.size,)).copy()
             try:
-                full[self.mask] = value.evaluate(simplify=True)
+                full[cells] = value.evaluate(simplify=True)
             except ValueError as exc:
                 raise errors.InvalidParameterValueError(
                     f"{name} should not be of type {type(value)}"
                 ) from exc
-            parent._parameters[name] = full
+            root._parameters[name] = full
         simulator.state.parameters_changed()
 
     def _set_initial_value_array(self, variable: str, initial_values: Any) -> None:
-        root = self.parent
-        while isinstance(root, PopulationView):
-            root = root.parent
-        cells = np.asarray(self.all_cells, dtype=np.int64) - int(root.first_id)
+        root, cells = self._root_cells()
         root._set_initial_value_array(variable, initial_values, mask=cells)
 
     @property
     def initial_values(self) -> dict[str, Any]:
         """The view's share of its parent's initial values (a copy: set with initialize())."""
-        root = self.parent
-        while isinstance(root, PopulationView):
-            root = root.parent
-        cells = np.asarray(self.all_cells, dtype=np.int64) - int(root.first_id)
+        root, cells = self._root_cells()
         return {
             name: root.initial_value_array(name)[cells]
             for name in root.celltype.default_initial_values

@@ -206,18 +206,26 @@ class Session:
                     "before running again"
                 )
             mapped = self._map()
-            machine.load(mapped.image, mapped.topology, is_carrying_state=False)
-            self._is_loaded = True
+            self._load(mapped, is_carrying_state=False)
         elif self._is_parameters_dirty:
             assert self.mapped is not None
             shifts = dict(self.mapped.shifts) if is_running else None
             mapped = self._map(weight_shifts=shifts, topology=self.mapped.topology)
-            machine.load(mapped.image, mapped.topology, is_carrying_state=is_running)
-            self._is_loaded = True
+            self._load(mapped, is_carrying_state=is_running)
         elif not self._is_loaded:  # mapped by get_machine(), not loaded yet
             assert self.mapped is not None
             machine.load(self.mapped.image, self.mapped.topology, is_carrying_state=False)
             self._is_loaded = True
+
+    def _load(self, mapped: MappedNetwork, *, is_carrying_state: bool) -> None:
+        """Load a new mapping; if that fails, the change stays to be loaded by the next run."""
+        try:
+            self.machine.load(mapped.image, mapped.topology, is_carrying_state=is_carrying_state)
+        except BaseException:
+            self._is_parameters_dirty = True  # mapped again from the same values next time
+            self._is_loaded = False
+            raise
+        self._is_loaded = True
 
     # --- running
     def run(self, n_steps: int) -> None:
@@ -307,14 +315,17 @@ class Session:
             return []
         self.is_ended = True
         lines: list[str] = []
-        if self.mapped is not None and self._last is not None:
-            lines = worries(self.mapped, self._last)
-            self.reports.write_worries(lines)
-            if lines:
-                self._out(
-                    f"allotment: {len(lines)} things to look at (reports in {self.reports.path}):"
-                )
-                for line in lines:
-                    self._out(f"  {line}")
-        self.machine.close()
+        try:
+            if self.mapped is not None and self._last is not None:
+                lines = worries(self.mapped, self._last)
+                self.reports.write_worries(lines)
+                if lines:
+                    self._out(
+                        f"allotment: {len(lines)} things to look at"
+                        f" (reports in {self.reports.path}):"
+                    )
+                    for line in lines:
+                        self._out(f"  {line}")
+        finally:
+            self.machine.close()  # the boards are freed even if the reports cannot be written
         return lines
