@@ -132,7 +132,8 @@ class KernelCache:
                 is_shared = all(_is_writable(self._numba_dir(d)) for d in self._package_dirs)
                 if not compile_into(None if is_shared else scratch):
                     return False
-                self._copy_numba_cache(scratch)
+                if is_shared:  # else it compiled into the scratch folder itself
+                    self._copy_numba_cache(scratch)
                 (scratch / _WARM).touch()
                 shutil.rmtree(self.path, ignore_errors=True)  # a half-removed one, if any
                 scratch.rename(self.path)

@@ -216,7 +216,13 @@ class Runner:
             if self._stop.is_set():  # stopped with the service: no failure to report
                 log.info("warming up the PyNN backend's kernels stopped with the runner")
             else:
-                log.warning("warming up the PyNN backend's kernels failed: %s", error)
+                said = getattr(error, "stderr", None) or b""
+                last = said.decode("utf-8", "replace").strip().splitlines()[-1:]
+                log.warning(
+                    "warming up the PyNN backend's kernels failed: %s%s",
+                    error,
+                    f" ({last[0]})" if last else "",
+                )
             return False
         return True
 

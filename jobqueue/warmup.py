@@ -18,11 +18,13 @@ __all__ = ["main"]
 
 
 def main() -> int:
-    """Run the warm-up network; 0 when the kernels are compiled (or there is no backend)."""
+    """Run the warm-up network; 0 when the kernels are compiled, 1 if there is no backend
+    (nothing was compiled: the cache must not be marked warm)."""
     try:
         import toolchain.pynn as sim
-    except ImportError:
-        return 0
+    except ImportError as error:
+        print(f"allotment: no PyNN backend to warm up: {error}", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory() as scratch:
         os.chdir(scratch)
         with open("spynnaker.cfg", "w") as cfg:

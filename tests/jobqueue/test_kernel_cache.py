@@ -119,6 +119,9 @@ def test_where_the_tree_is_read_only_the_warm_up_compiles_into_the_new_cache(
     package = _package(tmp_path)
     # As for a tree installed read-only (the tests run as any user, so the check is faked).
     monkeypatch.setattr("jobqueue.kernel_cache._is_writable", lambda cache_dir: False)
+    stale = package / "__pycache__"  # left by whoever could once write there
+    stale.mkdir()
+    (stale / "f-1.py311.nbi").write_bytes(b"an older index")
     compiled: list[Path | None] = []
 
     def compile_into(where: Path | None) -> bool:
@@ -140,6 +143,6 @@ def test_where_the_tree_is_read_only_the_warm_up_compiles_into_the_new_cache(
     assert cache.is_warm
     copied = cache.path / numba_subpath(package)
     assert sorted(p.name for p in copied.iterdir()) == ["f-1.py311.1.nbc", "f-1.py311.nbi"]
-    assert not (package / "__pycache__").exists()
+    assert (copied / "f-1.py311.nbi").read_bytes() == b"index"  # what this warm-up compiled
     assert cache.fill(compile_into)
     assert len(compiled) == 1  # warm: not compiled again
