@@ -815,13 +815,16 @@ class DispatchCommands:
         folder = job_folder(self._directory, job.job_id)
         snapshot = job.record.snapshot
 
+        saved = self._save(job) if self._task_group is not None else _nothing()
+
         async def save_then_announce() -> None:
-            await self._save(job)
+            await saved
             if previous_snapshot is not None and previous_snapshot != snapshot:
                 await self._in_thread(storage.remove_folder, folder / previous_snapshot)
             self._announce(job, is_state_change=True)
 
         if self._task_group is None:
+            saved.close()
             self._announce(job, is_state_change=True)
         else:
             self._background(save_then_announce())
@@ -949,12 +952,17 @@ class DispatchCommands:
                 " load_image answered"
             )
 
-    async def _save(self, job: _Job) -> None:
-        future = asyncio.get_running_loop().run_in_executor(
-            self._file_thread, storage.write_record, self._directory, job.record
-        )
+    def _save(self, job: _Job) -> Coroutine[Any, Any, None]:
+        """Start writing the job's record now, so that a reply from here on waits for it
+        (`_durable`), even if the returned coroutine runs later, as a task."""
+        try:
+            future = asyncio.get_running_loop().run_in_executor(
+                self._file_thread, storage.write_record, self._directory, job.record
+            )
+        except RuntimeError:  # the file thread has stopped: the server is stopping
+            return _nothing()
         job.last_save = future
-        await future
+        return _awaited(future)
 
     async def _durable(self, job: _Job) -> None:
         """Wait until the job's latest change is on disk (a reply must not claim more)."""
@@ -1063,6 +1071,14 @@ def _remove_files(folder: Path, snapshot: str | None) -> None:
     (folder / IMAGE_FILE).unlink(missing_ok=True)
     if snapshot is not None:
         _remove_state(folder / snapshot)
+
+
+async def _awaited(future: asyncio.Future[None]) -> None:
+    await future
+
+
+async def _nothing() -> None:
+    pass
 
 
 def _require_not_lost(job: _Job) -> None:
