@@ -11,11 +11,22 @@ The default mix is 40% one board, 20% 3 boards, 15% a 2 x 1 rectangle of triads,
 12 boards and 10% 3 x 3 triads, written ``1:40,3:20,2x1:15,12:15,3x3:10`` (a size is a
 number of boards or W x H triads, then its weight). The processes start together on a
 barrier; the figures are those of `server_load.py` (requests/s, per-command latency, the
-server's CPU time per request over the same window).
+server's CPU time per request and per job cycle over the same window), and the share of
+jobs get_job_machine_info found allocated.
+
+By the time of the cycle's get_job_machine_info the original spalloc_server has named
+boards for almost none of the jobs (under 1% of the default mix's; 39% of one-board jobs
+even with a single client), so its cycles do far less work than allotment's, which
+allocates and powers every job before it answers create_job. `--until-ready` (`until_ready`)
+makes each cycle wait as a job runner does: `notify_job`, then `get_job_state` after each
+notification until the job is READY, and only then the keepalives, the machine info and
+the destroy; both servers then allocate and power every job, and the fair figure is the
+server's CPU per job cycle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import random
 import time
@@ -25,6 +36,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MIX = "1:40,3:20,2x1:15,12:15,3x3:10"
+_READY, _DESTROYED = 3, 4
+"""spalloc's job states READY and DESTROYED."""
+_READY_POLL_S = 1.0
+"""Longest wait for a notification before asking for the state again."""
 OWNER = "bench-mix@example.org"
 CONNECT_TIMEOUT_S = 30.0
 
@@ -71,10 +86,15 @@ def _client(
     mix: list[tuple[Size, float]],
     barrier: Barrier,
     results: Any,
+    until_ready: bool = False,
 ) -> None:
     """One client process: cycle jobs until the time is up, then report what it saw."""
     from spalloc_client import ProtocolClient
-    from spalloc_client.protocol_client import ProtocolError, SpallocServerException
+    from spalloc_client.protocol_client import (
+        ProtocolError,
+        ProtocolTimeoutError,
+        SpallocServerException,
+    )
 
     rng = random.Random(index)
     sizes = [size for size, _ in mix]
@@ -107,7 +127,17 @@ def _client(
             )
             if job_id is None:
                 continue
-            timed("get_job_state", client.get_job_state, job_id)
+            if until_ready:
+                # As spalloc's Job waits: notifications on, then the state until READY.
+                timed("notify_job", client.notify_job, job_id)
+                while time.monotonic() < deadline:
+                    state = timed("get_job_state", client.get_job_state, job_id)
+                    if not isinstance(state, dict) or state.get("state") in (_READY, _DESTROYED):
+                        break
+                    with contextlib.suppress(ProtocolTimeoutError):  # none: ask again
+                        client.wait_for_notification(_READY_POLL_S)
+            else:
+                timed("get_job_state", client.get_job_state, job_id)
             timed("job_keepalive", client.job_keepalive, job_id)
             timed("job_keepalive", client.job_keepalive, job_id)
             info = timed("get_job_machine_info", client.get_job_machine_info, job_id)
@@ -154,15 +184,23 @@ def run_mix(
     seconds: float,
     server_pid: int | None = None,
     mix_text: str = DEFAULT_MIX,
+    until_ready: bool = False,
 ) -> dict[str, Any]:
-    """Run the client processes against a server (blocking) and return the figures."""
+    """Run the client processes against a server (blocking) and return the figures.
+
+    With `until_ready` each cycle waits for its job to be READY (notifications, then
+    `get_job_state`), as a job runner does, before the rest of the cycle: both servers then
+    allocate and power every job.
+    """
     mix = parse_mix(mix_text)
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(n_clients + 1)
     results = context.Queue()
     processes = [
         context.Process(
-            target=_client, args=(host, port, i, seconds, mix, barrier, results), daemon=True
+            target=_client,
+            args=(host, port, i, seconds, mix, barrier, results, until_ready),
+            daemon=True,
         )
         for i in range(n_clients)
     ]
@@ -190,6 +228,7 @@ def run_mix(
     return {
         "benchmark": "server_load_mix",
         "mix": mix_text,
+        "until_ready": until_ready,
         "client": "spalloc ProtocolClient, one process each",
         "clients": n_clients,
         "seconds": round(elapsed_s, 3),
@@ -197,6 +236,11 @@ def run_mix(
         "requests_per_s": round(n_requests / elapsed_s, 1),
         "job_cycles": n_cycles,
         "job_cycles_per_s": round(n_cycles / elapsed_s, 1),
+        "server_cpu_us_per_cycle": (
+            None
+            if server_cpu_before is None or server_cpu_after is None or not n_cycles
+            else round((server_cpu_after - server_cpu_before) / n_cycles * 1e6, 1)
+        ),
         # The share of jobs whose boards get_job_machine_info named (allocated by then): a
         # server that leaves jobs queued answers the cycle's requests with less work.
         "allocated_at_machine_info": round(n_with_boards / n_cycles, 3) if n_cycles else None,

@@ -289,7 +289,12 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 async def load_reference(
-    python: str, directory: Path, n_clients: int, seconds: float, mix: str | None = None
+    python: str,
+    directory: Path,
+    n_clients: int,
+    seconds: float,
+    mix: str | None = None,
+    until_ready: bool = False,
 ) -> dict[str, Any]:
     """Start the original server with its BMPs faked, run the clients, stop it.
 
@@ -337,7 +342,7 @@ async def load_reference(
                     else:
                         # In processes of their own, from a thread: this loop answers the BMPs.
                         figures = await asyncio.to_thread(
-                            run_mix, HOST, port, n_clients, seconds, process.pid, mix
+                            run_mix, HOST, port, n_clients, seconds, process.pid, mix, until_ready
                         )
                 finally:
                     await _stop(process)
@@ -350,22 +355,31 @@ async def load_reference(
 
 
 def measure_reference(
-    python: str, version: str, n_clients: int, seconds: float, mix: str | None = None
+    python: str,
+    version: str,
+    n_clients: int,
+    seconds: float,
+    mix: str | None = None,
+    until_ready: bool = False,
 ) -> dict[str, Any]:
     """One run against a fresh original server; `server_load.py`'s figures plus its name."""
     with tempfile.TemporaryDirectory(prefix="spalloc-server-bench-") as tmp:
-        figures = run_on_uvloop(load_reference(python, Path(tmp), n_clients, seconds, mix))
+        figures = run_on_uvloop(
+            load_reference(python, Path(tmp), n_clients, seconds, mix, until_ready)
+        )
     figures["server"] = f"spalloc_server {version} (original)"
     return figures
 
 
-def measure_allotment(n_clients: int, seconds: float, mix: str | None = None) -> dict[str, Any]:
+def measure_allotment(
+    n_clients: int, seconds: float, mix: str | None = None, until_ready: bool = False
+) -> dict[str, Any]:
     """One run against a fresh allotment server, started as `server_load.py` starts it."""
     with own_server(None) as (host, port, pid):
         if mix is None:
             figures = run_on_uvloop(run_load(host, port, n_clients, seconds, pid))
         else:
-            figures = run_mix(host, port, n_clients, seconds, pid, mix)
+            figures = run_mix(host, port, n_clients, seconds, pid, mix, until_ready)
     figures["server"] = "allotment, own subprocess, sqlite"
     return figures
 
@@ -376,23 +390,38 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def compare(
-    python: str, version: str, n_runs: int, n_clients: int, seconds: float, mix: str | None = None
+    python: str,
+    version: str,
+    n_runs: int,
+    n_clients: int,
+    seconds: float,
+    mix: str | None = None,
+    until_ready: bool = False,
 ) -> None:
     """Alternate runs of the original and of allotment; print each, then the medians."""
     original: list[dict[str, Any]] = []
     allotment: list[dict[str, Any]] = []
     for _ in range(n_runs):
-        original.append(measure_reference(python, version, n_clients, seconds, mix))
+        original.append(measure_reference(python, version, n_clients, seconds, mix, until_ready))
         print(json.dumps(original[-1]), flush=True)
-        allotment.append(measure_allotment(n_clients, seconds, mix))
+        allotment.append(measure_allotment(n_clients, seconds, mix, until_ready))
         print(json.dumps(allotment[-1]), flush=True)
     original_rps = _median(original, "requests_per_s")
     allotment_rps = _median(allotment, "requests_per_s")
     original_cpu = _median(original, "server_cpu_us_per_request")
     allotment_cpu = _median(allotment, "server_cpu_us_per_request")
+    cycle_cpu = (
+        (
+            _median(original, "server_cpu_us_per_cycle"),
+            _median(allotment, "server_cpu_us_per_cycle"),
+        )
+        if mix is not None
+        else (None, None)
+    )
     summary = {
         "benchmark": "server_load_compare",
         "mix": mix,
+        "until_ready": until_ready,
         "runs": n_runs,
         "clients": n_clients,
         "seconds": seconds,
@@ -408,6 +437,20 @@ def compare(
         # original / allotment: above 1 where allotment spends less CPU on a request
         "server_cpu_per_request_ratio": (
             round(original_cpu / allotment_cpu, 2) if original_cpu and allotment_cpu else None
+        ),
+        "original_server_cpu_us_per_cycle": cycle_cpu[0],
+        "allotment_server_cpu_us_per_cycle": cycle_cpu[1],
+        # original / allotment per job cycle (the mix): the same work when every job is READY
+        "server_cpu_per_cycle_ratio": (
+            round(cycle_cpu[0] / cycle_cpu[1], 2) if cycle_cpu[0] and cycle_cpu[1] else None
+        ),
+        "allocated_at_machine_info": (
+            [
+                statistics.median(r["allocated_at_machine_info"] for r in runs)
+                for runs in (original, allotment)
+            ]
+            if mix is not None
+            else None
         ),
         "errors": sum(run["errors"] for run in original + allotment),
     }
@@ -438,7 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SIZES",
         help=f"the mixed-size load of mix_load.py (default mix {DEFAULT_MIX})",
     )
+    parser.add_argument(
+        "--until-ready",
+        action="store_true",
+        help="with --mix: each cycle waits for its job to be READY, as a job runner does",
+    )
     args = parser.parse_args(argv)
+    if args.until_ready and args.mix is None:
+        parser.error("--until-ready goes with --mix")
     if args.mix is not None:
         parse_mix(args.mix)
     if not sys.platform.startswith("linux"):
@@ -451,11 +501,19 @@ def main(argv: list[str] | None = None) -> int:
     version = reference_version(args.reference_python)
     if args.compare is None:
         figures = measure_reference(
-            args.reference_python, version, args.clients, args.seconds, args.mix
+            args.reference_python, version, args.clients, args.seconds, args.mix, args.until_ready
         )
         print(json.dumps(figures))
     else:
-        compare(args.reference_python, version, args.compare, args.clients, args.seconds, args.mix)
+        compare(
+            args.reference_python,
+            version,
+            args.compare,
+            args.clients,
+            args.seconds,
+            args.mix,
+            args.until_ready,
+        )
     return 0
 
 

@@ -295,11 +295,17 @@ def run_on_uvloop(main: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _load(
-    host: str, port: int, n_clients: int, seconds: float, pid: int | None, mix: str | None
+    host: str,
+    port: int,
+    n_clients: int,
+    seconds: float,
+    pid: int | None,
+    mix: str | None,
+    until_ready: bool = False,
 ) -> dict[str, Any]:
     """The single-board load of this script, or the mixed load of `mix_load.py`."""
     if mix is not None:
-        return run_mix(host, port, n_clients, seconds, pid, mix)
+        return run_mix(host, port, n_clients, seconds, pid, mix, until_ready)
     return run_on_uvloop(run_load(host, port, n_clients, seconds, pid))
 
 
@@ -319,15 +325,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SIZES",
         help=f"mixed job sizes on the spalloc client, one process each (default mix {DEFAULT_MIX})",
     )
+    parser.add_argument(
+        "--until-ready",
+        action="store_true",
+        help="with --mix: each cycle waits for its job to be READY, as a job runner does",
+    )
     args = parser.parse_args(argv)
+    if args.until_ready and args.mix is None:
+        parser.error("--until-ready goes with --mix")
     if args.mix is not None:
         parse_mix(args.mix)  # a bad mix fails before any server starts
     if args.host:
-        figures = _load(args.host, args.port, args.clients, args.seconds, None, args.mix)
+        figures = _load(
+            args.host, args.port, args.clients, args.seconds, None, args.mix, args.until_ready
+        )
         figures["server"] = "external"
     else:
         with own_server(args.db) as (host, port, pid):
-            figures = _load(host, port, args.clients, args.seconds, pid, args.mix)
+            figures = _load(host, port, args.clients, args.seconds, pid, args.mix, args.until_ready)
         figures["server"] = "own subprocess, " + (
             "sqlite" if not args.db else args.db.split(":")[0]
         )
