@@ -19,8 +19,9 @@ from typing import Annotated, Any
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
+from jobqueue.bodies import MAX_ID, SUPPORTED_PLATFORMS, SubmittedJob, TextBody, check_tags
 from jobqueue.errors import (
     AccessDeniedError,
     BadRequestError,
@@ -34,49 +35,21 @@ __all__ = ["SUPPORTED_PLATFORMS", "create_app"]
 
 log = logging.getLogger("allotment.batch")
 
-SUPPORTED_PLATFORMS = ("SpiNNaker",)
 _STATUSES = ("submitted", "validated", "running", "mapped", "finished", "error", "removed")
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
-class SubmittedJob(BaseModel):
-    """The body of `POST /jobs/` (extra keys ignored, as the real service does)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    code: str
-    collab: str
-    hardware_platform: str
-    command: str | None = None
-    hardware_config: dict[str, Any] | None = None
-    tags: list[str] | None = None
-    input_data: list[dict[str, Any]] | None = None
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, tags: list[str] | None) -> list[str] | None:
-        if tags is None:
-            return None
-        stripped = [t.strip() for t in tags]
-        for tag in stripped:
-            if not 2 <= len(tag) <= 100:
-                raise ValueError(f"tag {tag!r} must be 2 to 100 characters long")
-        return stripped
-
-
-class NewComment(BaseModel):
+class NewComment(TextBody):
     """The body of `POST /jobs/{id}/comments/`."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
     content: str = Field(min_length=1)
 
 
-class NewProject(BaseModel):
+class NewProject(TextBody):
     """The body of `POST /projects/`."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
     collab: str
     title: str
     abstract: str
@@ -84,10 +57,9 @@ class NewProject(BaseModel):
     status: str = "in preparation"
 
 
-class ProjectEdit(BaseModel):
+class ProjectEdit(TextBody):
     """The body of `PUT /projects/{id}`."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
     status: str | None = None
     title: str | None = None
     abstract: str | None = None
@@ -156,6 +128,8 @@ def create_app(
     from jobqueue import web
 
     def visible_job(job_id: int, caller: Identity) -> dict[str, Any]:
+        if not 0 <= job_id <= MAX_ID:
+            raise NoSuchJobError(job_id)
         job = store.job(job_id)
         if job["status"] == "removed" or not caller.can_access(job["collab"]):
             raise NoSuchJobError(job_id)
@@ -252,7 +226,7 @@ def create_app(
             submitted_from=submitted_from,
             submitted_until=submitted_until,
             size=max(0, min(size, 100_000)),
-            from_index=max(0, from_index),
+            from_index=max(0, min(from_index, MAX_ID)),
         )
         base = str(request.base_url)
         return [job_json(job, base) for job in found]
@@ -336,7 +310,11 @@ def create_app(
     @app.post("/jobs/{job_id}/tags", status_code=201)
     def add_tags(caller: Caller, job_id: int, tags: Annotated[list[str], Body()]) -> list[str]:
         current: list[str] = visible_job(job_id, caller)["tags"]
-        new = current + [t.strip() for t in tags if t.strip() and t.strip() not in current]
+        try:
+            added = check_tags(tags)
+        except ValueError as error:
+            raise BadRequestError(str(error)) from None
+        new = current + [t for t in dict.fromkeys(added) if t not in current]
         store.set_tags(job_id, new)
         return new
 
@@ -428,8 +406,18 @@ def create_app(
         if job is None or not any(o.path == path for o in job["outputs"]):
             return JSONResponse({"detail": "no such output file"}, status_code=404)
         root = jobs_dir / str(job["id"])
+        file = root / path
+        if not file.is_file() or file.is_symlink():
+            return JSONResponse({"detail": "the output file is gone"}, status_code=404)
         media = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return FileResponse(root / path, media_type=media)
+        headers = {
+            # Served on the service's own origin: a job's HTML or SVG must never run there.
+            "Content-Security-Policy": "sandbox",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if not media.startswith("image/") or media == "image/svg+xml":
+            headers["Content-Disposition"] = "attachment"
+        return FileResponse(file, media_type=media, headers=headers)
 
     web.add_routes(app, store, identity, visible_job, on_submit)
     return _PathNormaliser(app)

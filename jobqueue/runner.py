@@ -36,12 +36,12 @@ import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from jobqueue import shims
 from jobqueue.errors import SandboxUnavailableError
 from jobqueue.kernel_cache import KernelCache, default_root
-from jobqueue.sandbox import Limits, bwrap_path, sandboxed_command
+from jobqueue.sandbox import BWRAP_ENVIRONMENT, Limits, bwrap_path, sandboxed_command
 from jobqueue.source import SourceError, prepare
 from jobqueue.standby import Standby, StandbyPool
 from jobqueue.store import JobStore, OutputFile, error_block
@@ -258,6 +258,12 @@ class Runner:
         """Keep the heartbeats of jobs between log flushes; end jobs whose runner is gone."""
         while not self._stop.wait(max(self.config.stale_s / 3, 0.2)):
             try:
+                # Every job this runner holds, whatever it is doing (fetching its code,
+                # unpacking, collecting its outputs): only a runner gone stops beating.
+                with self._running_lock:
+                    held = list(self._running)
+                for job_id in held:
+                    self.store.heartbeat(job_id, self.runner_id)
                 lost = self.store.reap_lost(self.config.stale_s, runner_ids=self._dead_local())
                 if lost:
                     log.warning("jobs %s ended as error: their runner is gone", lost)
@@ -301,37 +307,57 @@ class Runner:
             log.exception("job %d failed in the runner", job_id)
             reason = f"the runner failed: {error}"
         finally:
-            is_standby_used = True
-            if run.standby is not None:
-                is_standby_used = self._standby.finish(run.standby)
-                provenance["standby_spalloc_job"] = run.standby.job_id
-                provenance["standby_used"] = is_standby_used
-            board_seconds = self._usage.release(owner, is_charging_handed=is_standby_used)
-            provenance["board_seconds"] = board_seconds
-            text = run.text()
-            if status == "error":
-                text += error_block(reason)
+            try:
+                self._end(job_id, run, owner, status, reason, provenance, outputs)
+            finally:
+                # whatever failed in recording the end, the slot is the runner's again
+                with self._running_lock:
+                    self._running.pop(job_id, None)
+                self._slots.release()
+                self._wake.set()
+
+    def _end(
+        self,
+        job_id: int,
+        run: _Run,
+        owner: str,
+        status: str,
+        reason: str,
+        provenance: dict[str, Any],
+        outputs: list[OutputFile],
+    ) -> None:
+        """Give back the job's boards, write its log file and record how it ended."""
+        workdir = run.workdir
+        is_standby_used = True
+        if run.standby is not None:
+            is_standby_used = self._standby.finish(run.standby)
+            provenance["standby_spalloc_job"] = run.standby.job_id
+            provenance["standby_used"] = is_standby_used
+        board_seconds = self._usage.release(owner, is_charging_handed=is_standby_used)
+        provenance["board_seconds"] = board_seconds
+        text = run.text()
+        if status == "error":
+            text += error_block(reason)
+        try:
             if workdir.is_dir():
                 # the log is an output file too, as on the portal
                 log_name = f"output_{job_id}.txt"
-                (workdir / log_name).write_text(text)
+                _write_fresh(workdir / log_name, text.encode("utf-8", "replace"))
                 outputs = [*outputs, _describe(workdir, log_name)]
-            try:
-                self.store.finish(
-                    job_id,
-                    self.runner_id,
-                    status=status,
-                    log=text,
-                    outputs=outputs,
-                    provenance=provenance,
-                    core_hours=core_hours(board_seconds),
-                )
-            except Exception:
-                log.exception("recording the end of job %d failed", job_id)
-            with self._running_lock:
-                self._running.pop(job_id, None)
-            self._slots.release()
-            self._wake.set()
+        except OSError as error:
+            log.warning("the log file of job %d could not be written: %s", job_id, error)
+        try:
+            self.store.finish(
+                job_id,
+                self.runner_id,
+                status=status,
+                log=text,
+                outputs=outputs,
+                provenance=provenance,
+                core_hours=core_hours(board_seconds),
+            )
+        except Exception:
+            log.exception("recording the end of job %d failed", job_id)
 
     def _run_job(self, run: _Run, owner: str) -> tuple[str, str, list[OutputFile]]:
         job = run.job
@@ -340,7 +366,11 @@ class Runner:
             shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         try:
-            prepared = prepare(job["code"], job["command"], workdir)
+            prepared = prepare(
+                job["code"], job["command"], workdir, max_unpacked_bytes=self.config.output_bytes
+            )
+            if not prepared.cwd.resolve().is_relative_to(workdir.resolve()):
+                raise SourceError("the job's folder points outside the job")
         except SourceError as error:
             return "error", str(error), []
         run.standby = self._standby.take()
@@ -375,6 +405,8 @@ class Runner:
             jobs_root=self.config.jobs_dir,
             hidden_files=hidden,
             visible=self._visible,
+            env=self._environment(job, prepared.cwd),
+            tmp_bytes=self.config.output_bytes,
         )
         limits = Limits(
             cpu_s=self.config.cpu_s,
@@ -385,7 +417,7 @@ class Runner:
             process = subprocess.Popen(
                 command,
                 cwd=prepared.cwd,
-                env=self._environment(job, prepared.cwd),
+                env=dict(BWRAP_ENVIRONMENT),  # the job's own is set inside the sandbox
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -462,7 +494,7 @@ class Runner:
             ]
             if standby is not None:
                 lines += [f"spalloc_job = {standby.job_id}", f"spalloc_job_owner = {standby.owner}"]
-        (cwd / "spynnaker.cfg").write_text("\n".join(lines) + "\n")
+        _write_fresh(cwd / "spynnaker.cfg", ("\n".join(lines) + "\n").encode())
 
     def _environment(self, job: dict[str, Any], cwd: Path) -> dict[str, str]:
         env = {
@@ -529,8 +561,11 @@ def _skipped(relative: str) -> bool:
 def _collect_outputs(workdir: Path, before: set[str]) -> list[OutputFile]:
     """The files the script wrote, plus reports.zip of its reports/ folder."""
     reports = workdir / "reports"
-    if reports.is_dir():
-        with zipfile.ZipFile(workdir / "reports.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+    if reports.is_dir() and not reports.is_symlink():
+        with (
+            _open_fresh(workdir / "reports.zip") as out,
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive,
+        ):
             for path in sorted(reports.rglob("*")):
                 if path.is_file() and not path.is_symlink():
                     archive.write(path, path.relative_to(workdir).as_posix())
@@ -538,8 +573,31 @@ def _collect_outputs(workdir: Path, before: set[str]) -> list[OutputFile]:
     for relative in sorted(_files(workdir) - before):
         if _skipped(relative) or relative.startswith((".matplotlib/", f"{_JOB_NUMBA_CACHE}/")):
             continue
+        try:
+            relative.encode("utf-8")
+        except UnicodeEncodeError:  # a name of bytes that are no UTF-8: no URL can name it
+            log.warning("output %r of %s is not listed: its name is not UTF-8", relative, workdir)
+            continue
         found.append(_describe(workdir, relative))
     return found
+
+
+def _open_fresh(path: Path) -> IO[bytes]:
+    """A new file at `path` for the runner to write, never through what a job left there:
+    whatever is there (a symlink out of the job, a FIFO, a folder) is removed first, and
+    the file is made anew without following links."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "wb")
+
+
+def _write_fresh(path: Path, data: bytes) -> None:
+    with _open_fresh(path) as out:
+        out.write(data)
 
 
 def _describe(workdir: Path, relative: str) -> OutputFile:

@@ -3,14 +3,19 @@
     runner thread ──Popen──> bwrap (own session, pid namespace, no capabilities)
                                └─ python run.py spiNNaker     (cwd = the job's directory)
 
-Inside, the whole file system is read-only; `/tmp` is private; the directory holding every
-job's working directory is an empty tmpfs with only this job's directory bound back in
-(read-write), so other jobs' files do not exist; the service's SQLite files are covered by
+Inside, the whole file system is read-only; `/tmp` is private and as big as the job's output
+limit; the directory holding every job's working directory is an empty, read-only tmpfs
+with only this job's directory bound back in (read-write), so other jobs' files do not
+exist; the service's SQLite files are covered by
 mode-000 empty files (capabilities dropped, so even uid 0 is refused). The network stays
 shared: the script reaches the allocation server on its port. Limits (setrlimit, inherited by
 everything the script starts): CPU seconds, address space, size of any one file written.
 `--die-with-parent` and the pid namespace make sure nothing outlives the job: when bwrap's
 child ends or the runner dies, every process inside is killed.
+
+The job's environment is bwrap's to set inside (`--clearenv`, then `--setenv` each
+variable): bwrap itself runs with a fixed environment of the runner's, so nothing a job
+names (`LD_PRELOAD` and the like) reaches the process that sets the sandbox up.
 """
 
 from __future__ import annotations
@@ -18,13 +23,16 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from jobqueue.errors import SandboxUnavailableError
 
-__all__ = ["Limits", "sandboxed_command"]
+__all__ = ["BWRAP_ENVIRONMENT", "Limits", "sandboxed_command"]
+
+BWRAP_ENVIRONMENT: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+"""The environment bwrap itself runs with: the runner's own, never the job's."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ def sandboxed_command(
     jobs_root: Path,
     hidden_files: Sequence[str],
     visible: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+    tmp_bytes: int | None = None,
 ) -> tuple[list[str], list[int]]:
     """The bwrap command line that runs `argv` in `cwd`, isolated as described above.
 
@@ -76,6 +86,9 @@ def sandboxed_command(
         hidden_files: files to make unreadable (the database and its companions).
         visible: directories the job needs that may lie under /tmp (the Python environment,
             the shims), bound back read-only over the private /tmp.
+        env: the job's whole environment, set inside the sandbox (run the command itself
+            with `BWRAP_ENVIRONMENT`).
+        tmp_bytes: the size of the private /tmp (None: the kernel's default).
 
     Returns:
         The command and the file descriptors it names (bwrap reads each once): pass them
@@ -86,20 +99,27 @@ def sandboxed_command(
         "--ro-bind", "/", "/",
         "--dev", "/dev",
         "--proc", "/proc",
-        "--tmpfs", "/tmp",
     ]  # fmt: skip
+    if tmp_bytes is not None:
+        command += ["--size", str(tmp_bytes)]
+    command += ["--tmpfs", "/tmp"]
     for directory in dict.fromkeys(visible):
         if directory.is_relative_to("/tmp") and directory.exists():
             command += ["--ro-bind", str(directory), str(directory)]
     command += [
         "--tmpfs", str(jobs_root),
         "--bind", str(workdir), str(workdir),
+        "--remount-ro", str(jobs_root),  # the job's own directory (a mount of its own) stays
     ]  # fmt: skip
     fds = []
     for path in hidden_files:
         if os.path.exists(path):
             fds.append(os.open(os.devnull, os.O_RDONLY))
             command += ["--perms", "000", "--ro-bind-data", str(fds[-1]), path]
+    if env is not None:
+        command.append("--clearenv")
+        for key, value in env.items():
+            command += ["--setenv", key, value]
     command += [
         "--cap-drop", "ALL",
         "--unshare-pid",

@@ -42,13 +42,22 @@ class Prepared:
     command: str
 
 
-def prepare(code: str, command: str | None, workdir: Path, git_timeout_s: float = 300) -> Prepared:
-    """Write or fetch the job's code into `workdir`; raises SourceError."""
+def prepare(
+    code: str,
+    command: str | None,
+    workdir: Path,
+    git_timeout_s: float = 300,
+    max_unpacked_bytes: int = _MAX_ARCHIVE_BYTES,
+) -> Prepared:
+    """Write or fetch the job's code into `workdir`; raises SourceError.
+
+    An archive that would unpack to more than `max_unpacked_bytes` is refused unpacked.
+    """
     text = code.strip()
     given = command.strip() if command and command.strip() else DEFAULT_COMMAND
     if text.startswith(("http://", "https://", "file://")):
         if text.split("?", 1)[0].endswith(_ARCHIVE_SUFFIXES):
-            _unpack(_download(text), text.split("?", 1)[0], workdir)
+            _unpack(_download(text), text.split("?", 1)[0], workdir, max_unpacked_bytes)
             return Prepared(workdir, given)
         name = PurePosixPath(text.rstrip("/").split("/")[-1]).name.removesuffix(".git") or "repo"
         clone = workdir / name
@@ -83,7 +92,9 @@ def prepare(code: str, command: str | None, workdir: Path, git_timeout_s: float 
             data = base64.b64decode(payload, validate=True)
         except ValueError:
             raise SourceError("the data: URL of code is not valid base64") from None
-        _unpack(data, kind, workdir)
+        if len(data) > _MAX_ARCHIVE_BYTES:
+            raise SourceError(f"the data: URL's archive is larger than {_MAX_ARCHIVE_BYTES} bytes")
+        _unpack(data, kind, workdir, max_unpacked_bytes)
         return Prepared(workdir, given)
     if not text:
         raise SourceError("The job did not appear to be supported on this system: no code")
@@ -102,17 +113,27 @@ def _download(url: str) -> bytes:
     return data
 
 
-def _unpack(data: bytes, name: str, workdir: Path) -> None:
-    """Unpack an archive safely (no absolute paths, no `..`, no links out)."""
+def _unpack(data: bytes, name: str, workdir: Path, max_bytes: int) -> None:
+    """Unpack an archive safely (no absolute paths, no `..`, no links out, at most
+    `max_bytes` unpacked: the sizes are added up before anything is written)."""
+
+    def check_size(total: int) -> None:
+        if total > max_bytes:
+            raise SourceError(
+                f"the archive unpacks to {total} bytes, more than the job's limit of {max_bytes}"
+            )
+
     try:
         if name.endswith(".zip"):
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                for member in archive.namelist():
+            with zipfile.ZipFile(io.BytesIO(data)) as zipped:
+                for member in zipped.namelist():
                     if member.startswith("/") or ".." in PurePosixPath(member).parts:
                         raise SourceError(f"archive member {member!r} points outside the job")
-                archive.extractall(workdir)
+                check_size(sum(info.file_size for info in zipped.infolist()))
+                zipped.extractall(workdir)
         else:
-            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-                archive.extractall(workdir, filter="data")
+            with tarfile.open(fileobj=io.BytesIO(data)) as tarred:
+                check_size(sum(member.size for member in tarred.getmembers()))
+                tarred.extractall(workdir, filter="data")
     except (zipfile.BadZipFile, tarfile.TarError) as error:
         raise SourceError(f"cannot unpack the archive: {error}") from None

@@ -20,8 +20,10 @@ from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from jobqueue.bodies import SUPPORTED_PLATFORMS, SubmittedJob
 from jobqueue.errors import JobQueueError
 from jobqueue.store import Identity, JobStore
 from jobqueue.views import data_set
@@ -112,7 +114,7 @@ def add_routes(
 
     @app.post("/app/login")
     async def login(request: Request) -> Response:
-        fields = parse_qs((await request.body()).decode())
+        fields = parse_qs((await request.body()).decode("utf-8", "replace"))
         token = fields.get("token", [""])[0].strip()
         if not token or await run_in_threadpool(store.identity, token) is None:
             return sign_in_page("That token is not valid.")
@@ -217,7 +219,8 @@ def add_routes(
         caller = await run_in_threadpool(caller_or_none, request)
         if caller is None:
             return login_redirect()
-        fields = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        body = (await request.body()).decode("utf-8", "replace")
+        fields = {k: v[0] for k, v in parse_qs(body).items()}
         values: dict[str, Any] = {
             "code": fields.get("code", ""),
             "collab": fields.get("collab", f"private-{caller.user}"),
@@ -237,6 +240,18 @@ def add_routes(
             problem = "there is no code to run"
         elif not caller.can_access(values["collab"]):
             problem = f"you are not a member of collab {values['collab']!r}"
+        elif values["hardware_platform"] not in SUPPORTED_PLATFORMS:
+            problem = (
+                f"hardware platform {values['hardware_platform']!r} is not available here"
+                f" (this service runs {', '.join(SUPPORTED_PLATFORMS)})"
+            )
+        if problem is None:
+            try:  # the API's own checks of a submission (tags, text, timeout)
+                values = SubmittedJob.model_validate(values).model_dump()
+            except ValidationError as error:
+                problem = "; ".join(
+                    str(e["msg"]).removeprefix("Value error, ") for e in error.errors()
+                )
         if problem is None:
             try:
                 job = await run_in_threadpool(store.submit, caller, values)

@@ -1,0 +1,199 @@
+"""What a hostile script or an unkind client sends the batch service, and what it gets back.
+
+A job's environment never reaches the process that builds its sandbox; the runner never
+writes through links a job leaves; what a job puts where the runner writes cannot stop the
+runner; archives are refused before they unpack past the job's limit; text the store cannot
+keep is refused at the door; outputs are served so that no script of a job runs on the
+service's origin.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.jobqueue.conftest import run_job
+
+
+def test_a_jobs_environment_never_reaches_the_sandbox_itself(alice: Any) -> None:
+    _, client = alice()
+    # LD_DEBUG makes the dynamic loader report every library it loads, for any process
+    # that has it in its environment: only the job's own processes may.
+    job = run_job(client, "print('ran')", config={"LD_DEBUG": "files"})
+    assert job["status"] == "finished", job["log"]
+    assert "ran" in job["log"]
+    assert "needed by /usr/bin/bwrap" not in job["log"]
+    assert "/usr/bin/bwrap" not in job["log"]
+
+
+LINKS_SCRIPT = """\
+import os
+job = os.environ["NMPI_JOB_ID"]
+os.symlink(os.environ["VICTIM_LOG"], f"output_{job}.txt")
+os.makedirs("reports/run_1")
+with open("reports/run_1/provenance.txt", "w") as f:
+    f.write("boards: 0\\n")
+os.symlink(os.environ["VICTIM_ZIP"], "reports.zip")
+print("links made")
+"""
+
+
+def test_links_a_job_leaves_are_never_written_through(alice: Any, tmp_path: Path) -> None:
+    _, client = alice()
+    victims = {"VICTIM_LOG": tmp_path / "victim.log", "VICTIM_ZIP": tmp_path / "victim.zip"}
+    job = run_job(client, LINKS_SCRIPT, config={k: str(v) for k, v in victims.items()})
+    assert job["status"] == "finished", job["log"]
+    for victim in victims.values():
+        assert not victim.exists()
+    files = client.download_data(job, local_dir=str(tmp_path / "out"))
+    names = sorted(Path(f).name for f in files)
+    assert names == sorted(["reports.zip", f"output_{job['id']}.txt"])
+    where = tmp_path / "out" / "my-collab" / str(job["id"])
+    assert "links made" in (where / f"output_{job['id']}.txt").read_text()
+    with zipfile.ZipFile(where / "reports.zip") as archive:
+        assert archive.namelist() == ["reports/run_1/provenance.txt"]
+
+
+LINKED_REPORTS_SCRIPT = """\
+import os
+os.symlink(os.environ["OUTSIDE"], "reports")
+"""
+
+
+def test_a_reports_folder_that_links_outside_is_not_archived(alice: Any, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not the job's")
+    _, client = alice()
+    job = run_job(client, LINKED_REPORTS_SCRIPT, config={"OUTSIDE": str(outside)})
+    assert job["status"] == "finished", job["log"]
+    names = [Path(item["path"]).name for item in job["output_data"]["files"]]
+    assert names == [f"output_{job['id']}.txt"]
+
+
+def test_what_a_job_puts_in_the_logs_place_does_not_stop_the_runner(alice: Any) -> None:
+    service, client = alice()  # two runners
+    # Each leaves a folder where the runner writes the job's log file.
+    blocker = "import os\nos.mkdir(f\"output_{os.environ['NMPI_JOB_ID']}.txt\")\nprint('left')"
+    ids = [
+        int(client.submit_job(source=blocker, platform="SpiNNaker", collab_id="my-collab")[6:])
+        for _ in range(3)
+    ]
+    for job_id in ids:
+        job = service.wait_for(job_id, ("finished", "error"))
+        assert job["status"] == "finished", job["log"]
+        assert "left" in job["log"]
+    # Both runner slots are free again.
+    assert run_job(client, "print('after')")["status"] == "finished"
+
+
+def _zip_data_url(members: dict[str, bytes]) -> str:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return "data:application/zip;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_an_archive_unpacking_past_the_jobs_limit_is_refused_unpacked(alice: Any) -> None:
+    service, client = alice("--job-output-mb", "1")
+    bomb = _zip_data_url({"run.py": b"print('never')\n", "zeros.bin": bytes(3 << 20)})
+    job = run_job(client, bomb)
+    assert job["status"] == "error"
+    assert f"more than the job's limit of {1 << 20}" in job["log"]
+    assert "never" not in job["log"]
+    assert not (service.cwd / "jobs" / str(job["id"]) / "zeros.bin").exists()
+
+
+def _post(service: Any, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        service.url + path,
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {service.token()}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _get(service: Any, path: str) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        service.url + path, headers={"Authorization": f"Bearer {service.token()}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"tags": ["\ud800ab"]}, "not valid UTF-8"),
+        ({"code": "print('\ud800')"}, "not valid UTF-8"),
+        ({"hardware_config": {"X": "a\u0000b"}}, "NUL"),
+        ({"hardware_config": {"timeout": "inf"}}, "positive number of hours"),
+        ({"hardware_config": {"timeout": -1}}, "positive number of hours"),
+    ],
+)
+def test_text_the_store_cannot_keep_is_refused_and_the_job_list_stays_whole(
+    batch_service: Any, fields: dict[str, Any], said: str
+) -> None:
+    service = batch_service()
+    job = {"code": "print(1)", "collab": "my-collab", "hardware_platform": "SpiNNaker", **fields}
+    # json.dumps escapes a lone surrogate (as a client may send it), which the service decodes
+    status, answer = _post(service, "/jobs/", json.dumps(job).encode())
+    assert status == 422, answer
+    assert said in answer["detail"]
+    assert _get(service, "/jobs/?collab=my-collab") == (200, [])
+
+
+def test_ids_past_the_databases_range_name_no_job(batch_service: Any) -> None:
+    service = batch_service()
+    for path in ("/jobs/99999999999999999999999", "/jobs/9223372036854775808"):
+        status, answer = _get(service, path)
+        assert status == 404, answer
+    assert _get(service, "/jobs/?from_index=9223372036854775808") == (200, [])
+
+
+HTML_SCRIPT = """\
+with open("page.html", "w") as f:
+    f.write("<script>fetch('/jobs/')</script>")
+with open("plot.png", "wb") as f:
+    f.write(b"\\x89PNG\\r\\n\\x1a\\n")
+"""
+
+
+def test_outputs_are_served_so_that_no_script_runs_on_the_services_origin(alice: Any) -> None:
+    _, client = alice()
+    job = run_job(client, HTML_SCRIPT)
+    assert job["status"] == "finished", job["log"]
+    urls = {Path(item["path"]).name: item["url"] for item in job["output_data"]["files"]}
+    with urllib.request.urlopen(urls["page.html"], timeout=30) as answer:
+        assert answer.headers["Content-Security-Policy"] == "sandbox"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["Content-Disposition"] == "attachment"
+    with urllib.request.urlopen(urls["plot.png"], timeout=30) as answer:
+        assert answer.headers["Content-Security-Policy"] == "sandbox"
+        assert answer.headers["Content-Disposition"] is None  # shown inline on the job page
+
+
+def test_an_output_named_in_bytes_that_are_no_utf8_leaves_the_rest_listed(alice: Any) -> None:
+    _, client = alice()
+    script = 'open(b"bad\\xff\\xfe.txt", "wb").write(b"x")\nopen("good.txt", "w").write("y")\n'
+    job = run_job(client, script)
+    assert job["status"] == "finished", job["log"]
+    names = sorted(Path(item["path"]).name for item in job["output_data"]["files"])
+    assert names == sorted(["good.txt", f"output_{job['id']}.txt"])
