@@ -363,16 +363,17 @@ class DispatchCommands:
             if ticket is not None:
                 self.pool.stop(ticket, state, reason)
 
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _background(self, work: Awaitable[None]) -> None:
         """Run a change's save (and what follows it) as a task of the family's group."""
         if self._task_group is not None:
-            wrapped = _logged(coro)
+            wrapped = _logged(work)
             try:
                 self._task_group.create_task(wrapped)
                 return
             except RuntimeError:
                 wrapped.close()  # shutting down: the restart marks what was in flight
-        coro.close()
+        if isinstance(work, Coroutine):
+            work.close()
 
     # --- load_image ---------------------------------------------------------------------
 
@@ -815,16 +816,16 @@ class DispatchCommands:
         folder = job_folder(self._directory, job.job_id)
         snapshot = job.record.snapshot
 
-        saved = self._save(job) if self._task_group is not None else _nothing()
+        saved = self._save(job) if self._task_group is not None else None
 
         async def save_then_announce() -> None:
-            await saved
+            if saved is not None:
+                await saved
             if previous_snapshot is not None and previous_snapshot != snapshot:
                 await self._in_thread(storage.remove_folder, folder / previous_snapshot)
             self._announce(job, is_state_change=True)
 
         if self._task_group is None:
-            saved.close()
             self._announce(job, is_state_change=True)
         else:
             self._background(save_then_announce())
@@ -952,17 +953,20 @@ class DispatchCommands:
                 " load_image answered"
             )
 
-    def _save(self, job: _Job) -> Coroutine[Any, Any, None]:
+    def _save(self, job: _Job) -> asyncio.Future[None]:
         """Start writing the job's record now, so that a reply from here on waits for it
-        (`_durable`), even if the returned coroutine runs later, as a task."""
+        (`_durable`), even if what awaits the returned future runs later, as a task."""
+        loop = asyncio.get_running_loop()
         try:
-            future = asyncio.get_running_loop().run_in_executor(
+            future = loop.run_in_executor(
                 self._file_thread, storage.write_record, self._directory, job.record
             )
         except RuntimeError:  # the file thread has stopped: the server is stopping
-            return _nothing()
+            stopped: asyncio.Future[None] = loop.create_future()
+            stopped.set_result(None)  # the restart marks what was in flight
+            return stopped
         job.last_save = future
-        return _awaited(future)
+        return future
 
     async def _durable(self, job: _Job) -> None:
         """Wait until the job's latest change is on disk (a reply must not claim more)."""
@@ -1022,7 +1026,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def _logged(awaitable: Coroutine[Any, Any, None]) -> None:
+async def _logged(awaitable: Awaitable[None]) -> None:
     try:
         await awaitable
     except Exception:
@@ -1071,14 +1075,6 @@ def _remove_files(folder: Path, snapshot: str | None) -> None:
     (folder / IMAGE_FILE).unlink(missing_ok=True)
     if snapshot is not None:
         _remove_state(folder / snapshot)
-
-
-async def _awaited(future: asyncio.Future[None]) -> None:
-    await future
-
-
-async def _nothing() -> None:
-    pass
 
 
 def _require_not_lost(job: _Job) -> None:

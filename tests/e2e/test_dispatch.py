@@ -731,6 +731,23 @@ async def test_server_killed_during_a_run_then_restarted(start_server: Any) -> N
         await asyncio.to_thread(second.stop)
 
 
+async def test_a_server_stopped_during_a_run_stops_cleanly(start_server: Any) -> None:
+    server: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client, keepalive_s=None)
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+        await _until_running(client, job_id, token)
+        server.send_signal(signal.SIGTERM)
+        for _ in range(600):
+            if not server.is_running():
+                break
+            await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(server.stop) == 0  # ended by itself: no second signal
+    said = server.stderr_text
+    for unwanted in ("Traceback", "RuntimeWarning", "never awaited", "WARNING allotment.dispatch"):
+        assert unwanted not in said, said
+
+
 def test_a_run_that_fails_raises_with_the_servers_reason(server: ServerProcess) -> None:
     with RemoteMachine.allocate(
         server.host, server.port, owner="runner", keepalive_s=60.0
