@@ -213,7 +213,10 @@ async def _run(
             log.warning(
                 "SIGHUP: configuration %s has no [[machines]]: nothing to allocate", config_path
             )
-        service.reconfigure(new)
+        try:
+            service.reconfigure(new)
+        except AllocatorError as error:
+            log.error("SIGHUP: configuration rejected, keeping the old one: %s", error)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

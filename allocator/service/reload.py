@@ -27,24 +27,31 @@ class Reconfigure:
         "Machine removed.". Tag and dead-board/link changes affect queued jobs only. Every
         queued job is re-queued against the new machines; one that can no longer fit
         anywhere is cancelled as it would have been at creation.
+
+        Raises:
+            AllocationConflictError: a kept machine's new description marks dead a board a
+                job holds; nothing changed (the whole reload is refused).
         """
         state = self._state
         changed: list[int] = []
         touched: set[str] = set()
         old = state.machines
         new = {mc.name: mc for mc in config.machines}
-        kept = []
+        kept = [
+            name
+            for name, machine in old.items()
+            if name in new and _same_hardware(machine, new[name])
+        ]
+        allocators = state.allocators_for(config, kept)  # raises before anything changes
         for name, machine in old.items():
-            replacement = new.get(name)
-            if replacement is not None and _same_hardware(machine, replacement):
-                kept.append(name)
-                if replacement != machine:
+            if name in kept:
+                if new[name] != machine:
                     touched.add(name)
                 continue
             touched.add(name)
             state.remove_machine(name, changed)
         touched |= set(new) - set(old)
-        state.install_config(config, kept)
+        state.install_config(config, allocators)
         touched |= state.requeue(changed)
         log.info("configuration reloaded: machines %s", ", ".join(new) or "none")
         state.commit_in_background(changed, touched)

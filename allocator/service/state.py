@@ -1189,20 +1189,33 @@ class ServiceState:
         if machine is not None:
             self._store.stage(ReleaseBoards(name, tuple(sorted(machine.live_boards))))
 
-    def install_config(self, config: ServerConfig, kept: Iterable[str]) -> None:
-        """Use a new configuration; the machines named in `kept` keep their allocations."""
+    def allocators_for(
+        self, config: ServerConfig, kept: Iterable[str]
+    ) -> dict[str, MachineAllocator]:
+        """The allocators of a new configuration, the machines named in `kept` holding
+        their jobs' allocations as now; nothing of the service changes.
+
+        Raises:
+            AllocationConflictError: an allocation does not fit its machine's new
+                description (a board it holds is now dead), naming the board and job.
+        """
         kept = set(kept)
-        old_allocators = self._allocators
         allocators: dict[str, MachineAllocator] = {}
         for machine in config.machines:
             allocator = MachineAllocator(machine)
             if machine.name in kept:
-                previous = old_allocators[machine.name]
+                previous = self._allocators[machine.name]
                 for job_id in self._holders(machine.name):
                     held = previous.allocation(job_id)
                     if held is not None:
                         allocator.restore(job_id, held.boards, held.rectangle)
             allocators[machine.name] = allocator
+        return allocators
+
+    def install_config(
+        self, config: ServerConfig, allocators: dict[str, MachineAllocator]
+    ) -> None:
+        """Use a new configuration and its allocators (from `allocators_for`)."""
         self._config = config
         self._machines = {mc.name: mc for mc in config.machines}
         self._frames_of.clear()  # a machine's frames may have moved

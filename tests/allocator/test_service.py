@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pytest
 from allocator.clock import FakeClock
 from allocator.config import ServerConfig, default_config, parse_config
 from allocator.errors import RequestError
+from allocator.packing import AllocationConflictError
 from allocator.service import V1_VERSION, Service
 from protocol import messages as m
 from protocol.errors import CommandError
@@ -316,6 +318,28 @@ async def test_reload_removing_a_machine_destroys_its_jobs(h: Harness) -> None:
     assert (await h.state(on_other))["reason"] == "Machine removed."
     assert (await h.state(on_small))["state"] in (2, 3)
     assert [mc["name"] for mc in await h.call("list_machines")] == ["small"]
+
+
+async def test_reload_marking_a_held_board_dead_is_refused_whole(h: Harness) -> None:
+    on_other = await h.call("create_job", owner="a", machine="other")
+    on_small = await h.call("create_job", owner="b")
+    board = tuple((await h.call("get_job_machine_info", on_small))["boards"][0])
+    data = copy.deepcopy(SMALL)
+    small, _other = data["machines"]  # type: ignore[index]
+    small["dead_boards"] = [list(board)]
+    data["machines"] = [small]  # type: ignore[index]  # and "other" removed
+    with pytest.raises(
+        AllocationConflictError,
+        match=rf"board \({board[0]}, {board[1]}, {board[2]}\) of job {on_small} is not a live"
+        " board of small",
+    ):
+        h.service.reconfigure(parse_config(data))
+    await h.settle()
+    # Nothing of it applied: "other" is still there with its job, small's job untouched.
+    assert [mc["name"] for mc in await h.call("list_machines")] == ["small", "other"]
+    assert (await h.state(on_other))["state"] in (2, 3)
+    assert (await h.state(on_small))["state"] in (2, 3)
+    assert board in [tuple(b) for b in (await h.call("get_job_machine_info", on_small))["boards"]]
 
 
 async def test_default_machine_serves_whole_machine_torus(db_url: str) -> None:

@@ -48,6 +48,15 @@ def test_sighup_reloads_and_rejects_a_bad_file_keeping_jobs(start_server: Any) -
         assert "machines[1].name" in rejected
         assert [m["name"] for m in client.call("list_machines")] == ["spinn-1200"]
 
+        # One marking dead a board the job holds: refused whole, board and job named.
+        x, y, z = client.call("get_job_machine_info", job_id)["boards"][0]
+        _replace(config_path, SERVER_TOML + f"dead_boards = [[{x}, {y}, {z}]]\n" + EXTRA_MACHINE)
+        server.send_signal(signal.SIGHUP)
+        line = f"board ({x}, {y}, {z}) of job {job_id} is not a live board of spinn-1200"
+        assert line in server.wait_for_output(line)
+        assert [m["name"] for m in client.call("list_machines")] == ["spinn-1200"]
+        assert "Traceback" not in server.stderr_text
+
         # A good one adding a machine.
         _replace(config_path, SERVER_TOML + EXTRA_MACHINE)
         server.send_signal(signal.SIGHUP)
