@@ -166,6 +166,26 @@ def _first_leaf(group: BaseExceptionGroup[StoreError]) -> StoreError:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+def check_listenable(host: str, port: int, what: str) -> None:
+    """Make sure `host:port` can be bound now, before anything is made (a port another
+    process of the service will listen on).
+
+    Raises:
+        StartupError: naming the address and `what` listens there.
+    """
+    try:
+        for family, kind, proto, _name, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as error:
+        raise StartupError(
+            f"cannot listen on {_address(host, port)} ({what}): {_why(error)}"
+        ) from error
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

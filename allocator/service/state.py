@@ -1212,9 +1212,7 @@ class ServiceState:
             allocators[machine.name] = allocator
         return allocators
 
-    def install_config(
-        self, config: ServerConfig, allocators: dict[str, MachineAllocator]
-    ) -> None:
+    def install_config(self, config: ServerConfig, allocators: dict[str, MachineAllocator]) -> None:
         """Use a new configuration and its allocators (from `allocators_for`)."""
         self._config = config
         self._machines = {mc.name: mc for mc in config.machines}

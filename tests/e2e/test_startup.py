@@ -60,6 +60,14 @@ def test_a_port_in_use_is_one_line_naming_the_address(tmp_path: Path, busy_port:
     assert list(tmp_path.iterdir()) == [], "a failed start left files behind"
 
 
+def test_a_batch_port_in_use_is_one_line_naming_it_and_nothing_is_made(
+    tmp_path: Path, busy_port: int
+) -> None:
+    result = _allotment("serve", "--port", "0", "--batch-port", str(busy_port), cwd=tmp_path)
+    _assert_refused(result, f"127.0.0.1:{busy_port} (the batch service)", "address already in use")
+    assert list(tmp_path.iterdir()) == [], "a failed start left files behind"
+
+
 @pytest.mark.parametrize(
     ("host", "why"),
     [("192.0.2.1", "cannot assign requested address"), ("no-such-host.invalid", "")],
