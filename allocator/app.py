@@ -70,12 +70,14 @@ async def serve(
     wrap_database: Callable[[Database], Database] | None = None,
     ready_hook: Callable[[list[tuple[str, int]]], str] | None = None,
     stopping_hook: Callable[[], None] | None = None,
+    also_listening: tuple[int, str] | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit status.
 
     Everything that can fail at start is tried before the database is opened (so a failed
     start leaves no new database behind): the configuration, the listening socket, the
-    metrics endpoint.
+    port `also_listening` names (another process of the service will listen there, on the
+    same host), the metrics endpoint.
 
     Args:
         wrap_database: wraps the store's database (tests inject failures with it).
@@ -106,6 +108,8 @@ async def serve(
         except OSError as error:
             raise StartupError(f"cannot listen on {_address(host, port)}: {_why(error)}") from error
         stack.push_async_callback(server.unbind)
+        if also_listening is not None:
+            check_listenable(host, *also_listening)
         metrics_port = config.metrics.bind_port
         if metrics_port is not None:
             address = _address(config.metrics.address, metrics_port)

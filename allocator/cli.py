@@ -185,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         config = batch_cli.runner_config(args, None if args.batch_virtual else args.host, args.port)
         return serve_batch(host=args.host, port=args.batch_port, db_url=args.db, runner=config)
-    from allocator.app import StartupError, check_listenable, serve
+    from allocator.app import StartupError, serve
 
     children = []
 
@@ -203,9 +203,6 @@ def _serve(args: argparse.Namespace) -> int:
             children.pop().stop()
 
     try:
-        if not args.no_batch and args.batch_port:
-            # Before the database or anything else is made: nothing is left behind.
-            check_listenable(args.host, args.batch_port, "the batch service")
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             return runner.run(
                 serve(
@@ -215,6 +212,11 @@ def _serve(args: argparse.Namespace) -> int:
                     db_url=args.db,
                     ready_hook=None if args.no_batch else start_batch,
                     stopping_hook=stop_batch,
+                    also_listening=(
+                        None
+                        if args.no_batch or not args.batch_port
+                        else (args.batch_port, "the batch service")
+                    ),
                 )
             )
     except StartupError as error:
