@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import io
 import json
 import os
@@ -238,10 +239,17 @@ class _Api:
                 return json.loads(answer.read() or b"null")
         except urllib.error.HTTPError as error:
             try:
-                detail = json.loads(error.read()).get("detail", error.reason)
-            except ValueError:
+                said = json.loads(error.read())
+                # the API says "detail"; /userinfo, as EBRAINS IAM, "error_description"
+                detail = said.get("detail") or said.get("error_description") or error.reason
+            except (ValueError, AttributeError):
                 detail = error.reason
             raise SystemExit(f"allotment: error: {detail}") from None
+        except (http.client.HTTPException, ValueError):
+            raise SystemExit(
+                f"allotment: error: {self.url} does not answer as the batch service does"
+                " (is it the allocation server's port? the batch service's is --batch-port)"
+            ) from None
         except OSError as error:
             raise SystemExit(f"allotment: error: cannot reach {self.url}: {error}") from None
 
@@ -267,9 +275,16 @@ def _code_of(source: str) -> str:
         return "data:application/gzip;base64," + base64.b64encode(buffer.getvalue()).decode()
     if path.suffix == ".zip":
         return "data:application/zip;base64," + base64.b64encode(path.read_bytes()).decode()
-    if path.name.endswith((".tar.gz", ".tgz")):
+    if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        # the service opens any tar, compressed or not
         return "data:application/gzip;base64," + base64.b64encode(path.read_bytes()).decode()
-    return path.read_text()
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SystemExit(
+            f"allotment: error: {source} is no script (not UTF-8 text); submit a script, a"
+            " directory, or a .zip, .tar, .tar.gz or .tgz archive"
+        ) from None
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -290,9 +305,22 @@ def _submit(args: argparse.Namespace) -> int:
     if args.no_wait:
         print(job["id"])
         return 0
-    final = _wait(api, job["id"])
+    try:
+        final = _wait(api, job["id"])
+    except KeyboardInterrupt:
+        return _stopped_waiting(job["id"])
     print(f"job {job['id']} {final['status']}")
     return 0 if final["status"] == "finished" else 1
+
+
+def _stopped_waiting(job_id: int) -> int:
+    """Ctrl-C while waiting: the job goes on; say how to follow it (exit status 130)."""
+    print(
+        f"\nallotment: stopped waiting; job {job_id} goes on"
+        f" (allotment log {job_id} --follow, or allotment jobs)",
+        file=sys.stderr,
+    )
+    return 130
 
 
 def _wait(api: _Api, job_id: int) -> dict[str, Any]:
@@ -331,20 +359,28 @@ def _jobs(args: argparse.Namespace) -> int:
 def _log(args: argparse.Namespace) -> int:
     api = _Api(args.url, args.token)
     shown = 0
-    while True:
-        job = api.call("GET", f"/jobs/{args.job_id}?with_log=true")
-        text = job["log"] or ""
-        sys.stdout.write(text[shown:])
-        sys.stdout.flush()
-        shown = len(text)
-        if not args.follow or job["status"] in _FINAL:
-            return 0
-        time.sleep(0.5)
+    try:
+        while True:
+            job = api.call("GET", f"/jobs/{args.job_id}?with_log=true")
+            text = job["log"] or ""
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+            if not args.follow or job["status"] in _FINAL:
+                return 0
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return _stopped_waiting(args.job_id)
 
 
 def _fetch(args: argparse.Namespace) -> int:
     api = _Api(args.url, args.token)
     job = api.call("GET", f"/jobs/{args.job_id}")
+    if job["status"] not in _FINAL:
+        raise SystemExit(
+            f"allotment: error: job {args.job_id} is {job['status']}: its outputs come when it"
+            f" has ended (allotment log {args.job_id} --follow)"
+        )
     files = (job["output_data"] or {}).get("files", [])
     target: Path = args.dir or Path(f"job-{args.job_id}")
     for item in files:
@@ -352,10 +388,17 @@ def _fetch(args: argparse.Namespace) -> int:
         if relative.is_absolute() or ".." in relative.parts:
             continue
         destination = target / relative
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(item["url"], timeout=60) as answer:
-            destination.write_bytes(answer.read())
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with urllib.request.urlopen(item["url"], timeout=60) as answer:
+                destination.write_bytes(answer.read())
+        except urllib.error.URLError as error:
+            raise SystemExit(f"allotment: error: cannot download {item['url']}: {error}") from None
+        except OSError as error:
+            raise SystemExit(f"allotment: error: cannot write {destination}: {error}") from None
         print(destination)
+    if not files:
+        print(f"allotment: job {args.job_id} has no output files", file=sys.stderr)
     return 0
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +106,80 @@ def test_bad_input_gets_one_sentence(batch_service: Any, tmp_path: Path) -> None
     assert answer.json() == {
         "detail": "hardware platform 'NEST' is not available here (this service runs SpiNNaker)"
     }
+
+
+def test_careless_commands_get_one_sentence(batch_service: Any, tmp_path: Path) -> None:
+    service = batch_service()
+    token = service.token()
+    url = ("--url", service.url)
+
+    def refused(result: subprocess.CompletedProcess[str], *facts: str) -> None:
+        assert result.returncode != 0, result.stdout
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("allotment: error: "), result.stderr
+        for fact in facts:
+            assert fact in result.stderr, result.stderr
+
+    (tmp_path / "figure.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    (tmp_path / "slow.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    refused(_allotment("submit", "figure.png", *url, cwd=tmp_path, env_token=token), "no script")
+    # a bad token is the server's sentence whichever command meets it (the API's or, for
+    # submit without a collab, the user-info endpoint's, as on EBRAINS)
+    for command in (("jobs",), ("submit", "slow.py")):
+        said = _allotment(*command, *url, cwd=tmp_path, env_token="wrong").stderr
+        assert said in (
+            "allotment: error: Token may have expired\n",
+            "allotment: error: Token verification failed\n",
+        ), said
+
+    # a port that answers another protocol (the allocation server's, say)
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+
+        def answer() -> None:
+            conn, _ = other.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b'{"exception": "line is not valid json"}\n')
+
+        threading.Thread(target=answer, daemon=True).start()
+        wrong = _allotment(
+            "jobs", "--url", f"http://127.0.0.1:{port}", cwd=tmp_path, env_token=token
+        )
+    refused(wrong, "does not answer as the batch service does")
+
+    job_id = _allotment("submit", "slow.py", "--no-wait", *url, cwd=tmp_path, env_token=token)
+    job_id_text = job_id.stdout.strip()
+    refused(
+        _allotment("fetch", job_id_text, *url, cwd=tmp_path, env_token=token),
+        f"job {job_id_text} is ",
+        "its outputs come when it has ended",
+    )
+    # Ctrl-C while following the log: the job goes on, and the command says how to follow it.
+    following = subprocess.Popen(
+        [sys.executable, "-m", "allocator.cli", "log", job_id_text, "--follow", *url],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "ALLOTMENT_TOKEN": token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert following.stdout is not None
+    assert following.stdout.readline() == "started\n"
+    following.send_signal(signal.SIGINT)
+    _, said = following.communicate(timeout=60)
+    assert following.returncode == 130
+    assert "Traceback" not in said
+    assert f"job {job_id_text} goes on (allotment log {job_id_text} --follow" in said
+
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "quick.py").write_text("open('r.txt', 'w').write('1')\n")
+    quick = _allotment("submit", "quick.py", *url, cwd=tmp_path, env_token=token)
+    assert quick.returncode == 0, quick.stderr
+    quick_id = quick.stdout.split()[1]
+    refused(
+        _allotment("fetch", quick_id, "--dir", "a-file", *url, cwd=tmp_path, env_token=token),
+        "cannot write a-file/",
+    )
