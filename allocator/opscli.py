@@ -95,7 +95,10 @@ async def _map(args: argparse.Namespace, client: OpsClient, out: TextIO) -> int:
     state = MachineState.model_validate(raw)
     if args.png is not None:
         # A file write may stall on a slow disk; keep it off the event loop.
-        await asyncio.to_thread(Path(args.png).write_bytes, render_png(state))
+        try:
+            await asyncio.to_thread(Path(args.png).write_bytes, render_png(state))
+        except OSError as error:
+            raise SystemExit(f"allotment: error: cannot write {args.png}: {error}") from None
         out.write(f"map of {state.name} written to {args.png}\n")
         return 0
     is_colour = not args.no_colour and "NO_COLOR" not in os.environ and out.isatty()

@@ -195,12 +195,36 @@ def _open_store(url: str) -> Any:
 
 
 def _token_create(args: argparse.Namespace) -> int:
+    file = _sqlite_file(args.db)
+    is_new = file is not None and not file.exists()
     store = _open_store(args.db)
     try:
         print(store.create_token(args.user, args.collab))
     finally:
         store.close()
+    if is_new:
+        # Most likely run from another folder than the server's: say so, the token is good
+        # only for a service on this database.
+        print(
+            f"allotment: note: {file} did not exist and was made for this token; a service on"
+            " another database will not know it (--db names the service's)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL (None for another database or an in-memory one)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _token_revoke(args: argparse.Namespace) -> int:

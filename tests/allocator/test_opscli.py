@@ -116,6 +116,9 @@ async def test_map_text_and_png(tmp_path: Path) -> None:
     status, text = await _run(["map", "spin5", "--png", str(png)], client)
     assert status == 0
     assert Image.open(png).format == "PNG"
+    nowhere = tmp_path / "no-such-folder" / "map.png"
+    with pytest.raises(SystemExit, match=f"allotment: error: cannot write {nowhere}: "):
+        await _run(["map", "spin5", "--png", str(nowhere)], client)
 
 
 async def test_ps_filters_by_owner() -> None:

@@ -37,6 +37,12 @@ def test_token_create_prints_the_token_alone_and_revoke_ends_it(tmp_path: Path) 
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert made.stdout == token + "\n"
+    # a new database is made for it, which is said (the server's may be elsewhere)
+    assert "allotment.db did not exist and was made for this token" in made.stderr
+    again = _allotment(
+        "token", "create", "--user", "bob", "--collab", "c1", "--db", db, cwd=tmp_path
+    )
+    assert (again.returncode, again.stderr) == (0, "")
     assert len(token) >= 40
     from jobqueue.store import TOKEN_PREFIX, JobStore
 
