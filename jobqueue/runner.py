@@ -17,6 +17,8 @@ script ran (less `*.pyc`, `reports/` and `application_generated_data_files/`), p
 
 from __future__ import annotations
 
+import codecs
+import collections
 import contextlib
 import hashlib
 import importlib.util
@@ -55,6 +57,9 @@ _SKIPPED_DIRS = {"reports", "application_generated_data_files", "__pycache__"}
 _WARM_UP_WAIT_S = 180.0
 _JOB_NUMBA_CACHE = ".numba-cache"
 _MAX_LOG_CHARS = 10_000_000
+"""The first characters of a job's log that are kept."""
+_LOG_TAIL_CHARS = 1_000_000
+"""And the last: the end of a longer log (a traceback, why the job was stopped)."""
 
 
 @dataclass(frozen=True)
@@ -113,15 +118,37 @@ class _Run:
     n_chars: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    tail: collections.deque[str] = field(default_factory=collections.deque)
+    n_tail_chars: int = 0
+    n_kept_chars: int = 0
+
     def append(self, text: str) -> None:
+        """Keep the log's first `_MAX_LOG_CHARS` characters and its last `_LOG_TAIL_CHARS`
+        (where a traceback or the reason a job was stopped is); what lies between is left
+        out, and `text` says how much."""
         with self.lock:
-            if self.n_chars < _MAX_LOG_CHARS:
-                self.chunks.append(text)
-                self.n_chars += len(text)
+            self.n_chars += len(text)
+            room = _MAX_LOG_CHARS - self.n_kept_chars
+            if room > 0:
+                self.chunks.append(text[:room])
+                self.n_kept_chars += min(room, len(text))
+                text = text[room:]
+            if text:
+                self.tail.append(text)
+                self.n_tail_chars += len(text)
+                while self.n_tail_chars - len(self.tail[0]) >= _LOG_TAIL_CHARS:
+                    self.n_tail_chars -= len(self.tail.popleft())
 
     def text(self) -> str:
         with self.lock:
-            return "".join(self.chunks)
+            head = "".join(self.chunks)
+            if not self.tail:
+                return head
+            tail = "".join(self.tail)[-_LOG_TAIL_CHARS:]
+            left_out = self.n_chars - len(head) - len(tail)
+            if left_out <= 0:
+                return head + tail
+            return f"{head}\n[... {left_out} characters of the log left out ...]\n{tail}"
 
 
 class Runner:
@@ -515,8 +542,11 @@ class Runner:
 
 
 def _read_into(stream: Any, run: _Run) -> None:
+    # one decoder for the whole stream: a character split between two reads stays whole
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for chunk in iter(lambda: stream.read1(65536), b""):
-        run.append(chunk.decode("utf-8", errors="replace"))
+        run.append(decoder.decode(chunk))
+    run.append(decoder.decode(b"", final=True))
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:

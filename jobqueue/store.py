@@ -403,7 +403,9 @@ class JobStore:
             query = query.where(tables.jobs.c.timestamp_submission < submitted_until)
         if tag_list := list(tags):
             query = query.where(
-                or_(*(tables.jobs.c.tags.contains(json.dumps(t)) for t in tag_list))
+                or_(
+                    *(tables.jobs.c.tags.contains(json.dumps(t), autoescape=True) for t in tag_list)
+                )
             )
         order = tables.jobs.c.id.desc() if newest_first else tables.jobs.c.id
         query = query.order_by(order).offset(from_index).limit(size)

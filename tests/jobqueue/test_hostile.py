@@ -197,3 +197,44 @@ def test_an_output_named_in_bytes_that_are_no_utf8_leaves_the_rest_listed(alice:
     assert job["status"] == "finished", job["log"]
     names = sorted(Path(item["path"]).name for item in job["output_data"]["files"])
     assert names == sorted(["good.txt", f"output_{job['id']}.txt"])
+
+
+def test_a_long_log_keeps_its_head_and_its_end_and_says_what_it_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobqueue import runner
+
+    monkeypatch.setattr(runner, "_MAX_LOG_CHARS", 10)
+    monkeypatch.setattr(runner, "_LOG_TAIL_CHARS", 5)
+    run = runner._Run({}, Path("."))
+    for piece in ("abcdefgh", "ijklmnop", "qrstuvwxyz", "Error"):
+        run.append(piece)
+    assert run.text() == "abcdefghij\n[... 16 characters of the log left out ...]\nError"
+    assert run.n_chars == 31
+
+
+def test_a_character_split_between_two_reads_of_the_log_stays_whole() -> None:
+    from jobqueue import runner
+
+    data = "né → ok\n".encode()
+    pieces = [data[:2], data[2:5], data[5:]]  # "é" and "→" cut in the middle
+
+    class Stream:
+        def read1(self, _n: int) -> bytes:
+            return pieces.pop(0) if pieces else b""
+
+    run = runner._Run({}, Path("."))
+    runner._read_into(Stream(), run)
+    assert run.text() == "né → ok\n"
+
+
+def test_a_tag_filter_matches_the_tag_only(batch_service: Any) -> None:
+    service = batch_service()
+    for tag in ("a_b1", "axb1", "a%"):
+        job = {"code": "print(1)", "collab": "my-collab", "hardware_platform": "SpiNNaker"}
+        status, _ = _post(service, "/jobs/", json.dumps({**job, "tags": [tag]}).encode())
+        assert status == 201
+    for tag in ("a_b1", "a%"):
+        status, found = _get(service, f"/jobs/?collab=my-collab&tags={urllib.request.quote(tag)}")
+        assert status == 200
+        assert [job["tags"] for job in found] == [[tag]]
