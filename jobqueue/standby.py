@@ -77,6 +77,7 @@ class StandbyPool:
         interval_s: float = 0.25,
     ) -> None:
         self._host, self._port, self.owner = host, port, owner
+        self._where = f"{host}:{port}"
         self._n_jobs = n_jobs if host is not None else 0
         self._n_boards = n_boards
         self._keepalive_s = keepalive_s
@@ -163,6 +164,7 @@ class StandbyPool:
         self._wake = asyncio.Event()
         self._started.set()
         last_keepalive = 0.0
+        is_reachable: bool | None = None  # once said, a change of it is said again
         try:
             while not self._stop.is_set():
                 try:
@@ -172,8 +174,18 @@ class StandbyPool:
                     await self._tend(client, is_keeping)
                     if is_keeping:
                         last_keepalive = now
+                    if is_reachable is False:
+                        log.info("the allocation server %s answers again", self._where)
+                    is_reachable = True
                 except (ProtocolError, OSError) as error:
-                    log.debug("standby pool: %s", error)
+                    if is_reachable is not False:
+                        log.warning(
+                            "the allocation server %s cannot be reached (%s): no standby"
+                            " boards, and PyNN jobs on boards fail until it answers",
+                            self._where,
+                            error,
+                        )
+                    is_reachable = False
                     await self._disconnect()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._interval_s):

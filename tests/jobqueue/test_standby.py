@@ -10,6 +10,7 @@ replaced and jobs still finish; stopping the service destroys the standby.
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
+from jobqueue.standby import StandbyPool
 from jobqueue.usage import core_hours
 from protocol.client import AllotmentClient
 from protocol.messages import JobListEntry
@@ -136,3 +138,22 @@ def test_jobs_run_on_standby_allocations_handed_over_and_replaced(
     last = _ready_standby(service, other_than=fresh.job_id)
     service.stop()
     assert _logged(service, f"job {last.job_id} destroyed: the batch runner stopped")
+
+
+def test_an_allocation_server_that_cannot_be_reached_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once it is closed
+    pool = StandbyPool("127.0.0.1", port, owner="nmpi-standby test", n_jobs=1, interval_s=0.05)
+    with caplog.at_level("INFO", logger="allotment.batch"):
+        pool.start()
+        try:
+            time.sleep(0.6)  # a dozen tries
+        finally:
+            pool.stop()
+    said = [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(said) == 1, said
+    assert f"the allocation server 127.0.0.1:{port} cannot be reached" in said[0]
+    assert pool.take() is None
