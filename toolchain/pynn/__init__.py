@@ -40,6 +40,7 @@ from pyNN.random import GSLRNG, NumpyRNG, RandomDistribution  # noqa: F401
 from pyNN.space import Space
 from pyNN.standardmodels import StandardCellType  # noqa: F401
 
+from toolchain.pynn import extra_models
 from toolchain.pynn.control import (
     end,
     get_current_time,
@@ -59,6 +60,7 @@ from toolchain.pynn.control import (
     setup,
 )
 from toolchain.pynn.errors import NotSupportedError, RunError
+from toolchain.pynn.extra_models import SPYNNAKER_ONLY
 from toolchain.pynn.populations import Assembly, Population, PopulationView
 from toolchain.pynn.procedural import connect, create, record, record_gsyn, record_v
 from toolchain.pynn.projections import Projection
@@ -80,6 +82,7 @@ from toolchain.pynn.standardmodels import (
 )
 
 globals().update(UNSUPPORTED)
+globals().update(SPYNNAKER_ONLY)
 
 __all__ = [
     "AdditiveWeightDependence",
@@ -120,6 +123,7 @@ __all__ = [
     "StaticSynapse",
     "connect",
     "create",
+    "extra_models",
     "end",
     "get_current_time",
     "get_machine",
@@ -141,6 +145,7 @@ __all__ = [
     "set_number_of_neurons_per_core",
     "setup",
     *UNSUPPORTED,
+    *SPYNNAKER_ONLY,
 ]
 
 

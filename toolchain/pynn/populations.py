@@ -7,6 +7,7 @@ and ``initialize()`` between runs take effect then.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,14 @@ from toolchain.pynn.standardmodels import SUPPORTED_CELLS
 
 __all__ = ["Assembly", "Population", "PopulationView"]
 
-ADDITIONAL_PARAMETERS = ("seed",)
-"""Keys of sPyNNaker's ``additional_parameters`` that this backend honours."""
+logger = logging.getLogger("allotment.pynn")
+
+ADDITIONAL_PARAMETERS = ("seed", "max_rate")
+"""Keys of sPyNNaker's ``additional_parameters`` (or extra keywords) this backend takes.
+
+``max_rate`` is what sPyNNaker sizes a Poisson source's ring buffers for when its rate
+changes later; here every source counts as one spike per step in the weight-shift rule
+(spec 3.5), so it changes nothing and is taken with a line in the log."""
 
 
 class Assembly(common.Assembly):  # type: ignore[misc]
@@ -54,6 +61,13 @@ class _Parameters:
 
     def _get_native_parameters(self, *names: str) -> ParameterSpace:
         raise NotImplementedError
+
+    def record(self, variables: Any, *args: Any, **kwargs: Any) -> None:
+        """Record `variables` (PyNN's names, or ``"all"`` for every one the cell type has,
+        as sPyNNaker takes it); the other arguments are PyNN's."""
+        if isinstance(variables, str) and variables == "all":
+            variables = list(self.celltype.recordable)
+        super().record(variables, *args, **kwargs)  # type: ignore[misc]
 
     def _get_parameters(self, *names: str) -> ParameterSpace:
         if isinstance(self.celltype, StandardCellType):
@@ -141,19 +155,28 @@ class Population(_Parameters, common.Population):  # type: ignore[misc]
         label: str | None = None,
         seed: int | None = None,
         additional_parameters: dict[str, Any] | None = None,
+        **additional_kwargs: Any,
     ) -> None:
-        extra = dict(additional_parameters or {})
+        extra = {**(additional_parameters or {}), **additional_kwargs}
         for key in extra:
             if key not in ADDITIONAL_PARAMETERS:
                 raise NotSupportedError(
                     f"additional_parameters key {key!r}", ", ".join(ADDITIONAL_PARAMETERS)
                 )
+        if "max_rate" in extra:
+            logger.info(
+                "max_rate of %s is taken and changes nothing: the weight shifts count every"
+                " source as one spike per step",
+                label or "a population",
+            )
         self.seed = extra.get("seed", seed)
         self._initial: dict[str, np.ndarray] = {}
         if not isinstance(cellclass, StandardCellType) and not (
             isinstance(cellclass, type) and issubclass(cellclass, StandardCellType)
         ):
             raise NotSupportedError(f"cell type {cellclass!r}", SUPPORTED_CELLS)
+        if isinstance(cellclass, type) and cellparams is None:
+            cellparams = {}  # a cell class alone, as sPyNNaker takes it: its defaults
         super().__init__(size, cellclass, cellparams, structure, initial_values or {}, label)
         simulator.state.populations.append(self)
         simulator.state.network_changed()

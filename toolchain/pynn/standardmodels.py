@@ -49,7 +49,22 @@ def _identity(*names: str) -> Any:
     return build_translations(*((name, name) for name in names))
 
 
-class IF_curr_exp(cells.IF_curr_exp):  # type: ignore[misc]
+class _InitialsAsParameters:
+    """sPyNNaker's cell types also take their state variables' initial values (``v``,
+    ``u``, ``isyn_exc`` ...) as parameters: those become the cell type's default initial
+    values (a population's ``initial_values`` or ``initialize`` still win)."""
+
+    default_initial_values: ClassVar[dict[str, Any]]
+
+    def __init__(self, **parameters: Any) -> None:
+        names = type(self).default_initial_values
+        initial = {name: parameters.pop(name) for name in list(parameters) if name in names}
+        super().__init__(**parameters)
+        if initial:
+            self.default_initial_values = {**names, **initial}  # type: ignore[misc]
+
+
+class IF_curr_exp(_InitialsAsParameters, cells.IF_curr_exp):  # type: ignore[misc]
     __doc__ = cells.IF_curr_exp.__doc__
     translations = _identity(*cells.IF_curr_exp.default_parameters)
     # sPyNNaker records the synaptic input currents of current-based cells as gsyn
@@ -61,12 +76,12 @@ class IF_curr_exp(cells.IF_curr_exp):  # type: ignore[misc]
     }
 
 
-class IF_cond_exp(cells.IF_cond_exp):  # type: ignore[misc]
+class IF_cond_exp(_InitialsAsParameters, cells.IF_cond_exp):  # type: ignore[misc]
     __doc__ = cells.IF_cond_exp.__doc__
     translations = _identity(*cells.IF_cond_exp.default_parameters)
 
 
-class IF_curr_alpha(cells.IF_curr_alpha):  # type: ignore[misc]
+class IF_curr_alpha(_InitialsAsParameters, cells.IF_curr_alpha):  # type: ignore[misc]
     """Leaky integrate-and-fire neuron with alpha-shaped current synapses, as sPyNNaker 7.4.1
     runs it: a weight w (nA) gives the current w (t / tau**2) e^(-t / tau), a charge of w nA ms
     (PyNN's and NEST's alpha current peaks at w instead)."""
@@ -80,7 +95,7 @@ class IF_curr_alpha(cells.IF_curr_alpha):  # type: ignore[misc]
     }
 
 
-class IF_curr_delta(cells.IF_curr_delta):  # type: ignore[misc]
+class IF_curr_delta(_InitialsAsParameters, cells.IF_curr_delta):  # type: ignore[misc]
     """Leaky integrate-and-fire neuron with delta current synapses, as sPyNNaker 7.4.1 runs
     it: a weight w (nA) is a current w / dt for one step, moving V by about w / cm mV."""
 
@@ -93,7 +108,7 @@ class IF_curr_delta(cells.IF_curr_delta):  # type: ignore[misc]
     }
 
 
-class Izhikevich(cells.Izhikevich):  # type: ignore[misc]
+class Izhikevich(_InitialsAsParameters, cells.Izhikevich):  # type: ignore[misc]
     """Izhikevich neuron with exponential current synapses, as sPyNNaker 7.4.1's
     ``Izhikevich`` (IZK_curr_exp): PyNN's parameters plus ``tau_syn_E`` and ``tau_syn_I``
     (ms); it spikes at v >= 30 mV. ``u`` is not recordable here."""

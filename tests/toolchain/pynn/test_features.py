@@ -392,3 +392,33 @@ def test_izhikevich_cond_takes_conductance_weights(sim: ModuleType) -> None:
     assert str(seg.filter(name="gsyn_exc")[0].units.dimensionality) == "uS"
     with pytest.raises(pynn_errors.ConnectionError, match="positive for conductance"):
         sim.Projection(src, cells, sim.AllToAllConnector(), sim.StaticSynapse(weight=-0.1))
+
+
+def test_the_forms_spynnakers_own_examples_use(sim: ModuleType) -> None:
+    # As in sPyNNaker's PyNNExamples: a cell class without parameters, record("all"),
+    # initial values as cell parameters, extra_models, max_rate for Poisson sources.
+    sim.setup(timestep=1.0)
+    plain = sim.Population(3, sim.IF_curr_exp, label="plain")
+    started = sim.Population(2, sim.IF_curr_exp(v=-60.0, tau_m=10.0), label="started")
+    izk = sim.Population(2, sim.Izhikevich(v=-75.0, u=0.0), label="izk")
+    cond = sim.Population(2, sim.extra_models.Izhikevich_cond(), label="cond")
+    delta = sim.Population(2, sim.extra_models.IFCurDelta(), label="delta")
+    sim.Population(
+        2, sim.SpikeSourcePoisson(rate=10.0), additional_parameters={"max_rate": 50.0, "seed": 1}
+    )
+    sim.Population(2, sim.SpikeSourcePoisson(rate=10.0), max_rate=50.0)
+    assert started.get("tau_m") == 10.0
+    for pop in (plain, started, izk, cond, delta):
+        pop.record("all")
+    sim.run(3)
+    for pop, v0 in ((plain, -65.0), (started, -60.0), (izk, -75.0)):
+        segment = pop.get_data().segments[0]
+        assert sorted(s.name for s in segment.analogsignals) == ["gsyn_exc", "gsyn_inh", "v"]
+        assert np.allclose(segment.filter(name="v")[0].magnitude[0], v0)
+    assert sim.extra_models.IFCurDelta is sim.IF_curr_delta
+    with pytest.raises(NotSupportedError, match=r"extra_models.Neuromodulation is not supported"):
+        sim.extra_models.Neuromodulation()
+    with pytest.raises(NotSupportedError, match=r"RandomSelection is not supported"):
+        sim.RandomSelection()
+    with pytest.raises(NotSupportedError, match=r"additional_parameters key 'spikes_per_second'"):
+        sim.Population(1, sim.SpikeSourcePoisson(), spikes_per_second=5.0)

@@ -1,0 +1,95 @@
+"""sPyNNaker's ``extra_models``: its models beyond standard PyNN, under sPyNNaker's names.
+
+Scripts written for sPyNNaker use ``sim.extra_models.Izhikevich_cond`` or
+``sim.extra_models.IFCurDelta``; those run here (they are this backend's `Izhikevich_cond`
+and `IF_curr_delta`). The others are importable and raise
+:class:`~toolchain.pynn.errors.NotSupportedError` naming what is supported when a script
+uses them, as the standard types the chip model does not offer do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolchain.pynn.errors import NotSupportedError
+from toolchain.pynn.standardmodels import (
+    SUPPORTED_CELLS,
+    SUPPORTED_SYNAPSES,
+    IF_curr_delta,
+    Izhikevich_cond,
+)
+
+__all__ = [
+    "IFCondExpCerebellum",
+    "IFCondExpStoc",
+    "IFCurDelta",
+    "IFCurrExpCa2Adaptive",
+    "IF_curr_dual_exp",
+    "IF_curr_exp_sEMD",
+    "Izhikevich_cond",
+    "Neuromodulation",
+    "PfisterSpikeTriplet",
+    "RecurrentRule",
+    "SpikeNearestPairRule",
+    "SpikeSourcePoissonVariable",
+    "TimingDependenceMFVN",
+    "TimingDependencePFPC",
+    "Vogels2011Rule",
+    "WeightDependenceAdditiveTriplet",
+    "WeightDependenceMFVN",
+    "WeightDependencePFPC",
+]
+
+IFCurDelta = IF_curr_delta
+
+
+def unsupported(name: str, supported: str) -> type:
+    """A class named `name` that refuses to be made, naming what is supported instead."""
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise NotSupportedError(name, supported)
+
+    return type(name, (), {"__init__": __init__, "__doc__": f"Not supported here: {name}."})
+
+
+IFCondExpCerebellum = unsupported("extra_models.IFCondExpCerebellum", SUPPORTED_CELLS)
+IFCondExpStoc = unsupported("extra_models.IFCondExpStoc", SUPPORTED_CELLS)
+IFCurrExpCa2Adaptive = unsupported("extra_models.IFCurrExpCa2Adaptive", SUPPORTED_CELLS)
+IF_curr_dual_exp = unsupported("extra_models.IF_curr_dual_exp", SUPPORTED_CELLS)
+IF_curr_exp_sEMD = unsupported("extra_models.IF_curr_exp_sEMD", SUPPORTED_CELLS)
+SpikeSourcePoissonVariable = unsupported("extra_models.SpikeSourcePoissonVariable", SUPPORTED_CELLS)
+Neuromodulation = unsupported("extra_models.Neuromodulation", SUPPORTED_SYNAPSES)
+PfisterSpikeTriplet = unsupported("extra_models.PfisterSpikeTriplet", SUPPORTED_SYNAPSES)
+RecurrentRule = unsupported("extra_models.RecurrentRule", SUPPORTED_SYNAPSES)
+SpikeNearestPairRule = unsupported("extra_models.SpikeNearestPairRule", SUPPORTED_SYNAPSES)
+Vogels2011Rule = unsupported("extra_models.Vogels2011Rule", SUPPORTED_SYNAPSES)
+WeightDependenceAdditiveTriplet = unsupported(
+    "extra_models.WeightDependenceAdditiveTriplet", SUPPORTED_SYNAPSES
+)
+TimingDependencePFPC = unsupported("extra_models.TimingDependencePFPC", SUPPORTED_SYNAPSES)
+WeightDependencePFPC = unsupported("extra_models.WeightDependencePFPC", SUPPORTED_SYNAPSES)
+TimingDependenceMFVN = unsupported("extra_models.TimingDependenceMFVN", SUPPORTED_SYNAPSES)
+WeightDependenceMFVN = unsupported("extra_models.WeightDependenceMFVN", SUPPORTED_SYNAPSES)
+
+SPYNNAKER_ONLY: dict[str, type] = {
+    name: unsupported(name, supported)
+    for names, supported in (
+        (
+            (
+                "RandomSelection",
+                "LastNeuronSelection",
+                "DistanceDependentFormation",
+                "RandomByWeightElimination",
+                "StructuralMechanismStatic",
+                "StructuralMechanismSTDP",
+            ),
+            f"no structural plasticity ({SUPPORTED_SYNAPSES})",
+        ),
+        (
+            ("AllButMeConnector", "KernelConnector", "PoolDenseConnector", "ConvolutionConnector"),
+            "PyNN's own connectors",
+        ),
+    )
+    for name in names
+}
+"""sPyNNaker's own names at the top of its PyNN namespace that this backend refuses."""
