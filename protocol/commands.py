@@ -245,13 +245,21 @@ def check_bool(command: str, name: str, value: Any) -> bool:
 
 
 def check_str(command: str, name: str, value: Any) -> str:
-    """A string of at most MAX_STRING_CHARS characters."""
+    """A string of at most MAX_STRING_CHARS characters of text (JSON may escape a lone
+    UTF-16 surrogate, which is no character: the store and every reply would fail on it)."""
     if type(value) is not str:
         raise _type_error(command, name, "a string", value)
     if len(value) > MAX_STRING_CHARS:
         raise CommandError(
             f"{command}() argument '{name}' is longer than {MAX_STRING_CHARS} characters"
         )
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CommandError(
+                f"{command}() argument '{name}' is not valid text (a lone surrogate)"
+            ) from None
     return value
 
 

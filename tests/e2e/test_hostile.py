@@ -95,6 +95,10 @@ def test_malformed_request_gets_exception_and_connection_stays(
         ("where_is", [], {"machine": MACHINE_NAME, "x": "a", "y": 0, "z": 0}, ("x", "int")),
         ("get_board_position", [MACHINE_NAME, 0], {}, ("argument", "args", "y")),
         ("version", [1], {}, ("argument", "args", "version")),
+        # a lone surrogate, as JSON can escape it: no text the store or a reply can carry
+        ("create_job", [1], {"owner": "\ud800"}, ("owner", "not valid text")),
+        ("create_job", [1], {"owner": OWNER, "tags": ["\udfff"]}, ("tags", "not valid text")),
+        ("destroy_job", [1, "\ud800"], {}, ("reason", "not valid text")),
     ],
 )
 def test_bad_arguments_get_exception_and_leave_no_job(
