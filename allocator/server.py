@@ -147,6 +147,13 @@ class Connection:
     is_closed: bool = False
     body_sink: BodySink | None = field(default=None, repr=False)
     _is_misframed: Callable[[], bool] = field(default=lambda: False, repr=False)
+    _end_input: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def close_after_reply(self) -> None:
+        """Read nothing more from this connection and close it once the reply to the line
+        being answered is written (a body given up halfway: its rest would read as lines)."""
+        self.body_sink = None
+        self._end_input()
 
     def take_body(self, sink: BodySink) -> None:
         """Send the bytes that follow on this connection to `sink` until it is complete.
@@ -431,6 +438,7 @@ class _LineProtocol(asyncio.Protocol):
             peer_host=str(peer[0]) if peer else "",
             transport=t,
             _is_misframed=self._is_misframed,
+            _end_input=self._end_input,
         )
         if not self._server._opened(conn, self):
             self._is_input_done = True
@@ -482,9 +490,7 @@ class _LineProtocol(asyncio.Protocol):
         # Answer what was sent before the end (a client may half-close and then read);
         # a half line is dropped. True keeps the transport open for the replies. A body
         # cut short can never complete.
-        sink, self._conn.body_sink = self._conn.body_sink, None
-        if sink is not None:
-            sink.lost()
+        self._lose_body()
         self._is_eof = True
         self._partial = b""
         self._schedule_run()
@@ -493,13 +499,23 @@ class _LineProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # A suspended handler goes on to the end (its changes are committed); its reply
         # is dropped.
+        try:
+            self._lose_body()
+        finally:
+            self._is_input_done = True
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._server._closed(self._conn)
+
+    def _lose_body(self) -> None:
+        """A body still coming can never complete: its sink learns so (a sink that fails
+        at it is a bug, logged; the connection goes on ending)."""
         sink, self._conn.body_sink = self._conn.body_sink, None
         if sink is not None:
-            sink.lost()
-        self._is_input_done = True
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._server._closed(self._conn)
+            try:
+                sink.lost()
+            except Exception:
+                log.exception("a body sink failed when its connection ended")
 
     def pause_writing(self) -> None:
         self._is_write_paused = True
@@ -518,6 +534,12 @@ class _LineProtocol(asyncio.Protocol):
         """
         if not (self._pending or self._partial):
             return False
+        self._end_input()
+        return True
+
+    def _end_input(self) -> None:
+        """Read nothing more (what is queued is dropped); close once the reply to the line
+        being answered is written."""
         self._pending.clear()
         self._pending_bytes = 0
         self._partial = b""
@@ -526,13 +548,10 @@ class _LineProtocol(asyncio.Protocol):
         if not self._is_read_paused:
             self._is_read_paused = True
             self._transport.pause_reading()
-        return True
 
     def close(self) -> None:
         """Close the connection: queued lines are dropped, written replies still go out."""
-        sink, self._conn.body_sink = self._conn.body_sink, None
-        if sink is not None:
-            sink.lost()
+        self._lose_body()
         self._is_input_done = True
         self._pending.clear()
         self._pending_bytes = 0
@@ -660,7 +679,7 @@ class _LineProtocol(asyncio.Protocol):
         self._run()
 
     def _reply(self, reply: bytes, command: str, outcome: str, started: float) -> None:
-        if not self._conn.is_closed:
+        if not self._conn.is_closed and not self._transport.is_closing():
             self._transport.write(reply)
         if self._metrics is not None:
             self._metrics.request_done(command, outcome, time.perf_counter() - started)

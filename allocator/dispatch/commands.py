@@ -573,7 +573,7 @@ class DispatchCommands:
                         f"no bytes came for {idle_s:g} s after {upload.n_received} of"
                         f" {upload.n_total_bytes}"
                     )
-                    conn.transport.close()  # the rest of the body would be read as requests
+                    conn.close_after_reply()  # the rest of the body would read as requests
                     return await upload.finished
 
     async def _validated(self, job_id: int, path: Path, order: PreloadOrder) -> ImageInfo:

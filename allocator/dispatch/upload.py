@@ -21,6 +21,7 @@ when the bytes are durable (an image is accepted only after that).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -164,7 +165,10 @@ class ImageUpload:
                 future.exception()  # retrieved here: a lost connection may await nothing
         self._resume()
         self._batch.clear()
-        self._thread.submit(self._discard)
+        # The thread may have shut down already (every byte of the image came, the trailer
+        # did not): then the file is closed, and the owner removes it.
+        with contextlib.suppress(RuntimeError):
+            self._thread.submit(self._discard)
         self._thread.shutdown(wait=False)
 
     def _submit(self) -> None:

@@ -439,7 +439,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written: list[bytes] = []
         self.is_reading = True
-        self.is_closing = False
+        self.closed = False
 
     def get_extra_info(self, name: str) -> Any:
         return ("192.0.2.1", 4242) if name == "peername" else None
@@ -457,7 +457,10 @@ class FakeTransport:
         self.is_reading = True
 
     def close(self) -> None:
-        self.is_closing = True
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
 
 
 async def test_reading_pauses_while_too_many_requests_wait() -> None:
@@ -479,4 +482,4 @@ async def test_reading_pauses_while_too_many_requests_wait() -> None:
     assert transport.is_reading
     protocol.eof_received()
     await asyncio.sleep(0)
-    assert transport.is_closing
+    assert transport.is_closing()

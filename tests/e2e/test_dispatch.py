@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -540,7 +541,7 @@ async def test_with_every_worker_busy_a_bad_image_is_still_refused_naming_the_ch
             assert (await client.stop_run(run_job, token)).state is RunState.STOPPED
 
 
-def _header(job_id: int, n_bytes: int, sha256: str, owner: str = "runner") -> bytes:
+def _header(job_id: int, n_bytes: int, sha256: str | None, owner: str = "runner") -> bytes:
     line = {
         "command": "load_image",
         "args": [job_id],
@@ -599,6 +600,43 @@ async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
         await _eventually_empty(server, job_id)
         loaded = await client.load_image(job_id, image, owner="runner")
         assert loaded.sha256 == sha
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_a_connection_ended_before_the_trailer_leaves_the_server_serving(
+    start_server: Any, how: str
+) -> None:
+    server: ServerProcess = start_server(
+        config_text=DISPATCH_TOML.replace("[dispatch]\n", "[dispatch]\nupload_idle_s = 1.0\n")
+    )
+    async with await _client(server) as client:
+        job_id, decoded = await _job_and_image(client)
+    image = decoded.encode()
+    # Every byte of the image, but not the digest that is to follow it (trailer mode).
+    raw = RawClient(server.host, server.port)
+    raw.send_line(_header(job_id, len(image), None, owner="runner"))
+    assert raw.read_reply() == {"return": {"accepting_bytes": len(image)}}
+    raw.sock.sendall(image)
+    await asyncio.sleep(0.3)
+    if how == "reset":
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    # A trailer that never comes: the stall is refused by name and the connection closed.
+    stalled = RawClient(server.host, server.port)
+    try:
+        stalled.send_line(_header(job_id, 0, None, owner="runner"))
+        assert stalled.read_reply() == {"return": {"accepting_bytes": 0}}
+        reply = stalled.read_reply()
+        assert reply is not None
+        assert reply["exception"].startswith("no bytes came for 1 s after 0 of 64"), reply
+        assert stalled.read_reply() is None  # closed: later bytes are never read as requests
+    finally:
+        stalled.close()
+    async with await _client(server) as client:
+        assert (await client.get_job_state(job_id)).state == 3  # the server goes on
+        await _eventually_empty(server, job_id)
+    assert server.is_running()
+    assert "Traceback" not in server.stderr_text, server.stderr_text
 
 
 async def test_a_digest_after_the_body_is_checked_like_one_in_the_header(
