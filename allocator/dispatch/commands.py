@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -674,7 +675,10 @@ class DispatchCommands:
             job.watchers.add(conn)
         self.pool.submit(ticket)
         job.status = self._live_status(job)
-        self._announce(job, is_state_change=True)
+        # After the reply: a notification a request causes follows that request's reply.
+        asyncio.get_running_loop().call_soon(
+            functools.partial(self._announce, job, is_state_change=True)
+        )
         return job.status
 
     async def run_status(self, args: RunStatusArgs, conn: Any) -> RunStatus:

@@ -968,6 +968,24 @@ async def test_a_keep_state_load_after_a_reset_is_refused_naming_the_reset(
     _assert_same(remote, _in_process(mapped, 30)[0])
 
 
+async def test_a_runs_first_notification_follows_the_reply_to_start_run(
+    server: ServerProcess,
+) -> None:
+    async with await _client(server) as client:
+        job_id, _mapped, token = await _loaded_job(client)
+    raw = RawClient(server.host, server.port)
+    try:
+        line = {"command": "start_run", "args": [job_id, token, 30], "kwargs": {"notify": True}}
+        raw.send_line(json.dumps(line).encode() + b"\n")
+        first = raw.read_line()
+        assert first is not None
+        assert "return" in json.loads(first), first  # the reply first, then its notifications
+        while json.loads(raw.read_line() or b"{}")["run_progress"]["state"] != "done":
+            pass
+    finally:
+        raw.close()
+
+
 async def test_runs_queue_for_the_workers_with_their_position_visible(
     server: ServerProcess,
 ) -> None:
