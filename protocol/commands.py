@@ -369,7 +369,9 @@ def _bind_values(
         name = param.field or param.name
         if param.name in values:
             value = values[param.name]
-            fields[name] = value if param.check is None else param.check(command, name, value)
+            # the message names the argument as the client sent it, not the field it fills
+            checked = value if param.check is None else param.check(command, param.name, value)
+            fields[name] = checked
         elif param.default is REQUIRED:
             raise _missing_required(spec, values)
         else:

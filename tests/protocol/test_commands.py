@@ -189,7 +189,7 @@ def test_create_job_options_are_converted() -> None:
         (
             [],
             {"owner": "me", "keepalive": "soon"},
-            "argument 'keepalive_s' must be a non-negative number",
+            "argument 'keepalive' must be a non-negative number",
         ),
         ([], {"owner": "me", "keepalive": -1}, "not -1"),
         ([], {"owner": "me", "min_ratio": "x"}, "argument 'min_ratio' must be a number, not 'x'"),
