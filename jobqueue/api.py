@@ -311,7 +311,7 @@ def create_app(
     def add_tags(caller: Caller, job_id: int, tags: Annotated[list[str], Body()]) -> list[str]:
         current: list[str] = visible_job(job_id, caller)["tags"]
         try:
-            added = check_tags(tags)
+            added = check_tags([t for t in tags if t.strip()])  # empty ones are skipped
         except ValueError as error:
             raise BadRequestError(str(error)) from None
         new = current + [t for t in dict.fromkeys(added) if t not in current]

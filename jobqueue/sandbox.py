@@ -55,6 +55,20 @@ class Limits:
         return self.apply
 
 
+def _memory_file(data: bytes) -> int:
+    """A file descriptor of an anonymous file holding `data`, read from its start."""
+    fd = os.memfd_create("bwrap-args")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def bwrap_path() -> str:
     """Where bubblewrap is; raises SandboxUnavailableError when it is not installed."""
     found = shutil.which("bwrap")
@@ -113,13 +127,19 @@ def sandboxed_command(
     ]  # fmt: skip
     fds = []
     for path in hidden_files:
-        if os.path.exists(path):
+        # one under the jobs root is hidden already (an empty tmpfs, read-only: nothing could
+        # be made there to cover it)
+        if os.path.exists(path) and not Path(path).is_relative_to(jobs_root):
             fds.append(os.open(os.devnull, os.O_RDONLY))
             command += ["--perms", "000", "--ro-bind-data", str(fds[-1]), path]
     if env is not None:
-        command.append("--clearenv")
+        # From a file bwrap reads (--args), not its command line: any user on the host can
+        # read a process's arguments, only its own user its environment.
+        settings = ["--clearenv"]
         for key, value in env.items():
-            command += ["--setenv", key, value]
+            settings += ["--setenv", key, value]
+        fds.append(_memory_file("\0".join(settings).encode() + b"\0"))
+        command += ["--args", str(fds[-1])]
     command += [
         "--cap-drop", "ALL",
         "--unshare-pid",

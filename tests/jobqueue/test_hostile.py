@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import subprocess
 import urllib.error
 import urllib.request
 import zipfile
@@ -238,3 +240,42 @@ def test_a_tag_filter_matches_the_tag_only(batch_service: Any) -> None:
         status, found = _get(service, f"/jobs/?collab=my-collab&tags={urllib.request.quote(tag)}")
         assert status == 200
         assert [job["tags"] for job in found] == [[tag]]
+
+
+def test_the_jobs_environment_is_on_no_command_line(tmp_path: Path) -> None:
+    from jobqueue.sandbox import BWRAP_ENVIRONMENT, sandboxed_command
+    from tests.jobqueue.conftest import require_bwrap
+
+    require_bwrap()
+    jobs = tmp_path / "jobs"
+    (jobs / "1").mkdir(parents=True)
+    command, fds = sandboxed_command(
+        ["/bin/sh", "-c", "echo $SECRET"],
+        workdir=jobs / "1",
+        cwd=jobs / "1",
+        jobs_root=jobs,
+        hidden_files=[],
+        env={"SECRET": "s3cr3t value", "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        # any user on the host reads a process's arguments; only its own user its environment
+        assert not any("s3cr3t" in part for part in command)
+        ran = subprocess.run(
+            command, env=dict(BWRAP_ENVIRONMENT), capture_output=True, text=True, pass_fds=fds
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert (ran.returncode, ran.stdout) == (0, "s3cr3t value\n"), ran.stderr
+
+
+def test_jobs_run_with_the_database_inside_the_jobs_folder(
+    batch_service: Any, nmpi_client: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "jobs").mkdir()
+    service = batch_service(db_url=f"sqlite:///{tmp_path / 'jobs' / 'jobs.db'}")
+    client = nmpi_client(service, service.token())
+    script = "import os\nprint('db seen:', os.path.exists(os.environ['DB']))\n"
+    job = run_job(client, script, config={"DB": str(tmp_path / "jobs" / "jobs.db")})
+    assert job["status"] == "finished", job["log"]
+    assert "db seen: False" in job["log"]
