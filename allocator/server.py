@@ -499,6 +499,11 @@ class _LineProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # A suspended handler goes on to the end (its changes are committed); its reply
         # is dropped.
+        self._forget()
+
+    def _forget(self) -> None:
+        """Read and answer nothing more; the server forgets the connection (even if its
+        body's sink fails on the way)."""
         try:
             self._lose_body()
         finally:
@@ -551,11 +556,7 @@ class _LineProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection: queued lines are dropped, written replies still go out."""
-        self._lose_body()
-        self._is_input_done = True
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._server._closed(self._conn)
+        self._forget()
         self._transport.close()
 
     def _stop_input(self) -> None:

@@ -21,7 +21,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import Field
 
-from jobqueue.bodies import MAX_ID, SUPPORTED_PLATFORMS, SubmittedJob, TextBody, check_tags
+from jobqueue.bodies import (
+    MAX_ID,
+    SUPPORTED_PLATFORMS,
+    SubmittedJob,
+    TextBody,
+    check_tags,
+    unsupported_platform,
+)
 from jobqueue.errors import (
     AccessDeniedError,
     BadRequestError,
@@ -235,11 +242,9 @@ def create_app(
     def submit(request: Request, caller: Caller, body: SubmittedJob) -> dict[str, Any]:
         if not caller.can_access(body.collab):
             raise AccessDeniedError(body.collab)
-        if body.hardware_platform not in SUPPORTED_PLATFORMS:
-            raise BadRequestError(
-                f"hardware platform {body.hardware_platform!r} is not available here"
-                f" (this service runs {', '.join(SUPPORTED_PLATFORMS)})"
-            )
+        problem = unsupported_platform(body.hardware_platform)
+        if problem is not None:
+            raise BadRequestError(problem)
         job = store.submit(caller, body.model_dump())
         if on_submit is not None:
             on_submit()

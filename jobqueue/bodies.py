@@ -19,9 +19,21 @@ __all__ = [
     "TextBody",
     "check_tags",
     "check_text",
+    "unsupported_platform",
 ]
 
 SUPPORTED_PLATFORMS = ("SpiNNaker",)
+
+
+def unsupported_platform(name: str) -> str | None:
+    """Why a job for platform `name` cannot run here, or None if it can."""
+    if name in SUPPORTED_PLATFORMS:
+        return None
+    return (
+        f"hardware platform {name!r} is not available here"
+        f" (this service runs {', '.join(SUPPORTED_PLATFORMS)})"
+    )
+
 
 MAX_ID = 2**63 - 1
 """The largest id the database holds: larger ones name no job."""

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from jobqueue.bodies import SUPPORTED_PLATFORMS, SubmittedJob
+from jobqueue.bodies import SubmittedJob, unsupported_platform
 from jobqueue.errors import JobQueueError
 from jobqueue.store import Identity, JobStore
 from jobqueue.views import data_set
@@ -240,11 +240,8 @@ def add_routes(
             problem = "there is no code to run"
         elif not caller.can_access(values["collab"]):
             problem = f"you are not a member of collab {values['collab']!r}"
-        elif values["hardware_platform"] not in SUPPORTED_PLATFORMS:
-            problem = (
-                f"hardware platform {values['hardware_platform']!r} is not available here"
-                f" (this service runs {', '.join(SUPPORTED_PLATFORMS)})"
-            )
+        elif (refused := unsupported_platform(values["hardware_platform"])) is not None:
+            problem = refused
         if problem is None:
             try:  # the API's own checks of a submission (tags, text, timeout)
                 values = SubmittedJob.model_validate(values).model_dump()

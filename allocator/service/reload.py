@@ -37,11 +37,11 @@ class Reconfigure:
         touched: set[str] = set()
         old = state.machines
         new = {mc.name: mc for mc in config.machines}
-        kept = [
+        kept = {
             name
             for name, machine in old.items()
             if name in new and _same_hardware(machine, new[name])
-        ]
+        }
         allocators = state.allocators_for(config, kept)  # raises before anything changes
         for name, machine in old.items():
             if name in kept:

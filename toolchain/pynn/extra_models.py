@@ -9,14 +9,12 @@ uses them, as the standard types the chip model does not offer do.
 
 from __future__ import annotations
 
-from typing import Any
-
-from toolchain.pynn.errors import NotSupportedError
 from toolchain.pynn.standardmodels import (
     SUPPORTED_CELLS,
     SUPPORTED_SYNAPSES,
     IF_curr_delta,
     Izhikevich_cond,
+    refusing,
 )
 
 __all__ = [
@@ -43,36 +41,27 @@ __all__ = [
 IFCurDelta = IF_curr_delta
 
 
-def unsupported(name: str, supported: str) -> type:
-    """A class named `name` that refuses to be made, naming what is supported instead."""
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        raise NotSupportedError(name, supported)
-
-    return type(name, (), {"__init__": __init__, "__doc__": f"Not supported here: {name}."})
-
-
-IFCondExpCerebellum = unsupported("extra_models.IFCondExpCerebellum", SUPPORTED_CELLS)
-IFCondExpStoc = unsupported("extra_models.IFCondExpStoc", SUPPORTED_CELLS)
-IFCurrExpCa2Adaptive = unsupported("extra_models.IFCurrExpCa2Adaptive", SUPPORTED_CELLS)
-IF_curr_dual_exp = unsupported("extra_models.IF_curr_dual_exp", SUPPORTED_CELLS)
-IF_curr_exp_sEMD = unsupported("extra_models.IF_curr_exp_sEMD", SUPPORTED_CELLS)
-SpikeSourcePoissonVariable = unsupported("extra_models.SpikeSourcePoissonVariable", SUPPORTED_CELLS)
-Neuromodulation = unsupported("extra_models.Neuromodulation", SUPPORTED_SYNAPSES)
-PfisterSpikeTriplet = unsupported("extra_models.PfisterSpikeTriplet", SUPPORTED_SYNAPSES)
-RecurrentRule = unsupported("extra_models.RecurrentRule", SUPPORTED_SYNAPSES)
-SpikeNearestPairRule = unsupported("extra_models.SpikeNearestPairRule", SUPPORTED_SYNAPSES)
-Vogels2011Rule = unsupported("extra_models.Vogels2011Rule", SUPPORTED_SYNAPSES)
-WeightDependenceAdditiveTriplet = unsupported(
+IFCondExpCerebellum = refusing("extra_models.IFCondExpCerebellum", SUPPORTED_CELLS)
+IFCondExpStoc = refusing("extra_models.IFCondExpStoc", SUPPORTED_CELLS)
+IFCurrExpCa2Adaptive = refusing("extra_models.IFCurrExpCa2Adaptive", SUPPORTED_CELLS)
+IF_curr_dual_exp = refusing("extra_models.IF_curr_dual_exp", SUPPORTED_CELLS)
+IF_curr_exp_sEMD = refusing("extra_models.IF_curr_exp_sEMD", SUPPORTED_CELLS)
+SpikeSourcePoissonVariable = refusing("extra_models.SpikeSourcePoissonVariable", SUPPORTED_CELLS)
+Neuromodulation = refusing("extra_models.Neuromodulation", SUPPORTED_SYNAPSES)
+PfisterSpikeTriplet = refusing("extra_models.PfisterSpikeTriplet", SUPPORTED_SYNAPSES)
+RecurrentRule = refusing("extra_models.RecurrentRule", SUPPORTED_SYNAPSES)
+SpikeNearestPairRule = refusing("extra_models.SpikeNearestPairRule", SUPPORTED_SYNAPSES)
+Vogels2011Rule = refusing("extra_models.Vogels2011Rule", SUPPORTED_SYNAPSES)
+WeightDependenceAdditiveTriplet = refusing(
     "extra_models.WeightDependenceAdditiveTriplet", SUPPORTED_SYNAPSES
 )
-TimingDependencePFPC = unsupported("extra_models.TimingDependencePFPC", SUPPORTED_SYNAPSES)
-WeightDependencePFPC = unsupported("extra_models.WeightDependencePFPC", SUPPORTED_SYNAPSES)
-TimingDependenceMFVN = unsupported("extra_models.TimingDependenceMFVN", SUPPORTED_SYNAPSES)
-WeightDependenceMFVN = unsupported("extra_models.WeightDependenceMFVN", SUPPORTED_SYNAPSES)
+TimingDependencePFPC = refusing("extra_models.TimingDependencePFPC", SUPPORTED_SYNAPSES)
+WeightDependencePFPC = refusing("extra_models.WeightDependencePFPC", SUPPORTED_SYNAPSES)
+TimingDependenceMFVN = refusing("extra_models.TimingDependenceMFVN", SUPPORTED_SYNAPSES)
+WeightDependenceMFVN = refusing("extra_models.WeightDependenceMFVN", SUPPORTED_SYNAPSES)
 
 SPYNNAKER_ONLY: dict[str, type] = {
-    name: unsupported(name, supported)
+    name: refusing(name, supported)
     for names, supported in (
         (
             (

@@ -214,8 +214,7 @@ class Session:
             self._load(mapped, is_carrying_state=is_running)
         elif not self._is_loaded:  # mapped by get_machine(), not loaded yet
             assert self.mapped is not None
-            machine.load(self.mapped.image, self.mapped.topology, is_carrying_state=False)
-            self._is_loaded = True
+            self._load(self.mapped, is_carrying_state=False)
 
     def _load(self, mapped: MappedNetwork, *, is_carrying_state: bool) -> None:
         """Load a new mapping; if that fails, the change stays to be loaded by the next run."""

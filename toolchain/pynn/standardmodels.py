@@ -270,11 +270,20 @@ class MultiplicativeWeightDependence(synapses.MultiplicativeWeightDependence):  
     translations = _identity("w_max", "w_min")
 
 
-def _unsupported(base: type, supported: str) -> type:
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        raise NotSupportedError(base.__name__, supported)
+def refusing(name: str, supported: str, base: type | None = None) -> type:
+    """A class named `name` (a subclass of PyNN's `base`, if given) that refuses to be made,
+    naming what is supported instead."""
 
-    return type(base.__name__, (base,), {"__init__": __init__, "__doc__": base.__doc__})
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise NotSupportedError(name, supported)
+
+    doc = f"Not supported here: {name}." if base is None else base.__doc__
+    bases = () if base is None else (base,)
+    return type(name, bases, {"__init__": __init__, "__doc__": doc})
+
+
+def _unsupported(base: type, supported: str) -> type:
+    return refusing(base.__name__, supported, base)
 
 
 _UNSUPPORTED_CELLS = (
