@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, create_engine, insert
 
 from allocator import jobs
 from allocator.errors import StoreError
@@ -34,6 +36,8 @@ from allocator.store import (
     SetNextJobId,
     Store,
     StoredState,
+    repository,
+    tables,
 )
 from machine_models.geometry import BoardXYZ, Link
 from tests.allocator.faulty_database import SECRET_PARAMETER, Faults
@@ -117,6 +121,69 @@ async def test_round_trip_of_every_change_type(store: Store, db_url: str) -> Non
     ids = [a.audit_id for a in state.audit]
     assert ids[0] is not None
     assert ids == sorted(ids)
+
+
+async def test_job_commits_on_the_sqlite_driver_write_the_rows_sqlalchemy_writes(
+    tmp_path: Path,
+) -> None:
+    # Commits of job changes alone go through the driver's connection on SQLite; a commit
+    # with anything else goes through SQLAlchemy. Both must leave the same rows.
+    live = dataclasses.replace(allocated(1, B100, B000), keepalivehost="10.0.0.3")
+    ready = jobs.power_done(allocated(2, B001))
+    gone = jobs.destroy(queued(3, keepalive_s=None), T0 + 9, "done")
+    changes = [
+        PutJob(live),
+        PutJob(ready),
+        PutJob(gone),
+        PutJob(queued(4)),
+        ClaimBoards("spinn", live.boards, 1),
+        ClaimBoards("spinn", ready.boards, 2),
+        SetNextJobId(10),
+    ]
+    audit = AppendAudit(AuditEntry(T0, "ops", "drain", "spinn"))
+    rows = []
+    for name, extra in (("driver", []), ("sqlalchemy", [audit])):
+        url = f"sqlite:///{tmp_path / name}.db"
+        store = await Store.open(url)
+        try:
+            for change in [*changes, *extra]:
+                store.stage(change)
+            await store.flush()
+            store.stage(ForgetJobs((4,)))
+            store.stage(PutJob(jobs.destroy(ready, T0 + 10, "over")))
+            store.stage(ReleaseBoards("spinn", ready.boards))
+            if extra:
+                store.stage(extra[0])
+            await store.flush()
+        finally:
+            await store.close()
+        with sqlite3.connect(tmp_path / f"{name}.db") as conn:
+            rows.append(
+                (
+                    conn.execute("SELECT * FROM jobs ORDER BY job_id").fetchall(),
+                    conn.execute("SELECT * FROM board_claims ORDER BY x, y, z").fetchall(),
+                    conn.execute("SELECT * FROM allotment_meta ORDER BY key").fetchall(),
+                )
+            )
+    # And each row is the one SQLAlchemy's own JSON and column types write.
+    engine = create_engine(f"sqlite:///{tmp_path / 'core'}.db")
+    tables.metadata.create_all(engine)
+    final = [live, jobs.destroy(ready, T0 + 10, "over"), gone]
+    with engine.begin() as conn:
+        conn.execute(insert(tables.jobs), [repository._job_row(r) for r in final])
+    engine.dispose()
+    with sqlite3.connect(tmp_path / "core.db") as conn:
+        core_jobs = conn.execute("SELECT * FROM jobs ORDER BY job_id").fetchall()
+    driver, through_sqlalchemy = rows
+    assert driver[0] == core_jobs
+    assert [row[0] for row in driver[0]] == [1, 2, 3]
+    assert len(driver[1]) == 2
+    assert driver[0] == through_sqlalchemy[0]
+    assert driver[1] == through_sqlalchemy[1]
+    meta_keys = {"next_job_id", "commit_seq", "schema_version"}
+    assert [r for r in driver[2] if r[0] in meta_keys] == [
+        r for r in through_sqlalchemy[2] if r[0] in meta_keys
+    ]
 
 
 async def test_later_changes_win_and_release_frees_for_a_new_claim(store: Store) -> None:
