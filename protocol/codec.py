@@ -47,6 +47,7 @@ __all__ = [
     "encode_notification",
     "encode_reply",
     "encode_request",
+    "json_text",
     "to_jsonable",
 ]
 
@@ -102,6 +103,9 @@ def _make_encoder() -> Callable[[Any], str]:
 
 
 _encode = _make_encoder()
+
+json_text: Callable[[Any], str] = _encode
+"""`json.dumps(value)` with its defaults, on an encoder built once (plain JSON data only)."""
 
 
 def _type_name(value: object) -> str:

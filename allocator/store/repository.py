@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -95,6 +94,7 @@ from allocator.store.changes import (
 )
 from allocator.store.database import Database, GreenletDatabase, ThreadDatabase
 from machine_models.geometry import BoardXYZ, Link
+from protocol.codec import json_text
 
 __all__ = ["Store"]
 
@@ -1052,9 +1052,8 @@ class RequestJson:
         return text
 
 
-_dumps = json.JSONEncoder().encode
-"""`json.dumps` with its defaults (the text SQLAlchemy's JSON type writes on SQLite), without
-the keyword handling of each call."""
+_dumps = json_text
+"""`json.dumps` with its defaults: the text SQLAlchemy's JSON type writes on SQLite."""
 
 
 def _sqlite_job_values(record: JobRecord, request_json: RequestJson) -> tuple[Any, ...]:
