@@ -129,13 +129,27 @@ class BodyOrderError(CommandError):
         super().__init__("raw bytes were sent before the server's go-ahead; closing the connection")
 
 
+MAX_WATCHED_JOBS = 4096
+"""The most job ids one connection may watch one by one (``notify_job()`` watches them all)."""
+MAX_WATCHED_MACHINES = 256
+"""The most machine names one connection may watch one by one."""
+MAX_MACHINE_NAME_CHARS = 200
+"""The longest machine name worth watching: the store keeps no longer one."""
+
+
+class WatchLimitError(CommandError):
+    """A connection asked to watch more than its share: the watch sets stay as they were."""
+
+
 @dataclass(eq=False)
 class Connection:
     """One client connection and what it watches.
 
     The watch sets live here, not in the service: they vanish with the connection.
     ``watch_all_jobs``/``watch_all_machines`` mirror the reference: ``notify_job()`` with
-    no id watches every job; ids are not validated.
+    no id watches every job; ids are not validated. Each set is bounded
+    (`MAX_WATCHED_JOBS`, `MAX_WATCHED_MACHINES`), so that no client grows the server's
+    memory by watching ids one at a time; the reference has no bound.
     """
 
     peer_host: str
@@ -189,7 +203,12 @@ class Connection:
         elif isinstance(arguments, m.NotifyJobArgs):
             if arguments.job_id is None:
                 self.watch_all_jobs = True
-            else:
+            elif arguments.job_id not in self.watched_jobs:
+                if len(self.watched_jobs) >= MAX_WATCHED_JOBS:
+                    raise WatchLimitError(
+                        f"this connection already watches {MAX_WATCHED_JOBS} jobs, the most "
+                        "it may name one by one; notify_job() with no job id watches every job"
+                    )
                 self.watched_jobs.add(arguments.job_id)
         elif isinstance(arguments, m.NoNotifyMachineArgs):
             if arguments.machine_name is None:
@@ -198,10 +217,21 @@ class Connection:
             else:
                 self.watched_machines.discard(arguments.machine_name)
         elif isinstance(arguments, m.NotifyMachineArgs):
-            if arguments.machine_name is None:
+            name = arguments.machine_name
+            if name is None:
                 self.watch_all_machines = True
-            else:
-                self.watched_machines.add(arguments.machine_name)
+            elif name not in self.watched_machines:
+                if len(name) > MAX_MACHINE_NAME_CHARS:
+                    raise WatchLimitError(
+                        f"no machine has a name longer than {MAX_MACHINE_NAME_CHARS} characters"
+                    )
+                if len(self.watched_machines) >= MAX_WATCHED_MACHINES:
+                    raise WatchLimitError(
+                        f"this connection already watches {MAX_WATCHED_MACHINES} machines, the "
+                        "most it may name one by one; notify_machine() with no name watches "
+                        "every machine"
+                    )
+                self.watched_machines.add(name)
 
     def notify(self, job_ids: Iterable[int], machine_names: Iterable[str]) -> list[str]:
         """Write the notifications this connection watches; return the kinds written.

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from allocator.errors import AllocatorError
-from allocator.server import Connection, Handler, Server, _LineProtocol
+from allocator.server import (
+    MAX_MACHINE_NAME_CHARS,
+    MAX_WATCHED_JOBS,
+    MAX_WATCHED_MACHINES,
+    Connection,
+    Handler,
+    Server,
+    _LineProtocol,
+)
 from allocator.service import Route
 from protocol.codec import encode_reply
 from protocol.commands import get_spec
@@ -364,6 +372,49 @@ def test_errors_become_replies_and_the_connection_stays(
     assert "'destroy_job'" in record.getMessage()
     assert record.exc_info is not None
     assert isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_watch_sets_are_bounded_and_a_refused_watch_changes_nothing(
+    run: Callable[[Scenario], None],
+) -> None:
+    async def scenario() -> None:
+        service = FakeService()
+        service.handlers["version"] = _version
+        async with serving(service) as port, connected(port) as (reader, writer):
+            ids = range(1, MAX_WATCHED_JOBS + 1)
+            writer.write(b"".join(_line("notify_job", job_id) for job_id in ids))
+            for _ in ids:
+                assert await _reply(reader) == {"return": None}
+            writer.write(_line("notify_job", 1) + _line("notify_job", MAX_WATCHED_JOBS + 1))
+            assert await _reply(reader) == {"return": None}  # already watched: no growth
+            refused = await _reply(reader)
+            assert f"already watches {MAX_WATCHED_JOBS} jobs" in refused["exception"]
+            assert "notify_job() with no job id" in refused["exception"]
+            # Unwatching one makes room again; watching every job is always allowed.
+            writer.write(
+                _line("no_notify_job", 1)
+                + _line("notify_job", MAX_WATCHED_JOBS + 1)
+                + _line("notify_job")
+            )
+            assert [await _reply(reader) for _ in range(3)] == [{"return": None}] * 3
+
+            names = [f"m{i}" for i in range(MAX_WATCHED_MACHINES)]
+            writer.write(b"".join(_line("notify_machine", name) for name in names))
+            for _ in names:
+                assert await _reply(reader) == {"return": None}
+            writer.write(
+                _line("notify_machine", "one more")
+                + _line("notify_machine", "x" * (MAX_MACHINE_NAME_CHARS + 1))
+                + _line("version")
+            )
+            assert "already watches" in (await _reply(reader))["exception"]
+            too_long = (await _reply(reader))["exception"]
+            assert too_long == (
+                f"no machine has a name longer than {MAX_MACHINE_NAME_CHARS} characters"
+            )
+            assert await _reply(reader) == {"return": "1.2.3"}  # the connection stays
+
+    run(scenario)
 
 
 def test_shutdown_cancels_a_waiting_handler_where_it_waits(
