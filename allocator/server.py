@@ -498,7 +498,8 @@ class _LineProtocol(asyncio.Protocol):
         max_bytes = self._max_line_bytes
         pending = self._pending
         for line in lines:
-            if len(line) > max_bytes:
+            # The limit counts the request, not its line ending (a CRLF's CR included).
+            if len(line) > max_bytes and (len(line) > max_bytes + 1 or line[-1] != 13):
                 self._stop_input()
                 break
             # Every line is answered, a blank one too (as malformed): a client that sent
@@ -506,7 +507,7 @@ class _LineProtocol(asyncio.Protocol):
             pending.append(line)
             self._pending_bytes += len(line)
         else:
-            if len(partial) > max_bytes:
+            if len(partial) > max_bytes and (len(partial) > max_bytes + 1 or partial[-1] != 13):
                 self._stop_input()
             else:
                 self._partial = partial

@@ -115,8 +115,8 @@ def _type_name(value: object) -> str:
 def _loads(line: bytes, max_bytes: int) -> Any:
     if line.endswith(b"\n"):
         line = line[:-1]
-        if line.endswith(b"\r"):
-            line = line[:-1]
+    if line.endswith(b"\r"):  # the server hands over lines without their LF
+        line = line[:-1]
     if len(line) > max_bytes:
         raise LineTooLongError(len(line), max_bytes)
     try:

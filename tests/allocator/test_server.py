@@ -264,9 +264,29 @@ def test_a_line_over_the_limit_is_refused_and_the_connection_closed(
             async with connected(port) as (reader, writer):
                 writer.write(b'{"command": "version"}'.ljust(100) + b"\n")
                 assert await _reply(reader) == {"return": "1.2.3"}
-        assert service.started == ["version", "version"]
+                # So is one ended by CRLF.
+                writer.write(b'{"command": "version"}'.ljust(100) + b"\r\n")
+                assert await _reply(reader) == {"return": "1.2.3"}
+        assert service.started == ["version"] * 3
 
     run(scenario)
+
+
+async def test_a_crlf_line_of_the_limit_read_apart_from_its_lf_is_answered() -> None:
+    service = FakeService()
+    service.handlers["version"] = _version
+    protocol = _LineProtocol(Server(service, max_line_bytes=100))
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    protocol.data_received(b'{"command": "version"}'.ljust(100) + b"\r")
+    protocol.data_received(b"\n")
+    protocol.data_received(b'{"command": "version"}'.ljust(101) + b"\r")  # one byte over
+    await asyncio.sleep(0)  # the scheduled run answers
+    assert transport.written == [
+        b'{"return": "1.2.3"}\n',
+        b'{"exception": "request line longer than 100 bytes; closing the connection"}\n',
+    ]
+    assert transport.closed
 
 
 def test_no_request_is_handled_while_the_client_does_not_read(
