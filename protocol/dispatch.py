@@ -249,7 +249,18 @@ def _check_positive(command: str, name: str, value: Any) -> int:
     return number
 
 
-_JOB_ID = Param("job_id", check=check_job_id, is_null_default=False)
+def _check_job_id(command: str, name: str, value: Any) -> int:
+    """A job id, refused by name when it is none: unlike the v1 commands (where, as in the
+    reference, a bad id is just a job that does not exist), these are no client's guess."""
+    if type(value) is not int:
+        raise CommandError(f"{command}() argument '{name}' must be an integer, not {value!r:.60}")
+    job_id = check_job_id(command, name, value)
+    if job_id is None:
+        raise CommandError(f"{command}() argument '{name}' is not a job id: {value!s:.60}")
+    return job_id
+
+
+_JOB_ID = Param("job_id", check=_check_job_id, is_null_default=False)
 _TOKEN = Param("token", check=check_str)
 
 _SPECS: Final = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -517,3 +518,28 @@ def test_a_model_with_an_alias_is_not_plain() -> None:
 
     assert not is_plain_model(Aliased, {"job_id"})
     assert not is_plain_model(GetJobStateArgs, {"job_id", "extra"})
+
+
+@pytest.mark.parametrize(
+    ("job_id", "message"),
+    [
+        ("7", "must be an integer, not '7'"),
+        (None, "must be an integer, not None"),
+        (True, "must be an integer, not True"),
+        (-1, "is not a job id: -1"),
+        (2**63, "is not a job id: 9223372036854775808"),
+    ],
+)
+@pytest.mark.parametrize("command", ["load_image", "start_run", "fetch_results"])
+def test_the_dispatch_commands_refuse_what_is_no_job_id_by_name(
+    command: str, job_id: object, message: str
+) -> None:
+    # The v1 commands take a bad id for a job that does not exist, as the reference does;
+    # the extension commands have no such client to follow and say what was wrong.
+    import protocol.dispatch  # noqa: F401 - registers the extension commands
+
+    kwargs = {"job_id": job_id, "n_bytes": 1, "sha256": "0" * 64, "token": "t"}
+    spec = get_spec(command)
+    wanted = {p.name for p in spec.all_params}
+    with pytest.raises(CommandError, match=re.escape(f"{command}() argument 'job_id' {message}")):
+        bind(command, [], {k: v for k, v in kwargs.items() if k in wanted})
