@@ -269,6 +269,12 @@ class DispatchCommands:
                 state = job_folder(self._directory, record.job_id) / record.snapshot / STATE_FILE
                 if await self._in_thread(state.exists):
                     job.record = job.record.model_copy(update={"is_state_saved": True})
+            if record.image is None:
+                # An image installed by a load that ended with the server, before its
+                # record named it (`storage.install_image`): the job has none.
+                await self._in_thread(
+                    (job_folder(self._directory, record.job_id) / IMAGE_FILE).unlink, True
+                )
             # Only the recorded snapshot is ever continued: others are of runs or state
             # hand-overs that were in flight.
             await self._in_thread(
@@ -463,7 +469,7 @@ class DispatchCommands:
                 # The next run continues from the state handed over to this image.
                 update |= {"snapshot": kept, "is_state_saved": True}
             job.record = job.record.model_copy(update=update)
-            await self._in_thread(path.replace, folder / IMAGE_FILE)
+            await self._in_thread(storage.install_image, self._directory, job.record, path)
             discarded: Path | None = None
             if kept is None and previous is not None:
                 # The state there was of the image replaced: it must never be continued. A

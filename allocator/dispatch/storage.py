@@ -30,6 +30,7 @@ __all__ = [
     "ImageInfo",
     "JobFolderRecord",
     "RunRecord",
+    "install_image",
     "job_folder",
     "read_records",
     "remove_folder",
@@ -101,6 +102,19 @@ def write_record(directory: Path, record: JobFolderRecord) -> None:
         out.flush()
         os.fsync(out.fileno())
     temporary.replace(folder / _RECORD)
+
+
+def install_image(directory: Path, record: JobFolderRecord, upload: Path) -> None:
+    """Put a validated upload in place as the job's image, the record first saying it has none.
+
+    `record` is the job's record as it will be (its new image's details are written by the
+    next `write_record`). Until then no record on disk names an image while image.bin may
+    hold another: a crash in between leaves a job with no image, which loads again (a
+    restart removes the image file such a record does not name), never one whose image is
+    not the one its record describes.
+    """
+    write_record(directory, record.model_copy(update={"image": None}))
+    upload.replace(job_folder(directory, record.job_id) / IMAGE_FILE)
 
 
 def read_records(directory: Path) -> tuple[list[JobFolderRecord], list[Path]]:

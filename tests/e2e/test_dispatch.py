@@ -25,6 +25,8 @@ from typing import Any
 import anyio
 import pytest
 
+from allocator.dispatch import storage
+from allocator.dispatch.storage import JobFolderRecord
 from machine_models import Executor, Image
 from machine_models.executor import Results
 from machine_models.geometry import ChipXY, Link, chip_to_board
@@ -765,6 +767,32 @@ async def test_server_killed_during_a_run_then_restarted(start_server: Any) -> N
             assert (await _run(client, job_id, token, 40)).state is RunState.DONE
             continued, _ = _decode(await client.fetch_results(job_id, token))
         _assert_same(continued, _in_process(mapped, 120)[0])
+    finally:
+        await asyncio.to_thread(second.stop)
+
+
+async def test_a_load_cut_short_by_a_crash_leaves_a_job_with_no_image(start_server: Any) -> None:
+    # What `install_image` leaves if the server dies before the new record is written: a
+    # record naming no image, and an image file of the load that never answered.
+    first: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    async with await _client(first) as client:
+        job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+    first.kill()
+    folder = _job_folder(first, job_id)
+    record = JobFolderRecord.model_validate_json((folder / "record.json").read_bytes())
+    storage.write_record(folder.parent, record.model_copy(update={"image": None}))
+    (folder / "image.bin").write_bytes(b"the bytes of a load that was never answered")
+    second = first.restarted()
+    try:
+        async with await _client(second) as client:
+            assert not (folder / "image.bin").exists()
+            with pytest.raises(ServerError, match=f"job {job_id} has no image loaded"):
+                await client.start_run(job_id, token, 10)
+            token = (await client.load_image(job_id, mapped.image.encode(), token=token)).token
+            assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+            again, _ = _decode(await client.fetch_results(job_id, token))
+        _assert_same(again, _in_process(mapped, 20)[0])
     finally:
         await asyncio.to_thread(second.stop)
 

@@ -1,0 +1,49 @@
+"""Dispatch's job folders: an image goes in place so that no crash leaves a record naming
+an image other than the one on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from allocator.dispatch import storage
+from allocator.dispatch.storage import IMAGE_FILE, ImageInfo, JobFolderRecord
+
+OLD = ImageInfo(sha256="a" * 64, n_bytes=3, n_cores=1, n_chips=1, timestep_us=1000)
+NEW = ImageInfo(sha256="b" * 64, n_bytes=3, n_cores=1, n_chips=1, timestep_us=1000)
+
+
+def _loaded(tmp_path: Path) -> Path:
+    """A job folder whose record names the image on disk (OLD)."""
+    storage.write_record(tmp_path, JobFolderRecord(job_id=7, token_sha256="t", image=OLD))
+    folder = storage.job_folder(tmp_path, 7)
+    (folder / IMAGE_FILE).write_bytes(b"old")
+    return folder
+
+
+def _on_disk(tmp_path: Path) -> JobFolderRecord:
+    (record,), unreadable = storage.read_records(tmp_path)
+    assert unreadable == []
+    return record
+
+
+def test_an_installed_image_is_named_by_no_record_until_the_next_write(tmp_path: Path) -> None:
+    folder = _loaded(tmp_path)
+    upload = folder / "upload-1.tmp"
+    upload.write_bytes(b"new")
+    record = JobFolderRecord(job_id=7, token_sha256="t", image=NEW)
+    storage.install_image(tmp_path, record, upload)
+    # A crash here: the record names no image, so the new bytes are never taken for OLD.
+    assert (folder / IMAGE_FILE).read_bytes() == b"new"
+    assert _on_disk(tmp_path).image is None
+    storage.write_record(tmp_path, record)
+    assert _on_disk(tmp_path).image == NEW
+
+
+def test_a_failed_rename_leaves_a_record_without_an_image(tmp_path: Path) -> None:
+    folder = _loaded(tmp_path)
+    record = JobFolderRecord(job_id=7, token_sha256="t", image=NEW)
+    with pytest.raises(FileNotFoundError):
+        storage.install_image(tmp_path, record, folder / "upload-gone.tmp")
+    assert _on_disk(tmp_path).image is None
