@@ -241,6 +241,8 @@ class MachineAllocator:
         for board, _ in machine.dead_links:
             dead[board.x, board.y] = 1
         self._faulty = dead.astype(np.bool_)
+        # request -> fits_ever's answer, which depends on the request and the machine only
+        self._fits_ever: dict[JobRequest, bool] = {}
 
     def __repr__(self) -> str:
         return (
@@ -405,7 +407,17 @@ class MachineAllocator:
 
         Conservative like the reference: a rectangle is tried at the four corners only.
         Out-of-service boards are ignored (they come back); dead boards and links are not.
+        Answers are remembered: they depend on the request and the machine alone, and
+        clients send the same few requests over and over.
         """
+        known = self._fits_ever.get(request)
+        if known is None:
+            if len(self._fits_ever) >= _MAX_CACHED_REGIONS:
+                self._fits_ever.clear()
+            known = self._fits_ever[request] = self._fits_ever_uncached(request)
+        return known
+
+    def _fits_ever_uncached(self, request: JobRequest) -> bool:
         if request.machine is not None and request.machine != self.machine.name:
             return False
         if request.machine is None and not request.tags <= self.machine.tags:

@@ -17,6 +17,7 @@ every machine) is not an error here: the caller cancels it with the reference's 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -165,8 +166,13 @@ class JobRequest:
         board = BoardXYZ(*values) if kind is RequestKind.SPECIFIC else None
         return cls(kind, n_boards=1, board=board, **common)  # type: ignore[arg-type]
 
-    def describe(self) -> str:
-        """What is asked for, in a few words for the log: "3 x 2 triads on spinn-1200"."""
+    @functools.cached_property
+    def description(self) -> str:
+        """What is asked for, in a few words for the log: "3 x 2 triads on spinn-1200".
+
+        Kept once made: the service logs it for every job, and clients send the same few
+        requests over and over (parsed requests are shared).
+        """
         if self.kind is RequestKind.TRIADS:
             what = f"{self.width_triads} x {self.height_triads} triads"
         elif self.kind is RequestKind.SPECIFIC:

@@ -73,7 +73,7 @@ def _reject_constant(name: str) -> NoReturn:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
-_scan_once = _decoder.scan_once
+_scan_once: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
 def _decode(text: str) -> Any:

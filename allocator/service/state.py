@@ -442,7 +442,7 @@ class ServiceState:
             if request.machine is not None:
                 if name != request.machine:
                     continue
-            elif not set(request.tags) <= set(machine.tags):
+            elif not request.tags <= machine.tags:
                 continue
             if self._allocators[name].fits_ever(request):
                 names.append(name)
@@ -930,7 +930,7 @@ class ServiceState:
                 job_id,
                 owner,
                 host or "?",
-                request.describe(),
+                request.description,
             )
         changed.append(job_id)
         if not candidates:
