@@ -13,9 +13,12 @@ The key is a digest of what numba's cached code depends on: numba's and Python's
 the machine, the chip model package's directory (numba files its cache under a digest of the
 source directory) and the bytes of every module of the package (a kernel inlines constants of
 modules other than its own, which numba's own check does not see). Any change of the code
-gives a new key, so a stale cache is never loaded; old keys are left for the operator to
-remove. The root is `--kernel-cache`, else `$ALLOTMENT_KERNEL_CACHE`, else
-`$XDG_CACHE_HOME/allotment/kernels` (`~/.cache/allotment/kernels`).
+gives a new key, so a stale cache is never loaded. A cache's `.warm` marker is touched
+each time it is copied for a job; `prune` (run at each runner's start) removes the caches of
+other keys that no runner has used for `UNUSED_DAYS`, and the scratch folders of fills that
+died, each only while holding its key's lock, so never one being filled. The root is
+`--kernel-cache`, else `$ALLOTMENT_KERNEL_CACHE`, else `$XDG_CACHE_HOME/allotment/kernels`
+(`~/.cache/allotment/kernels`).
 
 The cache is numba's own cache of the chip model, copied: where the tree is writable the
 warm-up compiles into `machine_models/__pycache__` (or `$NUMBA_CACHE_DIR` when set), as the
@@ -35,17 +38,25 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["KernelCache", "default_root", "numba_subpath"]
+__all__ = ["UNUSED_DAYS", "KernelCache", "default_root", "numba_subpath"]
 
 _PACKAGE = "machine_models"
 _WARM = ".warm"
 _NUMBA_SUFFIXES = (".nbi", ".nbc")
+_SCRATCH = ".new-"
+_LOCK = ".lock"
+_KEY = re.compile("[0-9a-f]{32}")
+
+UNUSED_DAYS = 30
+"""A cache of other code that no job has used for this long is removed by `prune`."""
 
 
 def default_root() -> Path:
@@ -142,20 +153,76 @@ class KernelCache:
         return True
 
     def copy_to(self, target: Path) -> bool:
-        """Copy the warm cache to `target` (a job's own); False if there is none to copy."""
+        """Copy the warm cache to `target` (a job's own); False if there is none to copy.
+
+        The copy marks the cache used (`prune` keeps what was used lately)."""
         try:
             shutil.copytree(self.path, target)
+            os.utime(self.path / _WARM)
         except OSError:  # not filled, or removed by an operator meanwhile: the job compiles
             shutil.rmtree(target, ignore_errors=True)
             return False
         return True
 
+    def prune(self, *, unused_s: float = UNUSED_DAYS * 86_400.0) -> list[str]:
+        """Remove the caches of other code not used for `unused_s`; the names removed.
+
+        Also removes the scratch folders of fills that died (older than `unused_s` too).
+        Only names made here are looked at (a key is 32 hex digits), so a root shared with
+        other files loses none of them. A key whose lock another process holds (filling
+        it) is left alone; so is this code's own cache, used or not. Lock files stay: one
+        removed while another process waits on it would let two fill the same key.
+        """
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
+        cutoff = time.time() - unused_s
+        keys: set[str] = set()
+        for entry in self.root.iterdir():
+            name = entry.name
+            key = name.split(_SCRATCH)[0].removesuffix(_LOCK)
+            if key != self.key and _KEY.fullmatch(key):
+                keys.add(key)
+        for key in sorted(keys):
+            with self._try_lock(key) as is_locked:
+                if not is_locked:
+                    continue
+                for entry in sorted(self.root.glob(f"{key}*")):
+                    if entry.name == f"{key}{_LOCK}":
+                        continue
+                    if entry.name != key and not entry.name.startswith(f"{key}{_SCRATCH}"):
+                        continue  # another key that begins with this one
+                    if entry.is_dir() and _last_used(entry) < cutoff:
+                        shutil.rmtree(entry, ignore_errors=True)
+                        removed.append(entry.name)
+        return removed
+
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        with (self.root / f"{self.key}.lock").open("a") as lock:
+        with (self.root / f"{self.key}{_LOCK}").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _try_lock(self, key: str) -> Iterator[bool]:
+        """Hold another key's lock if nobody does (True), else yield False at once."""
+        path = self.root / f"{key}{_LOCK}"
+        try:
+            lock = path.open("a")
+        except OSError:
+            yield False
+            return
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -180,6 +247,15 @@ class KernelCache:
                         # gone (the job compiles what it lacks)
                         with contextlib.suppress(FileNotFoundError):
                             shutil.copy2(entry, target / entry.name)
+
+
+def _last_used(entry: Path) -> float:
+    """When a cache was last copied for a job (or filled); a scratch folder's own time."""
+    try:
+        marker = entry / _WARM
+        return (marker if marker.exists() else entry).stat().st_mtime
+    except OSError:
+        return time.time()  # gone or unreadable meanwhile: not this pass's to remove
 
 
 def _is_writable(cache_dir: Path) -> bool:

@@ -42,7 +42,7 @@ from typing import IO, Any
 
 from jobqueue import shims
 from jobqueue.errors import SandboxUnavailableError
-from jobqueue.kernel_cache import KernelCache, default_root
+from jobqueue.kernel_cache import UNUSED_DAYS, KernelCache, default_root
 from jobqueue.sandbox import BWRAP_ENVIRONMENT, Limits, bwrap_path, sandboxed_command
 from jobqueue.source import SourceError, prepare
 from jobqueue.standby import Standby, StandbyPool
@@ -198,6 +198,7 @@ class Runner:
             thread.start()
         else:
             self._warmed.set()
+        threading.Thread(target=self._prune_kernels, name="batch-prune", daemon=True).start()
         for target, name in ((self._dispatch, "batch-dispatch"), (self._beat, "batch-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -225,6 +226,23 @@ class Runner:
             log.warning("the kernel cache %s cannot be filled: %s", self._kernels.root, error)
         finally:
             self._warmed.set()
+
+    def _prune_kernels(self) -> None:
+        """Remove the kernel caches of other code that no job has used for a long time."""
+        try:
+            removed = self._kernels.prune()
+        except OSError as error:
+            log.warning("old kernel caches in %s cannot be removed: %s", self._kernels.root, error)
+            return
+        if removed:
+            log.info(
+                "removed %d kernel cache%s unused for %d days from %s: %s",
+                len(removed),
+                "" if len(removed) == 1 else "s",
+                UNUSED_DAYS,
+                self._kernels.root,
+                ", ".join(removed),
+            )
 
     def _compile_kernels(self, cache_dir: Path | None) -> bool:
         env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,62 @@ def test_where_the_tree_is_read_only_the_warm_up_compiles_into_the_new_cache(
     assert (copied / "f-1.py311.nbi").read_bytes() == b"index"  # what this warm-up compiled
     assert cache.fill(compile_into)
     assert len(compiled) == 1  # warm: not compiled again
+
+
+def test_prune_removes_other_codes_caches_unused_for_long_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    package = _package(tmp_path)
+    root = tmp_path / "root"
+    cache = KernelCache(root, package_dirs=[package])
+    assert cache.fill(lambda where: True)
+    old, recent, filling = "a" * 32, "b" * 32, "c" * 32
+    for key in (old, recent, filling):
+        (root / key).mkdir()
+        (root / key / ".warm").touch()
+        (root / f"{key}.lock").touch()
+    (root / f"{old}.new-0123456789ab").mkdir()  # a fill that died
+    (root / "notes").mkdir()  # not ours: a root shared with other files
+    (root / f"{'d' * 31}").mkdir()  # not a key either
+    month_ago = time.time() - 31 * 86_400
+    for path in (
+        root / old / ".warm",
+        root / f"{old}.new-0123456789ab",
+        root / filling / ".warm",
+        root / "notes",
+        cache.path / ".warm",
+    ):
+        os.utime(path, (month_ago, month_ago))
+    # Another process fills `filling`: its lock is held, so it is left alone.
+    with (root / f"{filling}.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        removed = cache.prune()
+    assert sorted(removed) == [old, f"{old}.new-0123456789ab"]
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [
+            cache.key,
+            f"{cache.key}.lock",
+            f"{old}.lock",
+            recent,
+            f"{recent}.lock",
+            filling,
+            f"{filling}.lock",
+            "notes",
+            "d" * 31,
+        ]
+    )
+    assert cache.is_warm  # this code's own cache stays, however long unused
+
+
+def test_copying_a_cache_for_a_job_marks_it_used(tmp_path: Path) -> None:
+    package = _package(tmp_path)
+    cache = KernelCache(tmp_path / "root", package_dirs=[package])
+    assert cache.fill(lambda where: True)
+    month_ago = time.time() - 31 * 86_400
+    os.utime(cache.path / ".warm", (month_ago, month_ago))
+    assert cache.copy_to(tmp_path / "job")
+    assert (cache.path / ".warm").stat().st_mtime > month_ago + 30 * 86_400
+    # So a runner of other code keeps it.
+    other = KernelCache(tmp_path / "root", package_dirs=[_package(tmp_path / "other")])
+    assert other.key != cache.key
+    assert other.prune() == []
