@@ -100,6 +100,7 @@ async def serve(
         None,
         max_line_bytes=config.server.max_line_bytes,
         max_connections=config.server.max_connections,
+        idle_timeout_s=config.server.idle_timeout_s,
         metrics=metrics,
     )
     async with contextlib.AsyncExitStack() as stack:

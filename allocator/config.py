@@ -74,6 +74,7 @@ class ServerSettings(BaseModel):
     starvation_s: _NonNegFloat = 600.0
     max_line_bytes: Annotated[int, Field(ge=1024)] = 65536
     max_connections: _PositiveInt = 4096
+    idle_timeout_s: _NonNegFloat = 0.0
     operator_token: str = ""
     database_retry_s: _NonNegFloat = 30.0
 

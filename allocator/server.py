@@ -290,6 +290,9 @@ class Server:
         dispatcher: maps command names to handlers (the service).
         max_line_bytes: longest request line accepted; a longer one closes the connection.
         max_connections: connections beyond this are answered with an exception and closed.
+        idle_timeout_s: a connection that sent no request for this long, has none in hand,
+            takes no body and watches nothing is closed (0: never). A watcher waits for
+            notifications by design, so it is never idle.
         metrics: optional request and connection metrics.
     """
 
@@ -299,11 +302,13 @@ class Server:
         *,
         max_line_bytes: int = 65536,
         max_connections: int = 4096,
+        idle_timeout_s: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         self._dispatcher = dispatcher
         self._max_line_bytes = max_line_bytes
         self._max_connections = max_connections
+        self._idle_timeout_s = idle_timeout_s
         self._metrics = metrics
         self._connections: dict[Connection, _LineProtocol] = {}
         self._watchers: set[Connection] = set()
@@ -383,6 +388,8 @@ class Server:
         async with asyncio.TaskGroup() as tg:
             self._task_group = tg
             try:
+                if self._idle_timeout_s > 0:
+                    tg.create_task(self._close_idle(), name="idle connections")
                 await listener.start_serving()
                 if on_ready is not None:
                     on_ready(self.addresses)
@@ -392,6 +399,22 @@ class Server:
                 for line_protocol in list(self._connections.values()):
                     line_protocol.close()
         # Leaving the task group cancelled and awaited the handlers that were still waiting.
+
+    async def _close_idle(self) -> None:
+        """Close idle connections (see `idle_timeout_s`), looking a few times per timeout."""
+        timeout_s = self._idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(max(timeout_s / 4, 0.01), 30.0))
+            cutoff = loop.time() - timeout_s
+            for conn, line_protocol in list(self._connections.items()):
+                if line_protocol.is_idle_since(cutoff):
+                    log.info(
+                        "closing a connection from %s: no request for %g s",
+                        conn.peer_host,
+                        timeout_s,
+                    )
+                    line_protocol.close()
 
     def _opened(self, conn: Connection, line_protocol: _LineProtocol) -> bool:
         """Register a new connection; False when it is one too many."""
@@ -446,6 +469,7 @@ class _LineProtocol(asyncio.Protocol):
         self._is_read_paused = False
         self._is_eof = False
         self._is_input_done = False  # a too-long line was seen, or the connection closes
+        self._last_read = 0.0  # the loop's time of the last bytes read
 
     def __repr__(self) -> str:
         return (
@@ -459,6 +483,7 @@ class _LineProtocol(asyncio.Protocol):
         # uvloop's transports are no subclasses of asyncio.Transport: no isinstance here.
         self._transport = t = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
+        self._last_read = self._loop.time()
         sock = t.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -482,6 +507,7 @@ class _LineProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._is_input_done:
             return
+        self._last_read = self._loop.time()
         sink = self._conn.body_sink
         if sink is not None:
             taken = sink.feed(data)
@@ -552,6 +578,18 @@ class _LineProtocol(asyncio.Protocol):
                 sink.lost()
             except Exception:
                 log.exception("a body sink failed when its connection ended")
+
+    def is_idle_since(self, cutoff: float) -> bool:
+        """Whether nothing came since the loop's time `cutoff` and nothing is in hand."""
+        conn = self._conn
+        return (
+            self._last_read <= cutoff
+            and not self._is_busy
+            and not self._pending
+            and not self._is_write_paused
+            and conn.body_sink is None
+            and not conn.is_watching
+        )
 
     def pause_writing(self) -> None:
         self._is_write_paused = True

@@ -437,6 +437,39 @@ def test_watch_sets_are_bounded_and_a_refused_watch_changes_nothing(
     run(scenario)
 
 
+def test_idle_connections_are_closed_but_not_watchers_or_busy_ones(
+    run: Callable[[Scenario], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        service = FakeService()
+        service.handlers["version"] = _version
+        released = asyncio.Event()
+
+        async def slow(arguments: Any, conn: Connection) -> str:
+            await released.wait()
+            return "done"
+
+        service.handlers["get_job_state"] = slow
+        async with (
+            serving(service, idle_timeout_s=0.2) as port,
+            connected(port) as (idle, _),
+            connected(port) as (watcher, watcher_writer),
+            connected(port) as (busy, busy_writer),
+        ):
+            watcher_writer.write(_line("notify_job"))
+            assert await _reply(watcher) == {"return": None}
+            busy_writer.write(_line("get_job_state", 1))  # its reply waits for `released`
+            assert await asyncio.wait_for(idle.read(), TIMEOUT_S) == b""  # closed by the server
+            released.set()
+            assert await _reply(busy) == {"return": "done"}
+            watcher_writer.write(_line("version"))
+            assert await _reply(watcher) == {"return": "1.2.3"}  # watching: never idle
+
+    with caplog.at_level(logging.INFO, logger="allotment.server"):
+        run(scenario)
+    assert any("no request for 0.2 s" in r.getMessage() for r in caplog.records)
+
+
 def test_shutdown_cancels_a_waiting_handler_where_it_waits(
     run: Callable[[Scenario], None],
 ) -> None:
