@@ -3,8 +3,13 @@
 Each batch job's script allocates boards under an owner that names the user and the batch
 job (`spalloc_user` in the `spynnaker.cfg` the runner writes). While any job runs, a thread
 of its own (with its own event loop, because the protocol client is async and the runner is
-threaded) asks the allocation server for `list_jobs` every `interval_s` and credits each
-allocation that has boards with boards x the time since it was last seen.
+threaded) watches every job on the allocation server (`notify_job()`) and asks for
+`list_jobs` as soon as anything changes (gathering what changes within `_GATHER_S`), and at
+least every `interval_s`. Each allocation that has boards is credited with boards x the time
+since it was last seen: from the poll before it first appeared (at most `interval_s`), to
+the poll that no longer lists it. A batch job's charge is taken (`release`) only after a
+poll that began once the job had ended, so an allocation of a few milliseconds is charged
+too, and its last moments are never left out.
 
 A standby allocation handed to a job (`jobqueue.standby`) keeps its standby owner; it is
 credited to the job from the moment of hand-over (never for the time it waited as a
@@ -20,6 +25,7 @@ import threading
 import time
 
 from protocol import AllotmentClient, ProtocolError
+from protocol.errors import ProtocolTimeoutError
 from protocol.messages import JobListEntry
 
 __all__ = ["CORES_PER_BOARD", "UsageMonitor", "core_hours"]
@@ -35,6 +41,15 @@ def core_hours(board_seconds: float) -> float:
     return board_seconds * CORES_PER_BOARD / 3600.0
 
 
+_GATHER_S = 0.05
+"""After a change, how long the monitor waits for others before it polls (one poll for all,
+so a busy allocation server is asked at most about 20 times a second)."""
+_SLICE_S = 0.05
+"""How often a waiting monitor looks whether a release asked for a fresh poll."""
+_RELEASE_WAIT_S = 5.0
+"""The longest a release waits for its fresh poll (the server may be gone)."""
+
+
 class UsageMonitor:
     """Accumulates board-seconds per owner while owners are registered."""
 
@@ -45,10 +60,18 @@ class UsageMonitor:
         self._lock = threading.Lock()
         self._board_seconds: dict[str, float] = {}
         self._last_seen: dict[int, float] = {}
+        self._watched_at: dict[str, float] = {}  # owner -> when `watch` was called
+        self._n_boards: dict[int, int] = {}  # spalloc job id -> boards when last seen
+        self._owner_of: dict[int, str] = {}  # spalloc job id -> its owner, as listed
         self._handed: dict[int, str] = {}  # spalloc job id -> the owner it was handed to
         self._handed_seconds: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Fresh polls asked for by `release`: the count asked, and the count a finished
+        # poll had seen asked when it began.
+        self._polled = threading.Condition(self._lock)
+        self._n_asked = 0
+        self._n_answered = 0
 
     def __repr__(self) -> str:
         return f"<UsageMonitor {self._host}:{self._port}, {len(self._board_seconds)} owners>"
@@ -67,9 +90,10 @@ class UsageMonitor:
             self._thread.join(timeout=5)
 
     def watch(self, owner: str) -> None:
-        """Start counting for `owner`."""
+        """Start counting for `owner` (nothing of it is counted from before now)."""
         with self._lock:
             self._board_seconds.setdefault(owner, 0.0)
+            self._watched_at.setdefault(owner, time.monotonic())
 
     def hand_over(self, owner: str, job_id: int, handed_at: float) -> None:
         """Count spalloc job `job_id` for `owner` from `handed_at` (a `time.monotonic()`)."""
@@ -82,16 +106,29 @@ class UsageMonitor:
     def release(self, owner: str, *, is_charging_handed: bool = True) -> float:
         """Stop counting for `owner` and return its board-seconds.
 
+        Waits (a few seconds at most) for a poll that begins after the call, so that an
+        allocation the job ended just before is counted to its end.
+
         Args:
             owner: the owner given to `watch`.
             is_charging_handed: include the allocation handed over to it (False when the
                 job never used it).
         """
         with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                self._n_asked += 1
+                asked = self._n_asked
+                self._polled.wait_for(
+                    lambda: self._n_answered >= asked or self._stop.is_set(),
+                    timeout=_RELEASE_WAIT_S + self._interval_s,
+                )
             for job_id in [j for j, o in self._handed.items() if o == owner]:
                 del self._handed[job_id]
                 self._last_seen.pop(job_id, None)
+                self._n_boards.pop(job_id, None)
+                self._owner_of.pop(job_id, None)
             handed = self._handed_seconds.pop(owner, 0.0)
+            self._watched_at.pop(owner, None)
             return self._board_seconds.pop(owner, 0.0) + (handed if is_charging_handed else 0.0)
 
     def _run(self) -> None:
@@ -100,42 +137,121 @@ class UsageMonitor:
     async def _poll_forever(self) -> None:
         assert self._host is not None
         client: AllotmentClient | None = None
+        previous: float | None = None  # when the last poll's list was asked for
+        changed: float | None = None  # when the change this poll answers was told
         try:
             while not self._stop.is_set():
                 with self._lock:
                     is_watching = bool(self._board_seconds)
-                if is_watching:
-                    try:
-                        if client is None:
-                            client = await AllotmentClient.connect(self._host, self._port)
-                        self._credit(await client.list_jobs(), time.monotonic())
-                    except (ProtocolError, OSError) as error:
-                        log.debug("usage poll failed: %s", error)
-                        if client is not None:
-                            with contextlib.suppress(Exception):
-                                await client.aclose()
-                        client = None
-                await asyncio.sleep(self._interval_s)
+                    asked = self._n_asked
+                if not is_watching:
+                    previous = None
+                    self._answer(asked)
+                    await self._nap(None, until_watching=True)
+                    continue
+                try:
+                    if client is None:
+                        client = await AllotmentClient.connect(self._host, self._port)
+                        await client.notify_job()  # every change: polled at once
+                    now = time.monotonic()
+                    entries = await client.list_jobs()
+                    self._credit(entries, now, changed if changed is not None else previous)
+                    previous = now
+                    self._answer(asked)
+                    changed = await self._nap(client)
+                except (ProtocolError, OSError) as error:
+                    log.debug("usage poll failed: %s", error)
+                    if client is not None:
+                        with contextlib.suppress(Exception):
+                            await client.aclose()
+                    client = None
+                    previous = changed = None
+                    self._answer(asked)  # a release waiting for it takes what there is
+                    await self._nap(None)
         finally:
             if client is not None:
                 await client.aclose()
+            with self._lock:
+                self._polled.notify_all()
 
-    def _credit(self, entries: list[JobListEntry], now: float) -> None:
+    def _answer(self, asked: int) -> None:
+        """A poll that began with `asked` fresh polls asked for has ended."""
         with self._lock:
+            self._n_answered = max(self._n_answered, asked)
+            self._polled.notify_all()
+
+    async def _nap(
+        self, client: AllotmentClient | None, *, until_watching: bool = False
+    ) -> float | None:
+        """Wait `interval_s`, less when a job changes (told on `client`), a release asks for
+        a poll or (`until_watching`) an owner is watched; when a change was told, or None.
+        """
+        deadline = time.monotonic() + self._interval_s
+        while not self._stop.is_set():
+            with self._lock:
+                if self._n_asked > self._n_answered:
+                    return None
+                if until_watching and self._board_seconds:
+                    return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if client is None:
+                await asyncio.sleep(min(left, _SLICE_S))
+                continue
+            try:
+                await client.receive_notification(timeout_s=min(left, _SLICE_S))
+            except ProtocolTimeoutError:
+                continue
+            told = time.monotonic()
+            await asyncio.sleep(_GATHER_S)  # one poll for the changes that come together
+            with contextlib.suppress(ProtocolTimeoutError):
+                while True:
+                    await client.receive_notification(timeout_s=0)
+            return told
+        return None
+
+    def _credit(self, entries: list[JobListEntry], now: float, previous: float | None) -> None:
+        """Credit what `entries` (listed at `now`) held; an allocation first seen now got its
+        boards after `previous` (the last poll, or the change this poll answers)."""
+        with self._lock:
+            live: set[int] = set()
             for entry in entries:
+                live.add(entry.job_id)
                 handed_to = self._handed.get(entry.job_id)
                 if not entry.boards or (
                     handed_to is None and entry.owner not in self._board_seconds
                 ):
                     continue
                 last = self._last_seen.get(entry.job_id)
-                # first sight: the allocation is counted from one interval ago at most
-                elapsed = self._interval_s if last is None else now - last
-                if handed_to is not None:
-                    self._handed_seconds[handed_to] += len(entry.boards) * elapsed
+                if last is None:
+                    # first sight: it got its boards after `previous` and after its owner
+                    # was watched, one interval ago at most
+                    start = self._watched_at.get(entry.owner, now - self._interval_s)
+                    if previous is not None:
+                        start = max(start, previous)
+                    elapsed = min(now - start, self._interval_s)
                 else:
-                    self._board_seconds[entry.owner] += len(entry.boards) * elapsed
+                    elapsed = now - last
+                self._add(entry.job_id, entry.owner, len(entry.boards) * elapsed)
                 self._last_seen[entry.job_id] = now
-            live = {entry.job_id for entry in entries}
-            for job_id in [j for j in self._last_seen if j not in live and j not in self._handed]:
-                del self._last_seen[job_id]
+                self._n_boards[entry.job_id] = len(entry.boards)
+                self._owner_of[entry.job_id] = entry.owner
+            for job_id in [j for j in self._last_seen if j not in live]:
+                # Gone since it was last seen: it held its boards until some time before
+                # now (within a gather when notifications come): count that too.
+                n_boards = self._n_boards.pop(job_id, 0)
+                owner = self._owner_of.pop(job_id, None)
+                last = self._last_seen.pop(job_id)
+                if owner is not None or job_id in self._handed:
+                    self._add(job_id, owner, n_boards * max(0.0, now - last))
+                self._handed.pop(job_id, None)
+
+    def _add(self, job_id: int, owner: str | None, board_seconds: float) -> None:
+        """Credit a spalloc job's board-seconds to whom it counts for (lock held)."""
+        handed_to = self._handed.get(job_id)
+        if handed_to is not None:
+            if handed_to in self._handed_seconds:
+                self._handed_seconds[handed_to] += board_seconds
+        elif owner is not None and owner in self._board_seconds:
+            self._board_seconds[owner] += board_seconds

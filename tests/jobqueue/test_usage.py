@@ -1,0 +1,69 @@
+"""Board-seconds read from a real allocation server: short allocations are charged for the
+time they held their boards, to their end, not by whole polling intervals."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from jobqueue.usage import UsageMonitor
+from protocol.client import AllotmentClient
+from tests.e2e.conftest import ServerProcess, start_server  # noqa: F401 - the fixture
+
+OWNER = "alice nmpi-job-7"
+
+
+@pytest.fixture
+def server(start_server: Any) -> ServerProcess:  # noqa: F811 - the fixture above
+    return start_server()  # type: ignore[no-any-return]
+
+
+def _hold(server: ServerProcess, n_boards: int, hold_s: float) -> float:
+    """Allocate `n_boards` as OWNER, hold them `hold_s`, destroy; the seconds between the
+    create's reply and the destroy's."""
+
+    async def run() -> float:
+        async with await AllotmentClient.connect(server.host, server.port, timeout_s=10) as c:
+            job_id = await c.create_job(n_boards, owner=OWNER)
+            started = time.monotonic()
+            await anyio.sleep(hold_s)
+            await c.destroy_job(job_id, "done")
+            return time.monotonic() - started
+
+    return anyio.run(run)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hold_s", [0.3, 1.7])
+def test_an_allocation_is_charged_for_the_time_it_held_its_boards(
+    server: ServerProcess, hold_s: float
+) -> None:
+    monitor = UsageMonitor(server.host, server.port, interval_s=1.0)
+    monitor.start()
+    try:
+        monitor.watch(OWNER)
+        held_s = _hold(server, 3, hold_s)  # 3 boards: one triad
+        board_seconds = monitor.release(OWNER)
+    finally:
+        monitor.stop()
+    # Counted from about when it got its boards to about when it gave them back: within
+    # the monitor's gathering of changes, not whole seconds of polling either way.
+    assert board_seconds == pytest.approx(3 * held_s, abs=3 * 0.2)
+
+
+@pytest.mark.timeout(60)
+def test_other_owners_are_not_charged_and_a_released_owner_no_more(
+    server: ServerProcess,
+) -> None:
+    monitor = UsageMonitor(server.host, server.port, interval_s=1.0)
+    monitor.start()
+    try:
+        monitor.watch("bob nmpi-job-8")
+        _hold(server, 1, 0.3)  # alice's, whom nobody watches
+        assert monitor.release("bob nmpi-job-8") == 0.0
+        assert monitor.release(OWNER) == 0.0  # never watched
+    finally:
+        monitor.stop()
