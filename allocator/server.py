@@ -86,6 +86,9 @@ log = logging.getLogger("allotment.server")
 
 #: Above this many unsent bytes, wait for the client to read before handling more requests.
 _WRITE_HIGH_WATER_BYTES = 1 << 20
+#: A watcher that leaves more than this many bytes unread is closed rather than sent more
+#: notifications (replies stop at the high water mark; notifications do not wait).
+_MAX_UNREAD_BYTES = 8 << 20
 #: Above this many bytes of queued request lines, stop reading from the client ...
 _READ_HIGH_WATER_BYTES = 1 << 18
 #: ... until they are answered down to this many.
@@ -328,10 +331,26 @@ class Server:
         machines = tuple(machine_names)
         if not jobs and not machines:
             return
+        deaf: list[Connection] = []
         for conn in self._watchers:
+            if conn.transport.get_write_buffer_size() > _MAX_UNREAD_BYTES:
+                deaf.append(conn)
+                continue
             for kind in conn.notify(jobs, machines):
                 if self._metrics is not None:
                     self._metrics.notification_sent(kind)
+        for conn in deaf:
+            # It reads nothing: its notifications would pile up in this process for good.
+            log.warning(
+                "closing a connection from %s: it leaves more than %d bytes unread",
+                conn.peer_host,
+                _MAX_UNREAD_BYTES,
+            )
+            line_protocol = self._connections.get(conn)
+            if line_protocol is not None:
+                line_protocol.abort()
+            else:
+                self._watchers.discard(conn)
 
     def set_dispatcher(self, dispatcher: Dispatcher) -> None:
         """Answer requests with `dispatcher` (before `serve`, when it was not given)."""
@@ -469,7 +488,7 @@ class _LineProtocol(asyncio.Protocol):
         self._is_read_paused = False
         self._is_eof = False
         self._is_input_done = False  # a too-long line was seen, or the connection closes
-        self._last_read = 0.0  # the loop's time of the last bytes read
+        self._last_active = 0.0  # the loop's time of the last bytes read or reply written
 
     def __repr__(self) -> str:
         return (
@@ -483,7 +502,7 @@ class _LineProtocol(asyncio.Protocol):
         # uvloop's transports are no subclasses of asyncio.Transport: no isinstance here.
         self._transport = t = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
-        self._last_read = self._loop.time()
+        self._last_active = self._loop.time()
         sock = t.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -507,7 +526,7 @@ class _LineProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._is_input_done:
             return
-        self._last_read = self._loop.time()
+        self._last_active = self._loop.time()
         sink = self._conn.body_sink
         if sink is not None:
             taken = sink.feed(data)
@@ -580,10 +599,11 @@ class _LineProtocol(asyncio.Protocol):
                 log.exception("a body sink failed when its connection ended")
 
     def is_idle_since(self, cutoff: float) -> bool:
-        """Whether nothing came since the loop's time `cutoff` and nothing is in hand."""
+        """Whether nothing came nor was answered since the loop's time `cutoff`, and nothing
+        is in hand."""
         conn = self._conn
         return (
-            self._last_read <= cutoff
+            self._last_active <= cutoff
             and not self._is_busy
             and not self._pending
             and not self._is_write_paused
@@ -627,6 +647,11 @@ class _LineProtocol(asyncio.Protocol):
         """Close the connection: queued lines are dropped, written replies still go out."""
         self._forget()
         self._transport.close()
+
+    def abort(self) -> None:
+        """Close the connection at once, dropping what is unsent (a client that reads not)."""
+        self._forget()
+        self._transport.abort()
 
     def _stop_input(self) -> None:
         """A too-long line: answer the lines before it, then refuse it and close."""
@@ -751,5 +776,7 @@ class _LineProtocol(asyncio.Protocol):
     def _reply(self, reply: bytes, command: str, outcome: str, started: float) -> None:
         if not self._conn.is_closed and not self._transport.is_closing():
             self._transport.write(reply)
+            if self._server._idle_timeout_s:
+                self._last_active = self._loop.time()  # idle from its last reply on
         if self._metrics is not None:
             self._metrics.request_done(command, outcome, time.perf_counter() - started)

@@ -158,10 +158,11 @@ class KernelCache:
         The copy marks the cache used (`prune` keeps what was used lately)."""
         try:
             shutil.copytree(self.path, target)
-            os.utime(self.path / _WARM)
         except OSError:  # not filled, or removed by an operator meanwhile: the job compiles
             shutil.rmtree(target, ignore_errors=True)
             return False
+        with contextlib.suppress(OSError):  # a root this user may read but not write
+            os.utime(self.path / _WARM)
         return True
 
     def prune(self, *, unused_s: float = UNUSED_DAYS * 86_400.0) -> list[str]:

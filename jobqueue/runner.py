@@ -420,7 +420,9 @@ class Runner:
             return "error", str(error), []
         run.standby = self._standby.take()
         if run.standby is not None:
-            self._usage.hand_over(owner, run.standby.job_id, run.standby.handed_at)
+            self._usage.hand_over(
+                owner, run.standby.job_id, run.standby.handed_at, run.standby.n_boards
+            )
             log.info("job %d is handed standby spalloc job %d", job["id"], run.standby.job_id)
         self._write_cfg(prepared.cwd, owner, run.standby)
         # A copy: a job can never change what the next one loads.

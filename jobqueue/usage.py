@@ -61,8 +61,9 @@ class UsageMonitor:
         self._board_seconds: dict[str, float] = {}
         self._last_seen: dict[int, float] = {}
         self._watched_at: dict[str, float] = {}  # owner -> when `watch` was called
-        self._n_boards: dict[int, int] = {}  # spalloc job id -> boards when last seen
-        self._owner_of: dict[int, str] = {}  # spalloc job id -> its owner, as listed
+        # spalloc job id -> (owner, boards) of every allocation the last poll listed with
+        # boards, counted or not: a standby handed over is known before it is counted
+        self._listed: dict[int, tuple[str, int]] = {}
         self._handed: dict[int, str] = {}  # spalloc job id -> the owner it was handed to
         self._handed_seconds: dict[str, float] = {}
         self._stop = threading.Event()
@@ -95,13 +96,15 @@ class UsageMonitor:
             self._board_seconds.setdefault(owner, 0.0)
             self._watched_at.setdefault(owner, time.monotonic())
 
-    def hand_over(self, owner: str, job_id: int, handed_at: float) -> None:
-        """Count spalloc job `job_id` for `owner` from `handed_at` (a `time.monotonic()`)."""
+    def hand_over(self, owner: str, job_id: int, handed_at: float, n_boards: int) -> None:
+        """Count spalloc job `job_id` (`n_boards` boards, unless a poll lists it with others)
+        for `owner` from `handed_at` (a `time.monotonic()`)."""
         with self._lock:
             self._board_seconds.setdefault(owner, 0.0)
             self._handed[job_id] = owner
             self._handed_seconds.setdefault(owner, 0.0)
             self._last_seen[job_id] = handed_at
+            self._listed.setdefault(job_id, (owner, n_boards))
 
     def release(self, owner: str, *, is_charging_handed: bool = True) -> float:
         """Stop counting for `owner` and return its board-seconds.
@@ -125,8 +128,6 @@ class UsageMonitor:
             for job_id in [j for j, o in self._handed.items() if o == owner]:
                 del self._handed[job_id]
                 self._last_seen.pop(job_id, None)
-                self._n_boards.pop(job_id, None)
-                self._owner_of.pop(job_id, None)
             handed = self._handed_seconds.pop(owner, 0.0)
             self._watched_at.pop(owner, None)
             return self._board_seconds.pop(owner, 0.0) + (handed if is_charging_handed else 0.0)
@@ -145,7 +146,13 @@ class UsageMonitor:
                     is_watching = bool(self._board_seconds)
                     asked = self._n_asked
                 if not is_watching:
-                    previous = None
+                    if client is not None:
+                        # Nobody to count for: no connection either, so that no job change
+                        # piles up unread on the allocation server meanwhile.
+                        with contextlib.suppress(Exception):
+                            await client.aclose()
+                        client = None
+                    previous = changed = None
                     self._answer(asked)
                     await self._nap(None, until_watching=True)
                     continue
@@ -215,43 +222,42 @@ class UsageMonitor:
         """Credit what `entries` (listed at `now`) held; an allocation first seen now got its
         boards after `previous` (the last poll, or the change this poll answers)."""
         with self._lock:
-            live: set[int] = set()
-            for entry in entries:
-                live.add(entry.job_id)
-                handed_to = self._handed.get(entry.job_id)
-                if not entry.boards or (
-                    handed_to is None and entry.owner not in self._board_seconds
-                ):
+            listed = {e.job_id: (e.owner, len(e.boards)) for e in entries if e.boards}
+            for job_id, (owner, n_boards) in listed.items():
+                handed_to = self._handed.get(job_id)
+                if handed_to is None and owner not in self._board_seconds:
                     continue
-                last = self._last_seen.get(entry.job_id)
+                last = self._last_seen.get(job_id)
                 if last is None:
                     # first sight: it got its boards after `previous` and after its owner
                     # was watched, one interval ago at most
-                    start = self._watched_at.get(entry.owner, now - self._interval_s)
+                    start = self._watched_at.get(owner, now - self._interval_s)
                     if previous is not None:
                         start = max(start, previous)
                     elapsed = min(now - start, self._interval_s)
                 else:
                     elapsed = now - last
-                self._add(entry.job_id, entry.owner, len(entry.boards) * elapsed)
-                self._last_seen[entry.job_id] = now
-                self._n_boards[entry.job_id] = len(entry.boards)
-                self._owner_of[entry.job_id] = entry.owner
-            for job_id in [j for j in self._last_seen if j not in live]:
+                self._add(job_id, owner, n_boards * elapsed)
+                self._last_seen[job_id] = now
+            for job_id in [j for j in self._last_seen if j not in listed]:
                 # Gone since it was last seen: it held its boards until some time before
-                # now (within a gather when notifications come): count that too.
-                n_boards = self._n_boards.pop(job_id, 0)
-                owner = self._owner_of.pop(job_id, None)
+                # now. With a notification that is moments ago; after a poll that failed it
+                # may be long ago, so no more than one interval past its last sight counts.
                 last = self._last_seen.pop(job_id)
-                if owner is not None or job_id in self._handed:
-                    self._add(job_id, owner, n_boards * max(0.0, now - last))
+                known = self._listed.get(job_id)
+                if known is not None:
+                    owner, n_boards = known
+                    self._add(
+                        job_id, owner, n_boards * max(0.0, min(now, last + self._interval_s) - last)
+                    )
                 self._handed.pop(job_id, None)
+            self._listed = listed
 
-    def _add(self, job_id: int, owner: str | None, board_seconds: float) -> None:
+    def _add(self, job_id: int, owner: str, board_seconds: float) -> None:
         """Credit a spalloc job's board-seconds to whom it counts for (lock held)."""
         handed_to = self._handed.get(job_id)
         if handed_to is not None:
             if handed_to in self._handed_seconds:
                 self._handed_seconds[handed_to] += board_seconds
-        elif owner is not None and owner in self._board_seconds:
+        elif owner in self._board_seconds:
             self._board_seconds[owner] += board_seconds

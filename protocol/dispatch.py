@@ -252,6 +252,8 @@ def _check_positive(command: str, name: str, value: Any) -> int:
 def _check_job_id(command: str, name: str, value: Any) -> int:
     """A job id, refused by name when it is none: unlike the v1 commands (where, as in the
     reference, a bad id is just a job that does not exist), these are no client's guess."""
+    if type(value) is float and value.is_integer():
+        value = int(value)  # as the v1 commands take it (7.0 is job 7)
     if type(value) is not int:
         raise CommandError(f"{command}() argument '{name}' must be an integer, not {value!r:.60}")
     job_id = check_job_id(command, name, value)

@@ -452,6 +452,8 @@ class DispatchCommands:
                 kept = await self._hand_over(job, upload_path, digest, spec)
                 record = self._ready_record(job_id)
             token = secrets.token_urlsafe(24)
+            # What the disk says of the job until this load is answered (None: nothing).
+            before = None if job is None else job.record
             if job is None or job.record.ended_at is not None:
                 job = _Job(JobFolderRecord(job_id=job_id, token_sha256=_digest(token)))
                 self._jobs[job_id] = job
@@ -469,7 +471,7 @@ class DispatchCommands:
                 # The next run continues from the state handed over to this image.
                 update |= {"snapshot": kept, "is_state_saved": True}
             job.record = job.record.model_copy(update=update)
-            await self._in_thread(storage.install_image, self._directory, job.record, path)
+            await self._in_thread(storage.install_image, self._directory, job_id, before, path)
             discarded: Path | None = None
             if kept is None and previous is not None:
                 # The state there was of the image replaced: it must never be continued. A

@@ -104,17 +104,22 @@ def write_record(directory: Path, record: JobFolderRecord) -> None:
     temporary.replace(folder / _RECORD)
 
 
-def install_image(directory: Path, record: JobFolderRecord, upload: Path) -> None:
-    """Put a validated upload in place as the job's image, the record first saying it has none.
+def install_image(
+    directory: Path, job_id: int, before: JobFolderRecord | None, upload: Path
+) -> None:
+    """Put a validated upload in place as a job's image, its record first saying it has none.
 
-    `record` is the job's record as it will be (its new image's details are written by the
-    next `write_record`). Until then no record on disk names an image while image.bin may
-    hold another: a crash in between leaves a job with no image, which loads again (a
-    restart removes the image file such a record does not name), never one whose image is
-    not the one its record describes.
+    `before` is the job's record as it stands before this load (None: it has none on
+    disk). It is rewritten as it is but for the image: the new record, with the new image's
+    details and any new token, is written after this, once the load is answered for. Until
+    then no record on disk names an image while image.bin may hold another. A crash in
+    between leaves the job as it was with no image (a restart removes the image file such a
+    record does not name; the job loads again, with the token or owner it had), never one
+    whose image is not the one its record describes, nor one held by a token nobody got.
     """
-    write_record(directory, record.model_copy(update={"image": None}))
-    upload.replace(job_folder(directory, record.job_id) / IMAGE_FILE)
+    if before is not None:
+        write_record(directory, before.model_copy(update={"image": None}))
+    upload.replace(job_folder(directory, job_id) / IMAGE_FILE)
 
 
 def read_records(directory: Path) -> tuple[list[JobFolderRecord], list[Path]]:

@@ -45,7 +45,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 from sqlalchemy import (
     JSON,
@@ -1150,6 +1150,16 @@ def _sqlite_commit(conn: Connection, batch: _Batch, seq: int, request_json: Requ
                 driver.rollback()
             raise
     except sqlite3.Error as error:
+        # The dialect's own test of a lost connection ("Cannot operate on a closed
+        # database"), so that it is retried on a new connection as on the SQLAlchemy path.
         raise DBAPIError.instance(
-            statement, None, error, sqlite3.Error, hide_parameters=True
+            statement,
+            None,
+            error,
+            sqlite3.Error,
+            hide_parameters=True,
+            connection_invalidated=conn.dialect.is_disconnect(
+                cast(Any, error), conn.connection, None
+            ),
+            dialect=conn.dialect,
         ) from error

@@ -30,20 +30,32 @@ def _on_disk(tmp_path: Path) -> JobFolderRecord:
 
 def test_an_installed_image_is_named_by_no_record_until_the_next_write(tmp_path: Path) -> None:
     folder = _loaded(tmp_path)
+    before = _on_disk(tmp_path)  # (reading records removes leftover uploads: read first)
     upload = folder / "upload-1.tmp"
     upload.write_bytes(b"new")
-    record = JobFolderRecord(job_id=7, token_sha256="t", image=NEW)
-    storage.install_image(tmp_path, record, upload)
+    storage.install_image(tmp_path, 7, before, upload)
     # A crash here: the record names no image, so the new bytes are never taken for OLD.
     assert (folder / IMAGE_FILE).read_bytes() == b"new"
-    assert _on_disk(tmp_path).image is None
+    assert _on_disk(tmp_path) == before.model_copy(update={"image": None})
+    record = before.model_copy(update={"image": NEW})
     storage.write_record(tmp_path, record)
     assert _on_disk(tmp_path).image == NEW
 
 
+def test_a_first_image_writes_no_record_before_its_own(tmp_path: Path) -> None:
+    # The job's first load: nothing on disk yet, and no record with a token nobody got.
+    folder = storage.job_folder(tmp_path, 7)
+    folder.mkdir(parents=True)
+    upload = folder / "upload-1.tmp"
+    upload.write_bytes(b"new")
+    storage.install_image(tmp_path, 7, None, upload)
+    assert (folder / IMAGE_FILE).read_bytes() == b"new"
+    assert storage.read_records(tmp_path) == ([], [folder])  # a restart removes the folder
+
+
 def test_a_failed_rename_leaves_a_record_without_an_image(tmp_path: Path) -> None:
     folder = _loaded(tmp_path)
-    record = JobFolderRecord(job_id=7, token_sha256="t", image=NEW)
     with pytest.raises(FileNotFoundError):
-        storage.install_image(tmp_path, record, folder / "upload-gone.tmp")
+        storage.install_image(tmp_path, 7, _on_disk(tmp_path), folder / "upload-gone.tmp")
     assert _on_disk(tmp_path).image is None
+    assert _on_disk(tmp_path).token_sha256 == "t"  # the token the client holds still works

@@ -462,6 +462,10 @@ def test_idle_connections_are_closed_but_not_watchers_or_busy_ones(
             assert await asyncio.wait_for(idle.read(), TIMEOUT_S) == b""  # closed by the server
             released.set()
             assert await _reply(busy) == {"return": "done"}
+            # Idle from its reply on, not from its request: it has the whole timeout again.
+            await asyncio.sleep(0.1)
+            busy_writer.write(_line("version"))
+            assert await _reply(busy) == {"return": "1.2.3"}
             watcher_writer.write(_line("version"))
             assert await _reply(watcher) == {"return": "1.2.3"}  # watching: never idle
 
@@ -544,6 +548,8 @@ class FakeTransport:
         self.written: list[bytes] = []
         self.is_reading = True
         self.closed = False
+        self.aborted = False
+        self.unsent = 0  # what the client has not read
 
     def get_extra_info(self, name: str) -> Any:
         return ("192.0.2.1", 4242) if name == "peername" else None
@@ -563,8 +569,14 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
     def is_closing(self) -> bool:
         return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
 
 
 async def test_reading_pauses_while_too_many_requests_wait() -> None:
@@ -587,3 +599,27 @@ async def test_reading_pauses_while_too_many_requests_wait() -> None:
     protocol.eof_received()
     await asyncio.sleep(0)
     assert transport.is_closing()
+
+
+async def test_a_watcher_that_reads_nothing_is_dropped_not_fed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = FakeService()
+    server = Server(service)
+    deaf, reader = FakeTransport(), FakeTransport()
+    protocols = [_LineProtocol(server), _LineProtocol(server)]
+    for protocol, transport in zip(protocols, (deaf, reader), strict=True):
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(_line("notify_job"))
+    await asyncio.sleep(0)  # the scheduled runs answer the notify_job lines
+    assert deaf.written == reader.written == [b'{"return": null}\n']
+    deaf.unsent = 9 << 20  # more unread than a watcher may leave
+    with caplog.at_level(logging.WARNING, logger="allotment.server"):
+        server.broadcast([7], [])
+    assert deaf.aborted
+    assert deaf.written == [b'{"return": null}\n']  # nothing more was queued for it
+    assert reader.written[-1] == b'{"jobs_changed": [7]}\n'
+    assert [c.transport for c in server.connections] == [reader]
+    assert "leaves more than" in caplog.text
+    server.broadcast([8], [])  # the dropped one is no watcher any more
+    assert reader.written[-1] == b'{"jobs_changed": [8]}\n'

@@ -11,6 +11,7 @@ import pytest
 
 from jobqueue.usage import UsageMonitor
 from protocol.client import AllotmentClient
+from protocol.messages import JobListEntry
 from tests.e2e.conftest import ServerProcess, start_server  # noqa: F401 - the fixture
 
 OWNER = "alice nmpi-job-7"
@@ -67,3 +68,49 @@ def test_other_owners_are_not_charged_and_a_released_owner_no_more(
         assert monitor.release(OWNER) == 0.0  # never watched
     finally:
         monitor.stop()
+
+
+def _entry(job_id: int, owner: str, n_boards: int) -> JobListEntry:
+    return JobListEntry.model_validate(
+        {
+            "job_id": job_id,
+            "owner": owner,
+            "start_time": 0.0,
+            "keepalive": 60.0,
+            "state": 3,
+            "power": True,
+            "args": [],
+            "kwargs": {},
+            "allocated_machine_name": "spinn-1200",
+            "boards": [[0, 0, z] for z in range(n_boards)],
+            "keepalivehost": "",
+        }
+    )
+
+
+def test_a_standby_handed_over_and_gone_before_any_poll_lists_it_is_charged() -> None:
+    monitor = UsageMonitor(None, 0, interval_s=1.0)  # no server: polls are fed by hand
+    monitor.watch(OWNER)
+    handed_at = time.monotonic()
+    monitor.hand_over(OWNER, 12, handed_at, n_boards=1)
+    monitor._credit([], handed_at + 0.3, previous=handed_at)  # gone: destroyed by then
+    assert monitor.release(OWNER) == pytest.approx(0.3)
+
+
+def test_after_a_failed_poll_a_vanished_allocation_counts_one_interval_at_most() -> None:
+    monitor = UsageMonitor(None, 0, interval_s=1.0)
+    monitor.watch(OWNER)
+    t0 = time.monotonic()
+    monitor._credit([_entry(5, OWNER, 3)], t0 + 0.5, previous=None)  # first sight
+    # The server was unreachable for a minute; by then the job is gone.
+    monitor._credit([], t0 + 60.5, previous=None)
+    assert monitor.release(OWNER) == pytest.approx(3 * 0.5 + 3 * 1.0, abs=0.01)
+
+
+def test_nothing_from_before_the_owner_was_watched_is_counted() -> None:
+    monitor = UsageMonitor(None, 0, interval_s=1.0)
+    monitor.watch(OWNER)
+    watched_at = time.monotonic()
+    monitor._credit([_entry(5, OWNER, 2)], watched_at + 0.2, previous=watched_at - 0.9)
+    monitor._credit([_entry(5, OWNER, 2)], watched_at + 0.7, previous=watched_at + 0.2)
+    assert monitor.release(OWNER) == pytest.approx(2 * 0.7, abs=0.01)

@@ -543,3 +543,11 @@ def test_the_dispatch_commands_refuse_what_is_no_job_id_by_name(
     wanted = {p.name for p in spec.all_params}
     with pytest.raises(CommandError, match=re.escape(f"{command}() argument 'job_id' {message}")):
         bind(command, [], {k: v for k, v in kwargs.items() if k in wanted})
+
+
+def test_the_dispatch_commands_take_an_integral_float_id_as_v1_does() -> None:
+    import protocol.dispatch  # noqa: F401 - registers the extension commands
+
+    kwargs = {"job_id": 7.0, "n_bytes": 1, "sha256": "0" * 64}
+    assert bind("load_image", [], kwargs).job_id == 7
+    assert bind("get_job_state", [7.0], {}).job_id == 7
