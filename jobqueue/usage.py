@@ -44,7 +44,7 @@ def core_hours(board_seconds: float) -> float:
 _GATHER_S = 0.05
 """After a change, how long the monitor waits for others before it polls (one poll for all,
 so a busy allocation server is asked at most about 20 times a second)."""
-_SLICE_S = 0.05
+_SLICE_S = 0.01
 """How often a waiting monitor looks whether a release asked for a fresh poll."""
 _RELEASE_WAIT_S = 5.0
 """The longest a release waits for its fresh poll (the server may be gone)."""
@@ -109,8 +109,8 @@ class UsageMonitor:
     def release(self, owner: str, *, is_charging_handed: bool = True) -> float:
         """Stop counting for `owner` and return its board-seconds.
 
-        Waits (a few seconds at most) for a poll that begins after the call, so that an
-        allocation the job ended just before is counted to its end.
+        If an allocation of `owner` was seen, waits (a few seconds at most) for a poll that
+        begins after the call, so that one the job ended just before is counted to its end.
 
         Args:
             owner: the owner given to `watch`.
@@ -118,7 +118,13 @@ class UsageMonitor:
                 job never used it).
         """
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            # Only an allocation seen before can have ended since: nothing else to wait for.
+            is_waiting = any(
+                (self._handed.get(job_id) == owner and is_charging_handed)
+                or (job_id not in self._handed and self._listed.get(job_id, ("", 0))[0] == owner)
+                for job_id in self._last_seen
+            )
+            if is_waiting and self._thread is not None and self._thread.is_alive():
                 self._n_asked += 1
                 asked = self._n_asked
                 self._polled.wait_for(
