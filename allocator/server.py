@@ -80,15 +80,16 @@ from protocol.commands import CommandSpec, bind, bind_spec
 from protocol.errors import CommandError, DecodeError
 from protocol.messages import JobsChanged, MachinesChanged
 
-__all__ = ["BodySink", "Connection", "Dispatcher", "Server"]
+__all__ = ["MAX_UNREAD_BYTES", "BodySink", "Connection", "Dispatcher", "Server"]
+
+MAX_UNREAD_BYTES = 8 << 20
+"""A watcher that leaves more than this many bytes unread is dropped rather than sent more
+notifications (replies stop at the write high-water mark; notifications do not wait)."""
 
 log = logging.getLogger("allotment.server")
 
 #: Above this many unsent bytes, wait for the client to read before handling more requests.
 _WRITE_HIGH_WATER_BYTES = 1 << 20
-#: A watcher that leaves more than this many bytes unread is closed rather than sent more
-#: notifications (replies stop at the high water mark; notifications do not wait).
-_MAX_UNREAD_BYTES = 8 << 20
 #: Above this many bytes of queued request lines, stop reading from the client ...
 _READ_HIGH_WATER_BYTES = 1 << 18
 #: ... until they are answered down to this many.
@@ -246,22 +247,39 @@ class Connection:
             return []
         kinds = []
         jobs = tuple(sorted(j for j in job_ids if self.watch_all_jobs or j in self.watched_jobs))
-        if jobs:
-            self.transport.write(
-                encode_notification(JobsChanged.model_construct(jobs_changed=jobs))
-            )
+        if jobs and self.send(encode_notification(JobsChanged.model_construct(jobs_changed=jobs))):
             kinds.append("jobs_changed")
         machines = tuple(
             sorted(
                 m for m in machine_names if self.watch_all_machines or m in self.watched_machines
             )
         )
-        if machines:
-            self.transport.write(
-                encode_notification(MachinesChanged.model_construct(machines_changed=machines))
-            )
+        if machines and self.send(
+            encode_notification(MachinesChanged.model_construct(machines_changed=machines))
+        ):
             kinds.append("machines_changed")
         return kinds
+
+    def send(self, line: bytes) -> bool:
+        """Write a notification line; False if the connection is closed or now dropped.
+
+        A client that leaves more than `MAX_UNREAD_BYTES` unread is dropped at once (with a
+        WARNING) rather than sent more: notifications do not wait for the client, so they
+        would pile up in this process for good.
+        """
+        if self.is_closed:
+            return False
+        if self.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            log.warning(
+                "closing a connection from %s: it leaves more than %d bytes unread",
+                self.peer_host,
+                MAX_UNREAD_BYTES,
+            )
+            self.is_closed = True  # the server forgets it once the transport says it is lost
+            self.transport.abort()
+            return False
+        self.transport.write(line)
+        return True
 
 
 _WATCH_COMMANDS = frozenset({"notify_job", "no_notify_job", "notify_machine", "no_notify_machine"})
@@ -331,26 +349,10 @@ class Server:
         machines = tuple(machine_names)
         if not jobs and not machines:
             return
-        deaf: list[Connection] = []
         for conn in self._watchers:
-            if conn.transport.get_write_buffer_size() > _MAX_UNREAD_BYTES:
-                deaf.append(conn)
-                continue
             for kind in conn.notify(jobs, machines):
                 if self._metrics is not None:
                     self._metrics.notification_sent(kind)
-        for conn in deaf:
-            # It reads nothing: its notifications would pile up in this process for good.
-            log.warning(
-                "closing a connection from %s: it leaves more than %d bytes unread",
-                conn.peer_host,
-                _MAX_UNREAD_BYTES,
-            )
-            line_protocol = self._connections.get(conn)
-            if line_protocol is not None:
-                line_protocol.abort()
-            else:
-                self._watchers.discard(conn)
 
     def set_dispatcher(self, dispatcher: Dispatcher) -> None:
         """Answer requests with `dispatcher` (before `serve`, when it was not given)."""
@@ -647,11 +649,6 @@ class _LineProtocol(asyncio.Protocol):
         """Close the connection: queued lines are dropped, written replies still go out."""
         self._forget()
         self._transport.close()
-
-    def abort(self) -> None:
-        """Close the connection at once, dropping what is unsent (a client that reads not)."""
-        self._forget()
-        self._transport.abort()
 
     def _stop_input(self) -> None:
         """A too-long line: answer the lines before it, then refuse it and close."""

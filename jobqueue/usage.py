@@ -45,7 +45,9 @@ _GATHER_S = 0.05
 """After a change, how long the monitor waits for others before it polls (one poll for all,
 so a busy allocation server is asked at most about 20 times a second)."""
 _SLICE_S = 0.01
-"""How often a waiting monitor looks whether a release asked for a fresh poll."""
+"""How often a monitor counting for someone looks whether a release asked for a fresh poll."""
+_IDLE_SLICE_S = 0.05
+"""How often a monitor counting for nobody looks whether someone is watched."""
 _RELEASE_WAIT_S = 5.0
 """The longest a release waits for its fresh poll (the server may be gone)."""
 
@@ -109,8 +111,8 @@ class UsageMonitor:
     def release(self, owner: str, *, is_charging_handed: bool = True) -> float:
         """Stop counting for `owner` and return its board-seconds.
 
-        If an allocation of `owner` was seen, waits (a few seconds at most) for a poll that
-        begins after the call, so that one the job ended just before is counted to its end.
+        Waits (a few seconds at most) for a poll that begins after the call, so that an
+        allocation the job ended just before, or one a poll in flight found, is counted.
 
         Args:
             owner: the owner given to `watch`.
@@ -118,13 +120,7 @@ class UsageMonitor:
                 job never used it).
         """
         with self._lock:
-            # Only an allocation seen before can have ended since: nothing else to wait for.
-            is_waiting = any(
-                (self._handed.get(job_id) == owner and is_charging_handed)
-                or (job_id not in self._handed and self._listed.get(job_id, ("", 0))[0] == owner)
-                for job_id in self._last_seen
-            )
-            if is_waiting and self._thread is not None and self._thread.is_alive():
+            if self._thread is not None and self._thread.is_alive():
                 self._n_asked += 1
                 asked = self._n_asked
                 self._polled.wait_for(
@@ -210,7 +206,7 @@ class UsageMonitor:
             if left <= 0:
                 return None
             if client is None:
-                await asyncio.sleep(min(left, _SLICE_S))
+                await asyncio.sleep(min(left, _IDLE_SLICE_S if until_watching else _SLICE_S))
                 continue
             try:
                 await client.receive_notification(timeout_s=min(left, _SLICE_S))
@@ -226,8 +222,10 @@ class UsageMonitor:
 
     def _credit(self, entries: list[JobListEntry], now: float, previous: float | None) -> None:
         """Credit what `entries` (listed at `now`) held; an allocation first seen now got its
-        boards after `previous` (the last poll, or the change this poll answers)."""
+        boards after `previous` (the last poll, or the change this poll answers; None after
+        a poll that failed)."""
         with self._lock:
+            live = {e.job_id for e in entries}
             listed = {e.job_id: (e.owner, len(e.boards)) for e in entries if e.boards}
             for job_id, (owner, n_boards) in listed.items():
                 handed_to = self._handed.get(job_id)
@@ -241,22 +239,30 @@ class UsageMonitor:
                     if previous is not None:
                         start = max(start, previous)
                     elapsed = min(now - start, self._interval_s)
+                    self._last_seen[job_id] = now
                 else:
+                    # (nothing for a list asked before the hand-over it is credited after)
                     elapsed = now - last
-                self._add(job_id, owner, n_boards * elapsed)
-                self._last_seen[job_id] = now
-            for job_id in [j for j in self._last_seen if j not in listed]:
+                    self._last_seen[job_id] = max(now, last)
+                self._add(job_id, owner, n_boards * max(0.0, elapsed))
+            for job_id in live - listed.keys():
+                if job_id in self._handed:
+                    # A standby handed over before it had boards: counted from when it has.
+                    self._last_seen[job_id] = max(self._last_seen.get(job_id, now), now)
+            for job_id in [j for j in self._last_seen if j not in live]:
                 # Gone since it was last seen: it held its boards until some time before
-                # now. With a notification that is moments ago; after a poll that failed it
-                # may be long ago, so no more than one interval past its last sight counts.
+                # now, moments ago when a notification or a regular poll told. After a poll
+                # that failed it may be long ago: no more than one interval past its last
+                # sight counts then.
                 last = self._last_seen.pop(job_id)
                 known = self._listed.get(job_id)
                 if known is not None:
                     owner, n_boards = known
-                    self._add(
-                        job_id, owner, n_boards * max(0.0, min(now, last + self._interval_s) - last)
-                    )
+                    end = now if previous is not None else min(now, last + self._interval_s)
+                    self._add(job_id, owner, n_boards * max(0.0, end - last))
                 self._handed.pop(job_id, None)
+            # What the next poll needs of an allocation that is gone by then: its boards as
+            # listed now (a standby's seed from `hand_over` goes once a list shows it).
             self._listed = listed
 
     def _add(self, job_id: int, owner: str, board_seconds: float) -> None:

@@ -471,7 +471,15 @@ class DispatchCommands:
                 # The next run continues from the state handed over to this image.
                 update |= {"snapshot": kept, "is_state_saved": True}
             job.record = job.record.model_copy(update=update)
-            await self._in_thread(storage.install_image, self._directory, job_id, before, path)
+            interim = None
+            if before is not None:
+                # The job as it was, with no image; a fresh load's old state is of the image
+                # replaced, never to be continued, whatever happens from here.
+                interim = before.model_copy(
+                    update={"image": None}
+                    | ({"is_state_saved": False, "state_step": 0} if kept is None else {})
+                )
+            await self._in_thread(storage.install_image, self._directory, job_id, interim, path)
             discarded: Path | None = None
             if kept is None and previous is not None:
                 # The state there was of the image replaced: it must never be continued. A
@@ -899,8 +907,7 @@ class DispatchCommands:
             return
         line = encode_notification(RunProgress(run_progress=job.status))
         for watcher in list(job.watchers):
-            if not watcher.is_closed:
-                watcher.transport.write(line)
+            watcher.send(line)  # (drops a watcher that reads nothing)
 
     def _announce(self, job: _Job, *, is_state_change: bool) -> None:
         """Tell the run's watchers, the MQTT subscribers and the metrics."""

@@ -105,20 +105,22 @@ def write_record(directory: Path, record: JobFolderRecord) -> None:
 
 
 def install_image(
-    directory: Path, job_id: int, before: JobFolderRecord | None, upload: Path
+    directory: Path, job_id: int, interim: JobFolderRecord | None, upload: Path
 ) -> None:
     """Put a validated upload in place as a job's image, its record first saying it has none.
 
-    `before` is the job's record as it stands before this load (None: it has none on
-    disk). It is rewritten as it is but for the image: the new record, with the new image's
-    details and any new token, is written after this, once the load is answered for. Until
-    then no record on disk names an image while image.bin may hold another. A crash in
-    between leaves the job as it was with no image (a restart removes the image file such a
-    record does not name; the job loads again, with the token or owner it had), never one
-    whose image is not the one its record describes, nor one held by a token nobody got.
+    `interim` is the job's record as it stood before this load, with no image (None: it had
+    no record on disk). It is written first; the new record, with the new image's details
+    and any new token, is written after this, once the load is answered for. Until then no
+    record on disk names an image while image.bin may hold another. A crash in between
+    leaves the job as it was with no image (a restart removes the image file such a record
+    does not name; the job loads again, with the token or owner it had), never one whose
+    image is not the one its record describes, nor one held by a token nobody got.
     """
-    if before is not None:
-        write_record(directory, before.model_copy(update={"image": None}))
+    if interim is not None:
+        if interim.image is not None:
+            raise ValueError(f"the interim record of job {job_id} names an image")
+        write_record(directory, interim)
     upload.replace(job_folder(directory, job_id) / IMAGE_FILE)
 
 

@@ -33,7 +33,7 @@ def test_an_installed_image_is_named_by_no_record_until_the_next_write(tmp_path:
     before = _on_disk(tmp_path)  # (reading records removes leftover uploads: read first)
     upload = folder / "upload-1.tmp"
     upload.write_bytes(b"new")
-    storage.install_image(tmp_path, 7, before, upload)
+    storage.install_image(tmp_path, 7, before.model_copy(update={"image": None}), upload)
     # A crash here: the record names no image, so the new bytes are never taken for OLD.
     assert (folder / IMAGE_FILE).read_bytes() == b"new"
     assert _on_disk(tmp_path) == before.model_copy(update={"image": None})
@@ -56,6 +56,11 @@ def test_a_first_image_writes_no_record_before_its_own(tmp_path: Path) -> None:
 def test_a_failed_rename_leaves_a_record_without_an_image(tmp_path: Path) -> None:
     folder = _loaded(tmp_path)
     with pytest.raises(FileNotFoundError):
-        storage.install_image(tmp_path, 7, _on_disk(tmp_path), folder / "upload-gone.tmp")
+        storage.install_image(
+            tmp_path,
+            7,
+            _on_disk(tmp_path).model_copy(update={"image": None}),
+            folder / "upload-gone.tmp",
+        )
     assert _on_disk(tmp_path).image is None
     assert _on_disk(tmp_path).token_sha256 == "t"  # the token the client holds still works

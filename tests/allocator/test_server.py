@@ -619,7 +619,9 @@ async def test_a_watcher_that_reads_nothing_is_dropped_not_fed(
     assert deaf.aborted
     assert deaf.written == [b'{"return": null}\n']  # nothing more was queued for it
     assert reader.written[-1] == b'{"jobs_changed": [7]}\n'
-    assert [c.transport for c in server.connections] == [reader]
     assert "leaves more than" in caplog.text
-    server.broadcast([8], [])  # the dropped one is no watcher any more
+    server.broadcast([8], [])  # dropped: nothing more for it, even before it is gone
+    assert deaf.written == [b'{"return": null}\n']
     assert reader.written[-1] == b'{"jobs_changed": [8]}\n'
+    protocols[0].connection_lost(None)  # as the aborted transport reports
+    assert [c.transport for c in server.connections] == [reader]

@@ -781,7 +781,9 @@ async def test_a_load_cut_short_by_a_crash_leaves_a_job_with_no_image(start_serv
     first.kill()
     folder = _job_folder(first, job_id)
     record = JobFolderRecord.model_validate_json((folder / "record.json").read_bytes())
-    storage.write_record(folder.parent, record.model_copy(update={"image": None}))
+    # (a fresh load's interim record: no image, and no state of the image it replaces)
+    interim = record.model_copy(update={"image": None, "is_state_saved": False, "state_step": 0})
+    storage.write_record(folder.parent, interim)
     (folder / "image.bin").write_bytes(b"the bytes of a load that was never answered")
     second = first.restarted()
     try:

@@ -70,7 +70,7 @@ def test_other_owners_are_not_charged_and_a_released_owner_no_more(
         monitor.stop()
 
 
-def _entry(job_id: int, owner: str, n_boards: int) -> JobListEntry:
+def _entry(job_id: int, owner: str, n_boards: int | None) -> JobListEntry:
     return JobListEntry.model_validate(
         {
             "job_id": job_id,
@@ -82,7 +82,7 @@ def _entry(job_id: int, owner: str, n_boards: int) -> JobListEntry:
             "args": [],
             "kwargs": {},
             "allocated_machine_name": "spinn-1200",
-            "boards": [[0, 0, z] for z in range(n_boards)],
+            "boards": None if n_boards is None else [[0, 0, z] for z in range(n_boards)],
             "keepalivehost": "",
         }
     )
@@ -114,3 +114,26 @@ def test_nothing_from_before_the_owner_was_watched_is_counted() -> None:
     monitor._credit([_entry(5, OWNER, 2)], watched_at + 0.2, previous=watched_at - 0.9)
     monitor._credit([_entry(5, OWNER, 2)], watched_at + 0.7, previous=watched_at + 0.2)
     assert monitor.release(OWNER) == pytest.approx(2 * 0.7, abs=0.01)
+
+
+def test_a_standby_handed_over_before_it_had_boards_is_charged_from_when_it_has() -> None:
+    monitor = UsageMonitor(None, 0, interval_s=1.0)
+    monitor.watch(OWNER)
+    t0 = time.monotonic()
+    monitor.hand_over(OWNER, 12, t0, n_boards=3)
+    standby = "nmpi-standby runner"
+    monitor._credit([_entry(12, standby, None)], t0 + 2.0, previous=t0)  # still queued
+    monitor._credit([_entry(12, standby, 3)], t0 + 2.5, previous=t0 + 2.0)  # boards now
+    monitor._credit([_entry(12, standby, 3)], t0 + 12.5, previous=t0 + 2.5)
+    monitor._credit([], t0 + 13.0, previous=t0 + 12.9)  # destroyed: told by a notification
+    assert monitor.release(OWNER) == pytest.approx(3 * 11.0)
+
+
+def test_a_list_asked_before_a_hand_over_credits_nothing_negative() -> None:
+    monitor = UsageMonitor(None, 0, interval_s=1.0)
+    monitor.watch(OWNER)
+    t0 = time.monotonic()
+    monitor.hand_over(OWNER, 12, t0 + 0.3, n_boards=1)  # after the list below was asked
+    monitor._credit([_entry(12, "nmpi-standby runner", 1)], t0, previous=t0 - 1.0)
+    monitor._credit([_entry(12, "nmpi-standby runner", 1)], t0 + 1.3, previous=t0)
+    assert monitor.release(OWNER) == pytest.approx(1.0)
