@@ -1020,7 +1020,6 @@ _SQLITE_RELEASE = f"DELETE FROM {_CLAIMS} WHERE machine = ? AND x = ? AND y = ? 
 _SQLITE_SET_META = f'UPDATE {t.meta.name} SET "value" = ? WHERE "key" = ?'
 _SQLITE_FORGET = f"DELETE FROM {t.jobs.name} WHERE job_id = ?"
 _JOB_JSON_COLUMNS = frozenset(c.name for c in t.jobs.columns if isinstance(c.type, JSON))
-_JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
 
 
 class RequestJson:
@@ -1057,7 +1056,7 @@ _dumps = json_text
 
 
 def _sqlite_job_values(record: JobRecord, request_json: RequestJson) -> tuple[Any, ...]:
-    """A job's row in `_JOB_COLUMNS` order, as SQLAlchemy's JSON type would store it on
+    """A job's row in the jobs table's column order, as SQLAlchemy's JSON type would store it on
     SQLite (json.dumps text), so that rows written either way read back the same."""
     cached = request_json.requests.get(record.job_id)
     if cached is None or cached[0] is not record.args or cached[1] is not record.kwargs:
