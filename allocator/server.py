@@ -467,6 +467,12 @@ class Server:
         return encode_exception(message), "error"
 
 
+def _is_too_long(line: bytes, max_bytes: int) -> bool:
+    """Whether a line (without its LF) is over the limit, which counts the request and not
+    its line ending (a CRLF's CR)."""
+    return len(line) > max_bytes and (len(line) > max_bytes + 1 or line[-1] != 13)
+
+
 class _LineProtocol(asyncio.Protocol):
     """One connection: splits lines, answers them strictly in order, applies backpressure."""
 
@@ -480,6 +486,7 @@ class _LineProtocol(asyncio.Protocol):
         self._dispatcher = server._dispatcher
         self._metrics = server._metrics
         self._max_line_bytes = server._max_line_bytes
+        self._is_timing_idle = server._idle_timeout_s > 0
         self._partial = b""
         # Request lines not yet answered; None stands for "the line was too long".
         self._pending: deque[bytes | None] = deque()
@@ -545,8 +552,7 @@ class _LineProtocol(asyncio.Protocol):
         max_bytes = self._max_line_bytes
         pending = self._pending
         for line in lines:
-            # The limit counts the request, not its line ending (a CRLF's CR included).
-            if len(line) > max_bytes and (len(line) > max_bytes + 1 or line[-1] != 13):
+            if _is_too_long(line, max_bytes):
                 self._stop_input()
                 break
             # Every line is answered, a blank one too (as malformed): a client that sent
@@ -554,7 +560,7 @@ class _LineProtocol(asyncio.Protocol):
             pending.append(line)
             self._pending_bytes += len(line)
         else:
-            if len(partial) > max_bytes and (len(partial) > max_bytes + 1 or partial[-1] != 13):
+            if _is_too_long(partial, max_bytes):
                 self._stop_input()
             else:
                 self._partial = partial
@@ -773,7 +779,7 @@ class _LineProtocol(asyncio.Protocol):
     def _reply(self, reply: bytes, command: str, outcome: str, started: float) -> None:
         if not self._conn.is_closed and not self._transport.is_closing():
             self._transport.write(reply)
-            if self._server._idle_timeout_s:
+            if self._is_timing_idle:
                 self._last_active = self._loop.time()  # idle from its last reply on
         if self._metrics is not None:
             self._metrics.request_done(command, outcome, time.perf_counter() - started)

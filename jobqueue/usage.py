@@ -148,12 +148,10 @@ class UsageMonitor:
                     is_watching = bool(self._board_seconds)
                     asked = self._n_asked
                 if not is_watching:
-                    if client is not None:
-                        # Nobody to count for: no connection either, so that no job change
-                        # piles up unread on the allocation server meanwhile.
-                        with contextlib.suppress(Exception):
-                            await client.aclose()
-                        client = None
+                    # Nobody to count for: no connection either, so that no job change
+                    # piles up unread on the allocation server meanwhile.
+                    await _close_quietly(client)
+                    client = None
                     previous = changed = None
                     self._answer(asked)
                     await self._nap(None, until_watching=True)
@@ -170,16 +168,13 @@ class UsageMonitor:
                     changed = await self._nap(client)
                 except (ProtocolError, OSError) as error:
                     log.debug("usage poll failed: %s", error)
-                    if client is not None:
-                        with contextlib.suppress(Exception):
-                            await client.aclose()
+                    await _close_quietly(client)
                     client = None
                     previous = changed = None
                     self._answer(asked)  # a release waiting for it takes what there is
                     await self._nap(None)
         finally:
-            if client is not None:
-                await client.aclose()
+            await _close_quietly(client)
             with self._lock:
                 self._polled.notify_all()
 
@@ -273,3 +268,10 @@ class UsageMonitor:
                 self._handed_seconds[handed_to] += board_seconds
         elif owner in self._board_seconds:
             self._board_seconds[owner] += board_seconds
+
+
+async def _close_quietly(client: AllotmentClient | None) -> None:
+    """Close a client if there is one, whatever state its connection is in."""
+    if client is not None:
+        with contextlib.suppress(Exception):
+            await client.aclose()

@@ -674,7 +674,7 @@ class Store:
                 self._check_lease(conn)
                 self._write_hot_tables(conn, batch, seq)
             else:
-                _sqlite_write_hot_tables(conn, batch, seq, self._request_json)
+                _sqlite_write_rows(conn.exec_driver_sql, batch, seq, self._request_json)
             if batch.forgets:
                 conn.execute(delete(t.jobs).where(t.jobs.c.job_id.in_(batch.forgets)))
             if batch.boards:
@@ -1045,14 +1045,10 @@ class RequestJson:
             return cached[1]
         if len(self._boards) >= self._MAX_BOARD_LISTS:
             self._boards.clear()
-        text = _dumps([list(board) for board in boards])
+        text = json_text([list(board) for board in boards])
         # Keyed by identity and holding the tuple, so its id cannot be reused meanwhile.
         self._boards[id(boards)] = (boards, text)
         return text
-
-
-_dumps = json_text
-"""`json.dumps` with its defaults: the text SQLAlchemy's JSON type writes on SQLite."""
 
 
 def _sqlite_job_values(record: JobRecord, request_json: RequestJson) -> tuple[Any, ...]:
@@ -1063,8 +1059,8 @@ def _sqlite_job_values(record: JobRecord, request_json: RequestJson) -> tuple[An
         cached = (
             record.args,
             record.kwargs,
-            _dumps(list(record.args)),
-            _dumps(dict(record.kwargs)),
+            json_text(list(record.args)),
+            json_text(dict(record.kwargs)),
         )
     if record.is_live:
         request_json.requests[record.job_id] = cached
@@ -1089,23 +1085,17 @@ def _sqlite_job_values(record: JobRecord, request_json: RequestJson) -> tuple[An
     )
 
 
-def _sqlite_write_hot_tables(
-    conn: Connection, batch: _Batch, seq: int, request_json: RequestJson
-) -> None:
-    """The tables every commit writes, as plain driver statements (SQLite).
-
-    The same rows as `Store._write_hot_tables`, without SQLAlchemy's per-statement work:
-    that runs in the database thread holding the interpreter lock the event loop needs.
-    """
-    _sqlite_write_rows(conn.exec_driver_sql, batch, seq, request_json)
-
-
 def _sqlite_write_rows(
     executemany: Callable[[str, list[Any]], object],
     batch: _Batch,
     seq: int,
     request_json: RequestJson,
 ) -> None:
+    """The tables every commit writes, as plain driver statements (SQLite).
+
+    The same rows as `Store._write_hot_tables`, without SQLAlchemy's per-statement work:
+    that runs in the database thread holding the interpreter lock the event loop needs.
+    """
     if batch.puts:
         executemany(_SQLITE_UPSERT_JOB, [_sqlite_job_values(r, request_json) for r in batch.puts])
     if batch.released:
@@ -1130,25 +1120,25 @@ def _sqlite_commit(conn: Connection, batch: _Batch, seq: int, request_json: Requ
     driver = conn.connection.driver_connection
     assert isinstance(driver, sqlite3.Connection)
     statement = "BEGIN IMMEDIATE"
+
+    def executemany(sql: str, rows: list[Any]) -> None:
+        nonlocal statement
+        statement = sql
+        driver.executemany(sql, rows)
+
     try:
         driver.execute(statement)
-        try:
-
-            def executemany(sql: str, rows: list[Any]) -> None:
-                nonlocal statement
-                statement = sql
-                driver.executemany(sql, rows)
-
-            _sqlite_write_rows(executemany, batch, seq, request_json)
-            if batch.forgets:
-                executemany(_SQLITE_FORGET, [(job_id,) for job_id in batch.forgets])
-            statement = "COMMIT"
-            driver.execute(statement)
-        except BaseException:
-            if driver.in_transaction:
+        _sqlite_write_rows(executemany, batch, seq, request_json)
+        if batch.forgets:
+            executemany(_SQLITE_FORGET, [(job_id,) for job_id in batch.forgets])
+        statement = "COMMIT"
+        driver.execute(statement)
+    except BaseException as error:
+        if driver.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error that came first is the one
                 driver.rollback()
+        if not isinstance(error, sqlite3.Error):
             raise
-    except sqlite3.Error as error:
         # The dialect's own test of a lost connection ("Cannot operate on a closed
         # database"), so that it is retried on a new connection as on the SQLAlchemy path.
         raise DBAPIError.instance(
