@@ -287,7 +287,7 @@ def _code_of(source: str) -> str:
     """What `submit` sends as the job's code: the text of a script, an archive, or a URL."""
     path = Path(source).expanduser()
     if not path.exists():
-        if source.startswith(("http://", "https://", "file://")):
+        if source.startswith(("http://", "https://")):
             return source
         raise SystemExit(f"allotment: error: {source} does not exist")
     if path.is_dir():

@@ -4,8 +4,10 @@ The first form that matches wins:
 
 * `http(s)://...` ending in `.zip`, `.tar`, `.tar.gz`, `.tgz`: an archive, fetched and unpacked
   into the directory; the command runs there.
-* any other `http(s)://` or `file://` URL: a git repository, cloned (with submodules) into
-  `<dir>/<repository name>`; the command runs in the clone.
+* any other `http(s)://` URL: a git repository, cloned (with submodules, which must be
+  `http(s)://` too) into `<dir>/<repository name>`; the command runs in the clone.
+* a URL of any other scheme (`file://`, `ssh://`, ...) is refused: the runner fetches the code
+  outside the sandbox, where a `file://` URL would read other jobs' files.
 * `data:application/zip;base64,...` or `data:application/gzip;base64,...`: an archive carried
   in the request itself (what `allotment submit DIR` sends).
 * anything else is inline code, written to `run.py`; the job's own command is ignored then,
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import re
 import subprocess
 import tarfile
 import urllib.request
@@ -28,6 +32,10 @@ __all__ = ["DEFAULT_COMMAND", "Prepared", "SourceError", "prepare"]
 DEFAULT_COMMAND = "run.py {system}"
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 _MAX_ARCHIVE_BYTES = 200 * 1024 * 1024
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_GIT_PROTOCOLS = "http:https"
+"""The transports git may use for a job's repository and its submodules (GIT_ALLOW_PROTOCOL):
+not `file`, which would clone the service's own directories, nor `ext`, which runs commands."""
 
 
 class SourceError(Exception):
@@ -55,33 +63,19 @@ def prepare(
     """
     text = code.strip()
     given = command.strip() if command and command.strip() else DEFAULT_COMMAND
-    if text.startswith(("http://", "https://", "file://")):
+    if _URL_SCHEME.match(text) and not text.startswith(("http://", "https://")):
+        scheme = text.split("://", 1)[0]
+        raise SourceError(
+            f"code URLs must be http:// or https://, not {scheme}://"
+            " (the code is fetched outside the job's sandbox)"
+        )
+    if text.startswith(("http://", "https://")):
         if text.split("?", 1)[0].endswith(_ARCHIVE_SUFFIXES):
             _unpack(_download(text), text.split("?", 1)[0], workdir, max_unpacked_bytes)
             return Prepared(workdir, given)
         name = PurePosixPath(text.rstrip("/").split("/")[-1]).name.removesuffix(".git") or "repo"
         clone = workdir / name
-        try:
-            subprocess.run(
-                [
-                    "git",
-                    "clone",
-                    "--quiet",
-                    "--depth",
-                    "1",
-                    "--recurse-submodules",
-                    text,
-                    str(clone),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=git_timeout_s,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-            detail = getattr(error, "stderr", b"") or b""
-            raise SourceError(
-                f"cannot clone {text}: {detail.decode(errors='replace').strip() or error}"
-            ) from None
+        _clone(text, clone, git_timeout_s)
         return Prepared(clone, given)
     if text.startswith("data:"):
         header, _, payload = text.partition(",")
@@ -100,6 +94,28 @@ def prepare(
         raise SourceError("The job did not appear to be supported on this system: no code")
     (workdir / "run.py").write_text(code)
     return Prepared(workdir, DEFAULT_COMMAND)
+
+
+def _clone(url: str, clone: Path, timeout_s: float) -> None:
+    """`git clone` the repository with its submodules, of the last commit only where the
+    server can send that (a plain web server's "dumb" transport cannot: it is cloned whole)."""
+    depth = ["--depth", "1"]
+    while True:
+        try:
+            subprocess.run(
+                ["git", "clone", "--quiet", *depth, "--recurse-submodules", url, str(clone)],
+                check=True,
+                capture_output=True,
+                timeout=timeout_s,
+                env={**os.environ, "GIT_ALLOW_PROTOCOL": _GIT_PROTOCOLS},
+            )
+            return
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+            detail = (getattr(error, "stderr", b"") or b"").decode(errors="replace").strip()
+            if depth and "does not support shallow" in detail:
+                depth = []
+                continue
+            raise SourceError(f"cannot clone {url}: {detail or error}") from None
 
 
 def _download(url: str) -> bytes:

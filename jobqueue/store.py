@@ -19,7 +19,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,8 +94,18 @@ def sync_url(url: str) -> str:
     raise BadRequestError(f"database {parsed.drivername!r} is not supported (SQLite or PostgreSQL)")
 
 
+def _lock_key(collab: str, platform: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) for one collab's platform."""
+    digest = hashlib.sha256(f"nmpi quota\0{collab}\0{platform}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+_WRITE = "jobqueue_write"
+"""The execution option that marks a connection's transaction as one that writes."""
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -103,6 +113,17 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # The transactions are begun by `_on_sqlite_begin`, not by the driver, which would begin
+    # one only at its first write: after the reads it decides on.
+    dbapi_connection.isolation_level = None
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    """Begin a write transaction IMMEDIATE: it holds the write lock from its first read, so
+    that what it read (no quota yet, a job still running) cannot change before it writes.
+    Read transactions begin deferred and wait for nobody."""
+    is_write = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if is_write else "BEGIN")
 
 
 class JobStore:
@@ -119,12 +140,21 @@ class JobStore:
         engine = create_engine(sync_url(url), pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _on_sqlite_connect)
+            event.listen(engine, "begin", _on_sqlite_begin)
         tables.metadata.create_all(engine)
         return cls(engine, clock)
 
     def close(self) -> None:
         """Release the connections."""
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """One transaction that writes (IMMEDIATE on SQLite: see `_on_sqlite_begin`)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
 
     @property
     def database_path(self) -> str | None:
@@ -143,7 +173,7 @@ class JobStore:
         # a fixed prefix: a token is recognisable (to a secret scanner too) and never begins
         # with "-", which a command line would take for an option
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 insert(tables.tokens).values(
                     token_hash=_hash_token(token),
@@ -157,7 +187,7 @@ class JobStore:
 
     def revoke_token(self, token: str) -> bool:
         """Revoke a token; False when it was not known."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             result = conn.execute(
                 update(tables.tokens)
                 .where(tables.tokens.c.token_hash == _hash_token(token))
@@ -179,6 +209,10 @@ class JobStore:
 
     def _ensure_quota(self, conn: Connection, collab: str, platform: str, owner: str) -> None:
         """Create the demo project on a collab's first use of a platform; refuse when used up."""
+        if self.is_postgres:
+            # Two first jobs of a collab would each find no quota and make a demo project:
+            # the second waits here until the first commits (SQLite's IMMEDIATE does this).
+            conn.execute(select(func.pg_advisory_xact_lock(_lock_key(collab, platform))))
         rows = conn.execute(
             select(tables.quotas.c.limit, tables.quotas.c.usage, tables.projects.c.status)
             .join(tables.projects, tables.projects.c.id == tables.quotas.c.project_id)
@@ -249,7 +283,7 @@ class JobStore:
     ) -> str:
         """Record a resource request; returns its id."""
         project_id = str(uuid.uuid4())
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 insert(tables.projects).values(
                     id=project_id,
@@ -267,20 +301,20 @@ class JobStore:
 
     def update_project(self, project_id: str, values: Mapping[str, Any]) -> None:
         """Change a project's title, abstract, description or status."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 update(tables.projects).where(tables.projects.c.id == project_id).values(**values)
             )
 
     def delete_project(self, project_id: str) -> None:
         """Delete a project and its quotas."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(delete(tables.quotas).where(tables.quotas.c.project_id == project_id))
             conn.execute(delete(tables.projects).where(tables.projects.c.id == project_id))
 
     def set_quota(self, collab: str, platform: str, limit: float) -> None:
         """Set the limit of a collab's quota on a platform (creating the demo project first)."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             self._ensure_quota_rows(conn, collab, platform)
             conn.execute(
                 update(tables.quotas)
@@ -301,7 +335,7 @@ class JobStore:
 
     def submit(self, identity: Identity, values: Mapping[str, Any]) -> dict[str, Any]:
         """Queue a job after the quota check; returns its row."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             self._ensure_quota(conn, values["collab"], values["hardware_platform"], identity.user)
             job_id = conn.execute(
                 insert(tables.jobs)
@@ -415,14 +449,14 @@ class JobStore:
 
     def remove(self, job_id: int) -> None:
         """Mark a job removed (hidden from lists; a running one is stopped by its runner)."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 update(tables.jobs).where(tables.jobs.c.id == job_id).values(status="removed")
             )
 
     def add_comment(self, job_id: int, user: str, content: str) -> dict[str, Any]:
         """Attach a comment to a job; returns it."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             comment_id = conn.execute(
                 insert(tables.comments)
                 .values(job_id=job_id, content=content, user_id=user, timestamp=self._clock())
@@ -435,7 +469,7 @@ class JobStore:
 
     def set_tags(self, job_id: int, tags: Sequence[str]) -> None:
         """Replace a job's tags."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 update(tables.jobs)
                 .where(tables.jobs.c.id == job_id)
@@ -446,7 +480,7 @@ class JobStore:
 
     def claim(self, runner_id: str, platform: str) -> dict[str, Any] | None:
         """Take the oldest submitted job of `platform` (now `validated`), or None."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             candidates = (
                 select(tables.jobs.c.id)
                 .where(
@@ -481,7 +515,7 @@ class JobStore:
             values["log"] = log
         if status is not None:
             values["status"] = status
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 update(tables.jobs)
                 .where(
@@ -508,7 +542,7 @@ class JobStore:
         core_hours: float,
     ) -> None:
         """End a job as finished or error with its log, outputs and usage, charged once."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             row = conn.execute(
                 select(tables.jobs).where(tables.jobs.c.id == job_id).with_for_update()
             ).one()
@@ -589,7 +623,7 @@ class JobStore:
         condition = tables.jobs.c.heartbeat_at < now - stale_s
         if gone := list(runner_ids):
             condition = or_(condition, tables.jobs.c.runner_id.in_(gone))
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             lost = list(
                 conn.execute(
                     select(tables.jobs.c.id, tables.jobs.c.log).where(

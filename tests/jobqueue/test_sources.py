@@ -46,18 +46,76 @@ def test_an_archive_url_is_unpacked_and_its_command_run(
     assert "model args ['spiNNaker', '--fast']" in job["log"]
 
 
-def test_a_git_repository_is_cloned_and_run(alice: Any, tmp_path: Path) -> None:
-    repo = tmp_path / "network.git"
-    repo.mkdir()
-    (repo / "run.py").write_text("import os\nprint('cloned into', os.path.basename(os.getcwd()))\n")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+def _git_repository(work: Path, files: dict[str, str]) -> Path:
+    work.mkdir()
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "run.py"], check=True)
+    for name, text in files.items():
+        (work / name).write_text(text)
+    subprocess.run([*git, "add", *files], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "network"], check=True)
+    return work
+
+
+def _serve_bare(work: Path, root: Path, name: str) -> None:
+    """Put a bare copy of `work` under `root` as git's "dumb" HTTP transport serves it."""
+    bare = root / name
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    subprocess.run(["git", "-C", str(bare), "update-server-info"], check=True)
+
+
+def test_a_git_repository_is_cloned_and_run(
+    alice: Any, file_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, root = file_server
+    work = _git_repository(
+        tmp_path / "network",
+        {"run.py": "import os\nprint('cloned into', os.path.basename(os.getcwd()))\n"},
+    )
+    _serve_bare(work, root, "network.git")
     _, client = alice()
-    job = run_job(client, f"file://{repo}")
+    job = run_job(client, f"{url}/network.git")
     assert job["status"] == "finished", job["log"]
     assert "cloned into network" in job["log"]
+
+
+def test_code_urls_other_than_http_are_refused_unrun(alice: Any, tmp_path: Path) -> None:
+    # The runner fetches code outside the sandbox: a file:// URL would hand a job another
+    # job's files (or a local repository) that the sandbox hides from it.
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    with tarfile.open(secret / "other-job.tar.gz", "w:gz") as archive:
+        (secret / "data.txt").write_text("SECRET 42")
+        archive.add(secret / "data.txt", arcname="data.txt")
+    work = _git_repository(tmp_path / "local", {"run.py": "print(open('data.txt').read())\n"})
+    _, client = alice()
+    for code in (f"file://{secret}/other-job.tar.gz", f"file://{work}", f"ssh://localhost{work}"):
+        job = run_job(client, code, command="-c \"print(open('data.txt').read())\"")
+        assert job["status"] == "error", job["log"]
+        assert "SECRET 42" not in job["log"]
+        assert "code URLs must be http:// or https://" in job["log"]
+
+
+def test_a_repository_cannot_pull_a_local_submodule(
+    alice: Any, file_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, root = file_server
+    secret = _git_repository(tmp_path / "secret", {"data.txt": "SECRET 42\n"})
+    work = _git_repository(tmp_path / "network", {"run.py": "print('ran')\n"})
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(
+        [*git, "-c", "protocol.file.allow=always", "submodule", "add", "-q", f"file://{secret}"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run([*git, "commit", "-q", "-m", "with a local submodule"], check=True)
+    _serve_bare(work, root, "network.git")
+    _, client = alice()
+    command = "-c \"print(open('secret/data.txt').read())\""
+    job = run_job(client, f"{url}/network.git", command=command)
+    assert job["status"] == "error", job["log"]
+    assert "SECRET 42" not in job["log"]
+    assert "cannot clone" in job["log"]
 
 
 def test_an_unreachable_archive_is_an_error_with_the_reason(alice: Any) -> None:
