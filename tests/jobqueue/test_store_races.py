@@ -71,12 +71,15 @@ def test_a_job_removed_while_it_finishes_stays_removed(store: JobStore, db_url: 
     removed = threading.Event()
     is_finishing = threading.Event()
 
+    def remove() -> None:
+        other.remove(job["id"])
+        removed.set()
+
     def remove_now(conn: Any, clause: Any, *args: Any) -> None:
         statement = str(clause)
         if is_finishing.is_set() and statement.startswith("SELECT") and "nmpi_jobs" in statement:
             is_finishing.clear()
-            remover = threading.Thread(target=lambda: (other.remove(job["id"]), removed.set()))
-            remover.start()
+            threading.Thread(target=remove).start()
             # The remove waits for the finishing transaction (at most this long, if it does not).
             removed.wait(1.0)
 
