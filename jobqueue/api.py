@@ -23,6 +23,7 @@ from pydantic import Field
 
 from jobqueue.bodies import (
     MAX_ID,
+    MAX_REQUEST_BYTES,
     SUPPORTED_PLATFORMS,
     SubmittedJob,
     TextBody,
@@ -88,6 +89,51 @@ class _PathNormaliser:
                 path = path.rstrip("/") or "/"
             scope = dict(scope, path=path, raw_path=path.encode())
         await self.app(scope, receive, send)
+
+
+class _BodyLimit:
+    """Refuses a request whose body is over `MAX_REQUEST_BYTES` with 413, before the
+    application reads any of it (by its Content-Length, or by counting a chunked body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+            await self._refuse(scope, receive, send)
+            return
+        messages = []
+        n_bytes = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            n_bytes += len(message.get("body", b""))
+            if n_bytes > MAX_REQUEST_BYTES:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
+
+        async def replayed() -> Any:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Any, send: Any) -> None:
+        detail = (
+            f"the request is larger than {MAX_REQUEST_BYTES // (1024 * 1024)} MiB;"
+            " send larger code as a URL (a git repository or an archive)"
+        )
+        response = JSONResponse({"detail": detail}, status_code=413)
+        await response(scope, receive, send)
 
 
 def _bearer(request: Request) -> str:
@@ -425,7 +471,7 @@ def create_app(
         return FileResponse(file, media_type=media, headers=headers)
 
     web.add_routes(app, store, identity, visible_job, on_submit)
-    return _PathNormaliser(app)
+    return _BodyLimit(_PathNormaliser(app))
 
 
 def _day_start(text: str) -> float:

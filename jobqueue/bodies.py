@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 __all__ = [
     "MAX_ID",
+    "MAX_REQUEST_BYTES",
     "SUPPORTED_PLATFORMS",
     "SubmittedJob",
     "TextBody",
@@ -37,6 +38,10 @@ def unsupported_platform(name: str) -> str | None:
 
 MAX_ID = 2**63 - 1
 """The largest id the database holds: larger ones name no job."""
+
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""The largest request body the service reads (413 beyond): code larger than this (an
+archive sent inline is base64, a third larger) goes by URL."""
 
 
 def check_text(value: Any, where: str) -> None:

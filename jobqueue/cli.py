@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jobqueue.bodies import MAX_REQUEST_BYTES
 from jobqueue.runner import RunnerConfig
 
 __all__ = [
@@ -284,7 +285,23 @@ class _Api:
 
 
 def _code_of(source: str) -> str:
-    """What `submit` sends as the job's code: the text of a script, an archive, or a URL."""
+    """What `submit` sends as the job's code: the text of a script, an archive, or a URL.
+
+    Raises:
+        SystemExit: the source is missing, no script, or more than the service reads.
+    """
+    code = _read_code(source)
+    # the rest of the body is small next to this limit
+    if len(code.encode("utf-8", "surrogatepass")) > MAX_REQUEST_BYTES - 64 * 1024:
+        raise SystemExit(
+            f"allotment: error: {source} is more than the service takes in one request"
+            f" ({MAX_REQUEST_BYTES // (1024 * 1024)} MiB, an archive a third less as it is sent"
+            " in base64); put the code in a git repository or an archive at an http(s) URL"
+        )
+    return code
+
+
+def _read_code(source: str) -> str:
     path = Path(source).expanduser()
     if not path.exists():
         if source.startswith(("http://", "https://")):

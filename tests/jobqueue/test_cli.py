@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -189,3 +190,22 @@ def test_careless_commands_get_one_sentence(batch_service: Any, tmp_path: Path) 
         _allotment("fetch", quick_id, "--dir", "a-file", *url, cwd=tmp_path, env_token=token),
         "cannot write a-file/",
     )
+
+
+def test_submit_of_more_than_the_service_takes_says_so_and_sends_nothing(
+    batch_service: Any, tmp_path: Path
+) -> None:
+    service = batch_service()
+    model = tmp_path / "model"
+    model.mkdir()
+    # random bytes do not compress: the archive is about as large as the file
+    (model / "weights.bin").write_bytes(os.urandom(50 * 1024 * 1024))
+    (model / "run.py").write_text("print(1)\n")
+    sent = _allotment(
+        "submit", "model", "--url", service.url, cwd=tmp_path, env_token=service.token()
+    )
+    assert sent.returncode != 0
+    assert "more than the service takes in one request (64 MiB" in sent.stderr
+    assert "Traceback" not in sent.stderr
+    listed = _allotment("jobs", "--url", service.url, cwd=tmp_path, env_token=service.token())
+    assert "finished" not in listed.stdout

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -237,7 +238,7 @@ def test_a_tag_filter_matches_the_tag_only(batch_service: Any) -> None:
         status, _ = _post(service, "/jobs/", json.dumps({**job, "tags": [tag]}).encode())
         assert status == 201
     for tag in ("a_b1", "a%"):
-        status, found = _get(service, f"/jobs/?collab=my-collab&tags={urllib.request.quote(tag)}")
+        status, found = _get(service, f"/jobs/?collab=my-collab&tags={urllib.parse.quote(tag)}")
         assert status == 200
         assert [job["tags"] for job in found] == [[tag]]
 
@@ -279,3 +280,51 @@ def test_jobs_run_with_the_database_inside_the_jobs_folder(
     job = run_job(client, script, config={"DB": str(tmp_path / "jobs" / "jobs.db")})
     assert job["status"] == "finished", job["log"]
     assert "db seen: False" in job["log"]
+
+
+def _raw_post(service: Any, head: str, chunks: Any = ()) -> bytes:
+    """Send a request head (and body chunks) on a socket of its own; the response's bytes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(service.url)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:
+            sock.sendall(chunk)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    return answer
+
+
+@pytest.mark.timeout(120)
+def test_a_request_body_over_the_limit_is_refused_unread(batch_service: Any) -> None:
+    from jobqueue.bodies import MAX_REQUEST_BYTES
+
+    service = batch_service()
+    headers = (
+        "POST /jobs/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {service.token()}\r\n"
+    )
+    # Declared too large: answered before a byte of the body is sent.
+    declared = _raw_post(service, headers + f"Content-Length: {MAX_REQUEST_BYTES + 1}\r\n\r\n")
+    assert declared.startswith(b"HTTP/1.1 413"), declared[:200]
+    assert b"larger than 64 MiB" in declared
+    # Chunked, with no length given: counted as it comes.
+    mib = b"x" * (1024 * 1024)
+    chunk = f"{len(mib):x}\r\n".encode() + mib + b"\r\n"
+    counted = _raw_post(
+        service,
+        headers + "Transfer-Encoding: chunked\r\n\r\n",
+        [chunk] * (MAX_REQUEST_BYTES // len(mib) + 1) + [b"0\r\n\r\n"],
+    )
+    assert counted.startswith(b"HTTP/1.1 413"), counted[:200]
+    assert _get(service, "/jobs/?collab=my-collab") == (200, [])
+    # A body just under the limit is read as usual (and refused for what it says).
+    job = {"code": "x" * (MAX_REQUEST_BYTES - 200), "collab": "nobody's"}
+    status, answer = _post(service, "/jobs/", json.dumps(job).encode())
+    assert status == 422, answer
