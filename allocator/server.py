@@ -77,7 +77,7 @@ from protocol.codec import (
     encode_reply,
 )
 from protocol.commands import CommandSpec, bind, bind_spec
-from protocol.errors import CommandError, DecodeError
+from protocol.errors import CommandError, DecodeError, UnknownCommandError
 from protocol.messages import JobsChanged, MachinesChanged
 
 __all__ = ["MAX_UNREAD_BYTES", "BodySink", "Connection", "Dispatcher", "Server"]
@@ -162,6 +162,9 @@ class Connection:
     watched_jobs: set[int] = field(default_factory=set)
     watch_all_machines: bool = False
     watched_machines: set[str] = field(default_factory=set)
+    is_watching_runs: bool = False
+    """Set by dispatch once the connection asked for a run's progress (`start_run` with
+    notify): it then waits for notifications and is never idle."""
     is_closed: bool = False
     body_sink: BodySink | None = field(default=None, repr=False)
     _is_misframed: Callable[[], bool] = field(default=lambda: False, repr=False)
@@ -617,6 +620,7 @@ class _LineProtocol(asyncio.Protocol):
             and not self._is_write_paused
             and conn.body_sink is None
             and not conn.is_watching
+            and not conn.is_watching_runs
         )
 
     def pause_writing(self) -> None:
@@ -718,9 +722,9 @@ class _LineProtocol(asyncio.Protocol):
             else:
                 route = self._dispatcher.route(command)
                 if route is None:
-                    message = f"unknown command {command!r}"
+                    error = UnknownCommandError(command)  # names at most 64 characters of it
                     command = "unknown"  # as the metrics label: names sent are unbounded
-                    raise CommandError(message)
+                    raise error
                 value = route.handler(bind_spec(route.spec, args, kwargs), conn)
                 if isinstance(value, asyncio.Future):
                     # A reply that waits for a commit: no task, answered when it is settled.

@@ -358,7 +358,7 @@ def _bind_values(
                 continue
             found = _find_param(params, key) or _find_param(keyword_only, key)
             if found is None:
-                raise CommandError(f"{command}() got an unexpected keyword argument '{key}'")
+                raise CommandError(f"{command}() got an unexpected keyword argument {_show(key)}")
             if key in values:
                 raise CommandError(f"{command}() got multiple values for argument '{key}'")
             if value is None and found.is_null_default and not found.is_required:

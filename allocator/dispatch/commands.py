@@ -689,6 +689,7 @@ class DispatchCommands:
         await self._save(job)
         if args.is_watched:
             job.watchers.add(conn)
+            conn.is_watching_runs = True
         self.pool.submit(ticket)
         job.status = self._live_status(job)
         # After the reply: a notification a request causes follows that request's reply.

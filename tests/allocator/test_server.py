@@ -134,6 +134,25 @@ async def _reply(reader: asyncio.StreamReader) -> Any:
     return json.loads(line)
 
 
+def test_names_a_client_makes_up_come_back_shortened(run: Callable[[Scenario], None]) -> None:
+    # A reply never repeats an unbounded name in full (a 64 KiB command name was answered
+    # with 150 KB).
+    async def scenario() -> None:
+        service = FakeService()
+        service.handlers["version"] = _version
+        name = "\ufffe" * 10_000  # 60 KB as JSON escapes it, under the line limit
+        request = {"command": "version", "args": [], "kwargs": {"k" * 20_000: 1}}
+        async with serving(service) as port, connected(port) as (reader, writer):
+            writer.write(_line(name) + json.dumps(request).encode() + b"\n")
+            unknown, keyword = [await _reply(reader) for _ in range(2)]
+        assert unknown["exception"].startswith("unknown command '")
+        assert len(unknown["exception"]) < 500
+        assert keyword["exception"].startswith("version() got an unexpected keyword argument 'kkk")
+        assert len(keyword["exception"]) < 200
+
+    run(scenario)
+
+
 def test_pipelined_requests_are_answered_in_order(run: Callable[[Scenario], None]) -> None:
     async def scenario() -> None:
         service = FakeService()

@@ -8,6 +8,7 @@ on the same image, bit for bit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,6 +18,7 @@ import signal
 import socket
 import struct
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -1118,3 +1120,33 @@ def test_an_unusable_dispatch_directory_stops_the_start_with_one_line(tmp_path: 
     assert result.returncode == 1
     assert "cannot start: dispatch directory blocker/sub" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(180)
+async def test_a_client_waiting_for_its_runs_progress_is_never_idle(tmp_path: Path) -> None:
+    # With idle_timeout_s a connection that sends nothing is closed; one that waits for
+    # the progress of a run it started is waiting for the server, not idle.
+    from tests.e2e.conftest import write_server_config
+
+    toml = DISPATCH_TOML.replace("[server]\n", "[server]\nidle_timeout_s = 1.0\n")
+    server = ServerProcess(
+        write_server_config(tmp_path, toml), f"sqlite:///{tmp_path / 'a.db'}", tmp_path
+    )
+    server.start()
+    try:
+        async with await _client(server) as client:
+            job_id, image = await _job_and_image(client)
+            await client.no_notify_job(job_id)  # watching the job would keep it from idling
+            token = (await client.load_image(job_id, image.encode(), owner="runner")).token
+            await client.start_run(job_id, token, LONG_RUN_STEPS)
+            waited_until = time.monotonic() + 3.0  # three idle timeouts
+            n_progress = 0
+            while time.monotonic() < waited_until:
+                with contextlib.suppress(TimeoutError):
+                    notification = await client.receive_notification(timeout_s=0.5)
+                    n_progress += hasattr(notification, "run_progress")
+            assert n_progress > 0
+            status = await client.stop_run(job_id, token)
+            assert status.job_id == job_id
+    finally:
+        server.stop()
