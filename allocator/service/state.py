@@ -241,6 +241,8 @@ class ServiceState:
         # job id -> store watermark of the job's latest staged change: a read about one
         # job waits only for that job's own changes to be durable.
         self._marks: dict[int, int] = {}
+        self._service_mark = 0
+        """The store's mark after the latest board or link service change staged."""
         self._forget_backlog: list[int] = []
         self._power: PowerModel | None = None
         # destroyed jobs whose boards are being powered off: job id -> machine name
@@ -1013,6 +1015,13 @@ class ServiceState:
         """
         return self._reply_after_commit(None, then=then)
 
+    def when_service_durable(self, then: Callable[[], Any]) -> Any:
+        """``then()`` now if every board and link service change is durable, else a future
+        of it: a read of what is out of service never shows what a commit may still lose."""
+        if self._store.is_durable(self._service_mark):
+            return then()
+        return self._reply_after_commit(None, then=then)
+
     def when_durable(self, job_id: int | None, then: Callable[[], Any]) -> Any:
         """``then()`` now if every change of the job is durable, else a future of it."""
         if self.is_durable(job_id):
@@ -1137,6 +1146,7 @@ class ServiceState:
         status = StoredBoardStatus(machine.name, board, in_service, reason, self._wall_clock(), by)
         self._board_status[(machine.name, board)] = status
         self._store.stage(PutBoardStatus(status))
+        self._service_mark = self._store.mark
         self._apply_out_of_service(machine.name)
 
     def set_link_service(
@@ -1146,6 +1156,7 @@ class ServiceState:
         status = LinkStatus(machine.name, board, link, in_service, reason, self._wall_clock(), by)
         self._link_status[(machine.name, board, link)] = status
         self._store.stage(PutLinkStatus(status))
+        self._service_mark = self._store.mark
         self._apply_out_of_service(machine.name)
 
     def set_draining(self, machine: Machine, is_draining: bool, reason: str, by: str) -> None:

@@ -233,7 +233,11 @@ class V1Commands:
             for r in self._state.live_jobs()
         ]
 
-    def list_machines(self, args: m.ListMachinesArgs, conn: Any) -> list[dict[str, Any]]:
+    def list_machines(self, args: m.ListMachinesArgs, conn: Any) -> Any:
+        """The machines, once the boards and links taken out of service are durable."""
+        return self._state.when_service_durable(self._machine_list)
+
+    def _machine_list(self) -> list[dict[str, Any]]:
         state = self._state
         return [
             {

@@ -7,6 +7,7 @@ same database.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -207,6 +208,27 @@ async def test_list_machines_reports_what_the_allocator_sees(db_url: str) -> Non
         await h.call("admin_set_board_service", TOKEN, "small", 0, 0, 1, True, "fixed")
         (small,) = await h.call("list_machines")
         assert (small["dead_links"], small["dead_boards"]) == ([], [])
+
+
+async def test_list_machines_never_shows_a_service_change_before_it_is_durable(
+    db_url: str,
+) -> None:
+    # The operator's change is answered once committed; another client's list_machines
+    # answered at once from memory, showing what a failed commit would then lose.
+    async with running(db_url) as h:
+        store = h.service.state._store
+        change = asyncio.create_task(
+            h.call("admin_set_board_service", TOKEN, "small", 0, 0, 1, False, "fan")
+        )
+        for _ in range(100):  # until the change is made and its commit under way
+            if store.n_pending:
+                break
+            await asyncio.sleep(0)
+        assert store.n_pending > 0
+        (small,) = await h.call("list_machines")
+        assert small["dead_boards"] == [[0, 0, 1]]
+        assert store.n_pending == 0
+        await change
 
 
 async def test_machine_state_shows_jobs_and_board_states(db_url: str) -> None:
