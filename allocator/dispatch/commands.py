@@ -35,6 +35,7 @@ from typing import Any, Final, Protocol, TypeVar
 from allocator.dispatch import storage
 from allocator.dispatch.errors import (
     DispatchError,
+    ImageNotStoredError,
     ImageRejectedError,
     ImageTooLargeError,
     JobNotReadyError,
@@ -455,13 +456,11 @@ class DispatchCommands:
             # What the disk says of the job until this load is answered (None: nothing).
             before = None if job is None else job.record
             if job is None or job.record.ended_at is not None:
+                # Known to the other commands only once its record is written.
                 job = _Job(JobFolderRecord(job_id=job_id, token_sha256=_digest(token)))
-                self._jobs[job_id] = job
             else:
                 self._check_token(job, args.token)
                 token = args.token or ""
-            job.machine = record.machine_name
-            job.saving = None
             previous = job.record.snapshot
             update: dict[str, Any] = {"image": info, "topology": spec, "ended_at": None}
             if kept is None:
@@ -470,7 +469,7 @@ class DispatchCommands:
             else:
                 # The next run continues from the state handed over to this image.
                 update |= {"snapshot": kept, "is_state_saved": True}
-            job.record = job.record.model_copy(update=update)
+            loaded = job.record.model_copy(update=update)
             interim = None
             if before is not None:
                 # The job as it was, with no image; a fresh load's old state is of the image
@@ -479,18 +478,9 @@ class DispatchCommands:
                     update={"image": None}
                     | ({"is_state_saved": False, "state_step": 0} if kept is None else {})
                 )
-            await self._in_thread(storage.install_image, self._directory, job_id, interim, path)
-            discarded: Path | None = None
-            if kept is None and previous is not None:
-                # The state there was of the image replaced: it must never be continued. A
-                # rename takes it out of the way at once; removing a big file takes a while,
-                # so that is done after the reply (a restart removes what a crash left).
-                discarded = await self._in_thread(_set_aside_state, folder / previous)
-            try:
-                await self._save(job)
-            finally:
-                if discarded is not None:  # saved or not, it is never continued
-                    self._file_thread.submit(_remove_file, discarded)
+            await self._store_image(
+                job, before, interim, loaded, path, kept, machine_name=record.machine_name
+            )
             if kept is not None and previous is not None:
                 await self._in_thread(storage.remove_folder, folder / previous)
             log.info(
@@ -513,6 +503,53 @@ class DispatchCommands:
         return ImageLoaded(
             job_id=job_id, token=token, state_step=job.record.state_step, **info.model_dump()
         )
+
+    async def _store_image(
+        self,
+        job: _Job,
+        before: JobFolderRecord | None,
+        interim: JobFolderRecord | None,
+        loaded: JobFolderRecord,
+        path: Path,
+        kept: str | None,
+        *,
+        machine_name: str | None,
+    ) -> None:
+        """Put the validated upload in place as the job's image and write its `loaded` record.
+
+        Memory follows the disk: the job takes the new record only as it is written, and a
+        job loaded for the first time is known to the other commands only then. If the disk
+        fails, the job holds what the disk may say now (`interim`: its token and no image),
+        or, loaded for the first time, nothing; the client is told to load again.
+        """
+        job_id = loaded.job_id
+        folder = job_folder(self._directory, job_id)
+        job.saving = None  # a state being saved is of the image this one replaces
+        try:
+            await self._in_thread(storage.install_image, self._directory, job_id, interim, path)
+            previous = None if before is None else before.snapshot
+            discarded: Path | None = None
+            if kept is None and previous is not None:
+                # The state there was of the image replaced: it must never be continued. A
+                # rename takes it out of the way at once; removing a big file takes a while,
+                # so that is done after the reply (a restart removes what a crash left).
+                discarded = await self._in_thread(_set_aside_state, folder / previous)
+            job.record = loaded
+            try:
+                await self._save(job)
+            finally:
+                if discarded is not None:  # saved or not, it is never continued
+                    self._file_thread.submit(_remove_file, discarded)
+        except OSError as error:
+            log.error("job %d: its image could not be stored: %s", job_id, error)
+            known = self._jobs.get(job_id)
+            if interim is None:  # no record on disk names the job: nor does memory
+                self._submit_file_work(Path.unlink, folder / IMAGE_FILE, True)
+            elif known is not None:
+                known.record = interim
+            raise ImageNotStoredError(job_id, error) from None
+        job.machine = machine_name
+        self._jobs[job_id] = job
 
     def _require_state(self, job: _Job, what_to_do: str) -> None:
         """A run since the last fresh one left a state that is (or is being) saved."""

@@ -49,6 +49,17 @@ class UploadError(DispatchError):
     """The image's bytes did not arrive whole (lost connection, stall, wrong length or checksum)."""
 
 
+class ImageNotStoredError(DispatchError):
+    """The server could not write the image or its record (a full or failing disk); the job
+    keeps its token but has no image: load it again once the operator has made room."""
+
+    def __init__(self, job_id: int, error: OSError) -> None:
+        why = error.strerror or str(error) or type(error).__name__
+        super().__init__(
+            f"the image of job {job_id} could not be stored ({why.lower()}): load it again"
+        )
+
+
 class ImageRejectedError(DispatchError):
     """The image does not fit the job's allocation; the message names the chip or core."""
 

@@ -801,6 +801,68 @@ async def test_a_load_cut_short_by_a_crash_leaves_a_job_with_no_image(start_serv
         await asyncio.to_thread(second.stop)
 
 
+_FAILING_DISK = """\
+import os
+
+from allocator.dispatch import storage
+
+_write_record = storage.write_record
+
+
+def write_record(directory, record):
+    # A full disk, while the marker file exists, for the records that name an image.
+    if os.path.exists(os.environ["ALLOTMENT_TEST_FULL_DISK"]) and record.image is not None:
+        raise OSError(28, "No space left on device")
+    return _write_record(directory, record)
+
+
+storage.write_record = write_record
+"""
+
+
+async def test_a_load_whose_record_cannot_be_written_changes_nothing_it_answers(
+    start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A load told "could not be stored" used to take effect (its image ran, the previous
+    # one was gone), and a first load's job was left with a token nobody got.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_FAILING_DISK)
+    full = tmp_path / "disk-is-full"
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("ALLOTMENT_TEST_FULL_DISK", str(full))
+    server: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    async with await _client(server) as client:
+        job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
+        other = map_network(
+            _network(seed=5),
+            allocation_from_machine_info(
+                (await client.get_job_machine_info(job_id)).model_dump(mode="json")
+            ),
+        )
+        full.touch()
+        with pytest.raises(ServerError, match=f"image of job {job_id} could not be stored"):
+            await client.load_image(job_id, other.image.encode(), token=token)
+        full.unlink()
+        # Not loaded: no image runs (the old one was replaced on disk), the token still holds.
+        with pytest.raises(ServerError, match=f"job {job_id} has no image loaded"):
+            await client.start_run(job_id, token, 10)
+        token = (await client.load_image(job_id, mapped.image.encode(), token=token)).token
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+        # A first load that fails leaves the job to be loaded by its owner again.
+        info = await _ready_job(client, keepalive_s=None)
+        fresh = map_network(_network(), allocation_from_machine_info(info))
+        full.touch()
+        with pytest.raises(ServerError, match="could not be stored"):
+            await client.load_image(info["job_id"], fresh.image.encode(), owner="runner")
+        full.unlink()
+        loaded = await client.load_image(info["job_id"], fresh.image.encode(), owner="runner")
+        assert (await _run(client, info["job_id"], loaded.token, 20)).state is RunState.DONE
+    said = server.stderr_text
+    assert "Traceback" not in said, said
+    assert "could not be stored: [Errno 28] No space left on device" in said
+
+
 async def test_a_server_stopped_during_a_run_stops_cleanly(start_server: Any) -> None:
     server: ServerProcess = start_server(config_text=DISPATCH_TOML)
     async with await _client(server) as client:
