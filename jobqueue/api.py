@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +94,9 @@ class _PathNormaliser:
 
 class _BodyLimit:
     """Refuses a request whose body is over `MAX_REQUEST_BYTES` with 413, before the
-    application reads any of it (by its Content-Length, or by counting a chunked body)."""
+    application reads any of it (by its Content-Length, or by counting a chunked body), and
+    one whose URL holds text the database cannot keep (a NUL, bytes that are not UTF-8)
+    with 400, whatever it asks for."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -101,6 +104,10 @@ class _BodyLimit:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if not _is_keepable_url(scope):
+            detail = "the URL holds a NUL character or bytes that are not UTF-8 text"
+            await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
@@ -134,6 +141,17 @@ class _BodyLimit:
         )
         response = JSONResponse({"detail": detail}, status_code=413)
         await response(scope, receive, send)
+
+
+def _is_keepable_url(scope: Scope) -> bool:
+    path: str = scope["path"]
+    query = urllib.parse.unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))
+    try:
+        query.decode("utf-8")
+        path.encode("utf-8")
+    except UnicodeError:
+        return False
+    return "\x00" not in path and b"\x00" not in query
 
 
 def _bearer(request: Request) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jobqueue.bodies import MAX_REQUEST_BYTES
+from jobqueue.errors import JobQueueError
 from jobqueue.runner import RunnerConfig
 
 __all__ = [
@@ -201,6 +202,8 @@ def _token_create(args: argparse.Namespace) -> int:
     store = _open_store(args.db)
     try:
         print(store.create_token(args.user, args.collab))
+    except JobQueueError as error:
+        raise SystemExit(f"allotment: error: {error}") from None
     finally:
         store.close()
     if is_new:

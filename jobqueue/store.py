@@ -27,6 +27,7 @@ from sqlalchemy import Engine, create_engine, delete, event, func, insert, or_, 
 from sqlalchemy.engine import Connection, make_url
 
 from jobqueue import tables
+from jobqueue.bodies import check_text
 from jobqueue.errors import BadRequestError, NoSuchJobError, QuotaExhaustedError
 
 __all__ = [
@@ -92,6 +93,21 @@ def sync_url(url: str) -> str:
     if backend == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise BadRequestError(f"database {parsed.drivername!r} is not supported (SQLite or PostgreSQL)")
+
+
+MAX_COLLAB_CHARS = 200
+"""The longest collab name the tables hold."""
+MAX_USER_CHARS = MAX_COLLAB_CHARS - len("private-")
+"""The longest user name: its private collab, "private-<user>", must fit too."""
+
+
+def _check_name(name: str, what: str, max_chars: int) -> None:
+    if not name or len(name) > max_chars:
+        raise BadRequestError(f"a {what} is 1 to {max_chars} characters, not {len(name)}")
+    try:
+        check_text(name, f"the {what}")
+    except ValueError as error:
+        raise BadRequestError(str(error)) from None
 
 
 def _lock_key(collab: str, platform: str) -> int:
@@ -170,6 +186,9 @@ class JobStore:
         """Mint a token for `user`, editor of `collabs`; only its hash is stored."""
         if not user:
             raise BadRequestError("a token needs a user name")
+        _check_name(user, "user name", MAX_USER_CHARS)
+        for collab in collabs:
+            _check_name(collab, "collab name", MAX_COLLAB_CHARS)
         # a fixed prefix: a token is recognisable (to a secret scanner too) and never begins
         # with "-", which a command line would take for an option
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -300,10 +319,20 @@ class JobStore:
         return project_id
 
     def update_project(self, project_id: str, values: Mapping[str, Any]) -> None:
-        """Change a project's title, abstract, description or status."""
+        """Change a project's title, abstract, description or status; one submitted for review
+        is dated then (as `create_project` dates one created for review)."""
+        changes = dict(values)
         with self._writing() as conn:
+            if changes.get("status") == "under review":
+                dated = conn.execute(
+                    select(tables.projects.c.submission_date).where(
+                        tables.projects.c.id == project_id
+                    )
+                ).scalar()
+                if dated is None:
+                    changes["submission_date"] = self._clock()
             conn.execute(
-                update(tables.projects).where(tables.projects.c.id == project_id).values(**values)
+                update(tables.projects).where(tables.projects.c.id == project_id).values(**changes)
             )
 
     def delete_project(self, project_id: str) -> None:

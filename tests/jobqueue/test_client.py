@@ -161,9 +161,11 @@ def test_projects_comments_and_tags(alice: Any) -> None:
     uri = client.create_resource_request("More time", "my-collab", "for a bigger network")
     assert uri.startswith("/projects/")
     assert client.get_resource_request(uri)["status"] == "in preparation"
+    assert client.get_resource_request(uri)["submission_date"] is None
     client.edit_resource_request(uri, title="Much more time", submit=True)
     project = client.get_resource_request(uri)
     assert (project["title"], project["status"]) == ("Much more time", "under review")
+    assert project["submission_date"] is not None  # dated when submitted for review
     assert [p["title"] for p in client.resource_requests("my-collab")] == ["Much more time"]
     job = run_job(client, "print(1)")
     comment = client.submit_comment(job["id"], "worked first time")

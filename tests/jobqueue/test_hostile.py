@@ -328,3 +328,39 @@ def test_a_request_body_over_the_limit_is_refused_unread(batch_service: Any) -> 
     job = {"code": "x" * (MAX_REQUEST_BYTES - 200), "collab": "nobody's"}
     status, answer = _post(service, "/jobs/", json.dumps(job).encode())
     assert status == 422, answer
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs/?hardware_platform=%00",
+        "/jobs/?tags=a%00b",
+        "/projects/?status=%00",
+        "/jobs/?collab=%ff%fe",
+        "/jobs/%00",
+    ],
+)
+def test_a_url_holding_text_the_store_cannot_keep_is_refused(batch_service: Any, path: str) -> None:
+    # PostgreSQL refused a NUL in a query string with an internal error.
+    service = batch_service()
+    status, answer = _get(service, path)
+    assert status == 400, answer
+    assert "NUL character or bytes that are not UTF-8" in answer["detail"]
+
+
+def test_names_a_token_cannot_hold_are_refused_at_its_making(tmp_path: Path) -> None:
+    from jobqueue.errors import BadRequestError
+    from jobqueue.store import MAX_USER_CHARS, JobStore
+
+    store = JobStore.open(f"sqlite:///{tmp_path / 'a.db'}")
+    try:
+        for user, collabs in (
+            ("u" * (MAX_USER_CHARS + 1), []),
+            ("alice", ["c" * 201]),
+            ("alice", ["a\x00b"]),
+        ):
+            with pytest.raises(BadRequestError, match=r"(user|collab) name"):
+                store.create_token(user, collabs)
+        assert store.identity(store.create_token("u" * MAX_USER_CHARS, ["c" * 200])) is not None
+    finally:
+        store.close()
