@@ -378,7 +378,9 @@ class Runner:
             is_standby_used = self._standby.finish(run.standby)
             provenance["standby_spalloc_job"] = run.standby.job_id
             provenance["standby_used"] = is_standby_used
-        board_seconds = self._usage.release(owner, is_charging_handed=is_standby_used)
+        board_seconds = self._usage.release(
+            owner, is_charging_handed=is_standby_used, destroy_reason=f"batch job {job_id} ended"
+        )
         provenance["board_seconds"] = board_seconds
         text = run.text()
         if status == "error":

@@ -11,6 +11,10 @@ the poll that no longer lists it. A batch job's charge is taken (`release`) only
 poll that began once the job had ended, so an allocation of a few milliseconds is charged
 too, and its last moments are never left out.
 
+A batch job's allocations end with it: `release(owner, destroy_reason=...)` has that poll
+destroy every allocation still listed under the owner (one left with no keepalive would
+hold its boards for good), and charges them up to then.
+
 A standby allocation handed to a job (`jobqueue.standby`) keeps its standby owner; it is
 credited to the job from the moment of hand-over (never for the time it waited as a
 standby), and kept apart so that `release` can leave it out when the job never used it.
@@ -75,6 +79,7 @@ class UsageMonitor:
         self._polled = threading.Condition(self._lock)
         self._n_asked = 0
         self._n_answered = 0
+        self._ending: dict[str, str] = {}  # owner -> the reason its allocations are destroyed
 
     def __repr__(self) -> str:
         return f"<UsageMonitor {self._host}:{self._port}, {len(self._board_seconds)} owners>"
@@ -108,7 +113,9 @@ class UsageMonitor:
             self._last_seen[job_id] = handed_at
             self._listed.setdefault(job_id, (owner, n_boards))
 
-    def release(self, owner: str, *, is_charging_handed: bool = True) -> float:
+    def release(
+        self, owner: str, *, is_charging_handed: bool = True, destroy_reason: str | None = None
+    ) -> float:
         """Stop counting for `owner` and return its board-seconds.
 
         Waits (a few seconds at most) for a poll that begins after the call, so that an
@@ -118,9 +125,13 @@ class UsageMonitor:
             owner: the owner given to `watch`.
             is_charging_handed: include the allocation handed over to it (False when the
                 job never used it).
+            destroy_reason: if given, that poll destroys every allocation it lists under
+                `owner`, with this reason (the job that made them has ended).
         """
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
+                if destroy_reason is not None:
+                    self._ending[owner] = destroy_reason
                 self._n_asked += 1
                 asked = self._n_asked
                 self._polled.wait_for(
@@ -132,6 +143,7 @@ class UsageMonitor:
                 self._last_seen.pop(job_id, None)
             handed = self._handed_seconds.pop(owner, 0.0)
             self._watched_at.pop(owner, None)
+            self._ending.pop(owner, None)
             return self._board_seconds.pop(owner, 0.0) + (handed if is_charging_handed else 0.0)
 
     def _run(self) -> None:
@@ -164,6 +176,7 @@ class UsageMonitor:
                     entries = await client.list_jobs()
                     self._credit(entries, now, changed if changed is not None else previous)
                     previous = now
+                    await self._destroy_ended(client, entries)
                     self._answer(asked)
                     changed = await self._nap(client)
                 except (ProtocolError, OSError) as error:
@@ -177,6 +190,14 @@ class UsageMonitor:
             await _close_quietly(client)
             with self._lock:
                 self._polled.notify_all()
+
+    async def _destroy_ended(self, client: AllotmentClient, entries: list[JobListEntry]) -> None:
+        """Destroy what `entries` list under an owner whose batch job has ended."""
+        with self._lock:
+            doomed = [(e.job_id, self._ending[e.owner]) for e in entries if e.owner in self._ending]
+        for job_id, reason in doomed:
+            log.info("destroying spalloc job %d: %s", job_id, reason)
+            await client.destroy_job(job_id, reason)
 
     def _answer(self, asked: int) -> None:
         """A poll that began with `asked` fresh polls asked for has ended."""

@@ -70,6 +70,45 @@ def test_other_owners_are_not_charged_and_a_released_owner_no_more(
         monitor.stop()
 
 
+@pytest.mark.timeout(60)
+def test_an_ended_jobs_allocations_are_destroyed_and_charged_to_then(
+    server: ServerProcess,
+) -> None:
+    # A script that leaves an allocation with no keepalive used to keep its boards for
+    # good, uncharged after its batch job ended.
+    async def allocate() -> list[int]:
+        async with await AllotmentClient.connect(server.host, server.port, timeout_s=10) as c:
+            return [
+                await c.create_job(3, owner=OWNER, keepalive_s=None),
+                await c.create_job(owner=OWNER, keepalive_s=None),
+                await c.create_job(owner="someone else", keepalive_s=None),
+            ]
+
+    async def states(job_ids: list[int]) -> list[tuple[int, str | None]]:
+        async with await AllotmentClient.connect(server.host, server.port, timeout_s=10) as c:
+            found = [await c.get_job_state(job_id) for job_id in job_ids]
+        return [(state.state, state.reason) for state in found]
+
+    monitor = UsageMonitor(server.host, server.port, interval_s=1.0)
+    monitor.start()
+    try:
+        monitor.watch(OWNER)
+        started = time.monotonic()
+        job_ids = anyio.run(allocate)
+        time.sleep(0.5)
+        board_seconds = monitor.release(OWNER, destroy_reason="batch job 7 ended")
+        held_s = time.monotonic() - started
+    finally:
+        monitor.stop()
+    destroyed, ready = 4, 3
+    assert anyio.run(states, job_ids) == [
+        (destroyed, "batch job 7 ended"),
+        (destroyed, "batch job 7 ended"),
+        (ready, None),
+    ]
+    assert board_seconds == pytest.approx(4 * held_s, abs=4 * 0.25)
+
+
 def _entry(job_id: int, owner: str, n_boards: int | None) -> JobListEntry:
     return JobListEntry.model_validate(
         {
