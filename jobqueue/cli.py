@@ -402,19 +402,40 @@ def _jobs(args: argparse.Namespace) -> int:
 
 def _log(args: argparse.Namespace) -> int:
     api = _Api(args.url, args.token)
-    shown = 0
+    shown = ""
     try:
         while True:
             job = api.call("GET", f"/jobs/{args.job_id}?with_log=true")
             text = job["log"] or ""
-            sys.stdout.write(text[shown:])
+            sys.stdout.write(_unshown(shown, text))
             sys.stdout.flush()
-            shown = len(text)
+            shown = text
             if not args.follow or job["status"] in _FINAL:
                 return 0
             time.sleep(0.5)
     except KeyboardInterrupt:
         return _stopped_waiting(args.job_id)
+
+
+_OVERLAP_CHARS = 200
+"""How much of the end of what was shown a follower looks for in a log that moved on."""
+
+
+def _unshown(shown: str, text: str) -> str:
+    """What of the log `text` a follower that showed the log `shown` has not shown yet.
+
+    A long log is kept as its head and its end (the middle left out, with a line saying
+    how much): once it is that long, its end moves on while its length stays the same.
+    """
+    if text.startswith(shown):
+        return text[len(shown) :]
+    seen = shown[-_OVERLAP_CHARS:]
+    at = text.rfind(seen)
+    if at >= 0:
+        return text[at + len(seen) :]
+    # More came than the end the service keeps: say so, and show that end.
+    _, marker, end = text.rpartition(" of the log left out ...]\n")
+    return f"\n[... part of the log left out ...]\n{end}" if marker else text
 
 
 def _fetch(args: argparse.Namespace) -> int:

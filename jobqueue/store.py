@@ -128,6 +128,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA case_sensitive_like=ON")  # tags match as PostgreSQL matches them
     cursor.close()
     # The transactions are begun by `_on_sqlite_begin`, not by the driver, which would begin
     # one only at its first write: after the reads it decides on.
@@ -465,11 +466,7 @@ class JobStore:
         if submitted_until is not None:
             query = query.where(tables.jobs.c.timestamp_submission < submitted_until)
         if tag_list := list(tags):
-            query = query.where(
-                or_(
-                    *(tables.jobs.c.tags.contains(json.dumps(t), autoescape=True) for t in tag_list)
-                )
-            )
+            query = query.where(or_(*(_has_tag(tables.jobs.c.tags, t) for t in tag_list)))
         order = tables.jobs.c.id.desc() if newest_first else tables.jobs.c.id
         query = query.order_by(order).offset(from_index).limit(size)
         with self.engine.connect() as conn:
@@ -577,7 +574,10 @@ class JobStore:
             ).one()
             if row.runner_id != runner_id or row.status not in ACTIVE_STATUSES:
                 # removed meanwhile, or given up as lost: keep the outputs but not the status
+                # (nor, if lost, the reason it says)
                 status = row.status
+                if row.log.endswith(_LOST_BLOCK):
+                    log += _LOST_BLOCK
             conn.execute(
                 update(tables.jobs)
                 .where(tables.jobs.c.id == job_id)
@@ -666,9 +666,9 @@ class JobStore:
                     .where(tables.jobs.c.id == job_id, tables.jobs.c.status.in_(ACTIVE_STATUSES))
                     .values(
                         status="error",
-                        log=log + error_block("the runner running this job stopped (lost)"),
+                        log=log + _LOST_BLOCK,
                         timestamp_completion=now,
-                        is_charged=True,
+                        # (not charged: a runner still running it charges it when it ends)
                     )
                 )
         return [job_id for job_id, _ in lost]
@@ -677,6 +677,23 @@ class JobStore:
 def error_block(reason: str) -> str:
     """The block appended to a failed job's log, as the SpiNNaker executor writes it."""
     return f"\n\n==================\nError:\n{reason}\n"
+
+
+def _has_tag(column: Any, tag: str) -> Any:
+    """Whether the JSON list of tags in `column` (as `json.dumps` writes it: `["a", "b"]`)
+    holds `tag` itself: its JSON text between the list's own delimiters, never a run of
+    characters across two tags."""
+    text = json.dumps(tag)
+    return or_(
+        *(
+            column.contains(before + text + after, autoescape=True)
+            for before in ("[", ", ")
+            for after in (",", "]")
+        )
+    )
+
+
+_LOST_BLOCK = error_block("the runner running this job stopped (lost)")
 
 
 def _json_or_none(value: Any) -> str | None:

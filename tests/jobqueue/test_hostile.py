@@ -237,10 +237,19 @@ def test_a_tag_filter_matches_the_tag_only(batch_service: Any) -> None:
         job = {"code": "print(1)", "collab": "my-collab", "hardware_platform": "SpiNNaker"}
         status, _ = _post(service, "/jobs/", json.dumps({**job, "tags": [tag]}).encode())
         assert status == 201
-    for tag in ("a_b1", "a%"):
+    status, _ = _post(service, "/jobs/", json.dumps({**job, "tags": ["alpha", "beta"]}).encode())
+    assert status == 201
+    for tag, expected in (
+        ("a_b1", [["a_b1"]]),
+        ("a%", [["a%"]]),
+        ("beta", [["alpha", "beta"]]),
+        (", ", []),  # what lies between two tags is no tag
+        ("A%", []),  # nor does case differ
+        ("ALPHA", []),
+    ):
         status, found = _get(service, f"/jobs/?collab=my-collab&tags={urllib.parse.quote(tag)}")
         assert status == 200
-        assert [job["tags"] for job in found] == [[tag]]
+        assert [job["tags"] for job in found] == expected, tag
 
 
 def test_the_jobs_environment_is_on_no_command_line(tmp_path: Path) -> None:
@@ -364,3 +373,31 @@ def test_names_a_token_cannot_hold_are_refused_at_its_making(tmp_path: Path) -> 
         assert store.identity(store.create_token("u" * MAX_USER_CHARS, ["c" * 200])) is not None
     finally:
         store.close()
+
+
+def test_following_a_log_past_its_kept_length_shows_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Once a log is kept as its head and its end, its length stops growing: a follower
+    # that printed what lay past the length it had shown went silent.
+    from jobqueue import cli, runner
+
+    monkeypatch.setattr(runner, "_MAX_LOG_CHARS", 30)
+    monkeypatch.setattr(runner, "_LOG_TAIL_CHARS", 300)
+    monkeypatch.setattr(cli, "_OVERLAP_CHARS", 8)
+    run = runner._Run({}, Path("."))
+    printed = ""
+    shown = ""
+    for n in range(200):
+        run.append(f"line {n:03d}\n")
+        printed += cli._unshown(shown, run.text())
+        shown = run.text()
+    # Looked at after every line, it shows every line once, in order, the middle included.
+    assert printed == "".join(f"line {n:03d}\n" for n in range(200))
+    assert "left out" in shown
+    # One that looks too seldom says it missed some, then shows the end.
+    for n in range(200, 300):
+        run.append(f"line {n:03d}\n")
+    jumped = cli._unshown(shown, run.text())
+    assert jumped.startswith("\n[... part of the log left out ...]\n")
+    assert jumped.endswith("line 299\n")

@@ -100,3 +100,27 @@ def test_a_job_removed_while_it_finishes_stays_removed(store: JobStore, db_url: 
         event.remove(store.engine, "after_execute", remove_now)
         other.close()
     assert store.job(job["id"])["status"] == "removed"
+
+
+def test_a_job_given_up_as_lost_that_its_runner_still_ends_is_charged_once(
+    store: JobStore,
+) -> None:
+    job = store.submit(Identity("alice", ()), _job_values("private-alice"))
+    assert store.claim("runner-1", "SpiNNaker") is not None
+    assert store.reap_lost(15, runner_ids=["runner-1"]) == [job["id"]]
+    for _ in range(2):  # (a second finish charges nothing more)
+        store.finish(
+            job["id"],
+            "runner-1",
+            status="finished",
+            log="the runner's log",
+            outputs=(),
+            provenance={},
+            core_hours=7.5,
+        )
+    ended = store.job(job["id"])
+    assert ended["status"] == "error"
+    assert ended["log"].startswith("the runner's log")
+    assert "the runner running this job stopped (lost)" in ended["log"]
+    (project,) = store.projects("private-alice", None)
+    assert [quota["usage"] for quota in project["quotas"]] == [7.5]
