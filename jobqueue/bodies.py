@@ -109,6 +109,8 @@ class SubmittedJob(TextBody):
     @classmethod
     def _config(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
         if config is not None and "timeout" in config:
+            if isinstance(config["timeout"], bool):  # float(True) is 1.0: no number of hours
+                raise ValueError("hardware_config timeout must be a number of hours")
             try:
                 hours = float(config["timeout"])
             except (TypeError, ValueError):

@@ -42,13 +42,14 @@ nav a{margin-right:1em}img{max-width:48em;display:block;margin:1em 0}
 _COOKIE = "allotment_token"
 
 
-def _page(title: str, body: str) -> HTMLResponse:
+def _page(title: str, body: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(
-        "<!doctype html><html><head><meta charset='utf-8'>"
+        status_code=status_code,
+        content="<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         "<nav><a href='/app'>Jobs</a><a href='/app/submit' id='new-job'>New job</a>"
         "<a href='/app/login'>Token</a></nav>"
-        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+        f"<h1>{html.escape(title)}</h1>{body}</body></html>",
     )
 
 
@@ -151,7 +152,8 @@ def add_routes(
         try:
             job = visible_job(job_id, caller)
         except JobQueueError as error:
-            return _page(f"Job {job_id}", f"<p class='error'>{html.escape(str(error))}</p>")
+            message = f"<p class='error'>{html.escape(str(error))}</p>"
+            return _page(f"Job {job_id}", message, status_code=error.status)
         outputs = data_set(job, str(request.base_url)) or {"files": []}
         items = []
         for item in outputs["files"]:

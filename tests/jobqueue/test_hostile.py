@@ -149,6 +149,7 @@ def _get(service: Any, path: str) -> tuple[int, Any]:
         ({"hardware_config": {"X": "a\u0000b"}}, "NUL"),
         ({"hardware_config": {"timeout": "inf"}}, "positive number of hours"),
         ({"hardware_config": {"timeout": -1}}, "positive number of hours"),
+        ({"hardware_config": {"timeout": True}}, "must be a number of hours"),
     ],
 )
 def test_text_the_store_cannot_keep_is_refused_and_the_job_list_stays_whole(
@@ -401,3 +402,14 @@ def test_following_a_log_past_its_kept_length_shows_its_end(
     jumped = cli._unshown(shown, run.text())
     assert jumped.startswith("\n[... part of the log left out ...]\n")
     assert jumped.endswith("line 299\n")
+
+
+def test_the_page_of_a_job_that_is_not_there_answers_404(batch_service: Any) -> None:
+    service = batch_service()
+    request = urllib.request.Request(
+        service.url + "/app/jobs/424242", headers={"Cookie": f"allotment_token={service.token()}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=30)
+    assert raised.value.code == 404
+    assert "job 424242 does not exist" in raised.value.read().decode()
