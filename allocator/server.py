@@ -151,7 +151,8 @@ class Connection:
 
     The watch sets live here, not in the service: they vanish with the connection.
     ``watch_all_jobs``/``watch_all_machines`` mirror the reference: ``notify_job()`` with
-    no id watches every job; ids are not validated. Each set is bounded
+    no id watches every job. A job id must be one (7.0 is job 7); the reference took any
+    value and watched nothing for it. Each set is bounded
     (`MAX_WATCHED_JOBS`, `MAX_WATCHED_MACHINES`), so that no client grows the server's
     memory by watching ids one at a time; the reference has no bound.
     """

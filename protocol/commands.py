@@ -293,8 +293,12 @@ def check_job_id(command: str, name: str, value: Any) -> int | None:
 
 
 def _check_watch_job_id(command: str, name: str, value: Any) -> int | None:
+    """A job to watch (7.0 is job 7, as for `check_job_id`), or None for every job; anything
+    else is refused rather than taken for "every job" or for none."""
     if value is None:
         return None
+    if type(value) is float and value.is_integer():
+        value = int(value)
     if type(value) is not int or not 0 <= value <= _MAX_JOB_ID:
         raise _type_error(command, name, "a job id (integer) or null", value)
     return value

@@ -34,6 +34,7 @@ from protocol.messages import (
     GetBoardPositionArgs,
     GetJobStateArgs,
     ListJobsArgs,
+    NoNotifyJobArgs,
     NotifyJobArgs,
     NotifyMachineArgs,
     WhereIsBoardArgs,
@@ -344,6 +345,7 @@ def test_notify_defaults_to_all() -> None:
     assert bind("notify_job", [], {}) == NotifyJobArgs(job_id=None)
     assert bind("notify_job", [None], {}) == NotifyJobArgs(job_id=None)
     assert bind("notify_job", [4], {}) == NotifyJobArgs(job_id=4)
+    assert bind("no_notify_job", [4.0], {}) == NoNotifyJobArgs(job_id=4)  # as job 4 is named
     assert bind("notify_machine", [], {"machine_name": "m"}) == NotifyMachineArgs(machine_name="m")
 
 
