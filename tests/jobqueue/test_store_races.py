@@ -29,6 +29,19 @@ def _job_values(collab: str) -> dict[str, Any]:
     return {"code": "print(1)", "collab": collab, "hardware_platform": "SpiNNaker"}
 
 
+def _finish(store: JobStore, job_id: int, *, log: str, core_hours: float) -> None:
+    """End a job as runner-1 finishing it would."""
+    store.finish(
+        job_id,
+        "runner-1",
+        status="finished",
+        log=log,
+        outputs=(),
+        provenance={},
+        core_hours=core_hours,
+    )
+
+
 @pytest.mark.timeout(60)
 def test_first_jobs_of_a_collab_at_once_make_one_demo_project(store: JobStore) -> None:
     # Each submit finds no quota and creates the demo project: without a lock several
@@ -86,15 +99,7 @@ def test_a_job_removed_while_it_finishes_stays_removed(store: JobStore, db_url: 
     event.listen(store.engine, "after_execute", remove_now)
     try:
         is_finishing.set()
-        store.finish(
-            job["id"],
-            "runner-1",
-            status="finished",
-            log="done",
-            outputs=(),
-            provenance={},
-            core_hours=0.0,
-        )
+        _finish(store, job["id"], log="done", core_hours=0.0)
         assert removed.wait(30)
     finally:
         event.remove(store.engine, "after_execute", remove_now)
@@ -109,15 +114,7 @@ def test_a_job_given_up_as_lost_that_its_runner_still_ends_is_charged_once(
     assert store.claim("runner-1", "SpiNNaker") is not None
     assert store.reap_lost(15, runner_ids=["runner-1"]) == [job["id"]]
     for _ in range(2):  # (a second finish charges nothing more)
-        store.finish(
-            job["id"],
-            "runner-1",
-            status="finished",
-            log="the runner's log",
-            outputs=(),
-            provenance={},
-            core_hours=7.5,
-        )
+        _finish(store, job["id"], log="the runner's log", core_hours=7.5)
     ended = store.job(job["id"])
     assert ended["status"] == "error"
     assert ended["log"].startswith("the runner's log")
