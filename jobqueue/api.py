@@ -92,7 +92,7 @@ class _PathNormaliser:
         await self.app(scope, receive, send)
 
 
-class _BodyLimit:
+class _Admission:
     """Refuses a request whose body is over `MAX_REQUEST_BYTES` with 413, before the
     application reads any of it (by its Content-Length, or by counting a chunked body), and
     one whose URL holds text the database cannot keep (a NUL, bytes that are not UTF-8)
@@ -145,7 +145,7 @@ class _BodyLimit:
 
 def _is_keepable_url(scope: Scope) -> bool:
     path: str = scope["path"]
-    query = urllib.parse.unquote_to_bytes(scope.get("query_string", b"").replace(b"+", b" "))
+    query = urllib.parse.unquote_to_bytes(scope.get("query_string", b""))
     try:
         query.decode("utf-8")
         path.encode("utf-8")
@@ -489,7 +489,7 @@ def create_app(
         return FileResponse(file, media_type=media, headers=headers)
 
     web.add_routes(app, store, identity, visible_job, on_submit)
-    return _BodyLimit(_PathNormaliser(app))
+    return _Admission(_PathNormaliser(app))
 
 
 def _day_start(text: str) -> float:

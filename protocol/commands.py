@@ -297,11 +297,10 @@ def _check_watch_job_id(command: str, name: str, value: Any) -> int | None:
     else is refused rather than taken for "every job" or for none."""
     if value is None:
         return None
-    if type(value) is float and value.is_integer():
-        value = int(value)
-    if type(value) is not int or not 0 <= value <= _MAX_JOB_ID:
+    job_id = check_job_id(command, name, value)
+    if job_id is None:
         raise _type_error(command, name, "a job id (integer) or null", value)
-    return value
+    return job_id
 
 
 def _check_keepalive(command: str, name: str, value: Any) -> float | None:

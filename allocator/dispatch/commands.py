@@ -470,17 +470,7 @@ class DispatchCommands:
                 # The next run continues from the state handed over to this image.
                 update |= {"snapshot": kept, "is_state_saved": True}
             loaded = job.record.model_copy(update=update)
-            interim = None
-            if before is not None:
-                # The job as it was, with no image; a fresh load's old state is of the image
-                # replaced, never to be continued, whatever happens from here.
-                interim = before.model_copy(
-                    update={"image": None}
-                    | ({"is_state_saved": False, "state_step": 0} if kept is None else {})
-                )
-            await self._store_image(
-                job, before, interim, loaded, path, kept, machine_name=record.machine_name
-            )
+            await self._store_image(job, before, loaded, path, kept, record.machine_name)
             if kept is not None and previous is not None:
                 await self._in_thread(storage.remove_folder, folder / previous)
             log.info(
@@ -508,26 +498,33 @@ class DispatchCommands:
         self,
         job: _Job,
         before: JobFolderRecord | None,
-        interim: JobFolderRecord | None,
         loaded: JobFolderRecord,
         path: Path,
         kept: str | None,
-        *,
         machine_name: str | None,
     ) -> None:
-        """Put the validated upload in place as the job's image and write its `loaded` record.
+        """Put the validated upload in place as the job's image and write its `loaded` record
+        (`before`: what the disk said of the job; `kept`: the state handed over, if any).
 
         Memory follows the disk: the job takes the new record only as it is written, and a
         job loaded for the first time is known to the other commands only then. If the disk
-        fails, the job holds what the disk may say now (`interim`: its token and no image),
-        or, loaded for the first time, nothing; the client is told to load again.
+        fails, the job holds what the disk may say now (its token and no image), or, loaded
+        for the first time, nothing; the client is told to load again.
         """
         job_id = loaded.job_id
         folder = job_folder(self._directory, job_id)
+        interim = None
+        if before is not None:
+            # The job as it was, with no image; a fresh load's old state is of the image
+            # replaced, never to be continued, whatever happens from here.
+            interim = before.model_copy(
+                update={"image": None}
+                | ({"is_state_saved": False, "state_step": 0} if kept is None else {})
+            )
+        previous = job.record.snapshot
         job.saving = None  # a state being saved is of the image this one replaces
         try:
             await self._in_thread(storage.install_image, self._directory, job_id, interim, path)
-            previous = None if before is None else before.snapshot
             discarded: Path | None = None
             if kept is None and previous is not None:
                 # The state there was of the image replaced: it must never be continued. A
@@ -542,10 +539,9 @@ class DispatchCommands:
                     self._file_thread.submit(_remove_file, discarded)
         except OSError as error:
             log.error("job %d: its image could not be stored: %s", job_id, error)
-            known = self._jobs.get(job_id)
             if interim is None:  # no record on disk names the job: nor does memory
                 self._submit_file_work(Path.unlink, folder / IMAGE_FILE, True)
-            elif known is not None:
+            elif (known := self._jobs.get(job_id)) is not None:
                 known.record = interim
             raise ImageNotStoredError(job_id, error) from None
         job.machine = machine_name
