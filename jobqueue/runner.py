@@ -32,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -42,6 +43,7 @@ from typing import IO, Any
 
 from jobqueue import shims
 from jobqueue.errors import SandboxUnavailableError
+from jobqueue.gateway import Gateway
 from jobqueue.kernel_cache import UNUSED_DAYS, KernelCache, default_root
 from jobqueue.sandbox import BWRAP_ENVIRONMENT, Limits, bwrap_path, sandboxed_command
 from jobqueue.source import SourceError, prepare
@@ -56,6 +58,12 @@ log = logging.getLogger("allotment.batch")
 _SKIPPED_DIRS = {"reports", "application_generated_data_files", "__pycache__"}
 _WARM_UP_WAIT_S = 180.0
 _JOB_NUMBA_CACHE = ".numba-cache"
+_RELAY = Path(__file__).with_name("relay.py")
+"""Run inside the sandbox: the allocation server's address, relayed to the runner's gateway."""
+_SANDBOX_SERVER_HOST = "127.0.0.1"
+"""Where a job's script finds the allocation server (the relay, in its own network)."""
+_SANDBOX_GATEWAY = "/tmp/.allotment-gateway.sock"
+"""The gateway's socket inside the sandbox."""
 _MAX_LOG_CHARS = 10_000_000
 """The first characters of a job's log that are kept."""
 _LOG_TAIL_CHARS = 1_000_000
@@ -115,6 +123,8 @@ class _Run:
     workdir: Path
     chunks: list[str] = field(default_factory=list)
     standby: Standby | None = None
+    gateway_socket: Path | None = None
+    """Where the runner's gateway listens for the job's connections, while it runs."""
     n_chars: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -172,6 +182,12 @@ class Runner:
             n_jobs=config.standby_jobs,
             n_boards=config.standby_boards,
         )
+        self._gateway = (
+            None
+            if config.spalloc_host is None
+            else Gateway(config.spalloc_host, config.spalloc_port)
+        )
+        self._socket_dir: Path | None = None
         self._shims = shims.install(config.jobs_dir.parent / f".{config.jobs_dir.name}-shims")
         self._kernels = KernelCache(config.kernel_cache_dir or default_root())
         self._warmed = threading.Event()
@@ -183,6 +199,7 @@ class Runner:
             *(Path(p) for p in sys.path if p and Path(p).is_dir()),
             Path(config.python).resolve().parent,
             *_package_directories(_JOB_PACKAGES),
+            _RELAY.parent,
         ]
 
     def __repr__(self) -> str:
@@ -191,6 +208,10 @@ class Runner:
     def start(self) -> None:
         """Start the dispatcher and heartbeat threads."""
         self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
+        if self._gateway is not None:
+            # the runner's alone (mode 0700): the jobs' gateway sockets
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="allotment-gateway-"))
+            self._gateway.start()
         self._usage.start()
         self._standby.start()
         if self.config.is_warming_up and not self._kernels.is_warm:
@@ -216,6 +237,10 @@ class Runner:
             thread.join(timeout=10)
         self._standby.stop()
         self._usage.stop()
+        if self._gateway is not None:
+            self._gateway.stop()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def _warm_up(self) -> None:
         """Fill the shared kernel cache (trusted code of ours, outside any job)."""
@@ -373,6 +398,11 @@ class Runner:
     ) -> None:
         """Give back the job's boards, write its log file and record how it ended."""
         workdir = run.workdir
+        if run.gateway_socket is not None and self._gateway is not None:
+            # nothing more reaches the allocation server from the job
+            self._gateway.close(job_id)
+            with contextlib.suppress(OSError):
+                run.gateway_socket.unlink()
         is_standby_used = True
         if run.standby is not None:
             is_standby_used = self._standby.finish(run.standby)
@@ -447,6 +477,26 @@ class Runner:
             return "error", str(error), []
         db = self.store.database_path
         hidden = [] if db is None else [db, f"{db}-wal", f"{db}-shm", f"{db}-journal", f"{db}.lock"]
+        sockets = {}
+        if self._gateway is not None:
+            assert self._socket_dir is not None, "start() the runner first"
+            gateway_socket = self._socket_dir / f"{job['id']}.sock"
+            allowed = () if run.standby is None else (run.standby.job_id,)
+            try:
+                self._gateway.open(job["id"], owner, gateway_socket, allowed)
+            except OSError as error:
+                return "error", f"the allocation server cannot be reached from the job: {error}", []
+            run.gateway_socket = gateway_socket
+            sockets[_SANDBOX_GATEWAY] = gateway_socket
+            argv = [
+                self.config.python,
+                str(_RELAY),
+                _SANDBOX_SERVER_HOST,
+                str(self.config.spalloc_port),
+                _SANDBOX_GATEWAY,
+                "--",
+                *argv,
+            ]
         command, fds = sandboxed_command(
             argv,
             workdir=workdir,
@@ -456,6 +506,7 @@ class Runner:
             visible=self._visible,
             env=self._environment(job, prepared.cwd),
             tmp_bytes=self.config.output_bytes,
+            sockets=sockets,
         )
         limits = Limits(
             cpu_s=self.config.cpu_s,
@@ -536,7 +587,8 @@ class Runner:
         else:
             lines = [
                 "[Machine]",
-                f"spalloc_server = {self.config.spalloc_host}",
+                # the relay inside the sandbox, to the runner's gateway (jobqueue.gateway)
+                f"spalloc_server = {_SANDBOX_SERVER_HOST}",
                 f"spalloc_port = {self.config.spalloc_port}",
                 f"spalloc_user = {owner}",
                 "virtual_board = False",

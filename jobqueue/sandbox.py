@@ -7,9 +7,13 @@ Inside, the whole file system is read-only; `/tmp` is private and as big as the 
 limit; the directory holding every job's working directory is an empty, read-only tmpfs
 with only this job's directory bound back in (read-write), so other jobs' files do not
 exist; the service's SQLite files are covered by
-mode-000 empty files (capabilities dropped, so even uid 0 is refused). The network stays
-shared: the script reaches the allocation server on its port. Limits (setrlimit, inherited by
-everything the script starts): CPU seconds, address space, size of any one file written.
+mode-000 empty files (capabilities dropped, so even uid 0 is refused). The network is the
+sandbox's own, with nothing but its loopback: no service of the host (the allocation server,
+the database, the MQTT broker, the batch API) can be reached. The runner binds one Unix
+socket in, its gateway to the allocation server (`jobqueue.gateway`), which
+`jobqueue/relay.py` serves inside at the address `spynnaker.cfg` names. Limits (setrlimit,
+inherited by everything the script starts): CPU seconds, address space, size of any one
+file written.
 `--die-with-parent` and the pid namespace make sure nothing outlives the job: when bwrap's
 child ends or the runner dies, every process inside is killed.
 
@@ -89,6 +93,7 @@ def sandboxed_command(
     visible: Sequence[Path] = (),
     env: Mapping[str, str] | None = None,
     tmp_bytes: int | None = None,
+    sockets: Mapping[str, Path] | None = None,
 ) -> tuple[list[str], list[int]]:
     """The bwrap command line that runs `argv` in `cwd`, isolated as described above.
 
@@ -103,6 +108,7 @@ def sandboxed_command(
         env: the job's whole environment, set inside the sandbox (run the command itself
             with `BWRAP_ENVIRONMENT`).
         tmp_bytes: the size of the private /tmp (None: the kernel's default).
+        sockets: Unix sockets of the host to bind in, by their path inside (under /tmp).
 
     Returns:
         The command and the file descriptors it names (bwrap reads each once): pass them
@@ -120,6 +126,8 @@ def sandboxed_command(
     for directory in dict.fromkeys(visible):
         if directory.is_relative_to("/tmp") and directory.exists():
             command += ["--ro-bind", str(directory), str(directory)]
+    for inside, socket_path in (sockets or {}).items():
+        command += ["--ro-bind", str(socket_path), inside]
     command += [
         "--tmpfs", str(jobs_root),
         "--bind", str(workdir), str(workdir),
@@ -142,6 +150,7 @@ def sandboxed_command(
         command += ["--args", str(fds[-1])]
     command += [
         "--cap-drop", "ALL",
+        "--unshare-net",
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",

@@ -3,37 +3,41 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 
-class _Tally:
-    """A TCP server counting the job ids scripts report (the network is shared with jobs)."""
+class _RunWatcher:
+    """Names of the marker files each job's runs leave in its directory, seen from outside.
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.seen: Counter[int] = Counter()
-        threading.Thread(target=self._serve, daemon=True).start()
+    A job's sandbox reaches nothing of the host (no network), but its own directory is the
+    same directory outside: each run of the script leaves a marker of a name of its own
+    (and a second run would first wipe the directory), so two names for one job mean it ran
+    twice.
+    """
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.sock.accept()
-            except OSError:
-                return
-            with connection:
-                data = connection.makefile().read()
-            for line in data.split():
-                self.seen[int(line)] += 1
+    def __init__(self, jobs_dir: Path) -> None:
+        self._jobs_dir = jobs_dir
+        self.seen: dict[int, set[str]] = defaultdict(set)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            for marker in self._jobs_dir.glob("*/ran-*"):
+                self.seen[int(marker.parent.name)].add(marker.name)
+
+    def stop(self) -> dict[int, set[str]]:
+        self._stop.set()
+        self._thread.join()
+        return dict(self.seen)
 
 
 @pytest.mark.postgres
@@ -69,13 +73,8 @@ def test_three_runner_processes_share_the_queue_without_running_a_job_twice(
             runners.append(process)
             assert process.stdout is not None
             assert process.stdout.readline().startswith("allotment runner ready:")
-        tally = _Tally()
-        script = (
-            "import os, socket, time\n"
-            f"with socket.create_connection(('127.0.0.1', {tally.port})) as s:\n"
-            "    s.sendall(os.environ['NMPI_JOB_ID'].encode() + b'\\n')\n"
-            "time.sleep(1)\n"
-        )
+        watcher = _RunWatcher(tmp_path / "jobs")
+        script = "import time, uuid\nopen(f'ran-{uuid.uuid4().hex}', 'w').close()\ntime.sleep(1)\n"
         uris = [
             client.submit_job(source=script, platform="SpiNNaker", collab_id="my-collab")
             for _ in range(12)
@@ -83,8 +82,9 @@ def test_three_runner_processes_share_the_queue_without_running_a_job_twice(
         ids = [int(uri.rsplit("/", 1)[1]) for uri in uris]
         ended = [service.wait_for(i, ("finished", "error"), timeout_s=120) for i in ids]
         assert [j["status"] for j in ended] == ["finished"] * 12, [j["log"] for j in ended]
-        time.sleep(0.2)
-        assert dict(tally.seen) == dict.fromkeys(ids, 1)
+        seen = watcher.stop()
+        assert sorted(seen) == sorted(ids)
+        assert all(len(markers) == 1 for markers in seen.values()), seen
         assert len({j["provenance"]["runner"] for j in ended}) == 3
     finally:
         for process in runners:

@@ -1,0 +1,222 @@
+"""A batch job's script reaches the allocation server only through the runner's gateway.
+
+Its sandbox has a network of its own: the host's services (the database, the MQTT broker,
+the batch API, the allocation server itself) cannot be reached. The gateway gives every
+allocation the batch job's owner, and lets the script change only its own allocations.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobqueue.gateway import Gateway
+from tests.jobqueue.conftest import run_job
+
+RELAY = Path(__file__).resolve().parents[2] / "jobqueue" / "relay.py"
+
+_HOSTILE = """\
+import configparser, json, socket
+cfg = configparser.ConfigParser()
+cfg.read("spynnaker.cfg")
+m = cfg["Machine"]
+s = socket.create_connection((m["spalloc_server"], int(m["spalloc_port"])))
+f = s.makefile("rwb")
+
+def line(command, *args, **kwargs):
+    return json.dumps({"command": command, "args": list(args), "kwargs": kwargs}).encode() + b"\\n"
+
+def reply():
+    while True:
+        message = json.loads(f.readline())
+        if "return" in message or "exception" in message:
+            return message
+
+def ask(command, *args, **kwargs):
+    f.write(line(command, *args, **kwargs))
+    f.flush()
+    return reply()
+
+OTHER = __OTHER__
+mine = ask("create_job", owner="mallory", keepalive=60.0)["return"]
+print("RESULT mine", mine)
+print("RESULT list", json.dumps({j["job_id"]: j["owner"] for j in ask("list_jobs")["return"]}))
+print("RESULT destroy_other", json.dumps(ask("destroy_job", OTHER, "gone")))
+print("RESULT keepalive_other", json.dumps(ask("job_keepalive", job_id=OTHER)))
+print("RESULT power_other", json.dumps(ask("power_off_job_boards", float(OTHER))))
+print("RESULT state_other", json.dumps(ask("get_job_state", OTHER)))
+print("RESULT admin", json.dumps(ask("admin_destroy_job", "x", OTHER)))
+print("RESULT unknown", json.dumps(ask("format_disk")))
+f.write(b"not json\\n")
+f.flush()
+print("RESULT malformed", json.dumps(reply()))
+# three at once: the gateway's own refusal keeps its place between the server's replies
+f.write(line("get_job_state", mine) + line("destroy_job", OTHER) + line("version"))
+f.flush()
+print("RESULT pipelined", json.dumps([reply(), reply(), reply()]))
+print("RESULT keepalive_mine", json.dumps(ask("job_keepalive", mine)))
+reached = []
+for port in (5432, 1883, __BATCH_PORT__):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        reached.append(port)
+    except OSError:
+        pass
+print("RESULT reached", json.dumps(reached))
+"""
+
+
+def _results(log: str) -> dict[str, Any]:
+    found = {}
+    for text in log.splitlines():
+        if text.startswith("RESULT "):
+            _, name, value = text.split(" ", 2)
+            found[name] = json.loads(value)
+    return found
+
+
+def _ask(port: int, command: str, *args: Any, **kwargs: Any) -> Any:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        request = {"command": command, "args": list(args), "kwargs": kwargs}
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        reply = json.loads(sock.makefile("rb").readline())
+    assert "return" in reply, reply
+    return reply["return"]
+
+
+@pytest.mark.timeout(180)
+def test_a_script_holds_only_its_own_allocations_and_reaches_no_host_service(
+    full_service: Any, nmpi_client: Any
+) -> None:
+    service = full_service()
+    client = nmpi_client(service, service.token())
+    port = service.spalloc_port
+    other = _ask(port, "create_job", owner="bob", keepalive=120.0)
+    batch_port = int(service.url.rsplit(":", 1)[1].strip("/"))
+
+    script = _HOSTILE.replace("__OTHER__", str(other)).replace("__BATCH_PORT__", str(batch_port))
+    job = run_job(client, script)
+    assert job["status"] == "finished", job["log"]
+    found = _results(job["log"])
+    mine = found["mine"]
+    refused = f"job {other} is not an allocation of batch job {job['id']}"
+
+    # the owner the script gave is replaced by the batch job's
+    assert found["list"][str(mine)] == f"alice nmpi-job-{job['id']}"
+    assert found["list"][str(other)] == "bob"
+    # another user's job cannot be destroyed, kept alive or powered off (7.0 is job 7)
+    assert found["destroy_other"] == {"exception": refused}
+    assert found["keepalive_other"] == {"exception": refused}
+    assert found["power_other"] == {"exception": refused}
+    # reads answer as the server answers them
+    assert found["state_other"]["return"]["state"] in (2, 3)  # powering on, ready
+    assert found["admin"] == {"exception": "admin_destroy_job is not available to batch jobs"}
+    assert found["unknown"] == {"exception": "unknown command 'format_disk'"}
+    assert "exception" in found["malformed"]
+    assert "not valid json" in found["malformed"]["exception"]
+    state, refusal, version = found["pipelined"]
+    assert state["return"]["state"] in (1, 2, 3)
+    assert refusal == {"exception": refused}
+    assert "return" in version
+    assert found["keepalive_mine"] == {"return": None}
+    # neither the database, nor the broker, nor the batch API is reachable from inside
+    assert found["reached"] == []
+
+    # the other user's job lives on; the script's own ended with the batch job
+    assert _ask(port, "get_job_state", other)["state"] in (2, 3)
+    after = _ask(port, "get_job_state", mine)
+    assert after["state"] == 4, after  # destroyed
+    assert after["reason"] == f"batch job {job['id']} ended"
+    assert job["resource_usage"]["value"] > 0
+
+
+def _relay(*command: str, socket_path: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(RELAY), "127.0.0.1", str(port), str(socket_path), "--", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+def test_the_relay_exits_as_its_command_exits(tmp_path: Path) -> None:
+    socket_path = tmp_path / "gateway.sock"
+    done = _relay(sys.executable, "-c", "raise SystemExit(3)", socket_path=socket_path, port=0)
+    assert done.wait(30) == 3
+    # ended by a signal, as the CPU time limit ends it: the relay ends by the same signal
+    suicide = "import os, signal; os.kill(os.getpid(), signal.SIGXCPU)"
+    killed = _relay(sys.executable, "-c", suicide, socket_path=socket_path, port=0)
+    assert killed.wait(30) == -signal.SIGXCPU
+
+
+@pytest.mark.timeout(60)
+def test_the_relay_carries_a_connection_to_the_gateway_socket_both_ways(tmp_path: Path) -> None:
+    socket_path = tmp_path / "gateway.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(socket_path))
+    listener.listen()
+
+    def echo_upper() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            conn.sendall(data.upper())
+
+    threading.Thread(target=echo_upper, daemon=True).start()
+    port = _free_port()
+    client = (
+        "import socket, sys, time\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        f"        s = socket.create_connection(('127.0.0.1', {port}))\n"
+        "        break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.05)\n"
+        "s.sendall(b'x' * 300000 + b'end')\n"
+        "s.shutdown(socket.SHUT_WR)\n"
+        "got = b''\n"
+        "while chunk := s.recv(65536):\n"
+        "    got += chunk\n"
+        "sys.stdout.write(str(len(got)) + ' ' + got[-3:].decode())\n"
+    )
+    relay = _relay(sys.executable, "-c", client, socket_path=socket_path, port=port)
+    out, err = relay.communicate(timeout=30)
+    assert relay.returncode == 0, err
+    assert out.decode() == "300003 END"
+    listener.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_gateway_with_no_server_behind_it_says_so(tmp_path: Path) -> None:
+    gateway = Gateway("127.0.0.1", _free_port())
+    gateway.start()
+    try:
+        socket_path = tmp_path / "7.sock"
+        gateway.open(7, "alice nmpi-job-7", socket_path)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(socket_path))
+            reply = json.loads(sock.makefile("rb").readline())
+        assert "cannot be reached" in reply["exception"]
+        gateway.close(7)
+        gone = (ConnectionRefusedError, FileNotFoundError)
+        with socket.socket(socket.AF_UNIX) as sock, pytest.raises(gone):
+            sock.connect(str(socket_path))
+    finally:
+        gateway.stop()
