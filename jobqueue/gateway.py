@@ -21,7 +21,8 @@ Per batch job:
   ``job N is not an allocation of batch job M``;
 - reads (`list_jobs`, `list_machines`, `get_job_state`, `get_job_machine_info`,
   `where_is`, the board positions, `version`, `run_status`) and notifications go through;
-- operator commands and commands it does not know are refused.
+- operator commands and commands it does not know are refused;
+- at most `MAX_CONNECTIONS_PER_JOB` connections at once.
 
 Every request line is decoded and bound by the code the server uses (`protocol.codec`,
 `protocol.commands`) and sent on re-encoded from what was checked, so the server can never
@@ -90,6 +91,9 @@ _READS = frozenset(
 _REPLY_LINE_LIMIT = 64 * 1024 * 1024
 """The longest reply line relayed (a `list_jobs` of a very busy machine stays far under)."""
 _CHUNK = 256 * 1024
+MAX_CONNECTIONS_PER_JOB = 64
+"""Connections one batch job may hold open at once (a PyNN script needs one or two): the
+allocation server's own limit is for everyone, and no job may use it up."""
 _OPEN_TIMEOUT_S = 10.0
 
 
@@ -205,6 +209,17 @@ class Gateway:
     async def _accept(
         self, gate: _Gate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if len(gate.sessions) >= MAX_CONNECTIONS_PER_JOB:
+            writer.write(
+                encode_exception(
+                    f"batch job {gate.batch_job_id} has {MAX_CONNECTIONS_PER_JOB} connections"
+                    " to the allocation server open already; close one first"
+                )
+            )
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         gate.sessions.add(task)

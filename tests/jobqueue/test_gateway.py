@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from jobqueue.gateway import Gateway
+from jobqueue.gateway import MAX_CONNECTIONS_PER_JOB, Gateway
 from tests.jobqueue.conftest import run_job
 
 RELAY = Path(__file__).resolve().parents[2] / "jobqueue" / "relay.py"
@@ -220,3 +220,35 @@ def test_a_gateway_with_no_server_behind_it_says_so(tmp_path: Path) -> None:
             sock.connect(str(socket_path))
     finally:
         gateway.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_job_holds_at_most_its_share_of_connections(tmp_path: Path) -> None:
+    upstream = socket.create_server(("127.0.0.1", 0), backlog=256)  # accepts, never answers
+    gateway = Gateway("127.0.0.1", upstream.getsockname()[1])
+    gateway.start()
+    held = []
+    try:
+        socket_path = tmp_path / "8.sock"
+        gateway.open(8, "alice nmpi-job-8", socket_path)
+        for _ in range(MAX_CONNECTIONS_PER_JOB):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(str(socket_path))
+            held.append(sock)
+        # one connection past the share is told so and closed (connections are taken in
+        # the order they came); the others stay open
+        with socket.socket(socket.AF_UNIX) as extra:
+            extra.settimeout(10)
+            extra.connect(str(socket_path))
+            assert json.loads(extra.makefile("rb").readline()) == {
+                "exception": f"batch job 8 has {MAX_CONNECTIONS_PER_JOB} connections to the"
+                " allocation server open already; close one first"
+            }
+        held[0].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            held[0].recv(1)  # still open, waiting for the server
+    finally:
+        for sock in held:
+            sock.close()
+        gateway.stop()
+        upstream.close()
