@@ -42,6 +42,7 @@ from allocator.dispatch.errors import (
     NoImageError,
     NoResultsError,
     RunBusyError,
+    RunNotStoredError,
     StateNotKeptError,
     TokenError,
     UploadError,
@@ -249,10 +250,20 @@ class DispatchCommands:
             self._file_thread.shutdown(wait=True)
 
     async def _restore(self) -> None:
-        records, unreadable = await self._in_thread(storage.read_records, self._directory)
-        for folder in unreadable:
-            log.warning("dispatch folder %s has no readable record; removing it", folder)
+        records, unrecorded, unreadable = await self._in_thread(
+            storage.read_records, self._directory
+        )
+        for folder in unrecorded:
+            # A first load cut short: its record was never written, nobody got its token.
+            log.warning(
+                "dispatch folder %s has no record (a first load cut short); removing it", folder
+            )
             await self._in_thread(storage.remove_folder, folder)
+        for folder, error in unreadable:
+            # Kept as it is for the operator: its image, state and results may matter.
+            log.error(
+                "dispatch folder %s: its record cannot be read (%s); left as it is", folder, error
+            )
         now = self._wall_clock()
         for record in records:
             job = _Job(record)
@@ -291,7 +302,14 @@ class DispatchCommands:
             elif record.image is not None and not _is_ready(service_record):
                 self._forget_image(job, f"job {record.job_id}'s boards were powered off")
             job.status = self._status_of_record(job)
-            await self._save(job)
+            if job.record == record:
+                continue  # nothing to write (a full or read-only disk still starts)
+            try:
+                await self._save(job)
+            except OSError as error:
+                # What changed here follows from the service's durable state: the next
+                # start works it out again.
+                log.error("dispatch folder of job %d cannot be written: %s", record.job_id, error)
 
     async def _remove_expired(self) -> None:
         """Remove the folders of jobs ended longer ago than the grace time."""
@@ -707,6 +725,7 @@ class DispatchCommands:
             image_sha256=job.record.image.sha256,
         )
         ticket = RunTicket(order, self)
+        before = job.record
         job.ticket = ticket
         runs = (
             *job.record.runs[-99:],
@@ -719,7 +738,15 @@ class DispatchCommands:
             ),
         )
         job.record = job.record.model_copy(update={"runs": runs})
-        await self._save(job)
+        try:
+            await self._save(job)
+        except OSError as error:
+            # The record on disk is the one before (written whole or not at all): so is
+            # memory, and nothing was queued.
+            log.error("job %d: run %d could not be recorded: %s", job.job_id, run_id, error)
+            job.ticket = None
+            job.record = before
+            raise RunNotStoredError(job.job_id, run_id, error) from None
         if args.is_watched:
             job.watchers.add(conn)
             conn.is_watching_runs = True

@@ -60,6 +60,18 @@ class ImageNotStoredError(DispatchError):
         )
 
 
+class RunNotStoredError(DispatchError):
+    """The server could not record a run it was asked to start (a full or failing disk):
+    nothing runs, the job is as it was; start it again once the operator has made room."""
+
+    def __init__(self, job_id: int, run_id: int, error: OSError) -> None:
+        why = error.strerror or str(error) or type(error).__name__
+        super().__init__(
+            f"run {run_id} of job {job_id} could not be recorded ({why.lower()}): nothing ran;"
+            " start it again"
+        )
+
+
 class ImageRejectedError(DispatchError):
     """The image does not fit the job's allocation; the message names the chip or core."""
 

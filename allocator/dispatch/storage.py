@@ -124,15 +124,19 @@ def install_image(
     upload.replace(job_folder(directory, job_id) / IMAGE_FILE)
 
 
-def read_records(directory: Path) -> tuple[list[JobFolderRecord], list[Path]]:
-    """Every job folder's record, and the folders without a readable one.
+def read_records(
+    directory: Path,
+) -> tuple[list[JobFolderRecord], list[Path], list[tuple[Path, str]]]:
+    """Every job folder's record; the folders with none (a first load cut short); and those
+    whose record cannot be read or understood, with why (a failing disk, a newer server's).
 
     Leftover temporary files (uploads, half-written records and snapshots) are removed.
     """
     records: list[JobFolderRecord] = []
-    unreadable: list[Path] = []
+    unrecorded: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
     if not directory.is_dir():
-        return records, unreadable
+        return records, unrecorded, unreadable
     for folder in sorted(directory.iterdir()):
         if not folder.is_dir() or not folder.name.startswith(_PREFIX):
             continue
@@ -140,9 +144,13 @@ def read_records(directory: Path) -> tuple[list[JobFolderRecord], list[Path]]:
             remove_folder(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
         try:
             records.append(JobFolderRecord.model_validate_json((folder / _RECORD).read_bytes()))
-        except (OSError, ValidationError):
-            unreadable.append(folder)
-    return records, unreadable
+        except FileNotFoundError:
+            unrecorded.append(folder)
+        except OSError as error:
+            unreadable.append((folder, error.strerror or str(error)))
+        except ValidationError as error:
+            unreadable.append((folder, f"{error.error_count()} fields not understood"))
+    return records, unrecorded, unreadable
 
 
 def remove_folder(path: Path) -> None:

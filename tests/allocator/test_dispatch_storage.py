@@ -23,8 +23,8 @@ def _loaded(tmp_path: Path) -> Path:
 
 
 def _on_disk(tmp_path: Path) -> JobFolderRecord:
-    (record,), unreadable = storage.read_records(tmp_path)
-    assert unreadable == []
+    (record,), unrecorded, unreadable = storage.read_records(tmp_path)
+    assert unrecorded == unreadable == []
     return record
 
 
@@ -50,7 +50,16 @@ def test_a_first_image_writes_no_record_before_its_own(tmp_path: Path) -> None:
     upload.write_bytes(b"new")
     storage.install_image(tmp_path, 7, None, upload)
     assert (folder / IMAGE_FILE).read_bytes() == b"new"
-    assert storage.read_records(tmp_path) == ([], [folder])  # a restart removes the folder
+    assert storage.read_records(tmp_path) == ([], [folder], [])  # a restart removes the folder
+
+
+def test_a_record_that_cannot_be_understood_keeps_its_folder(tmp_path: Path) -> None:
+    # Such a folder used to be taken for a first load cut short and removed at start, its
+    # image, state and results with it (a newer server's record, a read error).
+    folder = _loaded(tmp_path)
+    record = folder / "record.json"
+    record.write_text(record.read_text()[:-1] + ', "field_of_a_newer_server": 1}')
+    assert storage.read_records(tmp_path) == ([], [], [(folder, "1 fields not understood")])
 
 
 def test_a_failed_rename_leaves_a_record_without_an_image(tmp_path: Path) -> None:

@@ -870,6 +870,43 @@ async def test_a_load_whose_record_cannot_be_written_changes_nothing_it_answers(
     assert "could not be stored: [Errno 28] No space left on device" in said
 
 
+async def test_a_run_that_cannot_be_recorded_changes_nothing_and_a_full_disk_still_starts(
+    start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A start_run whose record could not be written used to leave the job "running" for
+    # good (refusing runs and loads, stop_run hanging); a restart with the disk still full
+    # exited with a traceback, since it rewrote every record.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_FAILING_DISK)
+    full = tmp_path / "disk-is-full"
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("ALLOTMENT_TEST_FULL_DISK", str(full))
+    first: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    async with await _client(first) as client:
+        job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+        full.touch()
+        with pytest.raises(ServerError, match=f"run 2 of job {job_id} could not be recorded"):
+            await client.start_run(job_id, token, 10)
+        status = await client.run_status(job_id, token)
+        assert (status.run_id, status.state) == (1, RunState.DONE)
+        await client.stop_run(job_id, token)  # nothing in flight: answered at once
+    first.kill()
+    second = first.restarted()  # the disk still full
+    try:
+        async with await _client(second) as client:
+            assert (await client.run_status(job_id, token)).state is RunState.DONE
+            full.unlink()
+            assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+            continued, _ = _decode(await client.fetch_results(job_id, token))
+        _assert_same(continued, _in_process(mapped, 40)[0])
+    finally:
+        await asyncio.to_thread(second.stop)
+    said = second.stderr_text
+    assert "Traceback" not in said, said
+
+
 async def test_a_server_stopped_during_a_run_stops_cleanly(start_server: Any) -> None:
     server: ServerProcess = start_server(config_text=DISPATCH_TOML)
     async with await _client(server) as client:
