@@ -540,6 +540,7 @@ class DispatchCommands:
                 | ({"is_state_saved": False, "state_step": 0} if kept is None else {})
             )
         previous = job.record.snapshot
+        seen = job.record
         job.saving = None  # a state being saved is of the image this one replaces
         try:
             await self._in_thread(storage.install_image, self._directory, job_id, interim, path)
@@ -549,12 +550,24 @@ class DispatchCommands:
                 # rename takes it out of the way at once; removing a big file takes a while,
                 # so that is done after the reply (a restart removes what a crash left).
                 discarded = await self._in_thread(_set_aside_state, folder / previous)
-            job.record = loaded
             try:
+                # Reset, powered off or destroyed while the files moved: what that did (its
+                # record, the files it removed, queued after these) stands, not this load.
+                self._ready_record(job_id)
+                if job.record is not seen:
+                    raise DispatchError(
+                        f"job {job_id}'s boards were reset while its image was being stored:"
+                        " load it again"
+                    )
+                job.record = loaded
                 await self._save(job)
             finally:
                 if discarded is not None:  # saved or not, it is never continued
                     self._file_thread.submit(_remove_file, discarded)
+        except DispatchError:
+            if interim is None:  # a first load: no record on disk names the job
+                self._submit_file_work(Path.unlink, folder / IMAGE_FILE, True)
+            raise
         except OSError as error:
             log.error("job %d: its image could not be stored: %s", job_id, error)
             if interim is None:  # no record on disk names the job: nor does memory

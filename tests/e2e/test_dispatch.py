@@ -870,6 +870,67 @@ async def test_a_load_whose_record_cannot_be_written_changes_nothing_it_answers(
     assert "could not be stored: [Errno 28] No space left on device" in said
 
 
+_SLOW_INSTALL = """\
+import os
+import time
+
+from allocator.dispatch import storage
+
+_install_image = storage.install_image
+
+
+def install_image(directory, job_id, interim, upload):
+    # A slow disk, while the marker file exists: the image takes a while to put in place.
+    marker = os.environ["ALLOTMENT_TEST_SLOW_DISK"]
+    if os.path.exists(marker):
+        open(marker + ".installing", "w").close()
+        time.sleep(1.0)
+    return _install_image(directory, job_id, interim, upload)
+
+
+storage.install_image = install_image
+"""
+
+
+def _wait_for_file(path: Path) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never came"
+        time.sleep(0.01)
+
+
+async def test_a_reset_while_an_image_is_stored_is_not_undone_by_the_load(
+    start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The load used to answer success and name its image in the job's record, while the
+    # reset had removed the file: runs then failed on a missing image.bin.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_SLOW_INSTALL)
+    slow = tmp_path / "disk-is-slow"
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("ALLOTMENT_TEST_SLOW_DISK", str(slow))
+    server: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    async with await _client(server) as client, await _client(server) as other:
+        job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+        slow.touch()
+        load = asyncio.create_task(client.load_image(job_id, mapped.image.encode(), token=token))
+        await asyncio.to_thread(_wait_for_file, Path(f"{slow}.installing"))
+        await other.power_on_job_boards(job_id)  # on while on: a reset
+        with pytest.raises(ServerError, match=f"job {job_id}"):
+            await load
+        slow.unlink()
+        while (await client.get_job_state(job_id)).state != 3:
+            await client.receive_notification(timeout_s=WAIT_S)
+        with pytest.raises(ServerError, match=f"job {job_id} has no image loaded"):
+            await client.start_run(job_id, token, 10)
+        token = (await client.load_image(job_id, mapped.image.encode(), token=token)).token
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+        fresh, _ = _decode(await client.fetch_results(job_id, token))
+    _assert_same(fresh, _in_process(mapped, 20)[0])
+
+
 async def test_a_run_that_cannot_be_recorded_changes_nothing_and_a_full_disk_still_starts(
     start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
