@@ -10,6 +10,7 @@ stores can be handed back to the projection.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -302,7 +303,7 @@ def _stdp_rule(synapse_type: Any) -> dict[str, Any] | None:
 
     def value(component: Any, name: str) -> float:
         base = component.parameter_space[name].base_value
-        if np.ndim(base) != 0:
+        if np.ndim(base) != 0 or not isinstance(base, numbers.Real):  # a RandomDistribution too
             raise NotSupportedError(
                 f"{name} varying across synapses", "one value of each STDP parameter"
             )

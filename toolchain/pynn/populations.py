@@ -145,6 +145,13 @@ class Population(_Parameters, common.Population):  # type: ignore[misc]
     _recorder_class = Recorder
     _assembly_class = Assembly
 
+    def id_to_index(self, id: Any) -> Any:
+        """PyNN's, and no ids are no indices (PyNN's takes the minimum of an empty array when
+        a view's cells record none of what its parent's other cells record)."""
+        if isinstance(id, list | tuple | np.ndarray) and len(id) == 0:
+            return np.zeros(0, dtype=int)
+        return super().id_to_index(id)
+
     def __init__(
         self,
         size: Any,

@@ -8,6 +8,8 @@ that the first ``run()`` can map the whole network. The run itself is the
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from pyNN import common
@@ -16,6 +18,11 @@ if TYPE_CHECKING:
     from toolchain.pynn.session import Session
 
 __all__ = ["ID", "State", "name", "state"]
+
+logger = logging.getLogger("allotment.pynn")
+
+_STEP_TOLERANCE = 1e-9
+"""A run time within this many steps of a whole number of them is that number."""
 
 name = "allotment"
 """Annotates PyNN's output data (``Block.annotations["simulator"]``)."""
@@ -68,7 +75,19 @@ class State(common.control.BaseState):  # type: ignore[misc]
         """Advance to ``tstop`` ms (whole time steps)."""
         if self.session is None:
             raise RuntimeError("setup() must be called before run()")
-        n_steps = round((tstop - self.t) / self.dt)
+        steps = (tstop - self.t) / self.dt
+        n_steps = math.ceil(steps - _STEP_TOLERANCE)
+        if n_steps > 0 and abs(steps - round(steps)) > _STEP_TOLERANCE:
+            # as sPyNNaker does: a part of a time step is a whole one, and it says so
+            logger.warning(
+                "the run time of %g ms is not a whole number of time steps of %g ms;"
+                " rounded up to %d step%s (%g ms)",
+                tstop - self.t,
+                self.dt,
+                n_steps,
+                "" if n_steps == 1 else "s",
+                n_steps * self.dt,
+            )
         if n_steps > 0:
             self.session.run(n_steps)
         self.t = self.t + n_steps * self.dt

@@ -422,3 +422,46 @@ def test_the_forms_spynnakers_own_examples_use(sim: ModuleType) -> None:
         sim.RandomSelection()
     with pytest.raises(NotSupportedError, match=r"additional_parameters key 'spikes_per_second'"):
         sim.Population(1, sim.SpikeSourcePoisson(), spikes_per_second=5.0)
+
+
+def test_a_run_of_part_of_a_step_is_rounded_up_and_said(
+    sim: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As sPyNNaker does; it used to round to the nearest step (half to even), so that a
+    # run(0.5) at 1 ms steps did nothing and said nothing.
+    sim.setup(timestep=1.0)
+    sim.Population(1, sim.IF_curr_exp())
+    with caplog.at_level("WARNING", logger="allotment.pynn"):
+        sim.run(10.5)
+        assert sim.get_current_time() == 11.0
+        sim.run(0.5)
+        assert sim.get_current_time() == 12.0
+    said = [r.getMessage() for r in caplog.records if "whole number of time steps" in r.message]
+    assert said == [
+        "the run time of 10.5 ms is not a whole number of time steps of 1 ms;"
+        " rounded up to 11 steps (11 ms)",
+        "the run time of 0.5 ms is not a whole number of time steps of 1 ms;"
+        " rounded up to 1 step (1 ms)",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="allotment.pynn"):
+        sim.run(3.0)  # whole steps: nothing to say
+    assert sim.get_current_time() == 15.0
+    assert not [r for r in caplog.records if "whole number" in r.getMessage()]
+
+
+def test_a_view_gets_its_data_when_other_cells_record_other_variables(sim: ModuleType) -> None:
+    # It failed with "zero-size array to reduction operation minimum" (PyNN asked for the
+    # indices of no ids: the view's cells record no gsyn_exc, other cells do).
+    sim.setup(timestep=1.0)
+    pop = sim.Population(10, sim.IF_curr_exp(i_offset=1.0))
+    pop[5:10].record(["spikes", "v"])
+    pop[0:2].record("gsyn_exc")
+    sim.run(50)
+    segment = pop[5:10].get_data().segments[0]
+    assert [(s.name, s.shape[1]) for s in segment.analogsignals] == [("v", 5)]
+    assert len(segment.spiketrains) == 5
+    assert all(len(train) > 0 for train in segment.spiketrains)
+    segment = pop[0:2].get_data().segments[0]
+    assert [(s.name, s.shape[1]) for s in segment.analogsignals] == [("gsyn_exc", 2)]
+    assert len(segment.spiketrains) == 0

@@ -64,3 +64,20 @@ def test_rules_the_chip_model_lacks_are_refused(sim: ModuleType) -> None:
         )
     with pytest.raises(NotSupportedError, match="AdditivePotentiationMultiplicativeDepression"):
         sim.AdditivePotentiationMultiplicativeDepression()
+
+
+def test_an_stdp_parameter_drawn_per_synapse_is_refused_by_name(sim: ModuleType) -> None:
+    # It used to fail inside run() with "float() argument must be ... RandomDistribution".
+    sim.setup(timestep=1.0)
+    pre = sim.Population(2, sim.SpikeSourceArray(spike_times=[5.0]))
+    cell = sim.Population(2, sim.IF_curr_exp())
+    stdp = sim.STDPMechanism(
+        timing_dependence=sim.SpikePairRule(
+            tau_plus=sim.RandomDistribution("uniform", (10.0, 20.0)), tau_minus=20.0
+        ),
+        weight_dependence=sim.AdditiveWeightDependence(w_min=0.0, w_max=2.0),
+        weight=1.0,
+    )
+    sim.Projection(pre, cell, sim.OneToOneConnector(), stdp)
+    with pytest.raises(NotSupportedError, match="tau_plus varying across synapses"):
+        sim.run(10)
