@@ -533,7 +533,7 @@ class Runner:
         status = "finished" if reason is None else "error"
         if reason is None and process.returncode != 0:
             status, reason = "error", _exit_reason(process.returncode, self.config.cpu_s)
-        outputs = _collect_outputs(workdir, before)
+        outputs = _collect_outputs(workdir, before, prepared.cwd)
         return status, reason or "", outputs
 
     def _watch(self, run: _Run, process: subprocess.Popen[bytes], timeout_s: float) -> str | None:
@@ -662,17 +662,19 @@ def _skipped(relative: str) -> bool:
     return relative.endswith(".pyc") or any(p in _SKIPPED_DIRS for p in parts[:-1])
 
 
-def _collect_outputs(workdir: Path, before: set[str]) -> list[OutputFile]:
-    """The files the script wrote, plus reports.zip of its reports/ folder."""
-    reports = workdir / "reports"
-    if reports.is_dir() and not reports.is_symlink():
+def _collect_outputs(workdir: Path, before: set[str], cwd: Path) -> list[OutputFile]:
+    """The files the script wrote, plus reports.zip (in the job's directory) of the
+    reports/ folder where it ran (`cwd`: the job's directory, or the clone of its
+    repository)."""
+    reports = cwd / "reports"
+    if reports.is_dir() and not reports.is_symlink() and not cwd.is_symlink():
         with (
             _open_fresh(workdir / "reports.zip") as out,
             zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive,
         ):
             for path in sorted(reports.rglob("*")):
                 if path.is_file() and not path.is_symlink():
-                    archive.write(path, path.relative_to(workdir).as_posix())
+                    archive.write(path, path.relative_to(cwd).as_posix())
     found = []
     for relative in sorted(_files(workdir) - before):
         if _skipped(relative) or relative.startswith((".matplotlib/", f"{_JOB_NUMBA_CACHE}/")):

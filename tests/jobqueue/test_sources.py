@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import subprocess
 import tarfile
 import threading
+import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from jobqueue import source
 from tests.jobqueue.conftest import run_job
 
 
@@ -153,3 +157,101 @@ def test_many_files_past_the_output_limit_end_the_job(alice: Any) -> None:
     job = run_job(client, script)
     assert job["status"] == "error"
     assert "the job wrote more than its limit of 1048576 bytes" in job["log"]
+
+
+def _tar(root: Path, name: str, files: dict[str, str], mode: str) -> Path:
+    path = root / name
+    staging = root.parent / f"staging-{name}"
+    staging.mkdir()
+    with tarfile.open(path, mode) as archive:
+        for member, text in files.items():
+            (staging / member).write_text(text)
+            archive.add(staging / member, arcname=member)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("model.tar.xz", "w:xz"), ("model.tar.bz2", "w:bz2"), ("download", "w:gz"), ("plain", "w")],
+)
+def test_archives_are_known_by_their_suffix_or_their_first_bytes(
+    file_server: tuple[str, Path], tmp_path: Path, name: str, mode: str
+) -> None:
+    # xz and bzip2 tars, and archives behind a link with no suffix, used to be taken for git
+    # repositories ("cannot clone ... repository not found").
+    url, root = file_server
+    _tar(root, name, {"run.py": "print('unpacked')\n"}, mode)
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    prepared = source.prepare(f"{url}/{name}", "run.py {system}", workdir)
+    assert prepared.cwd == workdir
+    assert (workdir / "run.py").read_text() == "print('unpacked')\n"
+
+
+def test_a_url_that_is_neither_a_repository_nor_an_archive_says_it_cannot_clone(
+    file_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, root = file_server
+    (root / "page.html").write_text("<html>not code</html>")
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    with pytest.raises(source.SourceError, match=f"cannot clone {url}/page.html"):
+        source.prepare(f"{url}/page.html", None, workdir)
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Headers at once, then a byte every half second, for ever."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            while True:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.5)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_server_sending_slowly_is_given_up_at_the_fetch_time_limit(tmp_path: Path) -> None:
+    # Each read had a timeout, the whole download none: a server sending a byte now and
+    # then held the job (and its runner's slot) for ever.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    url = f"http://127.0.0.1:{server.server_address[1]}/code.zip"
+    started = time.monotonic()
+    try:
+        with pytest.raises(source.SourceError, match="took longer than the time allowed"):
+            source.prepare(url, None, workdir, fetch_timeout_s=2.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 10
+
+
+def test_the_reports_of_a_script_run_in_its_repository_are_zipped(
+    alice: Any, file_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, root = file_server
+    script = (
+        "import os\n"
+        "os.makedirs('reports/run_1')\n"
+        "open('reports/run_1/placement.rpt', 'w').write('p')\n"
+    )
+    work = _git_repository(tmp_path / "network", {"run.py": script})
+    _serve_bare(work, root, "network.git")
+    _, client = alice()
+    job = run_job(client, f"{url}/network.git")
+    assert job["status"] == "finished", job["log"]
+    files = client.download_data(job, local_dir=str(tmp_path / "fetched"))
+    names = sorted(Path(f).name for f in files)
+    assert names == sorted(["reports.zip", f"output_{job['id']}.txt"])
+    where = tmp_path / "fetched" / "my-collab" / str(job["id"])
+    with zipfile.ZipFile(where / "reports.zip") as archive:
+        assert archive.namelist() == ["reports/run_1/placement.rpt"]
