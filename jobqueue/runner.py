@@ -508,8 +508,10 @@ class Runner:
             tmp_bytes=self.config.output_bytes,
             sockets=sockets,
         )
+        # A job that asks for its own time limit gets as much CPU time (else the runner's).
+        cpu_s = self.config.cpu_s if "timeout" not in config else max(1, int(timeout_h * 3600))
         limits = Limits(
-            cpu_s=self.config.cpu_s,
+            cpu_s=cpu_s,
             memory_bytes=self.config.memory_bytes,
             file_bytes=self.config.output_bytes,
         )
@@ -532,7 +534,7 @@ class Runner:
         reason = self._watch(run, process, timeout_h * 3600.0)
         status = "finished" if reason is None else "error"
         if reason is None and process.returncode != 0:
-            status, reason = "error", _exit_reason(process.returncode, self.config.cpu_s)
+            status, reason = "error", _exit_reason(process.returncode, cpu_s)
         outputs = _collect_outputs(workdir, before, prepared.cwd)
         return status, reason or "", outputs
 

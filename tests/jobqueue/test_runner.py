@@ -155,3 +155,19 @@ def test_a_killed_service_comes_back_with_every_job(alice: Any, batch_service: A
     assert "after the crash" in after["log"]
     assert restarted.store.job(done["id"])["status"] == "finished"
     assert _no_process_with(marker)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_asking_for_more_time_gets_as_much_cpu_time(alice: Any) -> None:
+    # Its CPU time was capped by the runner's default time limit, whatever it asked for:
+    # killed as "more than its CPU time limit" long before its own time limit.
+    _, client = alice("--job-timeout-h", "0.0006")  # about 2 s, so 2 s of CPU time
+    burn = (
+        "import time\n"
+        "while time.process_time() < 4.0:\n"
+        "    pass\n"
+        "print('burnt', round(time.process_time(), 1))\n"
+    )
+    job = run_job(client, burn, config={"timeout": 0.01})  # 36 s
+    assert job["status"] == "finished", job["log"]
+    assert "burnt 4.0" in job["log"]
