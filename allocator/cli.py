@@ -192,11 +192,11 @@ def _serve(args: argparse.Namespace) -> int:
     def start_batch(addresses: list[tuple[str, int]]) -> str:
         # Runs once, when the allocation server listens (the batch runner needs its port);
         # the child's start-up (about a second) happens before the ready line is logged.
-        from jobqueue.process import BatchProcess
+        from jobqueue.process import BatchSupervisor
 
-        child = BatchProcess.start(_batch_arguments(args, addresses[0][1]))
+        child = BatchSupervisor(_batch_arguments(args, addresses[0][1]))
         children.append(child)
-        return f"batch service at {child.url}"
+        return f"batch service at {child.start()}"
 
     def stop_batch() -> None:
         while children:

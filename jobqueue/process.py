@@ -4,24 +4,39 @@
 printed its ready line (or raises BatchStartError with what it said). The child is asked to
 die with its parent (Linux `PR_SET_PDEATHSIG`), so a killed `allotment serve` leaves no batch
 service behind; its jobs are recovered by the next start.
+
+`BatchSupervisor` keeps it running, as a service manager would: a child that exits on its
+own (killed, out of memory, a bug) is logged and started again, after 1 s, doubling up to a
+minute while it keeps failing within a minute of its start. The jobs it was running end as
+error ("their runner is gone") once the new one sees their runner's process is gone.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
+import logging
 import signal
 import subprocess
 import sys
 import threading
+import time
+import urllib.parse
 from collections.abc import Sequence
 
 from jobqueue.errors import JobQueueError
 from jobqueue.service import READY_PREFIX
 
-__all__ = ["BatchProcess", "BatchStartError"]
+__all__ = ["BatchProcess", "BatchStartError", "BatchSupervisor"]
+
+log = logging.getLogger("allotment.batch")
 
 _PR_SET_PDEATHSIG = 1
+_FIRST_RESTART_S = 1.0
+_LAST_RESTART_S = 60.0
+_STABLE_S = 60.0
+"""A child that ran this long before it exited is started again after the first delay."""
 
 
 class BatchStartError(JobQueueError):
@@ -53,7 +68,7 @@ class BatchProcess:
             preexec_fn=_die_with_parent,
         )
         assert process.stdout is not None
-        lines: list[str] = []
+        lines: collections.deque[str] = collections.deque(maxlen=50)
         found: list[str] = []
 
         def read() -> None:
@@ -85,3 +100,77 @@ class BatchProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class BatchSupervisor:
+    """The batch service child, started again whenever it exits on its own."""
+
+    def __init__(self, arguments: Sequence[str]) -> None:
+        self._arguments = list(arguments)
+        self._child: BatchProcess | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<BatchSupervisor of {self._child!r}>"
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return None if child is None else child.process.pid
+
+    def start(self) -> str:
+        """Start the child (BatchStartError if it does not come up); its URL."""
+        child = BatchProcess.start(self._arguments)
+        self._child = child
+        # Started again, it listens where it did (a port the first one picked, if asked for 0).
+        port = urllib.parse.urlsplit(child.url).port
+        if port is not None and "--port" in self._arguments:
+            self._arguments[self._arguments.index("--port") + 1] = str(port)
+        self._thread = threading.Thread(target=self._watch, name="batch-supervisor", daemon=True)
+        self._thread.start()
+        return child.url
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            child, self._child = self._child, None
+        if child is not None:
+            child.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _watch(self) -> None:
+        delay = _FIRST_RESTART_S
+        started = time.monotonic()
+        while not self._stopping.is_set():
+            child = self._child
+            if child is None:
+                return
+            status = child.process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > _STABLE_S:
+                delay = _FIRST_RESTART_S
+            log.error(
+                "the batch service (pid %d) exited with status %s; starting it again in %g s",
+                child.process.pid,
+                status,
+                delay,
+            )
+            if self._stopping.wait(delay):
+                return
+            delay = min(_LAST_RESTART_S, delay * 2)
+            started = time.monotonic()
+            try:
+                fresh = BatchProcess.start(self._arguments)
+            except BatchStartError as error:
+                log.error("%s", error)
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    fresh.stop()
+                    return
+                self._child = fresh
+            log.warning("the batch service is running again (pid %d)", fresh.process.pid)

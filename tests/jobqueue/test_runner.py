@@ -171,3 +171,30 @@ def test_a_job_asking_for_more_time_gets_as_much_cpu_time(alice: Any) -> None:
     job = run_job(client, burn, config={"timeout": 0.01})  # 36 s
     assert job["status"] == "finished", job["log"]
     assert "burnt 4.0" in job["log"]
+
+
+@pytest.mark.timeout(180)
+def test_a_batch_service_that_dies_is_started_again(full_service: Any, nmpi_client: Any) -> None:
+    # `allotment serve` went on without it, saying nothing: the batch port refused
+    # connections until someone restarted the whole server.
+    service = full_service()
+    client = nmpi_client(service, service.token())
+    assert service.process is not None
+    (child,) = [
+        p
+        for p in psutil.Process(service.process.pid).children()
+        if "jobqueue" in " ".join(p.cmdline())
+    ]
+    child.kill()
+    deadline = time.monotonic() + 60
+    while not any("the batch service is running again" in line for line in service.output):
+        assert time.monotonic() < deadline, "".join(service.output)
+        time.sleep(0.1)
+    assert any(
+        f"the batch service (pid {child.pid}) exited with status -9; starting it again in 1 s"
+        in line
+        for line in service.output
+    ), "".join(service.output)
+    job = run_job(client, "print('after the restart')")
+    assert job["status"] == "finished", job["log"]
+    assert "after the restart" in job["log"]
