@@ -18,7 +18,7 @@ connectors, random distributions, recording and neo output are PyNN's. The netwo
 onto the chips through :mod:`toolchain` and runs on :mod:`machine_models` (virtual mode).
 """
 
-from pyNN import errors, random, space  # noqa: F401
+from pyNN import errors, random, space
 from pyNN.connectors import (
     AllToAllConnector,
     ArrayConnector,
@@ -33,11 +33,19 @@ from pyNN.connectors import (
     FromListConnector,
     IndexBasedProbabilityConnector,
     OneToOneConnector,
-    SmallWorldConnector,
 )
-from pyNN.network import Network  # noqa: F401
-from pyNN.random import GSLRNG, NumpyRNG, RandomDistribution  # noqa: F401
-from pyNN.space import Space
+from pyNN.network import Network
+from pyNN.random import GSLRNG, NumpyRNG, RandomDistribution
+from pyNN.space import (
+    Cuboid,
+    Grid2D,
+    Grid3D,
+    Line,
+    RandomStructure,
+    Space,
+    Sphere,
+    distance,
+)
 from pyNN.standardmodels import StandardCellType  # noqa: F401
 
 from toolchain.pynn import extra_models
@@ -56,11 +64,13 @@ from toolchain.pynn.control import (
     run,
     run_for,
     run_until,
+    set_allow_delay_extensions,
     set_number_of_neurons_per_core,
+    set_number_of_synapse_cores,
     setup,
 )
 from toolchain.pynn.errors import NotSupportedError, RunError
-from toolchain.pynn.extra_models import SPYNNAKER_ONLY
+from toolchain.pynn.extra_models import SPYNNAKER_ONLY, external_devices
 from toolchain.pynn.populations import Assembly, Population, PopulationView
 from toolchain.pynn.procedural import connect, create, record, record_gsyn, record_v
 from toolchain.pynn.projections import Projection
@@ -85,6 +95,7 @@ globals().update(UNSUPPORTED)
 globals().update(SPYNNAKER_ONLY)
 
 __all__ = [
+    "GSLRNG",
     "AdditiveWeightDependence",
     "AllToAllConnector",
     "ArrayConnector",
@@ -115,7 +126,6 @@ __all__ = [
     "RandomDistribution",
     "RunError",
     "STDPMechanism",
-    "SmallWorldConnector",
     "Space",
     "SpikePairRule",
     "SpikeSourceArray",
@@ -143,6 +153,20 @@ __all__ = [
     "run_for",
     "run_until",
     "set_number_of_neurons_per_core",
+    "Cuboid",
+    "Grid2D",
+    "Grid3D",
+    "Line",
+    "Network",
+    "RandomStructure",
+    "Sphere",
+    "distance",
+    "errors",
+    "external_devices",
+    "random",
+    "space",
+    "set_allow_delay_extensions",
+    "set_number_of_synapse_cores",
     "setup",
     *UNSUPPORTED,
     *SPYNNAKER_ONLY,

@@ -106,10 +106,11 @@ def read_settings(
         if not parser.has_section("Machine"):
             continue
         section = parser["Machine"]
-        for key in _FILE_KEYS:
+        for key in (*_FILE_KEYS, "machine_name"):
             if key in section:
                 values[key] = (section[key], str(path))
     settings: dict[str, Any] = {"sources": tuple(sources)}
+    machine_name = values.pop("machine_name", None)
     for key, (text, where) in values.items():
         if key == "spalloc_server":
             settings[key] = None if text.strip().lower() in _NONE else text.strip()
@@ -141,7 +142,18 @@ def read_settings(
     ):
         if overrides.get(key) is not None:
             settings[key] = overrides[key]
-    return MachineSettings(**settings)
+    machine = MachineSettings(**settings)
+    if machine_name is not None and machine_name[0].strip().lower() not in _NONE:
+        # sPyNNaker's board reached directly by its address: here the run would go virtual
+        # without a word, unless it is meant to be virtual
+        text, where = machine_name
+        if not machine.virtual_board and machine.spalloc_server is None:
+            raise NotSupportedError(
+                f"[Machine] machine_name = {text.strip()} in {where} (a board reached directly)",
+                "spalloc_server = <the allocation server> (with spalloc_port and spalloc_user),"
+                " or virtual_board = True",
+            )
+    return machine
 
 
 def describe(settings: MachineSettings) -> str:

@@ -185,8 +185,37 @@ def set_number_of_neurons_per_core(neuron_type: Any, max_permitted: int) -> None
         raise NotSupportedError("multi-dimensional neurons per core", "one number of neurons")
     if int(max_permitted) < 1:
         raise NotSupportedError(f"{max_permitted} neurons per core", "at least 1")
+    session = simulator.state.session
+    if session is not None and session.machine.step > 0:
+        # (it maps the network anew: from t = 0 only, as a population added)
+        raise NotSupportedError(
+            "set_number_of_neurons_per_core() between runs without reset()",
+            "set_number_of_neurons_per_core() before the first run, or after reset()",
+        )
     simulator.state.neurons_per_core[type_name] = int(max_permitted)
     simulator.state.network_changed()
+
+
+def set_number_of_synapse_cores(neuron_type: Any, n_synapse_cores: int) -> None:
+    """sPyNNaker's split of synapse processing onto cores of their own: taken, and it changes
+    nothing here (each neuron core processes its own synapses, as sPyNNaker's combined
+    cores do)."""
+    logger.info(
+        "set_number_of_synapse_cores(%s, %s) changes nothing: each neuron core processes its"
+        " own synapses",
+        getattr(neuron_type, "__name__", type(neuron_type).__name__),
+        n_synapse_cores,
+    )
+
+
+def set_allow_delay_extensions(allow: bool) -> None:
+    """sPyNNaker's switch for delay extension cores: they are always used for delays past a
+    core's own slots; refusing them is not supported."""
+    if not allow:
+        raise NotSupportedError(
+            "set_allow_delay_extensions(False)",
+            "delays past a core's own slots through delay extensions",
+        )
 
 
 def get_machine() -> Topology:

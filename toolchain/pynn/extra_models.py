@@ -9,6 +9,9 @@ uses them, as the standard types the chip model does not offer do.
 
 from __future__ import annotations
 
+from typing import Any
+
+from toolchain.pynn.errors import NotSupportedError
 from toolchain.pynn.standardmodels import (
     SUPPORTED_CELLS,
     SUPPORTED_SYNAPSES,
@@ -75,10 +78,46 @@ SPYNNAKER_ONLY: dict[str, type] = {
             f"no structural plasticity ({SUPPORTED_SYNAPSES})",
         ),
         (
-            ("AllButMeConnector", "KernelConnector", "PoolDenseConnector", "ConvolutionConnector"),
+            (
+                "AllButMeConnector",
+                "KernelConnector",
+                "PoolDenseConnector",
+                "ConvolutionConnector",
+                "CSAConnector",
+            ),
             "PyNN's own connectors",
+        ),
+        (("SpiNNakerProjection",), "Projection"),
+        (
+            ("SmallWorldConnector",),
+            "PyNN's other connectors (PyNN 0.13 implements SmallWorldConnector for no backend)",
         ),
     )
     for name in names
 }
 """sPyNNaker's own names at the top of its PyNN namespace that this backend refuses."""
+
+
+class _Refused:
+    """A module of sPyNNaker's that this backend does not have: using anything of it
+    raises NotSupportedError naming what is supported instead."""
+
+    def __init__(self, name: str, supported: str) -> None:
+        self._name = name
+        self._supported = supported
+
+    def __repr__(self) -> str:
+        return f"<{self._name}: not supported here>"
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        raise NotSupportedError(f"{self._name}.{attribute}", self._supported)
+
+
+external_devices = _Refused(
+    "external_devices",
+    "no live input or output: spikes go in through SpikeSourceArray or SpikeSourcePoisson and"
+    " come out through recording",
+)
+"""sPyNNaker's live input and output over Ethernet (SpikeInjector, activate_live_output...)."""

@@ -63,3 +63,15 @@ def test_a_job_handed_over_is_read_with_its_owner(tmp_path: Path) -> None:
     _write(tmp_path / "spynnaker.cfg", "spalloc_job = twelve\n")
     with pytest.raises(NotSupportedError, match="spalloc_job = 'twelve'"):
         read_settings({}, cwd=tmp_path, home=tmp_path)
+
+
+def test_a_board_named_directly_is_refused_rather_than_run_virtually(tmp_path: Path) -> None:
+    # sPyNNaker's `machine_name` (a board's address): the run used to go virtual silently.
+    _write(tmp_path / "spynnaker.cfg", "machine_name = 192.168.240.1\nversion = 5\n")
+    with pytest.raises(NotSupportedError, match=r"machine_name = 192.168.240.1 in .*spynnaker.cfg"):
+        read_settings({}, cwd=tmp_path, home=tmp_path)
+    assert read_settings({"virtual_board": True}, cwd=tmp_path, home=tmp_path).is_virtual
+    _write(tmp_path / "spynnaker.cfg", "machine_name = None\n")  # sPyNNaker's default file
+    assert read_settings({}, cwd=tmp_path, home=tmp_path).is_virtual
+    _write(tmp_path / "spynnaker.cfg", "machine_name = 10.0.0.1\nspalloc_server = x\n")
+    assert read_settings({}, cwd=tmp_path, home=tmp_path).spalloc_server == "x"

@@ -6,6 +6,8 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pyNN.random
+import pyNN.space
 import pytest
 from pyNN import errors as pynn_errors
 
@@ -465,3 +467,42 @@ def test_a_view_gets_its_data_when_other_cells_record_other_variables(sim: Modul
     segment = pop[0:2].get_data().segments[0]
     assert [(s.name, s.shape[1]) for s in segment.analogsignals] == [("gsyn_exc", 2)]
     assert len(segment.spiketrains) == 0
+
+
+def test_spynnakers_other_top_level_names_exist_or_are_refused_by_name() -> None:
+    # Each was an AttributeError, so a portal script stopped at its first use of one.
+    import allotment.pynn as short
+
+    for name in ("Grid2D", "Grid3D", "Line", "Cuboid", "Sphere", "RandomStructure", "distance"):
+        assert getattr(short, name) is getattr(pyNN.space, name)
+    assert short.space is pyNN.space
+    assert short.random is pyNN.random
+    assert short.GSLRNG is pyNN.random.GSLRNG
+    with pytest.raises(NotSupportedError, match=r"external_devices\.SpikeInjector"):
+        short.external_devices.SpikeInjector()
+    with pytest.raises(NotSupportedError, match="SpiNNakerProjection"):
+        short.SpiNNakerProjection()
+    with pytest.raises(NotSupportedError, match="CSAConnector"):
+        short.CSAConnector()
+    with pytest.raises(NotSupportedError, match="SmallWorldConnector"):  # PyNN's has no body
+        short.SmallWorldConnector(0.5, 0.1)
+
+
+def test_neurons_per_core_between_runs_needs_a_reset(sim: ModuleType) -> None:
+    # It was taken, and the next run() failed saying populations had been added.
+    sim.setup(timestep=1.0)
+    pop = sim.Population(20, sim.IF_curr_exp(i_offset=1.0))
+    pop.record("spikes")
+    sim.set_number_of_synapse_cores(sim.IF_curr_exp, 2)  # taken; changes nothing here
+    with pytest.raises(NotSupportedError, match=r"set_allow_delay_extensions\(False\)"):
+        sim.set_allow_delay_extensions(False)
+    sim.set_allow_delay_extensions(True)
+    sim.run(100)
+    with pytest.raises(NotSupportedError, match="between runs without reset"):
+        sim.set_number_of_neurons_per_core(sim.IF_curr_exp, 5)
+    sim.reset()
+    sim.set_number_of_neurons_per_core(sim.IF_curr_exp, 5)
+    sim.run(100)
+    first, second = pop.get_data().segments
+    assert [len(t) for t in second.spiketrains] == [len(t) for t in first.spiketrains]
+    assert sum(len(t) for t in second.spiketrains) > 0
