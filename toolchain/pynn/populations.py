@@ -219,6 +219,22 @@ class Population(_Parameters, common.Population):  # type: ignore[misc]
         if any(p is self for p in simulator.state.populations):  # not while being made
             simulator.state.initial_values_changed()
 
+    def _get_cell_initial_value(self, id: Any, variable: str) -> float:
+        return float(self.initial_value_array(variable)[self.id_to_index(id)])
+
+    def _set_cell_initial_value(self, id: Any, variable: str, value: Any) -> None:
+        """``ID.set_initial_value``: one cell's, as ``initialize`` sets a population's (PyNN's
+        own wrote it where the run never looked)."""
+        if variable not in self.celltype.default_initial_values:
+            raise NotSupportedError(
+                f"initial value of {variable!r} for {type(self.celltype).__name__}",
+                ", ".join(self.celltype.default_initial_values),
+            )
+        current = self.initial_value_array(variable).copy()
+        current[self.id_to_index(id)] = float(value)
+        self._initial[variable] = current
+        simulator.state.initial_values_changed()
+
     def _get_view(self, selector: Any, label: str | None = None) -> PopulationView:
         return PopulationView(self, selector, label)
 

@@ -506,3 +506,25 @@ def test_neurons_per_core_between_runs_needs_a_reset(sim: ModuleType) -> None:
     first, second = pop.get_data().segments
     assert [len(t) for t in second.spiketrains] == [len(t) for t in first.spiketrains]
     assert sum(len(t) for t in second.spiketrains) > 0
+
+
+def test_one_cells_initial_value_set_through_its_id_is_where_the_run_starts(
+    sim: ModuleType,
+) -> None:
+    # PyNN's ID.set_initial_value wrote where the run never looked: get_initial_value
+    # answered -60 and the cell started at -65.
+    sim.setup(timestep=1.0)
+    pop = sim.Population(3, sim.IF_curr_exp())
+    pop.record("v")
+    pop[1].set_initial_value("v", -60.0)
+    assert [pop[i].get_initial_value("v") for i in range(3)] == [-65.0, -60.0, -65.0]
+    sim.run(3)
+    (v,) = pop.get_data().segments[0].filter(name="v")
+    assert v.magnitude[0].tolist() == [-65.0, -60.0, -65.0]
+    with pytest.raises(NotSupportedError, match="between runs without reset"):
+        pop[0].set_initial_value("v", -55.0)
+    sim.reset()
+    pop[0].set_initial_value("v", -55.0)
+    sim.run(3)
+    (v,) = pop.get_data().segments[1].filter(name="v")
+    assert v.magnitude[0].tolist() == [-55.0, -60.0, -65.0]
