@@ -105,6 +105,15 @@ class SubmittedJob(TextBody):
     def _tags(cls, tags: list[str] | None) -> list[str] | None:
         return None if tags is None else check_tags(tags)
 
+    @field_validator("input_data")
+    @classmethod
+    def _inputs(cls, items: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for item in items or ():
+            url = item.get("url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError("each input_data item needs a url, http:// or https://")
+        return items
+
     @field_validator("hardware_config")
     @classmethod
     def _config(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:

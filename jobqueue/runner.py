@@ -46,7 +46,7 @@ from jobqueue.errors import SandboxUnavailableError
 from jobqueue.gateway import Gateway
 from jobqueue.kernel_cache import UNUSED_DAYS, KernelCache, default_root
 from jobqueue.sandbox import BWRAP_ENVIRONMENT, Limits, bwrap_path, sandboxed_command
-from jobqueue.source import SourceError, prepare
+from jobqueue.source import SourceError, fetch_inputs, prepare
 from jobqueue.standby import Standby, StandbyPool
 from jobqueue.store import JobStore, OutputFile, error_block
 from jobqueue.usage import UsageMonitor, core_hours
@@ -448,6 +448,10 @@ class Runner:
             )
             if not prepared.cwd.resolve().is_relative_to(workdir.resolve()):
                 raise SourceError("the job's folder points outside the job")
+            inputs = [item["url"] for item in job["input_data"] or () if "url" in item]
+            if inputs:
+                names = fetch_inputs(inputs, workdir, max_bytes=self.config.output_bytes)
+                run.append(f"allotment: input data downloaded: {', '.join(names)}\n")
         except SourceError as error:
             return "error", str(error), []
         run.standby = self._standby.take()

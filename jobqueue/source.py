@@ -27,12 +27,13 @@ import re
 import subprocess
 import tarfile
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["DEFAULT_COMMAND", "Prepared", "SourceError", "prepare"]
+__all__ = ["DEFAULT_COMMAND", "Prepared", "SourceError", "fetch_inputs", "prepare"]
 
 DEFAULT_COMMAND = "run.py {system}"
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -114,6 +115,34 @@ def prepare(
         raise SourceError("The job did not appear to be supported on this system: no code")
     (workdir / "run.py").write_text(code)
     return Prepared(workdir, DEFAULT_COMMAND)
+
+
+def fetch_inputs(
+    urls: list[str],
+    workdir: Path,
+    fetch_timeout_s: float = 300,
+    max_bytes: int = _MAX_ARCHIVE_BYTES,
+) -> list[str]:
+    """Download a job's `input_data` into `workdir`, each under the last part of its URL's
+    path (`input_<n>` if that is empty or taken); the names written. Raises SourceError.
+
+    At most `max_bytes` in all and `fetch_timeout_s` in all, as the code's own fetch.
+    """
+    deadline = time.monotonic() + fetch_timeout_s
+    names: list[str] = []
+    n_bytes = 0
+    for n, url in enumerate(urls):
+        data = _download(url, deadline)
+        n_bytes += len(data)
+        if n_bytes > max_bytes:
+            raise SourceError(f"the job's input data is more than its limit of {max_bytes} bytes")
+        name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+        if not name or name in (".", "..") or (workdir / name).exists() or "\0" in name:
+            name = f"input_{n}"
+        with (workdir / name).open("xb") as out:
+            out.write(data)
+        names.append(name)
+    return names
 
 
 def _clone(url: str, clone: Path, deadline: float) -> None:

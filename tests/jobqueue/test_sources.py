@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import json
 import subprocess
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,3 +258,48 @@ def test_the_reports_of_a_script_run_in_its_repository_are_zipped(
     where = tmp_path / "fetched" / "my-collab" / str(job["id"])
     with zipfile.ZipFile(where / "reports.zip") as archive:
         assert archive.namelist() == ["reports/run_1/placement.rpt"]
+
+
+def _submit(service: Any, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        service.url + "/jobs/",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {service.token()}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_input_data_is_downloaded_into_the_jobs_directory(
+    alice: Any, file_server: tuple[str, Path]
+) -> None:
+    # It was stored and never fetched: the script found no data.csv.
+    url, root = file_server
+    (root / "data.csv").write_text("t,v\n0,1\n")
+    (root / "weights 1.txt").write_text("0.5\n")
+    service, _ = alice()
+    base = {"collab": "my-collab", "hardware_platform": "SpiNNaker"}
+    code = "print(open('data.csv').read().split()[1], open('weights 1.txt').read().strip())"
+    inputs = [{"url": f"{url}/data.csv"}, {"url": f"{url}/weights%201.txt"}]
+    status, job = _submit(service, {**base, "code": code, "input_data": inputs})
+    assert status == 201, job
+    ended = service.wait_for(job["id"], ("finished", "error"))
+    assert ended["status"] == "finished", ended["log"]
+    assert "0,1 0.5" in ended["log"]
+    assert "input data downloaded: data.csv, weights 1.txt" in ended["log"]
+    listed = [output.path for output in ended["outputs"]]
+    assert listed == [f"output_{job['id']}.txt"], listed  # inputs are no outputs
+    # an item with no URL is refused at submission (the real DataItem requires one)
+    status, refused = _submit(service, {**base, "code": code, "input_data": [{"path": "x"}]})
+    assert status == 422, refused
+    assert "input_data" in json.dumps(refused)
+    # one that cannot be fetched ends the job as error, unrun
+    status, job = _submit(service, {**base, "code": code, "input_data": [{"url": f"{url}/none"}]})
+    assert status == 201, job
+    ended = service.wait_for(job["id"], ("finished", "error"))
+    assert ended["status"] == "error"
+    assert f"cannot download {url}/none" in ended["log"]
