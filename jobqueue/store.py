@@ -233,11 +233,7 @@ class JobStore:
             # Two first jobs of a collab would each find no quota and make a demo project:
             # the second waits here until the first commits (SQLite's IMMEDIATE does this).
             conn.execute(select(func.pg_advisory_xact_lock(_lock_key(collab, platform))))
-        rows = conn.execute(
-            select(tables.quotas.c.limit, tables.quotas.c.usage, tables.projects.c.status)
-            .join(tables.projects, tables.projects.c.id == tables.quotas.c.project_id)
-            .where(tables.projects.c.collab == collab, tables.quotas.c.platform == platform)
-        ).all()
+        rows = _quota_rows(conn, collab, platform)
         if not rows:
             now = self._clock()
             project_id = str(uuid.uuid4())
@@ -264,7 +260,7 @@ class JobStore:
                 )
             )
             return
-        if not any(r.status == "accepted" and r.usage < r.limit for r in rows):
+        if not _has_room(rows):
             raise QuotaExhaustedError(collab, platform)
 
     def projects(self, collab: str | None, status: str | None) -> list[dict[str, Any]]:
@@ -505,10 +501,14 @@ class JobStore:
     # the runner's side ------------------------------------------------------------------------
 
     def claim(self, runner_id: str, platform: str) -> dict[str, Any] | None:
-        """Take the oldest submitted job of `platform` (now `validated`), or None."""
+        """Take the oldest submitted job of `platform` (now `validated`), or None.
+
+        A job whose collab has no quota left by now (jobs queued behind it used it up) ends
+        as error, unrun, as the platform's quota manager refuses it when it would start.
+        """
         with self._writing() as conn:
             candidates = (
-                select(tables.jobs.c.id)
+                select(tables.jobs.c.id, tables.jobs.c.collab)
                 .where(
                     tables.jobs.c.status == "submitted",
                     tables.jobs.c.hardware_platform == platform,
@@ -518,9 +518,26 @@ class JobStore:
             )
             if self.is_postgres:
                 candidates = candidates.with_for_update(skip_locked=True)
-            job_id = conn.execute(candidates).scalar()
-            if job_id is None:
-                return None
+            while True:
+                candidate = conn.execute(candidates).first()
+                if candidate is None:
+                    return None
+                job_id = candidate.id
+                rows = _quota_rows(conn, candidate.collab, platform)
+                if not rows or _has_room(rows):
+                    break
+                refusal = QuotaExhaustedError(candidate.collab, platform)
+                conn.execute(
+                    update(tables.jobs)
+                    .where(tables.jobs.c.id == job_id)
+                    .values(
+                        status="error",
+                        log=error_block(f"{refusal}: the job was not run"),
+                        timestamp_completion=self._clock(),
+                        resource_usage=0.0,
+                        is_charged=True,
+                    )
+                )
             taken = conn.execute(
                 update(tables.jobs)
                 .where(tables.jobs.c.id == job_id, tables.jobs.c.status == "submitted")
@@ -672,6 +689,22 @@ class JobStore:
                     )
                 )
         return [job_id for job_id, _ in lost]
+
+
+def _quota_rows(conn: Connection, collab: str, platform: str) -> list[Any]:
+    """The collab's quotas on the platform, with their projects' status."""
+    return list(
+        conn.execute(
+            select(tables.quotas.c.limit, tables.quotas.c.usage, tables.projects.c.status)
+            .join(tables.projects, tables.projects.c.id == tables.quotas.c.project_id)
+            .where(tables.projects.c.collab == collab, tables.quotas.c.platform == platform)
+        ).all()
+    )
+
+
+def _has_room(rows: Sequence[Any]) -> bool:
+    """Whether an accepted project among the quota rows has some left."""
+    return any(r.status == "accepted" and r.usage < r.limit for r in rows)
 
 
 def error_block(reason: str) -> str:

@@ -121,3 +121,22 @@ def test_a_job_given_up_as_lost_that_its_runner_still_ends_is_charged_once(
     assert "the runner running this job stopped (lost)" in ended["log"]
     (project,) = store.projects("private-alice", None)
     assert [quota["usage"] for quota in project["quotas"]] == [7.5]
+
+
+def test_a_job_whose_quota_ran_out_while_it_waited_ends_unrun(store: JobStore) -> None:
+    # The quota was checked at submission only: jobs queued before it ran out all ran,
+    # overdrawing it without limit.
+    alice = Identity("alice", ("lab",))
+    first = store.submit(alice, _job_values("lab"))
+    second = store.submit(alice, _job_values("lab"))
+    store.set_quota("lab", "SpiNNaker", 0.0)  # used up by the jobs before them
+    other = store.submit(Identity("bob", ("elsewhere",)), _job_values("elsewhere"))
+    claimed = store.claim("runner-1", "SpiNNaker")
+    assert claimed is not None
+    assert claimed["id"] == other["id"]  # the refused ones are passed over, not the queue
+    for job_id in (first["id"], second["id"]):
+        job = store.job(job_id)
+        assert job["status"] == "error"
+        assert "collab 'lab' has no quota left on SpiNNaker: the job was not run" in job["log"]
+        assert job["resource_usage"] == 0.0
+    assert store.claim("runner-1", "SpiNNaker") is None
