@@ -61,3 +61,38 @@ def test_spynnakers_import_names_mean_allotments_backend_inside_a_job(alice: Any
     assert job["status"] == "finished", job["log"]
     assert "same True" in job["log"]
     assert "population True" in job["log"]
+
+
+def test_spynnakers_helper_modules_work_inside_a_job(alice: Any) -> None:
+    # Each was a ModuleNotFoundError (external_devices an AttributeError).
+    _, client = alice()
+    script = (
+        "import matplotlib.pyplot as plt\n"
+        "import pyNN.spiNNaker as sim\n"
+        "from pyNN.utility.plotting import Figure\n"
+        "from spynnaker.pyNN.utilities import neo_convertor\n"
+        "from spynnaker8.utilities import neo_convertor as old_convertor\n"
+        "from spynnaker import plot_utils\n"
+        "from spynnaker8.spynnaker_plotting import SpynnakerPanel\n"
+        "sim.setup(timestep=1.0)\n"
+        "pop = sim.Population(3, sim.IF_curr_exp(i_offset=1.0))\n"
+        "pop.record(['spikes', 'v'])\n"
+        "sim.run(60)\n"
+        "data = pop.get_data()\n"
+        "spikes = neo_convertor.convert_spikes(data)\n"
+        "print('spikes', spikes.shape, old_convertor.count_spikes(data))\n"
+        "plot_utils.plot_spikes(spikes)\n"
+        "plt.savefig('raster.png')\n"
+        "Figure(SpynnakerPanel(neo_convertor.convert_data(data, 'v'))).save('heat.png')\n"
+        "try:\n"
+        "    sim.external_devices.SpikeInjector\n"
+        "except sim.NotSupportedError as error:\n"
+        "    print('refused', error)\n"
+        "sim.end()\n"
+    )
+    job = run_job(client, script)
+    assert job["status"] == "finished", job["log"]
+    assert "spikes (6, 2) 6" in job["log"]
+    assert "refused external_devices.SpikeInjector is not supported" in job["log"]
+    names = {Path(item["path"]).name for item in job["output_data"]["files"]}
+    assert {"raster.png", "heat.png"} <= names, names
