@@ -296,11 +296,18 @@ class DispatchCommands:
             )
             service_record = self._jobs_of_service.job_record(record.job_id)
             job.machine = None if service_record is None else service_record.machine_name
+            remove: Callable[[], None] | None = None
+            folder = job_folder(self._directory, record.job_id)
             if service_record is None or not service_record.is_live:
                 if record.ended_at is None:
                     job.record = job.record.model_copy(update={"ended_at": now})
             elif record.image is not None and not _is_ready(service_record):
-                self._forget_image(job, f"job {record.job_id}'s boards were powered off")
+                remove = self._forget_image(job, f"job {record.job_id}'s boards were powered off")
+            elif record.image is not None and not await self._in_thread(
+                (folder / IMAGE_FILE).exists
+            ):
+                # (its removal came before its record said so, and the server died between)
+                remove = self._forget_image(job, f"job {record.job_id}'s image file is missing")
             job.status = self._status_of_record(job)
             if job.record == record:
                 continue  # nothing to write (a full or read-only disk still starts)
@@ -308,8 +315,11 @@ class DispatchCommands:
                 await self._save(job)
             except OSError as error:
                 # What changed here follows from the service's durable state: the next
-                # start works it out again.
+                # start works it out again (the files stay until it can say so).
                 log.error("dispatch folder of job %d cannot be written: %s", record.job_id, error)
+            else:
+                if remove is not None:
+                    remove()
 
     async def _remove_expired(self) -> None:
         """Remove the folders of jobs ended longer ago than the grace time."""
@@ -358,17 +368,24 @@ class DispatchCommands:
 
     def _end_job(self, job: _Job, why: str) -> None:
         self._stop_run(job, RunState.STOPPED, why)
-        self._forget_image(job, why)
+        remove = self._forget_image(job, why)
         job.record = job.record.model_copy(update={"ended_at": self._wall_clock()})
         self._background(self._save(job))
+        remove()  # after the record (the file thread keeps the order)
 
     def _lose_image(self, job: _Job, why: str) -> None:
         self._stop_run(job, RunState.STOPPED, f"{why}; the image is gone, load it again")
-        self._forget_image(job, why)
+        remove = self._forget_image(job, why)
         self._background(self._save(job))
+        remove()  # after the record (the file thread keeps the order)
 
-    def _forget_image(self, job: _Job, why: str) -> None:
-        """The boards lost what they held: no image, no state to continue from (`why`)."""
+    def _forget_image(self, job: _Job, why: str) -> Callable[[], None]:
+        """The boards lost what they held: no image, no state to continue from (`why`).
+
+        Returns what removes the files, to be called once the record saying so is being
+        saved: the files go after it, so that a crash between never leaves a record naming
+        an image or state that is gone.
+        """
         job.saving = None  # a state still being saved is of the image that is gone
         had_state = job.record.state_step > 0 or job.record.state_lost is not None
         job.record = job.record.model_copy(
@@ -381,8 +398,7 @@ class DispatchCommands:
             }
         )
         folder = job_folder(self._directory, job.job_id)
-        snapshot = job.record.snapshot
-        self._file_thread.submit(_remove_files, folder, snapshot)
+        return functools.partial(self._submit_file_work, _remove_files, folder, job.record.snapshot)
 
     def _stop_run(self, job: _Job, state: RunState, reason: str) -> None:
         for ticket in (job.ticket, job.handing_over):

@@ -130,7 +130,8 @@ def read_records(
     """Every job folder's record; the folders with none (a first load cut short); and those
     whose record cannot be read or understood, with why (a failing disk, a newer server's).
 
-    Leftover temporary files (uploads, half-written records and snapshots) are removed.
+    Leftover temporary files (uploads, half-written records, snapshots and states, a state
+    cut short by a full disk among them) are removed.
     """
     records: list[JobFolderRecord] = []
     unrecorded: list[Path] = []
@@ -140,7 +141,7 @@ def read_records(
     for folder in sorted(directory.iterdir()):
         if not folder.is_dir() or not folder.name.startswith(_PREFIX):
             continue
-        for leftover in folder.glob("*.tmp"):
+        for leftover in (*folder.glob("*.tmp"), *folder.glob("snap-*/*.tmp")):
             remove_folder(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
         try:
             records.append(JobFolderRecord.model_validate_json((folder / _RECORD).read_bytes()))

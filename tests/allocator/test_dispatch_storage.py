@@ -73,3 +73,15 @@ def test_a_failed_rename_leaves_a_record_without_an_image(tmp_path: Path) -> Non
         )
     assert _on_disk(tmp_path).image is None
     assert _on_disk(tmp_path).token_sha256 == "t"  # the token the client holds still works
+
+
+def test_a_state_cut_short_inside_a_snapshot_is_removed_at_start(tmp_path: Path) -> None:
+    # A worker's half-written state (a full disk) stayed inside the recorded snapshot
+    # across restarts, keeping the disk full.
+    folder = _loaded(tmp_path)
+    snapshot = folder / "snap-1"
+    snapshot.mkdir()
+    (snapshot / "state.pickle").write_bytes(b"whole")
+    (snapshot / "state.pickle.tmp").write_bytes(b"cut sh")
+    _on_disk(tmp_path)
+    assert sorted(p.name for p in snapshot.iterdir()) == ["state.pickle"]

@@ -780,6 +780,30 @@ async def test_server_killed_during_a_run_then_restarted(start_server: Any) -> N
         await asyncio.to_thread(second.stop)
 
 
+async def test_an_image_file_gone_before_its_record_said_so_is_no_image_after_a_restart(
+    start_server: Any,
+) -> None:
+    # What a crash between a reset's removal of the files and its record left: a record
+    # naming an image that is not there; the next run failed on a missing image.bin.
+    first: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    async with await _client(first) as client:
+        job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+    first.kill()
+    (_job_folder(first, job_id) / "image.bin").unlink()
+    second = first.restarted()
+    try:
+        async with await _client(second) as client:
+            with pytest.raises(ServerError, match=f"job {job_id} has no image loaded"):
+                await client.start_run(job_id, token, 10)
+            token = (await client.load_image(job_id, mapped.image.encode(), token=token)).token
+            assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+            fresh, _ = _decode(await client.fetch_results(job_id, token))
+        _assert_same(fresh, _in_process(mapped, 20)[0])
+    finally:
+        await asyncio.to_thread(second.stop)
+
+
 async def test_a_load_cut_short_by_a_crash_leaves_a_job_with_no_image(start_server: Any) -> None:
     # What `install_image` leaves if the server dies before the new record is written: a
     # record naming no image, and an image file of the load that never answered.
