@@ -875,6 +875,7 @@ class DispatchCommands:
         job.ticket = None
         ticket.over.set()
         job.saving = ticket
+        before = job.record
         previous = job.record.snapshot
         job.record = job.record.model_copy(
             update={
@@ -884,7 +885,7 @@ class DispatchCommands:
             }
         )
         self._set_last_run(job, state=RunState.DONE, steps_done=steps_done)
-        self._ended(job, RunState.DONE, previous)
+        self._ended(job, RunState.DONE, previous, before)
 
     def run_ended(self, ticket: RunTicket, state: RunState, reason: str) -> None:
         job = self._job_of(ticket)
@@ -892,9 +893,10 @@ class DispatchCommands:
             return
         job.ticket = None
         ticket.over.set()
+        before = job.record
         steps = job.status.steps_done if job.status is not None else 0
         self._set_last_run(job, state=state, reason=reason, steps_done=steps)
-        self._ended(job, state, None)
+        self._ended(job, state, None, before)
         folder = job_folder(self._directory, job.job_id)
         self._file_thread.submit(storage.remove_folder, folder / ticket.order.snapshot)
 
@@ -919,18 +921,35 @@ class DispatchCommands:
                 self._notify(job)
         self._count()
 
-    def _ended(self, job: _Job, state: RunState, previous_snapshot: str | None) -> None:
+    def _ended(
+        self,
+        job: _Job,
+        state: RunState,
+        previous_snapshot: str | None,
+        before: JobFolderRecord,
+    ) -> None:
+        """A run ended (`before`: the job's record before): saved, then announced.
+
+        If its record cannot be written, no reply may claim what the disk does not hold:
+        the job is as before the run, the run failed, and the watchers are told so.
+        """
         job.status = self._status_of_record(job)
         if self._observer is not None:
             self._observer.run_ended(state)
         folder = job_folder(self._directory, job.job_id)
         snapshot = job.record.snapshot
+        ended = job.record
 
         saved = self._save(job) if self._task_group is not None else None
 
         async def save_then_announce() -> None:
             if saved is not None:
-                await saved
+                try:
+                    await saved
+                except OSError as error:
+                    self._end_not_recorded(job, ended, before, error)
+                    self._announce(job, is_state_change=True)
+                    return
             if previous_snapshot is not None and previous_snapshot != snapshot:
                 await self._in_thread(storage.remove_folder, folder / previous_snapshot)
             self._announce(job, is_state_change=True)
@@ -939,6 +958,28 @@ class DispatchCommands:
             self._announce(job, is_state_change=True)
         else:
             self._background(save_then_announce())
+
+    def _end_not_recorded(
+        self, job: _Job, ended: JobFolderRecord, before: JobFolderRecord, error: OSError
+    ) -> None:
+        last = ended.runs[-1] if ended.runs else None
+        run_id = 0 if last is None else last.run_id
+        why = error.strerror or str(error)
+        log.error("job %d: the end of run %d could not be recorded: %s", job.job_id, run_id, why)
+        if job.record is ended:  # nothing else changed it since: back to before the run
+            job.record = before
+            job.saving = None
+            if ended.snapshot != before.snapshot and ended.snapshot is not None:
+                folder = job_folder(self._directory, job.job_id)
+                self._submit_file_work(storage.remove_folder, folder / ended.snapshot)
+        self._set_last_run(
+            job,
+            state=RunState.FAILED,
+            reason=f"the end of run {run_id} could not be recorded ({why.lower()}); start it again",
+            steps_done=0,
+        )
+        job.status = self._status_of_record(job)
+        self._background(self._save(job))  # as the disk allows
 
     def _first_step(self, job: _Job) -> int:
         last = job.last_run

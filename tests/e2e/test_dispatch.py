@@ -955,6 +955,55 @@ async def test_a_reset_while_an_image_is_stored_is_not_undone_by_the_load(
     _assert_same(fresh, _in_process(mapped, 20)[0])
 
 
+_FAILING_RUN_END = """\
+import os
+
+from allocator.dispatch import storage
+
+_write_record = storage.write_record
+
+
+def write_record(directory, record):
+    # A full disk, while the marker file exists, for the records of a run that is done.
+    marker = os.environ["ALLOTMENT_TEST_FULL_DISK"]
+    if os.path.exists(marker) and record.runs and record.runs[-1].state == "done":
+        raise OSError(28, "No space left on device")
+    return _write_record(directory, record)
+
+
+storage.write_record = write_record
+"""
+
+
+async def test_a_run_whose_end_cannot_be_recorded_fails_and_claims_nothing(
+    start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its watchers were never told it ended, while run_status said done and fetch_results
+    # handed out results the disk did not hold (a restart took them back).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_FAILING_RUN_END)
+    full = tmp_path / "disk-is-full"
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("ALLOTMENT_TEST_FULL_DISK", str(full))
+    server: ServerProcess = start_server(config_text=DISPATCH_TOML)
+    async with await _client(server) as client:
+        job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+        full.touch()
+        status = await _run(client, job_id, token, 20)  # told, not left waiting
+        assert status.state is RunState.FAILED
+        assert status.reason == (
+            "the end of run 2 could not be recorded (no space left on device); start it again"
+        )
+        earlier, _ = _decode(await client.fetch_results(job_id, token))
+        _assert_same(earlier, _in_process(mapped, 20)[0])  # run 1's, as the disk holds
+        full.unlink()
+        assert (await _run(client, job_id, token, 20)).state is RunState.DONE
+        continued, _ = _decode(await client.fetch_results(job_id, token))
+    _assert_same(continued, _in_process(mapped, 40)[0])
+
+
 async def test_a_run_that_cannot_be_recorded_changes_nothing_and_a_full_disk_still_starts(
     start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
