@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import shutil
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -200,6 +201,8 @@ class DispatchCommands:
         )
         self._jobs: dict[int, _Job] = {}
         self._uploading: set[int] = set()
+        self._uploading_bytes: dict[int, int] = {}
+        """The announced sizes of the images being received, by job."""
         # Jobs whose boards were switched since the last commit: job id -> switched on.
         self._power_cycled: dict[int, bool] = {}
         # One thread for every file operation of the family: records are written in the
@@ -439,7 +442,9 @@ class DispatchCommands:
             raise DispatchError(f"job {job_id} is already receiving an image")
         if args.n_bytes > self._settings.max_image_bytes:
             raise ImageTooLargeError(job_id, args.n_bytes, self._settings.max_image_bytes)
+        await self._check_room(job_id, args.n_bytes)
         self._uploading.add(job_id)
+        self._uploading_bytes[job_id] = args.n_bytes
         folder = job_folder(self._directory, job_id)
         path = folder / f"upload-{secrets.token_hex(8)}.tmp"
         try:
@@ -518,15 +523,38 @@ class DispatchCommands:
             )
         except BaseException:
             self._uploading.discard(job_id)  # before the file goes: a sync point for tests
+            self._uploading_bytes.pop(job_id, None)
             self._file_thread.submit(path.unlink, True)
             raise
         finally:
             self._uploading.discard(job_id)
+            self._uploading_bytes.pop(job_id, None)
         if self._observer is not None:
             self._observer.image_accepted(info.n_bytes)
         return ImageLoaded(
             job_id=job_id, token=token, state_step=job.record.state_step, **info.model_dump()
         )
+
+    async def _check_room(self, job_id: int, n_bytes: int) -> None:
+        """Refuse an image before its go-ahead when the uploads in flight, or the disk, have
+        no room for it (a client making many jobs cannot fill the disk with uploads)."""
+        uploading = sum(self._uploading_bytes.values())
+        limit = self._settings.max_uploading_bytes
+        if uploading + n_bytes > limit:
+            raise DispatchError(
+                f"the server is receiving {uploading} bytes of images already, and {n_bytes}"
+                f" more for job {job_id} would pass its limit of {limit}: try again shortly"
+            )
+        try:
+            free = (await self._in_thread(shutil.disk_usage, self._directory)).free
+        except OSError:
+            return  # the upload itself will say what is wrong with the disk
+        if free - n_bytes < self._settings.min_free_bytes:
+            raise DispatchError(
+                f"the server's disk has {free} bytes free: too little for an image of"
+                f" {n_bytes} bytes for job {job_id} (it keeps {self._settings.min_free_bytes}"
+                " free); try again later"
+            )
 
     async def _store_image(
         self,

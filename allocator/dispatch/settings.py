@@ -6,6 +6,8 @@ A file may say::
     directory = "/var/lib/allotment/dispatch"   # images, states and results, one folder per job
     workers = 2                                 # worker processes running images
     max_image_bytes = 268435456                 # per job
+    max_uploading_bytes = 1073741824            # images being received at once, all jobs
+    min_free_bytes = 1073741824                 # refuse an image that would leave less free
     run_memory_bytes = 4294967296               # a worker above this fails its run
     run_wall_s = 3600.0                         # a run longer than this fails
     worker_nice = 0                             # 5: the server wins the CPU from runs
@@ -32,6 +34,11 @@ class DispatchSettings(BaseModel):
     directory: str = "allotment-dispatch"
     workers: Annotated[int, Field(ge=1, le=256)] = 2
     max_image_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
+    max_uploading_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024 * 1024
+    """The bytes of all images being received at once: what unfinished uploads may hold of
+    the disk (and of threads and buffers) however many jobs a client makes."""
+    min_free_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024 * 1024
+    """Free space the dispatch directory's disk must keep after an image is received."""
     run_memory_bytes: Annotated[int, Field(ge=64 * 1024 * 1024)] = 4 * 1024 * 1024 * 1024
     run_wall_s: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 3600.0
     results_grace_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 3600.0

@@ -606,6 +606,59 @@ async def test_bad_uploads_leave_nothing_behind(server: ServerProcess) -> None:
         assert loaded.sha256 == sha
 
 
+async def test_uploads_in_flight_and_the_free_disk_bound_what_images_are_taken(
+    start_server: Any,
+) -> None:
+    # One client could make many jobs and hold an upload open on each, filling the disk
+    # with unfinished images: only the per-job limit was enforced.
+    server: ServerProcess = start_server(
+        config_text=DISPATCH_TOML.replace(
+            "[dispatch]\n", "[dispatch]\nmax_uploading_bytes = 30000000\n"
+        )
+    )
+    async with await _client(server) as client:
+        first, decoded = await _job_and_image(client)
+        second, _ = await _job_and_image(client)
+    image = decoded.encode()
+    sha = hashlib.sha256(image).hexdigest()
+    holding = RawClient(server.host, server.port)
+    try:
+        holding.send_line(_header(first, 20_000_000, None))  # announced, never sent
+        assert holding.read_reply() == {"return": {"accepting_bytes": 20_000_000}}
+        raw = RawClient(server.host, server.port)
+        try:
+            raw.send_line(_header(second, 10_000_001, sha))
+            assert raw.read_reply() == {
+                "exception": "the server is receiving 20000000 bytes of images already, and"
+                f" 10000001 more for job {second} would pass its limit of 30000000: try again"
+                " shortly"
+            }
+        finally:
+            raw.close()
+    finally:
+        holding.close()
+    async with await _client(server) as client:
+        for _ in range(200):  # once the server has seen the held upload end
+            try:
+                await client.load_image(second, image, owner="runner")
+                break
+            except ServerError as error:
+                if "receiving" not in str(error):
+                    raise
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the held upload never ended")
+    tight: ServerProcess = start_server(
+        config_text=DISPATCH_TOML.replace(
+            "[dispatch]\n", "[dispatch]\nmin_free_bytes = 1000000000000000000\n"
+        )
+    )
+    async with await _client(tight) as client:
+        job_id, decoded = await _job_and_image(client)
+        with pytest.raises(ServerError, match=r"the server's disk has \d+ bytes free"):
+            await client.load_image(job_id, decoded.encode(), owner="runner")
+
+
 @pytest.mark.parametrize("how", ["reset", "close"])
 async def test_a_connection_ended_before_the_trailer_leaves_the_server_serving(
     start_server: Any, how: str
