@@ -58,6 +58,15 @@ log = logging.getLogger("allotment.batch")
 _SKIPPED_DIRS = {"reports", "application_generated_data_files", "__pycache__"}
 _WARM_UP_WAIT_S = 180.0
 _JOB_NUMBA_CACHE = ".numba-cache"
+_SETUP_KEYS = (
+    "spynnaker_version",
+    "spinnaker_tools_version",
+    "extra_pip_installs",
+    "extra_git_repositories",
+    "extra_makes",
+    "extra_python_setups",
+)
+"""The SpiNNaker executor's setup.bash keys, which install or rebuild software before a job."""
 _RELAY = Path(__file__).with_name("relay.py")
 """Run inside the sandbox: the allocation server's address, relayed to the runner's gateway."""
 _SANDBOX_SERVER_HOST = "127.0.0.1"
@@ -465,6 +474,13 @@ class Runner:
         self._kernels.copy_to(workdir / _JOB_NUMBA_CACHE)
         before = _files(workdir)
         config = job["hardware_config"] or {}
+        setup_keys = [key for key in _SETUP_KEYS if key in config]
+        if setup_keys:
+            run.append(
+                f"allotment: hardware_config {', '.join(setup_keys)} not acted on: jobs run on"
+                " allotment's PyNN backend as installed, with no setup script (each is in the"
+                " environment only)\n"
+            )
         try:
             timeout_h = float(config.get("timeout", self.config.default_timeout_h))
         except (TypeError, ValueError):
@@ -578,9 +594,7 @@ class Runner:
                 break
         _kill(process)
         reader.join(timeout=5)
-        if reason is not None:
-            run.append(f"\n{reason}\n")
-        return reason
+        return reason  # (the log's Error: block says it, once)
 
     def _write_cfg(self, cwd: Path, owner: str, standby: Standby | None) -> None:
         """Point the PyNN backend at the allocation server, as the executor's spynnaker.cfg.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +174,28 @@ def test_admin_binding_rejects_bad_link_and_limit() -> None:
     with pytest.raises(CommandError, match="missing 1 required positional argument: 'reason'"):
         bind("admin_drain_machine", ["t", "m"], {})
     assert BoardState("dead") is BoardState.DEAD
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path: Path) -> None:
+    # `allotment jobs | head` ended in a BrokenPipeError traceback.
+    script = (
+        "import argparse, sys\n"
+        "import allocator.cli as cli\n"
+        "def build():\n"
+        "    parser = argparse.ArgumentParser()\n"
+        "    commands = parser.add_subparsers(dest='command')\n"
+        "    lots = commands.add_parser('lots')\n"
+        "    lots.set_defaults(handler=lambda args: [print(n) for n in range(200000)] and 0)\n"
+        "    return parser\n"
+        "cli._build_parser = build\n"
+        "sys.exit(cli.main(['lots']))\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline() == b"0\n"
+    writer.stdout.close()  # as `head -1` does
+    _, said = writer.communicate(timeout=60)
+    assert writer.returncode == 1
+    assert b"Traceback" not in said, said.decode()

@@ -198,3 +198,16 @@ def test_a_batch_service_that_dies_is_started_again(full_service: Any, nmpi_clie
     job = run_job(client, "print('after the restart')")
     assert job["status"] == "finished", job["log"]
     assert "after the restart" in job["log"]
+
+
+def test_setup_keys_of_the_portal_are_said_not_acted_on(alice: Any) -> None:
+    # They became environment variables and nothing else, without a word: a job then
+    # failed on the module it had asked to be installed, with no hint why.
+    _, client = alice()
+    config = {"extra_pip_installs": ["elephant"], "spynnaker_version": "7.0.0"}
+    job = run_job(client, "print('ran')", config=config)
+    assert job["status"] == "finished", job["log"]
+    assert (
+        "allotment: hardware_config spynnaker_version, extra_pip_installs not acted on"
+        in job["log"]
+    )
