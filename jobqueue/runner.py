@@ -77,6 +77,9 @@ _MAX_LOG_CHARS = 10_000_000
 """The first characters of a job's log that are kept."""
 _LOG_TAIL_CHARS = 1_000_000
 """And the last: the end of a longer log (a traceback, why the job was stopped)."""
+_LOG_WRITE_CHARS_PER_S = 1_000_000
+"""How much log a running job writes to the database a second, at most (a log up to about
+500 k characters still goes every half second; one of 10 M, every 10 s)."""
 
 
 @dataclass(frozen=True)
@@ -567,7 +570,7 @@ class Runner:
         reader.start()
         started = time.monotonic()
         written = -1
-        beaten = started
+        beaten = logged = started
         reason: str | None = None
         while True:
             try:
@@ -581,10 +584,15 @@ class Runner:
                 reason = f"the job ran past its time limit of {timeout_s / 3600:g} hours"
             elif _size(run.workdir) > self.config.output_bytes:
                 reason = f"the job wrote more than its limit of {self.config.output_bytes} bytes"
-            elif run.n_chars != written or time.monotonic() - beaten > self.config.stale_s / 5:
-                # the log when it grew, else a bare heartbeat now and then
-                text = run.text() if run.n_chars != written else None
-                written = run.n_chars
+            elif (is_log_due := self._is_log_due(run, written, logged)) or (
+                time.monotonic() - beaten > self.config.stale_s / 5
+            ):
+                # the log when it grew (each write is of the whole log: a long one is
+                # written less often), else a bare heartbeat now and then
+                text = run.text() if is_log_due else None
+                if is_log_due:
+                    written = run.n_chars
+                    logged = time.monotonic()
                 beaten = time.monotonic()
                 status = self.store.heartbeat(run.job["id"], self.runner_id, log=text)
                 if status not in ("validated", "running"):
@@ -595,6 +603,16 @@ class Runner:
         _kill(process)
         reader.join(timeout=5)
         return reason  # (the log's Error: block says it, once)
+
+    @staticmethod
+    def _is_log_due(run: _Run, written: int, logged: float) -> bool:
+        """Whether the log grew since it was last written, and that was long enough ago for
+        its size: at most `_LOG_WRITE_CHARS_PER_S` a second, so a chatty job's log of
+        megabytes is not rewritten whole every half second."""
+        if run.n_chars == written:
+            return False
+        size = min(run.n_chars, _MAX_LOG_CHARS + _LOG_TAIL_CHARS)
+        return time.monotonic() - logged >= size / _LOG_WRITE_CHARS_PER_S
 
     def _write_cfg(self, cwd: Path, owner: str, standby: Standby | None) -> None:
         """Point the PyNN backend at the allocation server, as the executor's spynnaker.cfg.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -211,3 +212,17 @@ def test_setup_keys_of_the_portal_are_said_not_acted_on(alice: Any) -> None:
         "allotment: hardware_config spynnaker_version, extra_pip_installs not acted on"
         in job["log"]
     )
+
+
+def test_a_long_log_is_rewritten_less_often_than_a_short_one() -> None:
+    # Every half second the whole log was written again: a job printing 10 MB made its
+    # service write gigabytes in half a minute.
+    from jobqueue.runner import Runner, _Run
+
+    run = _Run({"id": 1}, Path("unused"))
+    run.append("x" * 100)
+    assert Runner._is_log_due(run, written=-1, logged=time.monotonic() - 0.5)
+    assert not Runner._is_log_due(run, written=run.n_chars, logged=0.0)  # nothing new
+    run.append("y" * 5_000_000)
+    assert not Runner._is_log_due(run, written=100, logged=time.monotonic() - 0.5)
+    assert Runner._is_log_due(run, written=100, logged=time.monotonic() - 5.1)
