@@ -1219,7 +1219,10 @@ class ServiceState:
                 for job_id in self._holders(machine.name):
                     held = previous.allocation(job_id)
                     if held is not None:
-                        allocator.restore(job_id, held.boards, held.rectangle)
+                        # a board of a split triad is restored as one (others may share
+                        # the triad), never as the 1 x 1 rectangle that holds it all
+                        rectangle = None if held.is_single_board else held.rectangle
+                        allocator.restore(job_id, held.boards, rectangle)
             allocators[machine.name] = allocator
         return allocators
 

@@ -529,3 +529,28 @@ async def test_job_listeners_hear_of_destroyed_jobs_and_switched_boards(h: Harne
     ]
     assert h.service.state.job_owner(job_id) == "a"
     assert h.service.state.job_place(other) is None
+
+
+async def test_reload_keeps_single_board_jobs_that_share_a_triad(h: Harness) -> None:
+    # Each was restored as the whole 1 x 1 triad: the second found it taken by the first
+    # and the reload was refused ("triads of job N overlap another job"), as it was on any
+    # busy machine.
+    first = await h.call("create_job", owner="a")
+    second = await h.call("create_job", owner="b")
+    boards = [
+        tuple((await h.call("get_job_machine_info", j))["boards"][0]) for j in (first, second)
+    ]
+    assert boards[0][:2] == boards[1][:2]  # one triad, two jobs
+    data = copy.deepcopy(SMALL)
+    data["machines"][0]["tags"] = ["default", "reloaded"]  # type: ignore[index]
+    h.service.reconfigure(parse_config(data))
+    await h.settle()
+    (small,) = [mc for mc in await h.call("list_machines") if mc["name"] == "small"]
+    assert small["tags"] == ["default", "reloaded"]
+    for job_id, board in zip((first, second), boards, strict=True):
+        assert (await h.state(job_id))["state"] in (2, 3)
+        assert tuple((await h.call("get_job_machine_info", job_id))["boards"][0]) == board
+    # the third board of the triad is still free for the next single-board job
+    third = await h.call("create_job", owner="c")
+    (board,) = (await h.call("get_job_machine_info", third))["boards"]
+    assert tuple(board)[:2] == boards[0][:2]
