@@ -228,6 +228,7 @@ class EventPublisher:
         """
         backoff_s = self._backoff_initial_s
         while True:
+            failed = False
             try:
                 async with self._client() as client, asyncio.TaskGroup() as tg:
                     self._set_connected(True)
@@ -236,6 +237,7 @@ class EventPublisher:
                     await self._serve(client)
             except* aiomqtt.MqttError as group:
                 # Also reached when the first connect fails; both mean "try again later".
+                failed = True
                 _log.warning(
                     "mqtt broker %s:%d: %s",
                     self.address.host,
@@ -244,7 +246,9 @@ class EventPublisher:
                 )
             finally:
                 if self.is_connected:
-                    self._set_connected(False)
+                    self._set_connected(False)  # a connection lost: counted as a failure
+                elif failed and self._metrics is not None:
+                    self._metrics.mqtt_connected(False)  # a connection that never came up
             delay_s = backoff_s * (0.5 + 0.5 * self._rng())
             backoff_s = min(backoff_s * 2, self._backoff_max_s)
             await self._sleep(delay_s)

@@ -154,13 +154,16 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._known_commands: set[str] | None = None if commands is None else set(commands)
         self._seen_commands: set[str] = set()
-        self._job_states: set[str] = set()
+        # every live state reads zero from the start, not only once a job has been in it
+        self._job_states: set[str] = {"queued", "power", "ready"}
         self._request_tallies: dict[tuple[str, str], _Tally] = {}
         r = self.registry
         self._boards = Gauge(
             "allotment_boards", "Boards by machine and state.", ["machine", "state"], registry=r
         )
         self._jobs = Gauge("allotment_jobs", "Live jobs by state.", ["state"], registry=r)
+        for state in self._job_states:
+            self._jobs.labels(state).set(0)
         self._queue_length = Gauge("allotment_queue_length", "Jobs waiting for boards.", registry=r)
         self._queue_wait = Histogram(
             "allotment_queue_wait_seconds",
@@ -278,7 +281,7 @@ class Metrics:
     def set_job_counts(self, counts_by_state: Mapping[str, int]) -> None:
         """Set how many live jobs are in each state (`queued`, `power`, `ready`, ...).
 
-        A state named before but missing now reads zero.
+        A state missing reads zero (`queued`, `power` and `ready` are always there).
         """
         self._job_states.update(counts_by_state)
         for state in self._job_states:
@@ -337,7 +340,8 @@ class Metrics:
         self._mqtt_queue.set(n_events)
 
     def mqtt_connected(self, is_connected: bool) -> None:
-        """Record whether the MQTT connection is up; a drop to down counts a failure."""
+        """Record whether the MQTT connection is up; down (a connection lost, or one that
+        could not be made) counts a failure."""
         if not is_connected:
             self._mqtt_connect_failures.inc()
         self._mqtt_connected.set(1 if is_connected else 0)

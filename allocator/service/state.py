@@ -555,6 +555,9 @@ class ServiceState:
         machine_name = self._powering_off.pop(job_id, None)
         if machine_name is not None:
             self._cool(machine_name, job_id)
+            if self._config.server.seconds_before_free > 0:
+                # powering -> cooling down: the listeners (metrics, events) see the change
+                self._background_commit((), (machine_name,))
             return
         job = self._live.get(job_id)
         if job is None or job.record.state is not JobState.POWER:

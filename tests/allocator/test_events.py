@@ -162,6 +162,8 @@ async def test_unreachable_broker_never_blocks_and_drops_are_counted() -> None:
     # Full jitter down to half the delay (rng 0.0), doubling, capped at backoff_max_s.
     assert delays_s == [0.5, 1.0, 2.0, 2.0]
     assert publisher.n_connections == 0
+    # every attempt that failed is a failure (a wrong URL used to read 0 failures for ever)
+    assert metrics.value("allotment_mqtt_connect_failures_total") == 4
 
 
 class _Proxy:

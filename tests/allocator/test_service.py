@@ -554,3 +554,20 @@ async def test_reload_keeps_single_board_jobs_that_share_a_triad(h: Harness) -> 
     third = await h.call("create_job", owner="c")
     (board,) = (await h.call("get_job_machine_info", third))["boards"]
     assert tuple(board)[:2] == boards[0][:2]
+
+
+async def test_boards_powered_off_are_announced_as_they_start_to_cool(h: Harness) -> None:
+    # The change from powering (off) to cooling down was never announced: metrics and
+    # events said "powering" until the boards came free.
+    job_id = await h.call("create_job", owner="a")
+    await h.advance(5.0)
+    (board,) = (await h.call("get_job_machine_info", job_id))["boards"]
+    await h.call("destroy_job", job_id, "done")
+    await h.settle()
+    h.changes.clear()
+    await h.advance(1.0)  # the power-off delay: the boards start to cool down
+    assert any("small" in machines for _, machines in h.changes), h.changes
+    state = h.service.views.machine_state("small")
+    assert state is not None
+    (held,) = [b for b in state.boards if (b.x, b.y, b.z) == tuple(board)]
+    assert held.state == "cooling_down"
