@@ -196,6 +196,10 @@ class EventPublisher:
         self._dirty_summaries.add(summary.machine)
         self._wakeup.set()
 
+    def forget_board(self, machine: str, x: int, y: int, z: int) -> None:
+        """Clear the retained state of a board that is no longer in the configuration."""
+        self._enqueue(_Message(board_topic(self.topic_prefix, machine, x, y, z), b"", True))
+
     def forget_machine(self, machine: str) -> None:
         """Clear the retained summary of a machine that left the configuration."""
         topic = summary_topic(self.topic_prefix, machine)

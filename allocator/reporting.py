@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from allocator.jobs import JobRecord, JobState
+from allocator.machine import Machine
 from allocator.metrics import Metrics
 from allocator.service import Service
 from allocator.service.views import BoardView
@@ -47,6 +48,7 @@ class EventSink(Protocol):
     def publish_board(self, event: BoardEvent) -> None: ...
     def publish_machine(self, event: MachineEvent) -> None: ...
     def publish_machine_summary(self, summary: MachineSummary) -> None: ...
+    def forget_board(self, machine: str, x: int, y: int, z: int) -> None: ...
     def forget_machine(self, machine: str) -> None: ...
 
 
@@ -81,6 +83,11 @@ class Reporter:
         self._dirty_machines: set[str] = set()
         self._boards: dict[str, dict[BoardXYZ, BoardView]] = {}
         self._draining: dict[str, bool] = {}
+        self._configs: dict[str, Machine] = {}
+        """Each machine as last reported: a reload that changes it is announced."""
+        self._is_started = False
+        """Whether the first report (at start) is done: machines and drains found then are
+        the state the server started in, not changes."""
         self._jobs: dict[int, _JobView] = {}
         self._last_flush = -float("inf")
         self._pending: asyncio.TimerHandle | asyncio.Handle | None = None
@@ -96,6 +103,7 @@ class Reporter:
         """Report every machine now (call once the service has restored its state)."""
         self._dirty_machines.update(self._service.machines)
         self.flush()
+        self._is_started = True
 
     def close(self) -> None:
         """Cancel a pending report (at shutdown)."""
@@ -170,7 +178,9 @@ class Reporter:
         now = self._wall_clock()
         views = self._service.board_views(name)
         if views is None:
-            if self._boards.pop(name, None) is not None:
+            gone = self._boards.pop(name, None)
+            self._configs.pop(name, None)
+            if gone is not None:
                 self._draining.pop(name, None)
                 if self._metrics is not None:
                     self._metrics.remove_machine(name)
@@ -178,19 +188,38 @@ class Reporter:
                     self._publisher.publish_machine(
                         MachineEvent(timestamp_s=now, machine=name, change=MachineChange.REMOVED)
                     )
+                    for slot in gone:
+                        self._publisher.forget_board(name, slot.x, slot.y, slot.z)
                     self._publisher.forget_machine(name)
             return
         previous = self._boards.get(name)
-        if previous is None and self._publisher is not None:
-            self._publisher.publish_machine(
-                MachineEvent(timestamp_s=now, machine=name, change=MachineChange.ADDED)
-            )
+        config = self._service.machines.get(name)
+        known = self._configs.get(name)
+        if config is not None:
+            self._configs[name] = config
+        if self._publisher is not None:
+            if previous is None and self._is_started:
+                self._publisher.publish_machine(
+                    MachineEvent(timestamp_s=now, machine=name, change=MachineChange.ADDED)
+                )
+            elif known is not None and config is not None and known != config:
+                self._publisher.publish_machine(
+                    MachineEvent(timestamp_s=now, machine=name, change=MachineChange.CHANGED)
+                )
+            for slot in () if previous is None else previous.keys() - views.keys():
+                # no longer in the machine (a reload made it smaller): no retained state
+                self._publisher.forget_board(name, slot.x, slot.y, slot.z)
         is_draining = self._service.is_draining(name)
-        was_draining = self._draining.get(name, False)
-        if was_draining != is_draining and self._publisher is not None:
+        was_draining = self._draining.get(name)
+        if was_draining is not None and was_draining != is_draining and self._publisher is not None:
             change = MachineChange.DRAINED if is_draining else MachineChange.UNDRAINED
             self._publisher.publish_machine(
-                MachineEvent(timestamp_s=now, machine=name, change=change)
+                MachineEvent(
+                    timestamp_s=now,
+                    machine=name,
+                    change=change,
+                    reason=self._service.drain_reason(name),
+                )
             )
         self._draining[name] = is_draining
         self._boards[name] = views

@@ -179,6 +179,9 @@ class Service:
     def is_draining(self, machine_name: str) -> bool:
         return self.state.is_draining(machine_name)
 
+    def drain_reason(self, machine_name: str) -> str | None:
+        return self.state.drain_reason(machine_name)
+
     def board_views(self, machine_name: str) -> dict[BoardXYZ, BoardView] | None:
         return self.views.board_views(machine_name)
 

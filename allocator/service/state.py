@@ -204,6 +204,8 @@ class ServiceState:
         self._board_status: dict[tuple[str, BoardXYZ], StoredBoardStatus] = {}
         self._link_status: dict[tuple[str, BoardXYZ, Link], LinkStatus] = {}
         self._draining: set[str] = set()
+        self._drain_reasons: dict[str, str | None] = {}
+        """Why each drained machine was drained (the operator's reason)."""
         self._audit: deque[a.AuditEntry] = deque(maxlen=a.MAX_AUDIT_ENTRIES)
         self._next_audit_id = 1
         self._store = store
@@ -314,6 +316,7 @@ class ServiceState:
             self._audit.append(entry)
             self._next_audit_id = max(self._next_audit_id, entry.audit_id + 1)
         self._draining = {s.machine for s in state.machine_status if s.is_draining}
+        self._drain_reasons = {s.machine: s.reason for s in state.machine_status if s.is_draining}
 
     async def _restore(self, state: StoredState) -> None:
         now = self._clock.now()
@@ -806,6 +809,10 @@ class ServiceState:
     def machine(self, name: str) -> Machine | None:
         return self._machines.get(name)
 
+    def drain_reason(self, machine_name: str) -> str | None:
+        """Why the machine was last drained or undrained (None: not known)."""
+        return self._drain_reasons.get(machine_name)
+
     def is_draining(self, machine_name: str) -> bool:
         """Whether an operator drained the machine (it allocates nothing new)."""
         return machine_name in self._draining
@@ -1168,6 +1175,7 @@ class ServiceState:
             self._draining.add(machine.name)
         else:
             self._draining.discard(machine.name)
+        self._drain_reasons[machine.name] = reason
         self._store.stage(
             PutMachineStatus(
                 MachineStatus(machine.name, is_draining, reason, self._wall_clock(), by)
