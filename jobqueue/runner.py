@@ -203,16 +203,19 @@ class Runner:
         self._shims = shims.install(config.jobs_dir.parent / f".{config.jobs_dir.name}-shims")
         self._kernels = KernelCache(config.kernel_cache_dir or default_root())
         self._warmed = threading.Event()
-        # what the job's Python needs, in case it lies under the sandbox's private /tmp
-        self._visible = [
-            self._shims,
-            Path(sys.prefix),
-            Path(sys.base_prefix),
-            *(Path(p) for p in sys.path if p and Path(p).is_dir()),
-            Path(config.python).resolve().parent,
-            *_package_directories(_JOB_PACKAGES),
-            _RELAY.parent,
-        ]
+        # what the job's Python needs besides the system's: nothing more of the host
+        self._visible = _visible_directories(
+            [
+                self._shims,
+                Path(sys.prefix),
+                Path(sys.base_prefix),
+                *_library_path(),
+                Path(config.python).resolve().parent,
+                *_package_directories(_JOB_PACKAGES),
+                _RELAY.parent,
+            ],
+            keep_out=[Path.cwd(), config.jobs_dir],
+        )
 
     def __repr__(self) -> str:
         return f"<Runner {self.runner_id}, {len(self._running)}/{self.config.n_slots} running>"
@@ -757,6 +760,34 @@ def _describe(workdir: Path, relative: str) -> OutputFile:
 
 _JOB_PACKAGES = ("allotment", "toolchain", "machine_models", "protocol")
 """allotment's packages a job's script imports (through the PyNN backend)."""
+
+
+def _library_path() -> list[Path]:
+    """The runner's `sys.path` directories inside its Python's prefixes (never the working
+    directory `python -m` puts first: it holds the service's own files)."""
+    prefixes = [Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()]
+    found = []
+    for entry in sys.path:
+        path = Path(entry).resolve() if entry else None
+        if path is not None and path.is_dir() and any(path.is_relative_to(p) for p in prefixes):
+            found.append(path)
+    return found
+
+
+def _visible_directories(candidates: list[Path], keep_out: list[Path]) -> list[Path]:
+    """The candidates, less any that holds (or is) a directory of the service's own: the
+    working directory it was started in (its database, its dispatch folder) and the jobs'
+    directories. One left out is logged."""
+    kept = []
+    guarded = [p.resolve() for p in keep_out]
+    for candidate in dict.fromkeys(c.resolve() for c in candidates):
+        if any(g.is_relative_to(candidate) for g in guarded):
+            log.warning(
+                "%s holds the service's own files: it is not made visible to jobs", candidate
+            )
+            continue
+        kept.append(candidate)
+    return kept
 
 
 def _package_directories(names: tuple[str, ...]) -> list[Path]:

@@ -3,10 +3,16 @@
     runner thread ──Popen──> bwrap (own session, pid namespace, no capabilities)
                                └─ python run.py spiNNaker     (cwd = the job's directory)
 
-Inside, the whole file system is read-only; `/tmp` is private and as big as the job's output
-limit; the directory holding every job's working directory is an empty, read-only tmpfs
-with only this job's directory bound back in (read-write), so other jobs' files do not
-exist; the service's SQLite files are covered by
+Inside, the file system holds only what a job's Python needs, read-only: the system's
+programs and libraries (`/usr` and its links `/bin`, `/lib`, ...), `/etc` (less
+`/etc/allotment`, where a deployment keeps its secrets), and the directories the runner
+names (the Python environment, allotment's packages, the shims). Nothing else of the host
+exists: not the service's working directory (its database, its dispatch folder with every
+user's images and results), not `/run` or `/var` (the database's and other services' Unix
+sockets), not `/home` or `/root`. `/tmp` is private and as big as the job's output limit;
+the directory holding every job's working directory is an empty, read-only tmpfs with only
+this job's directory bound back in (read-write), so other jobs' files do not exist; the
+service's SQLite files, should they lie under a directory that is there, are covered by
 mode-000 empty files (capabilities dropped, so even uid 0 is refused). The network is the
 sandbox's own, with nothing but its loopback: no service of the host (the allocation server,
 the database, the MQTT broker, the batch API) can be reached. The runner binds one Unix
@@ -73,6 +79,36 @@ def _memory_file(data: bytes) -> int:
     return fd
 
 
+_SYSTEM_DIRECTORIES = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/var/cache/fontconfig",  # the system's font cache (else every figure builds its own)
+)
+_SECRET_DIRECTORIES = ("/etc/allotment",)
+"""Under a system directory, but the service's own (its environment file, its config)."""
+
+
+def _system_binds() -> list[str]:
+    """bwrap arguments that make the system's programs, libraries and /etc visible, the
+    links of a merged /usr as links, and /dev and /proc of the sandbox's own."""
+    arguments: list[str] = []
+    for path in _SYSTEM_DIRECTORIES:
+        if os.path.islink(path):
+            arguments += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            arguments += ["--ro-bind", path, path]
+    for path in _SECRET_DIRECTORIES:
+        if os.path.isdir(path):
+            arguments += ["--tmpfs", path, "--remount-ro", path]
+    return [*arguments, "--dev", "/dev", "--proc", "/proc"]
+
+
 def bwrap_path() -> str:
     """Where bubblewrap is; raises SandboxUnavailableError when it is not installed."""
     found = shutil.which("bwrap")
@@ -103,8 +139,8 @@ def sandboxed_command(
         cwd: where `argv` starts (the job's directory or a folder in it).
         jobs_root: the directory holding every job's directory (hidden inside).
         hidden_files: files to make unreadable (the database and its companions).
-        visible: directories the job needs that may lie under /tmp (the Python environment,
-            the shims), bound back read-only over the private /tmp.
+        visible: directories the job needs besides the system's (the Python environment,
+            allotment's packages, the shims), bound read-only where they are.
         env: the job's whole environment, set inside the sandbox (run the command itself
             with `BWRAP_ENVIRONMENT`).
         tmp_bytes: the size of the private /tmp (None: the kernel's default).
@@ -114,17 +150,12 @@ def sandboxed_command(
         The command and the file descriptors it names (bwrap reads each once): pass them
         to Popen with `pass_fds` and close them once it has started.
     """
-    command = [
-        bwrap_path(),
-        "--ro-bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
-    ]  # fmt: skip
+    command = [bwrap_path(), *_system_binds()]
     if tmp_bytes is not None:
         command += ["--size", str(tmp_bytes)]
     command += ["--tmpfs", "/tmp"]
     for directory in dict.fromkeys(visible):
-        if directory.is_relative_to("/tmp") and directory.exists():
+        if directory.exists() and not directory.is_relative_to("/usr"):
             command += ["--ro-bind", str(directory), str(directory)]
     for inside, socket_path in (sockets or {}).items():
         command += ["--ro-bind", str(socket_path), inside]

@@ -252,3 +252,56 @@ def test_a_job_holds_at_most_its_share_of_connections(tmp_path: Path) -> None:
             sock.close()
         gateway.stop()
         upstream.close()
+
+
+_PEEK = """\
+import json, os, socket
+seen = {}
+for path in (__PATHS__):
+    try:
+        with open(path) as f:
+            seen[path] = f.read()
+    except OSError as error:
+        seen[path] = type(error).__name__
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(__SOCKET__)
+    seen["socket"] = "connected"
+except OSError as error:
+    seen["socket"] = type(error).__name__
+seen["run"] = sorted(os.listdir("/run")) if os.path.isdir("/run") else None
+print("RESULT seen", json.dumps(seen))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_script_sees_nothing_of_the_services_files_or_sockets(alice: Any) -> None:
+    # The whole host file system was readable: the service's working directory (its
+    # configuration with the operator token, the dispatch folder with every user's images
+    # and results) and any Unix socket under /run (the database's, on a real host).
+    service, client = alice()
+    secret = service.cwd / "secret.env"
+    secret.write_text("ALLOTMENT_DB=postgresql://allotment:s3cret@db/allotment\n")
+    secret.chmod(0o600)
+    dispatch = service.cwd / "allotment-dispatch" / "7"
+    dispatch.mkdir(parents=True)
+    (dispatch / "results.bin").write_text("another user's results")
+    listener = socket.socket(socket.AF_UNIX)
+    socket_path = service.cwd / "db.sock"
+    listener.bind(str(socket_path))
+    listener.listen()
+    paths = [str(secret), str(dispatch / "results.bin"), "/etc/hostname"]
+    script = _PEEK.replace("__PATHS__", repr(paths)[1:-1] + ",").replace(
+        "__SOCKET__", repr(str(socket_path))
+    )
+    try:
+        job = run_job(client, script)
+    finally:
+        listener.close()
+    assert job["status"] == "finished", job["log"]
+    seen = _results(job["log"])["seen"]
+    assert seen[str(secret)] == "FileNotFoundError"
+    assert seen[str(dispatch / "results.bin")] == "FileNotFoundError"
+    assert seen["socket"] == "FileNotFoundError"
+    assert seen["run"] is None  # /run is not there at all
+    assert seen["/etc/hostname"] not in ("FileNotFoundError", "PermissionError")  # /etc is
