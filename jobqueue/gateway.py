@@ -14,19 +14,21 @@ Per batch job:
 - `create_job` is sent with the batch job's owner (`<user> nmpi-job-<id>`), whatever owner
   the script gave, so every allocation it makes is charged to the job and destroyed when
   the job ends (`jobqueue.usage`);
-- the commands that change a spalloc job or use its boards (`destroy_job`, `job_keepalive`,
+- the commands that change a spalloc job, keep it alive or use its boards (`destroy_job`,
+  `job_keepalive`, `get_job_state` and `get_job_machine_info`, which count as keepalives,
   `power_on_job_boards`, `power_off_job_boards`, `load_image`, `start_run`, `stop_run`,
   `fetch_results`) are passed on only for the jobs it created through the gateway and the
   standby it was handed; for any other job the gateway answers
   ``job N is not an allocation of batch job M``;
-- reads (`list_jobs`, `list_machines`, `get_job_state`, `get_job_machine_info`,
-  `where_is`, the board positions, `version`, `run_status`) and notifications go through;
+- reads (`list_jobs`, `list_machines`, `where_is`, the board positions, `version`,
+  `run_status`) and notifications go through;
 - operator commands and commands it does not know are refused;
 - at most `MAX_CONNECTIONS_PER_JOB` connections at once.
 
 Every request line is decoded and bound by the code the server uses (`protocol.codec`,
-`protocol.commands`) and sent on re-encoded from what was checked, so the server can never
-read a request differently from the gateway. A malformed request is answered by the
+`protocol.commands`) and sent on re-encoded from what was checked (compact, UTF-8), so the
+server can never read a request differently from the gateway; one that would be longer
+than a line may be once re-encoded is refused. A malformed request is answered by the
 gateway with the server's own message. Raw bytes pass as they are: `load_image`'s body
 after its go-ahead, `fetch_results`' bytes after its reply. Replies keep the order of the
 requests, the gateway's own refusals included.
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.codec import MAX_LINE_BYTES, decode_request_parts, encode_exception, encode_request
+from protocol.codec import MAX_LINE_BYTES, decode_request_parts, encode_exception
 from protocol.commands import bind, check_job_id, command_table
 from protocol.dispatch import DIGEST_TRAILER_BYTES
 from protocol.errors import CommandError, DecodeError, UnknownCommandError
@@ -58,6 +60,10 @@ _CHANGING = frozenset(
     {
         "destroy_job",
         "job_keepalive",
+        # reads, but they count as the job's keepalive (spalloc's rule): another user's job
+        # polled this way would never expire
+        "get_job_state",
+        "get_job_machine_info",
         "power_on_job_boards",
         "power_off_job_boards",
         "load_image",
@@ -74,8 +80,6 @@ _READS = frozenset(
         "allotment_version",
         "list_jobs",
         "list_machines",
-        "get_job_state",
-        "get_job_machine_info",
         "where_is",
         "get_board_position",
         "get_board_at_position",
@@ -278,6 +282,8 @@ class _Session:
                 await down
                 return
             except asyncio.LimitOverrunError:
+                # As the server does: the replies to the lines before it, then the refusal,
+                # then the end (the server answers what it has, then closes).
                 self._reply_locally(
                     _Pending(
                         "?",
@@ -287,8 +293,9 @@ class _Session:
                         ),
                     )
                 )
-                await self._writer.drain()
-                down.cancel()
+                if up_writer.can_write_eof():
+                    up_writer.write_eof()
+                await down
                 return
             pending, request = self._check(line)
             if request is None:
@@ -320,6 +327,11 @@ class _Session:
         for pending in self._pending:
             if pending.go_ahead is not None and not pending.go_ahead.done():
                 pending.go_ahead.set_result(None)
+        # the gateway's own replies still due (a refusal of an overlong line, after the
+        # server's replies to the lines before it)
+        while self._pending and self._pending[0].local_reply is None:
+            self._pending.popleft()  # never answered: the server closed first
+        self._write_local_replies()
         with contextlib.suppress(OSError):
             if writer.can_write_eof():
                 writer.write_eof()
@@ -345,11 +357,15 @@ class _Session:
             if job_id not in gate.allowed:
                 refusal = f"job {job_id} is not an allocation of batch job {gate.batch_job_id}"
                 return _Pending(command, local_reply=encode_exception(refusal)), None
+        request = _encode_request(command, args, kwargs)
+        if len(request) > MAX_LINE_BYTES + 1:
+            refusal = f"request line longer than {MAX_LINE_BYTES} bytes once re-encoded"
+            return _Pending(command, local_reply=encode_exception(refusal)), None
         pending = _Pending(command)
         if command == "load_image":
             pending.has_digest = getattr(bound, "sha256", None) is not None
             pending.go_ahead = asyncio.get_running_loop().create_future()
-        return pending, encode_request(command, args, kwargs)
+        return pending, request
 
     def _reply_locally(self, pending: _Pending) -> None:
         self._pending.append(pending)
@@ -394,6 +410,17 @@ class _Session:
             n_bytes = value.get("n_bytes")
             return n_bytes if type(n_bytes) is int and n_bytes > 0 else 0
         return 0
+
+
+def _encode_request(command: str, args: list[Any], kwargs: dict[str, Any]) -> bytes:
+    """The request as the server will read it: compact JSON in UTF-8 (never longer than
+    what came but for a number written another way)."""
+    request = {"command": command, "args": args, "kwargs": kwargs}
+    text = json.dumps(request, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (an escape that names no character)
+        return json.dumps(request, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
 async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n_bytes: int) -> None:
