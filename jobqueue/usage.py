@@ -80,6 +80,10 @@ class UsageMonitor:
         self._n_asked = 0
         self._n_answered = 0
         self._ending: dict[str, str] = {}  # owner -> the reason its allocations are destroyed
+        # Owners of ended jobs whose allocations no poll could destroy when they ended (the
+        # allocation server was away): destroyed by the next poll that can, then forgotten.
+        self._doomed: dict[str, str] = {}
+        self._n_destroyed = 0  # the count asked that the last poll which got through had seen
 
     def __repr__(self) -> str:
         return f"<UsageMonitor {self._host}:{self._port}, {len(self._board_seconds)} owners>"
@@ -129,6 +133,7 @@ class UsageMonitor:
                 `owner`, with this reason (the job that made them has ended).
         """
         with self._lock:
+            asked = 0
             if self._thread is not None and self._thread.is_alive():
                 if destroy_reason is not None:
                     self._ending[owner] = destroy_reason
@@ -143,7 +148,16 @@ class UsageMonitor:
                 self._last_seen.pop(job_id, None)
             handed = self._handed_seconds.pop(owner, 0.0)
             self._watched_at.pop(owner, None)
-            self._ending.pop(owner, None)
+            reason = self._ending.pop(owner, None)
+            if reason is not None and self._n_destroyed < asked:
+                # No poll got through since the job ended: what it left is destroyed when
+                # one does (the time after the job's end is not charged to it).
+                log.warning(
+                    "the allocation server could not be asked to destroy what %s left;"
+                    " it will be as soon as it can",
+                    owner,
+                )
+                self._doomed[owner] = reason
             return self._board_seconds.pop(owner, 0.0) + (handed if is_charging_handed else 0.0)
 
     def _run(self) -> None:
@@ -157,7 +171,7 @@ class UsageMonitor:
         try:
             while not self._stop.is_set():
                 with self._lock:
-                    is_watching = bool(self._board_seconds)
+                    is_watching = bool(self._board_seconds) or bool(self._doomed)
                     asked = self._n_asked
                 if not is_watching:
                     # Nobody to count for: no connection either, so that no job change
@@ -177,6 +191,8 @@ class UsageMonitor:
                     self._credit(entries, now, changed if changed is not None else previous)
                     previous = now
                     await self._destroy_ended(client, entries)
+                    with self._lock:
+                        self._n_destroyed = max(self._n_destroyed, asked)
                     self._answer(asked)
                     changed = await self._nap(client)
                 except (ProtocolError, OSError) as error:
@@ -194,7 +210,12 @@ class UsageMonitor:
     async def _destroy_ended(self, client: AllotmentClient, entries: list[JobListEntry]) -> None:
         """Destroy what `entries` list under an owner whose batch job has ended."""
         with self._lock:
-            doomed = [(e.job_id, self._ending[e.owner]) for e in entries if e.owner in self._ending]
+            ending = {**self._doomed, **self._ending}
+            doomed = [(e.job_id, ending[e.owner]) for e in entries if e.owner in ending]
+            # an owner left over from an earlier end with nothing listed any more is done
+            listed_owners = {e.owner for e in entries}
+            for owner in [o for o in self._doomed if o not in listed_owners]:
+                del self._doomed[owner]
         for job_id, reason in doomed:
             log.info("destroying spalloc job %d: %s", job_id, reason)
             await client.destroy_job(job_id, reason)

@@ -3,6 +3,9 @@ time they held their boards, to their end, not by whole polling intervals."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from typing import Any
 
@@ -176,3 +179,86 @@ def test_a_list_asked_before_a_hand_over_credits_nothing_negative() -> None:
     monitor._credit([_entry(12, "nmpi-standby runner", 1)], t0, previous=t0 - 1.0)
     monitor._credit([_entry(12, "nmpi-standby runner", 1)], t0 + 1.3, previous=t0)
     assert monitor.release(OWNER) == pytest.approx(1.0)
+
+
+class _Relay:
+    """A TCP relay on a port of its own to the allocation server, that can go away and come
+    back on the same port (an allocation server that is down for a while)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        probe = socket.create_server(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.up()
+
+    def up(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        assert self._listener is not None
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept, which then ends
+        self._listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+
+
+@pytest.mark.timeout(90)
+def test_what_an_ended_job_left_while_the_server_was_away_is_destroyed_when_it_is_back(
+    server: ServerProcess,
+) -> None:
+    # The one poll at the job's end failed and nothing tried again: an allocation with no
+    # keepalive outlived its batch job for good.
+    async def allocate() -> int:
+        async with await AllotmentClient.connect(server.host, server.port, timeout_s=10) as c:
+            return await c.create_job(owner=OWNER, keepalive_s=None)
+
+    async def state(job_id: int) -> tuple[int, str | None]:
+        async with await AllotmentClient.connect(server.host, server.port, timeout_s=10) as c:
+            found = await c.get_job_state(job_id)
+        return found.state, found.reason
+
+    relay = _Relay((server.host, server.port))
+    monitor = UsageMonitor("127.0.0.1", relay.port, interval_s=0.5)
+    monitor.start()
+    try:
+        monitor.watch(OWNER)
+        job_id = anyio.run(allocate)
+        time.sleep(1.0)  # seen by a poll
+        relay.down()
+        monitor.release(OWNER, destroy_reason="batch job 7 ended")
+        assert anyio.run(state, job_id) == (3, None)  # nobody could destroy it
+        relay.up()
+        deadline = time.monotonic() + 30
+        while anyio.run(state, job_id)[0] != 4:
+            assert time.monotonic() < deadline, "never destroyed"
+            time.sleep(0.2)
+        assert anyio.run(state, job_id) == (4, "batch job 7 ended")
+    finally:
+        monitor.stop()
+        relay.down()
