@@ -77,6 +77,9 @@ _MAX_LOG_CHARS = 10_000_000
 """The first characters of a job's log that are kept."""
 _LOG_TAIL_CHARS = 1_000_000
 """And the last: the end of a longer log (a traceback, why the job was stopped)."""
+_MAX_JOB_ENTRIES = 20_000
+"""Files and folders one job may make in its directory (empty files pass the byte limit,
+yet each costs the host an inode, the runner a look at every heartbeat, the job an output)."""
 _LOG_WRITE_CHARS_PER_S = 1_000_000
 """How much log a running job writes to the database a second, at most (a log up to about
 500 k characters still goes every half second; one of 10 M, every 10 s)."""
@@ -585,8 +588,10 @@ class Runner:
                 reason = "the runner was stopped while the job ran"
             elif time.monotonic() - started > timeout_s:
                 reason = f"the job ran past its time limit of {timeout_s / 3600:g} hours"
-            elif _size(run.workdir) > self.config.output_bytes:
+            elif (used := _size(run.workdir))[0] > self.config.output_bytes:
                 reason = f"the job wrote more than its limit of {self.config.output_bytes} bytes"
+            elif used[1] > _MAX_JOB_ENTRIES:
+                reason = f"the job made more than its limit of {_MAX_JOB_ENTRIES} files and folders"
             elif (is_log_due := self._is_log_due(run, written, logged)) or (
                 time.monotonic() - beaten > self.config.stale_s / 5
             ):
@@ -689,13 +694,19 @@ def _files(root: Path) -> set[str]:
     return found
 
 
-def _size(root: Path) -> int:
+def _size(root: Path) -> tuple[int, int]:
+    """The bytes of the files under `root`, and how many entries it holds (up to one past
+    `_MAX_JOB_ENTRIES`: the walk stops there)."""
     total = 0
+    n_entries = 0
     for path in root.rglob("*"):
+        n_entries += 1
+        if n_entries > _MAX_JOB_ENTRIES:
+            break
         with contextlib.suppress(OSError):
             if path.is_file() and not path.is_symlink():
                 total += path.stat().st_size
-    return total
+    return total, n_entries
 
 
 def _skipped(relative: str) -> bool:
@@ -720,6 +731,9 @@ def _collect_outputs(workdir: Path, before: set[str], cwd: Path) -> list[OutputF
     for relative in sorted(_files(workdir) - before):
         if _skipped(relative) or relative.startswith((".matplotlib/", f"{_JOB_NUMBA_CACHE}/")):
             continue
+        if len(found) >= _MAX_JOB_ENTRIES:  # (a job stopped for making too many)
+            log.warning("only the first %d outputs of %s are listed", len(found), workdir)
+            break
         try:
             relative.encode("utf-8")
         except UnicodeEncodeError:  # a name of bytes that are no UTF-8: no URL can name it

@@ -226,3 +226,21 @@ def test_a_long_log_is_rewritten_less_often_than_a_short_one() -> None:
     run.append("y" * 5_000_000)
     assert not Runner._is_log_due(run, written=100, logged=time.monotonic() - 0.5)
     assert Runner._is_log_due(run, written=100, logged=time.monotonic() - 5.1)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_making_files_without_end_is_stopped(alice: Any) -> None:
+    # Empty files pass the byte limit: 100,000 of them cost the runner a core walking them
+    # at every heartbeat, the host its inodes and the job record 100,000 outputs.
+    _, client = alice()
+    script = (
+        "import os, time\n"
+        "os.mkdir('many')\n"
+        "for n in range(30000):\n"
+        "    open(f'many/{n}', 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    job = run_job(client, script)
+    assert job["status"] == "error"
+    assert "the job made more than its limit of 20000 files and folders" in job["log"]
+    assert len(job["output_data"]["files"]) <= 20001  # (the log besides)
