@@ -108,6 +108,8 @@ class _Gate:
     batch_job_id: int
     owner: str
     allowed: set[int]
+    created: set[int] = field(default_factory=set)
+    """The spalloc jobs it created through the gateway (`allowed` less a standby)."""
     server: asyncio.AbstractServer | None = None
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -213,6 +215,9 @@ class Gateway:
     async def _accept(
         self, gate: _Gate, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        if self._gates.get(gate.batch_job_id) is not gate:  # came as the job was ending
+            writer.close()
+            return
         if len(gate.sessions) >= MAX_CONNECTIONS_PER_JOB:
             writer.write(
                 encode_exception(
@@ -246,6 +251,8 @@ class _Session:
         self._reader = reader
         self._writer = writer
         self._pending: collections.deque[_Pending] = collections.deque()
+        self._is_relaying_body = False
+        """Raw bytes of a reply are being passed on: no line may go between them."""
 
     async def run(self, host: str, port: int) -> None:
         try:
@@ -321,7 +328,11 @@ class _Session:
             n_body = self._on_server_line(line)
             writer.write(line)
             if n_body:
-                await _copy(up_reader, writer, n_body)
+                self._is_relaying_body = True
+                try:
+                    await _copy(up_reader, writer, n_body)
+                finally:
+                    self._is_relaying_body = False
             self._write_local_replies()
             await writer.drain()
         for pending in self._pending:
@@ -350,6 +361,12 @@ class _Session:
             if command == "create_job":
                 kwargs = {**kwargs, "owner": gate.owner}
             bound = bind(command, args, kwargs)
+            if command == "load_image" and bound.owner is not None:  # type: ignore[attr-defined]
+                job = check_job_id(command, "job_id", getattr(bound, "job_id", None))
+                if job in gate.created:
+                    # the owner its create_job was given, whatever the script thinks it is
+                    kwargs = {**kwargs, "owner": gate.owner}
+                    bound = bind(command, args, kwargs)
         except (DecodeError, CommandError) as error:
             return _Pending(command, local_reply=encode_exception(str(error))), None
         if command in _CHANGING:
@@ -373,6 +390,8 @@ class _Session:
 
     def _write_local_replies(self) -> None:
         """Write the gateway's own replies that are next in order."""
+        if self._is_relaying_body:
+            return  # after the body (the downstream writes them then)
         while self._pending and self._pending[0].local_reply is not None:
             reply = self._pending.popleft().local_reply
             assert reply is not None
@@ -406,6 +425,7 @@ class _Session:
             return 0
         if pending.command == "create_job" and type(value) is int:
             self._gate.allowed.add(value)
+            self._gate.created.add(value)
         elif pending.command == "fetch_results" and type(value) is dict:
             n_bytes = value.get("n_bytes")
             return n_bytes if type(n_bytes) is int and n_bytes > 0 else 0

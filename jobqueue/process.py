@@ -159,15 +159,20 @@ class BatchSupervisor:
                 status,
                 delay,
             )
-            if self._stopping.wait(delay):
-                return
-            delay = min(_LAST_RESTART_S, delay * 2)
+            while True:  # until one starts (or the server stops)
+                if self._stopping.wait(delay):
+                    return
+                delay = min(_LAST_RESTART_S, delay * 2)
+                try:
+                    fresh = BatchProcess.start(self._arguments)
+                    break
+                except (BatchStartError, OSError) as error:
+                    log.error(
+                        "the batch service did not start again: %s; trying again in %g s",
+                        error,
+                        delay,
+                    )
             started = time.monotonic()
-            try:
-                fresh = BatchProcess.start(self._arguments)
-            except BatchStartError as error:
-                log.error("%s", error)
-                continue
             with self._lock:
                 if self._stopping.is_set():
                     fresh.stop()

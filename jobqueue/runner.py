@@ -140,6 +140,8 @@ class _Run:
     standby: Standby | None = None
     gateway_socket: Path | None = None
     """Where the runner's gateway listens for the job's connections, while it runs."""
+    n_entries_before: int = 0
+    """Files and folders in the job's directory before its script ran (its code, inputs)."""
     n_chars: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -213,6 +215,7 @@ class Runner:
                 Path(sys.prefix),
                 Path(sys.base_prefix),
                 *_library_path(),
+                Path(config.python).parent,
                 Path(config.python).resolve().parent,
                 *_package_directories(_JOB_PACKAGES),
                 _RELAY.parent,
@@ -418,7 +421,10 @@ class Runner:
         workdir = run.workdir
         if run.gateway_socket is not None and self._gateway is not None:
             # nothing more reaches the allocation server from the job
-            self._gateway.close(job_id)
+            try:
+                self._gateway.close(job_id)
+            except Exception:
+                log.exception("the gateway of job %d did not close", job_id)
             with contextlib.suppress(OSError):
                 run.gateway_socket.unlink()
         is_standby_used = True
@@ -482,6 +488,7 @@ class Runner:
         # A copy: a job can never change what the next one loads.
         self._kernels.copy_to(workdir / _JOB_NUMBA_CACHE)
         before = _files(workdir)
+        run.n_entries_before = _size(workdir)[1]
         config = job["hardware_config"] or {}
         setup_keys = [key for key in _SETUP_KEYS if key in config]
         if setup_keys:
@@ -538,7 +545,7 @@ class Runner:
             sockets=sockets,
         )
         # A job that asks for its own time limit gets as much CPU time (else the runner's).
-        cpu_s = self.config.cpu_s if "timeout" not in config else max(1, int(timeout_h * 3600))
+        cpu_s = max(self.config.cpu_s, int(timeout_h * 3600))
         limits = Limits(
             cpu_s=cpu_s,
             memory_bytes=self.config.memory_bytes,
@@ -588,9 +595,11 @@ class Runner:
                 reason = "the runner was stopped while the job ran"
             elif time.monotonic() - started > timeout_s:
                 reason = f"the job ran past its time limit of {timeout_s / 3600:g} hours"
-            elif (used := _size(run.workdir))[0] > self.config.output_bytes:
+            elif (used := _size(run.workdir, run.n_entries_before + _MAX_JOB_ENTRIES))[
+                0
+            ] > self.config.output_bytes:
                 reason = f"the job wrote more than its limit of {self.config.output_bytes} bytes"
-            elif used[1] > _MAX_JOB_ENTRIES:
+            elif used[1] - run.n_entries_before > _MAX_JOB_ENTRIES:
                 reason = f"the job made more than its limit of {_MAX_JOB_ENTRIES} files and folders"
             elif (is_log_due := self._is_log_due(run, written, logged)) or (
                 time.monotonic() - beaten > self.config.stale_s / 5
@@ -694,14 +703,14 @@ def _files(root: Path) -> set[str]:
     return found
 
 
-def _size(root: Path) -> tuple[int, int]:
+def _size(root: Path, limit: int = 10**9) -> tuple[int, int]:
     """The bytes of the files under `root`, and how many entries it holds (up to one past
-    `_MAX_JOB_ENTRIES`: the walk stops there)."""
+    `limit`: the walk stops there)."""
     total = 0
     n_entries = 0
     for path in root.rglob("*"):
         n_entries += 1
-        if n_entries > _MAX_JOB_ENTRIES:
+        if n_entries > limit:
             break
         with contextlib.suppress(OSError):
             if path.is_file() and not path.is_symlink():
@@ -727,7 +736,7 @@ def _collect_outputs(workdir: Path, before: set[str], cwd: Path) -> list[OutputF
             for path in sorted(reports.rglob("*")):
                 if path.is_file() and not path.is_symlink():
                     archive.write(path, path.relative_to(cwd).as_posix())
-    found = []
+    found: list[OutputFile] = []
     for relative in sorted(_files(workdir) - before):
         if _skipped(relative) or relative.startswith((".matplotlib/", f"{_JOB_NUMBA_CACHE}/")):
             continue
@@ -794,7 +803,10 @@ def _visible_directories(candidates: list[Path], keep_out: list[Path]) -> list[P
     directories. One left out is logged."""
     kept = []
     guarded = [p.resolve() for p in keep_out]
-    for candidate in dict.fromkeys(c.resolve() for c in candidates):
+    # each as given and as it resolves: the job is handed paths as given (its Python, the
+    # relay, the shims), and a link among them must lead somewhere inside too
+    both = [path for c in candidates for path in (c.absolute(), c.resolve())]
+    for candidate in dict.fromkeys(both):
         if any(g.is_relative_to(candidate) for g in guarded):
             log.warning(
                 "%s holds the service's own files: it is not made visible to jobs", candidate

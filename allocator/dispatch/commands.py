@@ -442,9 +442,17 @@ class DispatchCommands:
             raise DispatchError(f"job {job_id} is already receiving an image")
         if args.n_bytes > self._settings.max_image_bytes:
             raise ImageTooLargeError(job_id, args.n_bytes, self._settings.max_image_bytes)
-        await self._check_room(job_id, args.n_bytes)
+        # Taken at once, with no wait between the checks and the taking: another load of
+        # this job, or of any, sees this one from here on.
+        self._check_uploads(job_id, args.n_bytes)
         self._uploading.add(job_id)
         self._uploading_bytes[job_id] = args.n_bytes
+        try:
+            await self._check_free_disk(job_id, args.n_bytes)
+        except BaseException:
+            self._uploading.discard(job_id)
+            self._uploading_bytes.pop(job_id, None)
+            raise
         folder = job_folder(self._directory, job_id)
         path = folder / f"upload-{secrets.token_hex(8)}.tmp"
         try:
@@ -535,9 +543,9 @@ class DispatchCommands:
             job_id=job_id, token=token, state_step=job.record.state_step, **info.model_dump()
         )
 
-    async def _check_room(self, job_id: int, n_bytes: int) -> None:
-        """Refuse an image before its go-ahead when the uploads in flight, or the disk, have
-        no room for it (a client making many jobs cannot fill the disk with uploads)."""
+    def _check_uploads(self, job_id: int, n_bytes: int) -> None:
+        """Refuse an image before its go-ahead when the uploads in flight have no room for
+        it (a client making many jobs cannot fill the disk with uploads held open)."""
         uploading = sum(self._uploading_bytes.values())
         limit = self._settings.max_uploading_bytes
         if uploading + n_bytes > limit:
@@ -545,10 +553,15 @@ class DispatchCommands:
                 f"the server is receiving {uploading} bytes of images already, and {n_bytes}"
                 f" more for job {job_id} would pass its limit of {limit}: try again shortly"
             )
+
+    async def _check_free_disk(self, job_id: int, n_bytes: int) -> None:
+        """Refuse an image that, with the others being received, would leave the disk less
+        than `min_free_bytes` free (this one's bytes are taken already)."""
         try:
             free = (await self._in_thread(shutil.disk_usage, self._directory)).free
         except OSError:
             return  # the upload itself will say what is wrong with the disk
+        free -= sum(self._uploading_bytes.values()) - n_bytes  # the others' still to come
         if free - n_bytes < self._settings.min_free_bytes:
             raise DispatchError(
                 f"the server's disk has {free} bytes free: too little for an image of"

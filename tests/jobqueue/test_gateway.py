@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,77 @@ def test_a_script_sees_nothing_of_the_services_files_or_sockets(alice: Any) -> N
     assert seen["socket"] == "FileNotFoundError"
     assert seen["run"] is None  # /run is not there at all
     assert seen["/etc/hostname"] not in ("FileNotFoundError", "PermissionError")  # /etc is
+
+
+class _FakeServer:
+    """An allocation server that answers as told, and keeps the lines it was sent."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn, conn.makefile("rb") as reader:
+            for raw in reader:
+                request = json.loads(raw)
+                self.lines.append(request)
+                command = request["command"]
+                if command == "create_job":
+                    conn.sendall(b'{"return": 5}\n')
+                elif command == "fetch_results":
+                    body = b"x" * 300_000
+                    head = {"return": {"n_bytes": len(body), "part": "all"}}
+                    conn.sendall(json.dumps(head).encode() + b"\n")
+                    for start in range(0, len(body), 50_000):  # slowly, in pieces
+                        conn.sendall(body[start : start + 50_000])
+                        time.sleep(0.05)
+                else:
+                    conn.sendall(b'{"exception": "refused by the fake"}\n')
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_gateway_names_the_owner_and_keeps_raw_bytes_whole(tmp_path: Path) -> None:
+    # A first load_image naming the owner the script gave its create_job (now replaced)
+    # was refused by the server; a refusal of the gateway's own could land inside the raw
+    # bytes of a fetch_results reply.
+    upstream = _FakeServer()
+    gateway = Gateway("127.0.0.1", upstream.port)
+    gateway.start()
+    try:
+        socket_path = tmp_path / "9.sock"
+        gateway.open(9, "alice nmpi-job-9", socket_path)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(socket_path))
+            reader = sock.makefile("rb")
+
+            def send(command: str, *args: Any, **kwargs: Any) -> None:
+                request = {"command": command, "args": list(args), "kwargs": kwargs}
+                sock.sendall(json.dumps(request).encode() + b"\n")
+
+            send("create_job", owner="mallory")
+            assert json.loads(reader.readline()) == {"return": 5}
+            send("load_image", 5, n_bytes=10, sha256="0" * 64, owner="mallory")
+            assert json.loads(reader.readline()) == {"exception": "refused by the fake"}
+            # fetch_results of its own job, then (pipelined) one the gateway refuses itself
+            send("fetch_results", 5, "token", part="all", offset=0, max_bytes=300_000)
+            send("destroy_job", 77)
+            head = json.loads(reader.readline())
+            assert head["return"]["n_bytes"] == 300_000
+            assert reader.read(300_000) == b"x" * 300_000
+            assert json.loads(reader.readline()) == {
+                "exception": "job 77 is not an allocation of batch job 9"
+            }
+        load = next(line for line in upstream.lines if line["command"] == "load_image")
+        assert load["kwargs"]["owner"] == "alice nmpi-job-9"
+        create = next(line for line in upstream.lines if line["command"] == "create_job")
+        assert create["kwargs"]["owner"] == "alice nmpi-job-9"
+    finally:
+        gateway.stop()
+        upstream.close()
