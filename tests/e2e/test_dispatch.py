@@ -885,7 +885,10 @@ async def test_a_load_cut_short_by_a_crash_leaves_a_job_with_no_image(start_serv
         await asyncio.to_thread(second.stop)
 
 
-_FAILING_DISK = """\
+def _failing_records(condition: str) -> str:
+    """A server hook: a full disk, while the marker file exists, for the records that meet
+    `condition` (a Python expression of `record`)."""
+    return f"""\
 import os
 
 from allocator.dispatch import storage
@@ -894,8 +897,7 @@ _write_record = storage.write_record
 
 
 def write_record(directory, record):
-    # A full disk, while the marker file exists, for the records that name an image.
-    if os.path.exists(os.environ["ALLOTMENT_TEST_FULL_DISK"]) and record.image is not None:
+    if os.path.exists(os.environ["ALLOTMENT_TEST_FULL_DISK"]) and ({condition}):
         raise OSError(28, "No space left on device")
     return _write_record(directory, record)
 
@@ -904,17 +906,30 @@ storage.write_record = write_record
 """
 
 
+_FAILING_DISK = _failing_records("record.image is not None")
+_FAILING_RUN_END = _failing_records('record.runs and record.runs[-1].state == "done"')
+
+
+def _hooked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hook_source: str, variable: str
+) -> Path:
+    """Have the servers started from here run `hook_source` at start (as sitecustomize);
+    the marker file whose presence `variable` names for it (absent: no fault)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(hook_source)
+    marker = tmp_path / "fault-marker"
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv(variable, str(marker))
+    return marker
+
+
 async def test_a_load_whose_record_cannot_be_written_changes_nothing_it_answers(
     start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A load told "could not be stored" used to take effect (its image ran, the previous
     # one was gone), and a first load's job was left with a token nobody got.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_FAILING_DISK)
-    full = tmp_path / "disk-is-full"
-    monkeypatch.setenv("PYTHONPATH", str(hook))
-    monkeypatch.setenv("ALLOTMENT_TEST_FULL_DISK", str(full))
+    full = _hooked(tmp_path, monkeypatch, _FAILING_DISK, "ALLOTMENT_TEST_FULL_DISK")
     server: ServerProcess = start_server(config_text=DISPATCH_TOML)
     async with await _client(server) as client:
         job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
@@ -981,12 +996,7 @@ async def test_a_reset_while_an_image_is_stored_is_not_undone_by_the_load(
 ) -> None:
     # The load used to answer success and name its image in the job's record, while the
     # reset had removed the file: runs then failed on a missing image.bin.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_SLOW_INSTALL)
-    slow = tmp_path / "disk-is-slow"
-    monkeypatch.setenv("PYTHONPATH", str(hook))
-    monkeypatch.setenv("ALLOTMENT_TEST_SLOW_DISK", str(slow))
+    slow = _hooked(tmp_path, monkeypatch, _SLOW_INSTALL, "ALLOTMENT_TEST_SLOW_DISK")
     server: ServerProcess = start_server(config_text=DISPATCH_TOML)
     async with await _client(server) as client, await _client(server) as other:
         job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
@@ -1008,37 +1018,12 @@ async def test_a_reset_while_an_image_is_stored_is_not_undone_by_the_load(
     _assert_same(fresh, _in_process(mapped, 20)[0])
 
 
-_FAILING_RUN_END = """\
-import os
-
-from allocator.dispatch import storage
-
-_write_record = storage.write_record
-
-
-def write_record(directory, record):
-    # A full disk, while the marker file exists, for the records of a run that is done.
-    marker = os.environ["ALLOTMENT_TEST_FULL_DISK"]
-    if os.path.exists(marker) and record.runs and record.runs[-1].state == "done":
-        raise OSError(28, "No space left on device")
-    return _write_record(directory, record)
-
-
-storage.write_record = write_record
-"""
-
-
 async def test_a_run_whose_end_cannot_be_recorded_fails_and_claims_nothing(
     start_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its watchers were never told it ended, while run_status said done and fetch_results
     # handed out results the disk did not hold (a restart took them back).
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_FAILING_RUN_END)
-    full = tmp_path / "disk-is-full"
-    monkeypatch.setenv("PYTHONPATH", str(hook))
-    monkeypatch.setenv("ALLOTMENT_TEST_FULL_DISK", str(full))
+    full = _hooked(tmp_path, monkeypatch, _FAILING_RUN_END, "ALLOTMENT_TEST_FULL_DISK")
     server: ServerProcess = start_server(config_text=DISPATCH_TOML)
     async with await _client(server) as client:
         job_id, mapped, token = await _loaded_job(client, keepalive_s=None)
@@ -1063,12 +1048,7 @@ async def test_a_run_that_cannot_be_recorded_changes_nothing_and_a_full_disk_sti
     # A start_run whose record could not be written used to leave the job "running" for
     # good (refusing runs and loads, stop_run hanging); a restart with the disk still full
     # exited with a traceback, since it rewrote every record.
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_FAILING_DISK)
-    full = tmp_path / "disk-is-full"
-    monkeypatch.setenv("PYTHONPATH", str(hook))
-    monkeypatch.setenv("ALLOTMENT_TEST_FULL_DISK", str(full))
+    full = _hooked(tmp_path, monkeypatch, _FAILING_DISK, "ALLOTMENT_TEST_FULL_DISK")
     first: ServerProcess = start_server(config_text=DISPATCH_TOML)
     async with await _client(first) as client:
         job_id, mapped, token = await _loaded_job(client, keepalive_s=None)

@@ -9,6 +9,7 @@ bubblewrap; without `bwrap` these tests skip (fail on CI).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -209,3 +212,18 @@ def run_job(client: Any, source: str, **options: Any) -> Any:
     return client.submit_job(
         source=source, platform="SpiNNaker", collab_id="my-collab", wait=True, **options
     )
+
+
+def post(service: Service, path: str, body: bytes) -> tuple[int, Any]:
+    """POST `body` (JSON) to the service as alice; the status and the decoded answer."""
+    request = urllib.request.Request(
+        service.url + path,
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {service.token()}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.jobqueue.conftest import run_job
+from tests.jobqueue.conftest import post, run_job
 
 
 def test_a_jobs_environment_never_reaches_the_sandbox_itself(alice: Any) -> None:
@@ -116,20 +116,6 @@ def test_an_archive_unpacking_past_the_jobs_limit_is_refused_unpacked(alice: Any
     assert not (service.cwd / "jobs" / str(job["id"]) / "zeros.bin").exists()
 
 
-def _post(service: Any, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        service.url + path,
-        data=body,
-        method="POST",
-        headers={"Authorization": f"Bearer {service.token()}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def _get(service: Any, path: str) -> tuple[int, Any]:
     request = urllib.request.Request(
         service.url + path, headers={"Authorization": f"Bearer {service.token()}"}
@@ -158,7 +144,7 @@ def test_text_the_store_cannot_keep_is_refused_and_the_job_list_stays_whole(
     service = batch_service()
     job = {"code": "print(1)", "collab": "my-collab", "hardware_platform": "SpiNNaker", **fields}
     # json.dumps escapes a lone surrogate (as a client may send it), which the service decodes
-    status, answer = _post(service, "/jobs/", json.dumps(job).encode())
+    status, answer = post(service, "/jobs/", json.dumps(job).encode())
     assert status == 422, answer
     assert said in answer["detail"]
     assert _get(service, "/jobs/?collab=my-collab") == (200, [])
@@ -236,9 +222,9 @@ def test_a_tag_filter_matches_the_tag_only(batch_service: Any) -> None:
     service = batch_service()
     for tag in ("a_b1", "axb1", "a%"):
         job = {"code": "print(1)", "collab": "my-collab", "hardware_platform": "SpiNNaker"}
-        status, _ = _post(service, "/jobs/", json.dumps({**job, "tags": [tag]}).encode())
+        status, _ = post(service, "/jobs/", json.dumps({**job, "tags": [tag]}).encode())
         assert status == 201
-    status, _ = _post(service, "/jobs/", json.dumps({**job, "tags": ["alpha", "beta"]}).encode())
+    status, _ = post(service, "/jobs/", json.dumps({**job, "tags": ["alpha", "beta"]}).encode())
     assert status == 201
     for tag, expected in (
         ("a_b1", [["a_b1"]]),
@@ -336,7 +322,7 @@ def test_a_request_body_over_the_limit_is_refused_unread(batch_service: Any) -> 
     assert _get(service, "/jobs/?collab=my-collab") == (200, [])
     # A body just under the limit is read as usual (and refused for what it says).
     job = {"code": "x" * (MAX_REQUEST_BYTES - 200), "collab": "nobody's"}
-    status, answer = _post(service, "/jobs/", json.dumps(job).encode())
+    status, answer = post(service, "/jobs/", json.dumps(job).encode())
     assert status == 422, answer
 
 

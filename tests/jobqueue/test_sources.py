@@ -10,8 +10,6 @@ import subprocess
 import tarfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import pytest
 
 from jobqueue import source
-from tests.jobqueue.conftest import run_job
+from tests.jobqueue.conftest import post, run_job
 
 
 @pytest.fixture
@@ -261,17 +259,7 @@ def test_the_reports_of_a_script_run_in_its_repository_are_zipped(
 
 
 def _submit(service: Any, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        service.url + "/jobs/",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {service.token()}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    return post(service, "/jobs/", json.dumps(body).encode())
 
 
 def test_input_data_is_downloaded_into_the_jobs_directory(

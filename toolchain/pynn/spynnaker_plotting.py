@@ -109,51 +109,43 @@ def _sets(data: Any) -> list[npt.NDArray[Any]]:
     return [data] if isinstance(data, np.ndarray) else list(data)
 
 
-def plot_spikes(spikes: Any, title: str = "spikes") -> None:
-    """Figure-level raster of one or several spike arrays (rows ``[neuron, time]``)."""
-    sets = [s for s in _sets(spikes) if len(s)]
+def _panels(data_sets: Any, title: str | None, what: str, draw: Any) -> None:
+    """`draw(axes, array)` for each non-empty array in a grid of subplots, then show."""
+    sets = [np.asarray(single) for single in _sets(data_sets) if len(single)]
     if not sets:
-        print(f"no spikes to plot for {title}")
+        print(f"no {what} to plot" + ("" if title is None else f" for {title}"))
         return
     rows, columns = _grid(len(sets))
     for n, single in enumerate(sets):
-        ax = plt.subplot(rows, columns, n + 1)
-        plot_spikes_numpy(ax, np.asarray(single))
-    plt.title(title)
+        draw(plt.subplot(rows, columns, n + 1), single)
+    if title is not None:
+        plt.title(title)
     plt.show()
+
+
+def plot_spikes(spikes: Any, title: str = "spikes") -> None:
+    """Figure-level raster of one or several spike arrays (rows ``[neuron, time]``)."""
+    _panels(spikes, title, "spikes", plot_spikes_numpy)
 
 
 def heat_plot(data_sets: Any, ylabel: str | None = None, title: str | None = None) -> None:
     """Figure-level heat maps of one or several signal arrays (rows ``[neuron, time, v]``)."""
-    sets = [s for s in _sets(data_sets) if len(s)]
-    if not sets:
-        print("no data to plot" if title is None else f"no data to plot for {title}")
-        return
-    rows, columns = _grid(len(sets))
-    for n, single in enumerate(sets):
-        ax = plt.subplot(rows, columns, n + 1)
-        heat_plot_numpy(ax, np.asarray(single))
+
+    def draw(ax: Any, data: npt.NDArray[Any]) -> None:
+        heat_plot_numpy(ax, data)
         if ylabel is not None:
             ax.set_ylabel(ylabel)
-    if title is not None:
-        plt.title(title)
-    plt.show()
+
+    _panels(data_sets, title, "data", draw)
 
 
 def line_plot(data_sets: Any, title: str | None = None) -> None:
     """Figure-level line plots of one or several signal arrays, a line per neuron."""
-    sets = [s for s in _sets(data_sets) if len(s)]
-    if not sets:
-        print("no data to plot" if title is None else f"no data to plot for {title}")
-        return
-    rows, columns = _grid(len(sets))
-    for n, single in enumerate(sets):
-        data = np.asarray(single)
-        ax = plt.subplot(rows, columns, n + 1)
+
+    def draw(ax: Any, data: npt.NDArray[Any]) -> None:
         for neuron in np.unique(data[:, 0]):
             mine = data[data[:, 0] == neuron]
             ax.plot(mine[:, 1], mine[:, 2])
         ax.set_xlabel("Time (ms)")
-    if title is not None:
-        plt.title(title)
-    plt.show()
+
+    _panels(data_sets, title, "data", draw)
