@@ -202,7 +202,9 @@ class Reporter:
                 self._publisher.publish_machine(
                     MachineEvent(timestamp_s=now, machine=name, change=MachineChange.ADDED)
                 )
-            elif known is not None and config is not None and known != config:
+            elif (
+                known is not None and config is not None and known is not config and known != config
+            ):
                 self._publisher.publish_machine(
                     MachineEvent(timestamp_s=now, machine=name, change=MachineChange.CHANGED)
                 )
