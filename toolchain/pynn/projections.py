@@ -206,7 +206,11 @@ class Projection(common.Projection):  # type: ignore[misc]
             raise NotSupportedError("multi-compartment location selectors", "point neurons")
         pre = np.asarray(presynaptic_indices, dtype=np.int64).reshape(-1)
         post = np.full(pre.size, int(postsynaptic_index), dtype=np.int64)
-        self._store(pre, post, connection_parameters["weight"], connection_parameters["delay"])
+        weight = connection_parameters["weight"]
+        check = self.synapse_type.parameter_checks.get("weight")
+        if check is not None:  # (a list's or a file's weights: PyNN's connectors check none)
+            check(weight, self)
+        self._store(pre, post, weight, connection_parameters["delay"])
 
     def _store(self, pre: Any, post: Any, weight: Any, delay: Any) -> None:
         n = len(pre)

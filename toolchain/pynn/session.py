@@ -138,8 +138,15 @@ class Session:
         self._is_parameters_dirty = True
 
     def reset(self) -> None:
-        """Back to t = 0: the next run loads the network afresh."""
+        """Back to t = 0: the next run loads the network afresh (plastic weights included,
+        as sPyNNaker resets them: `get("weight")` answers the initial ones again)."""
         self.machine.restart()
+        if self._built is not None and self.mapped is not None:
+            for proj, parts in self._built.parts:
+                if isinstance(proj.synapse_type, STDPMechanism):
+                    proj.set_quantised_weights(
+                        partial(quantised_weights, proj, parts, self.mapped.shifts)
+                    )
 
     # --- mapping
     def _map(

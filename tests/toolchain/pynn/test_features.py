@@ -528,3 +528,24 @@ def test_one_cells_initial_value_set_through_its_id_is_where_the_run_starts(
     sim.run(3)
     (v,) = pop.get_data().segments[1].filter(name="v")
     assert v.magnitude[0].tolist() == [-55.0, -60.0, -65.0]
+
+
+def test_a_listed_negative_weight_on_an_excitatory_receptor_is_refused_at_once(
+    sim: ModuleType,
+) -> None:
+    # A list of weights of both signs was taken by Projection() and failed inside run(),
+    # naming an internal projection label.
+    sim.setup(timestep=1.0)
+    src = sim.Population(2, sim.SpikeSourceArray(spike_times=[1.0]))
+    cell = sim.Population(2, sim.IF_curr_exp())
+    connections = [(0, 0, 1.0, 1.0), (1, 1, -1.0, 1.0)]
+    with pytest.raises(NotSupportedError, match=r"negative weight -1\.0 on an excitatory"):
+        sim.Projection(src, cell, sim.FromListConnector(connections), sim.StaticSynapse())
+    inhibitory = sim.Projection(
+        src,
+        cell,
+        sim.FromListConnector(connections),
+        sim.StaticSynapse(),
+        receptor_type="inhibitory",
+    )
+    assert len(inhibitory) == 2

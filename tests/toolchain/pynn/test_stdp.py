@@ -81,3 +81,19 @@ def test_an_stdp_parameter_drawn_per_synapse_is_refused_by_name(sim: ModuleType)
     sim.Projection(pre, cell, sim.OneToOneConnector(), stdp)
     with pytest.raises(NotSupportedError, match="tau_plus varying across synapses"):
         sim.run(10)
+
+
+def test_a_reset_gives_back_the_initial_weights_at_once(sim: ModuleType) -> None:
+    # After reset() get("weight") still answered the learned weights, while the next run
+    # started from the initial ones.
+    _, learning = _pair(sim, sim.AdditiveWeightDependence(w_min=0.0, w_max=2.0))
+    ((_, _, initial),) = learning.get("weight", format="list")
+    sim.run(520)
+    ((_, _, learned),) = learning.get("weight", format="list")
+    assert learned != initial
+    sim.reset()
+    ((_, _, after_reset),) = learning.get("weight", format="list")
+    assert after_reset == initial
+    sim.run(520)
+    ((_, _, relearned),) = learning.get("weight", format="list")
+    assert relearned == learned  # the same run again learns the same
