@@ -183,6 +183,19 @@ def check_kiss_seed(seed: tuple[int, int, int, int]) -> None:
     del x, z
 
 
+def silent_poisson_sources(rate_hz: npt.ArrayLike, timestep_us: int) -> npt.NDArray[np.bool_]:
+    """Which rates the 7.4.1 core's fast method turns into no spikes at all: between about
+    10.4 and 20 spikes a step, where exp(-lambda) is 0 in its 15 fractional bits (the same
+    arithmetic as `encode_poisson_params`)."""
+    rate = np.asarray(rate_hz, dtype=np.float64).reshape(-1)
+    seconds_per_tick = _ds_word(timestep_us / 1e6, 1 << 32)
+    lam = ((_u3232(rate) >> np.uint64(17)).astype(np.int64) * seconds_per_tick) >> 32
+    fast = (lam >= SLOW_CUTOFF_BITS) & (lam < FASTER_CUTOFF_BITS)
+    silent = np.zeros(rate.size, dtype=bool)
+    silent[fast] = fx.per_value(lambda x: fx.expk(-x), lam[fast], dtype=np.int64) == 0
+    return silent
+
+
 def encode_poisson_params(params: PoissonParams, timestep_us: int) -> bytes:
     """Choose each source's regime and constants as 7.4.1's core does; encode the region.
 

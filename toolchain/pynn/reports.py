@@ -15,9 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from machine_models.executor import Results
 from machine_models.router import COUNTER_NAMES
+from machine_models.sources import silent_poisson_sources
 from toolchain.build import MappedNetwork
+from toolchain.network import SpikeSourcePoisson
 from toolchain.splitting import VertexKind
 
 __all__ = ["ReportFolder", "worries"]
@@ -122,9 +126,32 @@ def _by_population(
     return totals
 
 
+def _silent_sources(mapped: MappedNetwork) -> list[str]:
+    """Poisson sources whose rate the chip's fast method draws no spikes for."""
+    timestep_us = round(mapped.network.dt_ms * 1000)
+    lines = []
+    for population in mapped.network.populations:
+        if not isinstance(population.cell, SpikeSourcePoisson):
+            continue
+        rate = np.broadcast_to(
+            np.asarray(population.cell.rate, dtype=np.float64), (population.size,)
+        )
+        silent = silent_poisson_sources(rate, timestep_us)
+        if silent.any():
+            lines.append(
+                f"population {population.label!r}: {int(silent.sum())} Poisson sources send"
+                f" nothing (a rate of {float(rate[silent][0]):g} Hz is"
+                f" {float(rate[silent][0]) * mapped.network.dt_ms / 1000:g} spikes a step, where"
+                " the chip's fast method, as sPyNNaker 7.4.1's, draws none: from about 10.4 to"
+                " 20 a step); use a rate outside that band (more sources at a lower rate give"
+                " the same input)"
+            )
+    return lines
+
+
 def worries(mapped: MappedNetwork, results: Results) -> list[str]:
     """What a user should look at in a run's provenance, one line each."""
-    lines = []
+    lines = _silent_sources(mapped)
     for name, n in _by_population(
         mapped, results.core_provenance, "ring_buffer_saturations"
     ).items():

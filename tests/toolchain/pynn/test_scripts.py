@@ -241,3 +241,32 @@ def test_reports_hold_placements_routes_provenance_and_the_worries_printed_at_en
     assert "population 'flooded'" in printed
     assert "ring-buffer saturations" in printed
     assert "ring-buffer saturations" in (run / "worries.rpt").read_text()
+
+
+def test_poisson_sources_the_chip_draws_nothing_for_are_a_worry(sim: ModuleType) -> None:
+    # From about 10.4 to 20 spikes a step the 7.4.1 core's fast method draws no spike at
+    # all (exp(-lambda) is 0 in 15 bits): the input vanished and the worries said nothing.
+    sim.setup(timestep=1.0)
+    sources = {
+        label: sim.Population(3, sim.SpikeSourcePoisson(rate=rate), label=label)
+        for label, rate in (("silent", 12000.0), ("slow", 9000.0), ("faster", 25000.0))
+    }
+    cells = {}
+    for label, source in sources.items():
+        cells[label] = sim.Population(1, sim.IF_curr_exp(), label=f"{label} cell")
+        cells[label].record("v")
+        sim.Projection(
+            source, cells[label], sim.AllToAllConnector(), sim.StaticSynapse(weight=0.01)
+        )
+    sim.run(5.0)
+    moved = {
+        label: bool((cell.get_data().segments[0].filter(name="v")[0].magnitude != -65.0).any())
+        for label, cell in cells.items()
+    }
+    sim.end()
+    assert moved == {"silent": False, "slow": True, "faster": True}
+    (run,) = Path("reports").iterdir()
+    said = (run / "worries.rpt").read_text()
+    assert "population 'silent': 3 Poisson sources send nothing" in said
+    assert "'slow'" not in said
+    assert "'faster'" not in said
