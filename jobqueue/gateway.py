@@ -281,9 +281,8 @@ class _Session:
         while True:
             try:
                 line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError as end:
-                if end.partial:  # a half line at the end: dropped, as the server drops it
-                    pass
+            except asyncio.IncompleteReadError:
+                # (a half line at the end is dropped, as the server drops it)
                 if up_writer.can_write_eof():
                     up_writer.write_eof()  # the server answers what came, then closes
                 await down

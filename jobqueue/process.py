@@ -13,7 +13,6 @@ error ("their runner is gone") once the new one sees their runner's process is g
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import logging
@@ -68,7 +67,6 @@ class BatchProcess:
             preexec_fn=_die_with_parent,
         )
         assert process.stdout is not None
-        lines: collections.deque[str] = collections.deque(maxlen=50)
         found: list[str] = []
 
         def read() -> None:
@@ -77,7 +75,6 @@ class BatchProcess:
                 if not found and line.startswith(READY_PREFIX):
                     found.append(line[len(READY_PREFIX) :].strip())
                     ready.set()
-                lines.append(line)
             ready.set()
 
         ready = threading.Event()
